@@ -1,0 +1,27 @@
+//! Generates the gRPC code from `proto/` with the pure-Rust `protox` compiler (no system `protoc`),
+//! and writes the encoded descriptor set that the reflection service serves.
+
+use std::{env, fs, path::PathBuf};
+
+const PROTOS: &[&str] = &[
+    "proto/segmentd/v1/customer.proto",
+    "proto/segmentd/v1/ingest.proto",
+    "proto/segmentd/v1/admin.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out.join("segmentd_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

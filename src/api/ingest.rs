@@ -1,0 +1,191 @@
+//! `segmentd.v1.Ingest`: customers and orders in, customers out.
+
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::pb::{self, ingest_server::Ingest};
+use crate::api::{Limits, convert};
+use crate::engine::{BatchFailure, Engine};
+use crate::error::{Error, Result};
+use crate::store::UpsertOutcome;
+use crate::store::input::CustomerPatch;
+use crate::store::schema::Schema;
+
+/// Customers applied together at most, when a stream's batches queue up faster than they apply.
+const GROUP_CUSTOMERS: usize = 4096;
+/// Converted batches queued between the stream reader and the writer.
+const STREAM_QUEUE: usize = 64;
+
+pub struct IngestApi {
+    engine: Engine,
+    limits: Limits,
+}
+
+impl IngestApi {
+    pub fn new(engine: Engine, limits: Limits) -> Self {
+        IngestApi { engine, limits }
+    }
+}
+
+fn customers_in(
+    schema: &Schema,
+    limits: &Limits,
+    customers: Vec<pb::Customer>,
+) -> Result<Vec<CustomerPatch>> {
+    limits.check_batch("customers", customers.len())?;
+    customers
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| convert::customer_patch(schema, c).map_err(|e| e.within(&format!("customers[{i}]"))))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestApi {
+    async fn upsert_customers(
+        &self,
+        request: Request<pb::UpsertCustomersRequest>,
+    ) -> Result<Response<pb::UpsertCustomersResponse>, Status> {
+        let pb::UpsertCustomersRequest { customers } = request.into_inner();
+        let patches = customers_in(&self.engine.schema(), &self.limits, customers)?;
+        let UpsertOutcome { created, updated } = self.engine.upsert(patches).await?;
+        Ok(Response::new(pb::UpsertCustomersResponse { created, updated }))
+    }
+
+    /// Reading and converting batches runs here while a second task applies them, so decoding
+    /// overlaps with writing; batches that queue up are applied together (each still all or nothing).
+    async fn load_customers(
+        &self,
+        request: Request<Streaming<pb::LoadCustomersRequest>>,
+    ) -> Result<Response<pb::LoadCustomersResponse>, Status> {
+        let mut stream = request.into_inner();
+        let (tx, mut rx) = mpsc::channel::<(u64, Vec<CustomerPatch>)>(STREAM_QUEUE);
+        let engine = self.engine.clone();
+        let writer = tokio::spawn(async move {
+            let mut total = UpsertOutcome::default();
+            let mut batches = 0u64;
+            while let Some(first) = rx.recv().await {
+                let mut size = first.1.len();
+                let mut group = vec![first];
+                while size < GROUP_CUSTOMERS {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            size += next.1.len();
+                            group.push(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let numbers: Vec<u64> = group.iter().map(|(n, _)| *n).collect();
+                let (applied, failure) = engine
+                    .upsert_batches(group.into_iter().map(|(_, b)| b).collect())
+                    .await?;
+                total.created += applied.created;
+                total.updated += applied.updated;
+                if let Some(BatchFailure { index, error }) = failure {
+                    batches += index as u64;
+                    return Ok((total, batches, Some((numbers[index], error))));
+                }
+                batches += numbers.len() as u64;
+            }
+            Ok::<_, Error>((total, batches, None))
+        });
+
+        let mut read_error: Option<Status> = None;
+        let mut number = 0u64;
+        let schema = self.engine.schema();
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(status) => {
+                    read_error = Some(status);
+                    break;
+                }
+            };
+            let pb::LoadCustomersRequest { customers } = msg;
+            match customers_in(&schema, &self.limits, customers) {
+                Ok(patches) => {
+                    if tx.send((number, patches)).await.is_err() {
+                        break; // the writer stopped at a failed batch
+                    }
+                }
+                Err(e) => {
+                    read_error = Some(e.within(&format!("batch[{number}]")).into());
+                    break;
+                }
+            }
+            number += 1;
+        }
+        drop(tx);
+        let (total, batches, failure) = writer
+            .await
+            .map_err(|e| Status::internal(format!("load task failed: {e}")))??;
+        let applied = |status: Status| {
+            Status::new(
+                status.code(),
+                format!(
+                    "{}; {} earlier batches were applied ({} customers created, {} updated)",
+                    status.message(),
+                    batches,
+                    total.created,
+                    total.updated
+                ),
+            )
+        };
+        if let Some((n, error)) = failure {
+            return Err(applied(error.within(&format!("batch[{n}]")).into()));
+        }
+        if let Some(status) = read_error {
+            return Err(applied(status));
+        }
+        Ok(Response::new(pb::LoadCustomersResponse {
+            created: total.created,
+            updated: total.updated,
+            batches,
+        }))
+    }
+
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::GetCustomerResponse>, Status> {
+        let pb::GetCustomerRequest { key } = request.into_inner();
+        let key = convert::customer_key_get(key)?;
+        convert::check_key(&key)?;
+        let record = self.engine.get_customer(&key)?;
+        Ok(Response::new(pb::GetCustomerResponse {
+            customer: Some(convert::customer_out(record)),
+        }))
+    }
+
+    async fn delete_customer(
+        &self,
+        request: Request<pb::DeleteCustomerRequest>,
+    ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
+        let pb::DeleteCustomerRequest { key } = request.into_inner();
+        let key = convert::customer_key_delete(key)?;
+        convert::check_key(&key)?;
+        let customer_id = self.engine.delete(key).await?;
+        Ok(Response::new(pb::DeleteCustomerResponse { customer_id }))
+    }
+
+    async fn record_orders(
+        &self,
+        request: Request<pb::RecordOrdersRequest>,
+    ) -> Result<Response<pb::RecordOrdersResponse>, Status> {
+        let pb::RecordOrdersRequest { orders } = request.into_inner();
+        self.limits.check_batch("orders", orders.len())?;
+        let orders = orders
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| convert::order_in(o).map_err(|e| e.within(&format!("orders[{i}]"))))
+            .collect::<Result<Vec<_>>>()?;
+        let outcome = self.engine.record_orders(orders).await?;
+        Ok(Response::new(pb::RecordOrdersResponse {
+            applied: outcome.applied,
+            duplicates: outcome.duplicates,
+            created_customer_ids: outcome.created_customer_ids,
+        }))
+    }
+}

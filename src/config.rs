@@ -1,0 +1,62 @@
+//! Server configuration: command-line flags, each also read from a `SEGMENTD_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// segmentd: customer segmentation over gRPC, with every segment an always-current bitmap.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "segmentd",
+    version,
+    after_help = "Examples:\n  segmentd\n  segmentd --listen 0.0.0.0:50051 --data-dir /var/lib/segmentd --log-format json\n  SEGMENTD_METRICS_ADDR=127.0.0.1:9090 segmentd"
+)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "SEGMENTD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory holding the server's data; created if missing and locked against a second server.
+    #[arg(long, env = "SEGMENTD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Log format. The level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "SEGMENTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Address of the Prometheus metrics endpoint (HTTP GET /metrics); off when not given.
+    #[arg(long, env = "SEGMENTD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Most items (customers, orders) accepted in one message.
+    #[arg(long, env = "SEGMENTD_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "SEGMENTD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+}
+
+impl Config {
+    /// The defaults, with `data_dir` set: what tests and embedders start from.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            log_format: LogFormat::Text,
+            metrics_addr: None,
+            max_batch: 10_000,
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! segmentd: a customer-segmentation service. Every customer lives in sharded columnar memory;
+//! the gRPC API loads customers and orders and answers questions about them.
+//!
+//! # Layout
+//!
+//! - [`server`]: `run(listener, config, shutdown)` wires services, health, reflection, metrics.
+//! - [`config`]: command-line flags and `SEGMENTD_*` variables.
+//! - [`api`]: the gRPC adapters, the only code that knows tonic: validate, convert, call the
+//!   engine, convert back; [`api::status`] maps engine errors to gRPC codes in one place.
+//! - [`engine`]: the async facade over the store; writes run off the async runtime.
+//! - [`store`]: dense ordinals, shards of 65,536 customers, typed columns ([`store::column`]),
+//!   value dictionaries ([`store::dict`]), id and e-mail maps ([`store::index`]), the schema
+//!   ([`store::schema`]) and input checks ([`store::input`]).
+//! - [`metrics`]: Prometheus text on `/metrics`.
+//! - [`error`]: the engine's one error type.
+//! - [`time`]: calendar arithmetic for dates and timestamps.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod time;

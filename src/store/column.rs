@@ -1,0 +1,358 @@
+//! Typed attribute columns of one shard.
+//!
+//! Every column has a presence bitmap (a predicate on a missing value is false). Numbers live in
+//! dense vectors indexed by local ordinal, grown on first write; `keyword` columns hold a
+//! dictionary code per customer (1, 2 or 4 bytes, widened as the dictionary grows) and a bitmap per
+//! value; `keywords` columns hold only a bitmap per value. Bitmaps hold global ordinals, so a
+//! shard's bitmap is one roaring container and shard results combine without rewriting.
+
+use std::collections::HashMap;
+
+use roaring::RoaringBitmap;
+
+use crate::store::dict::Dict;
+use crate::store::schema::AttrType;
+use crate::store::strings::StrColumn;
+use crate::store::value::Value;
+use crate::store::{SHARD_SIZE, local};
+
+/// Length to grow a dense vector to so that `local` fits: doubling, capped at the shard size.
+pub fn grown_len(local: usize) -> usize {
+    (local + 1).next_power_of_two().clamp(256, SHARD_SIZE)
+}
+
+fn slot<T: Copy + Default>(values: &mut Vec<T>, local: usize) -> &mut T {
+    if local >= values.len() {
+        let len = grown_len(local);
+        values.reserve_exact(len - values.len());
+        values.resize(len, T::default());
+    }
+    &mut values[local]
+}
+
+/// Dictionary codes, stored as `code + 1` (0 = absent) in the narrowest width that fits.
+#[derive(Debug, Clone)]
+pub enum Codes {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+impl Codes {
+    fn get(&self, local: usize) -> Option<u32> {
+        let stored = match self {
+            Codes::U8(v) => v.get(local).map(|&c| u32::from(c)),
+            Codes::U16(v) => v.get(local).map(|&c| u32::from(c)),
+            Codes::U32(v) => v.get(local).copied(),
+        };
+        stored.filter(|&c| c != 0).map(|c| c - 1)
+    }
+
+    fn set(&mut self, local: usize, code: Option<u32>) {
+        let stored = code.map_or(0, |c| c + 1);
+        match self {
+            Codes::U8(v) if stored > u32::from(u8::MAX) => {
+                *self = Codes::U16(v.iter().map(|&c| u16::from(c)).collect());
+                self.set(local, code);
+            }
+            Codes::U16(v) if stored > u32::from(u16::MAX) => {
+                *self = Codes::U32(v.iter().map(|&c| u32::from(c)).collect());
+                self.set(local, code);
+            }
+            Codes::U8(v) => *slot(v, local) = stored as u8,
+            Codes::U16(v) => *slot(v, local) = stored as u16,
+            Codes::U32(v) => *slot(v, local) = stored,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Codes::U8(v) => v.capacity(),
+            Codes::U16(v) => v.capacity() * 2,
+            Codes::U32(v) => v.capacity() * 4,
+        }
+    }
+}
+
+/// The storage of a column, by attribute type.
+#[derive(Debug, Clone)]
+pub enum ColumnData {
+    /// Customers whose value is `true`.
+    Bool(RoaringBitmap),
+    /// `int`, `money` and `timestamp`.
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+    /// `date`: days since the epoch.
+    I32(Vec<i32>),
+    Keyword {
+        codes: Codes,
+        by_value: HashMap<u32, RoaringBitmap>,
+    },
+    Keywords {
+        by_value: HashMap<u32, RoaringBitmap>,
+    },
+    Text(StrColumn),
+}
+
+/// One attribute's values in one shard.
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// Customers that have a value.
+    pub present: RoaringBitmap,
+    pub data: ColumnData,
+}
+
+impl Column {
+    pub fn new(ty: AttrType) -> Column {
+        let data = match ty {
+            AttrType::Bool => ColumnData::Bool(RoaringBitmap::new()),
+            AttrType::Int | AttrType::Money | AttrType::Timestamp => ColumnData::I64(Vec::new()),
+            AttrType::Float => ColumnData::F64(Vec::new()),
+            AttrType::Date => ColumnData::I32(Vec::new()),
+            AttrType::Keyword => ColumnData::Keyword {
+                codes: Codes::U8(Vec::new()),
+                by_value: HashMap::new(),
+            },
+            AttrType::Keywords => ColumnData::Keywords {
+                by_value: HashMap::new(),
+            },
+            AttrType::Text => ColumnData::Text(StrColumn::default()),
+        };
+        Column {
+            present: RoaringBitmap::new(),
+            data,
+        }
+    }
+
+    /// Sets the value of ordinal `ord`. The value's type matches the column (checked on input);
+    /// `dict` is the attribute's dictionary for keyword types.
+    pub fn set(&mut self, ord: u32, value: &Value, dict: Option<&Dict>) {
+        let i = local(ord);
+        match (&mut self.data, value) {
+            (ColumnData::Bool(trues), Value::Bool(b)) => {
+                if *b {
+                    trues.insert(ord);
+                } else {
+                    trues.remove(ord);
+                }
+            }
+            (ColumnData::I64(v), Value::Int(x) | Value::Money(x) | Value::Timestamp(x)) => *slot(v, i) = *x,
+            (ColumnData::F64(v), Value::Float(x)) => *slot(v, i) = *x,
+            (ColumnData::I32(v), Value::Date(x)) => *slot(v, i) = *x,
+            (ColumnData::Keyword { codes, by_value }, Value::Keyword(s)) => {
+                let dict = dict.expect("keyword column has a dictionary");
+                let code = dict.intern(s);
+                if let Some(old) = codes.get(i) {
+                    if old == code {
+                        return;
+                    }
+                    remove_from(by_value, old, ord);
+                }
+                codes.set(i, Some(code));
+                by_value.entry(code).or_default().insert(ord);
+            }
+            (ColumnData::Keywords { by_value }, Value::Keywords(items)) => {
+                let dict = dict.expect("keywords column has a dictionary");
+                for bm in by_value.values_mut() {
+                    bm.remove(ord);
+                }
+                by_value.retain(|_, bm| !bm.is_empty());
+                if items.is_empty() {
+                    self.present.remove(ord);
+                    return;
+                }
+                for s in items {
+                    by_value.entry(dict.intern(s)).or_default().insert(ord);
+                }
+            }
+            (ColumnData::Text(strings), Value::Text(s)) => {
+                if s.is_empty() {
+                    self.clear(ord);
+                    return;
+                }
+                strings.set(i, s);
+            }
+            (data, value) => unreachable!("value {value:?} does not fit column {data:?}"),
+        }
+        self.present.insert(ord);
+    }
+
+    /// Adds values to a `keywords` set (purchase categories and brands).
+    pub fn add_keywords(&mut self, ord: u32, items: &[String], dict: &Dict) {
+        if let ColumnData::Keywords { by_value } = &mut self.data {
+            for s in items {
+                by_value.entry(dict.intern(s)).or_default().insert(ord);
+            }
+            if !items.is_empty() {
+                self.present.insert(ord);
+            }
+        }
+    }
+
+    /// Removes the value of `ord`.
+    pub fn clear(&mut self, ord: u32) {
+        if !self.present.remove(ord) {
+            return;
+        }
+        let i = local(ord);
+        match &mut self.data {
+            ColumnData::Bool(trues) => {
+                trues.remove(ord);
+            }
+            // Dense values stay behind the presence bitmap; zero them so nothing lingers.
+            ColumnData::I64(v) => v[i] = 0,
+            ColumnData::F64(v) => v[i] = 0.0,
+            ColumnData::I32(v) => v[i] = 0,
+            ColumnData::Keyword { codes, by_value } => {
+                if let Some(old) = codes.get(i) {
+                    remove_from(by_value, old, ord);
+                }
+                codes.set(i, None);
+            }
+            ColumnData::Keywords { by_value } => {
+                for bm in by_value.values_mut() {
+                    bm.remove(ord);
+                }
+                by_value.retain(|_, bm| !bm.is_empty());
+            }
+            ColumnData::Text(strings) => strings.clear(i),
+        }
+    }
+
+    /// The raw `i64` of `ord` (int, money, timestamp), if present.
+    pub fn get_i64(&self, ord: u32) -> Option<i64> {
+        match &self.data {
+            ColumnData::I64(v) if self.present.contains(ord) => Some(v[local(ord)]),
+            _ => None,
+        }
+    }
+
+    /// Sets the raw `i64` of `ord` (used by the purchase aggregates).
+    pub fn set_i64(&mut self, ord: u32, x: i64) {
+        if let ColumnData::I64(v) = &mut self.data {
+            *slot(v, local(ord)) = x;
+            self.present.insert(ord);
+        }
+    }
+
+    /// The value of `ord` as a typed [`Value`].
+    pub fn get(&self, ord: u32, ty: AttrType, dict: Option<&Dict>) -> Option<Value> {
+        if !self.present.contains(ord) {
+            return None;
+        }
+        let i = local(ord);
+        Some(match (&self.data, ty) {
+            (ColumnData::Bool(trues), _) => Value::Bool(trues.contains(ord)),
+            (ColumnData::I64(v), AttrType::Money) => Value::Money(v[i]),
+            (ColumnData::I64(v), AttrType::Timestamp) => Value::Timestamp(v[i]),
+            (ColumnData::I64(v), _) => Value::Int(v[i]),
+            (ColumnData::F64(v), _) => Value::Float(v[i]),
+            (ColumnData::I32(v), _) => Value::Date(v[i]),
+            (ColumnData::Keyword { codes, .. }, _) => {
+                let dict = dict?;
+                Value::Keyword(dict.value(codes.get(i)?).to_string())
+            }
+            (ColumnData::Keywords { by_value }, _) => {
+                let dict = dict?;
+                let mut items: Vec<String> = by_value
+                    .iter()
+                    .filter(|(_, bm)| bm.contains(ord))
+                    .map(|(&code, _)| dict.value(code).to_string())
+                    .collect();
+                items.sort_unstable();
+                Value::Keywords(items)
+            }
+            (ColumnData::Text(strings), _) => Value::Text(strings.get(i)?.to_string()),
+        })
+    }
+
+    /// Approximate heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        let bitmaps = |m: &HashMap<u32, RoaringBitmap>| -> usize {
+            m.values().map(bitmap_bytes).sum::<usize>() + m.capacity() * (4 + 24 + 1)
+        };
+        bitmap_bytes(&self.present)
+            + match &self.data {
+                ColumnData::Bool(b) => bitmap_bytes(b),
+                ColumnData::I64(v) => v.capacity() * 8,
+                ColumnData::F64(v) => v.capacity() * 8,
+                ColumnData::I32(v) => v.capacity() * 4,
+                ColumnData::Keyword { codes, by_value } => codes.heap_bytes() + bitmaps(by_value),
+                ColumnData::Keywords { by_value } => bitmaps(by_value),
+                ColumnData::Text(s) => s.heap_bytes(),
+            }
+    }
+}
+
+fn remove_from(by_value: &mut HashMap<u32, RoaringBitmap>, code: u32, ord: u32) {
+    if let Some(bm) = by_value.get_mut(&code) {
+        bm.remove(ord);
+        if bm.is_empty() {
+            by_value.remove(&code);
+        }
+    }
+}
+
+/// Approximate heap bytes of a bitmap: its serialized size is its container payload, plus the
+/// container headers the in-memory form keeps.
+pub fn bitmap_bytes(bm: &RoaringBitmap) -> usize {
+    if bm.is_empty() {
+        0
+    } else {
+        bm.serialized_size() + 32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyword_codes_widen_and_bitmaps_follow() {
+        let dict = Dict::default();
+        let mut col = Column::new(AttrType::Keyword);
+        for i in 0..300u32 {
+            col.set(i, &Value::Keyword(format!("v{i}")), Some(&dict));
+        }
+        assert!(matches!(
+            &col.data,
+            ColumnData::Keyword {
+                codes: Codes::U16(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            col.get(299, AttrType::Keyword, Some(&dict)),
+            Some(Value::Keyword("v299".into()))
+        );
+        col.set(5, &Value::Keyword("v7".into()), Some(&dict));
+        let ColumnData::Keyword { by_value, .. } = &col.data else {
+            unreachable!()
+        };
+        assert_eq!(by_value[&dict.code("v7").unwrap()].len(), 2);
+        assert!(!by_value.contains_key(&dict.code("v5").unwrap()));
+        col.clear(5);
+        assert_eq!(col.get(5, AttrType::Keyword, Some(&dict)), None);
+    }
+
+    #[test]
+    fn keywords_replace_whole_set() {
+        let dict = Dict::default();
+        let mut col = Column::new(AttrType::Keywords);
+        col.set(
+            1,
+            &Value::Keywords(vec!["golf".into(), "ski".into()]),
+            Some(&dict),
+        );
+        col.set(1, &Value::Keywords(vec!["tennis".into()]), Some(&dict));
+        assert_eq!(
+            col.get(1, AttrType::Keywords, Some(&dict)),
+            Some(Value::Keywords(vec!["tennis".into()]))
+        );
+        col.add_keywords(1, &["golf".into()], &dict);
+        assert_eq!(
+            col.get(1, AttrType::Keywords, Some(&dict)),
+            Some(Value::Keywords(vec!["golf".into(), "tennis".into()]))
+        );
+    }
+}

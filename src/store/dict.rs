@@ -1,0 +1,65 @@
+//! Value dictionaries of `keyword` and `keywords` attributes: each distinct string gets a dense
+//! `u32` code, shared by every shard, so columns hold small codes and bitmaps are kept per code.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+/// A string ↔ code dictionary. Codes are never reused, so a code read once stays valid.
+#[derive(Debug, Default)]
+pub struct Dict {
+    inner: RwLock<DictInner>,
+}
+
+#[derive(Debug, Default)]
+struct DictInner {
+    codes: HashMap<Arc<str>, u32>,
+    values: Vec<Arc<str>>,
+    bytes: usize,
+}
+
+impl Dict {
+    /// The code of `value`, if it was ever seen.
+    pub fn code(&self, value: &str) -> Option<u32> {
+        self.inner.read().codes.get(value).copied()
+    }
+
+    /// The code of `value`, adding it when new.
+    pub fn intern(&self, value: &str) -> u32 {
+        if let Some(code) = self.code(value) {
+            return code;
+        }
+        let mut inner = self.inner.write();
+        if let Some(&code) = inner.codes.get(value) {
+            return code;
+        }
+        let code = u32::try_from(inner.values.len()).expect("fewer than 2^32 distinct values");
+        let value: Arc<str> = Arc::from(value);
+        inner.bytes += value.len();
+        inner.values.push(value.clone());
+        inner.codes.insert(value, code);
+        code
+    }
+
+    /// The string of `code`.
+    pub fn value(&self, code: u32) -> Arc<str> {
+        self.inner.read().values[code as usize].clone()
+    }
+
+    /// Number of distinct values.
+    pub fn len(&self) -> usize {
+        self.inner.read().values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        let inner = self.inner.read();
+        // Each value: its bytes, an Arc header, a slot in `values` and one in the map.
+        inner.bytes + inner.values.capacity() * 16 + inner.values.len() * 16 + inner.codes.capacity() * 25
+    }
+}

@@ -1,0 +1,558 @@
+//! The customer store: dense ordinals, sharded typed columns, id and e-mail maps.
+//!
+//! Each customer gets a dense `u32` ordinal on first sight. Columns are split into shards of
+//! 65,536 ordinals, the span of one roaring container, so evaluation can run shard by shard and a
+//! write locks only the shard it changes.
+//!
+//! # Locks
+//!
+//! Order: `writer` → `schema` → `shards` (outer) → one shard. Writes are serialized by `writer`
+//! (a batch is validated against a stable state, then applied); within it a write holds one
+//! shard's write lock at a time, so readers of other shards never wait. Readers take only read
+//! locks and never `writer`. No lock is held across an `.await`: the store is synchronous.
+
+pub mod column;
+pub mod dict;
+pub mod index;
+pub mod input;
+pub mod schema;
+pub mod strings;
+pub mod value;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use roaring::RoaringBitmap;
+
+use crate::error::{Error, Result};
+use column::Column;
+use index::{IdIndex, KeyCase};
+use input::{CustomerKey, CustomerPatch, OrderIn};
+use schema::{AttrId, AttrType, Schema, purchase};
+use strings::StrColumn;
+use value::Value;
+
+/// log2 of the ordinals in one shard.
+pub const SHARD_BITS: u32 = 16;
+/// Ordinals in one shard: one roaring container.
+pub const SHARD_SIZE: usize = 1 << SHARD_BITS;
+
+/// The shard holding ordinal `ord`.
+#[inline]
+pub fn shard_of(ord: u32) -> usize {
+    (ord >> SHARD_BITS) as usize
+}
+
+/// The position of `ord` inside its shard.
+#[inline]
+pub fn local(ord: u32) -> usize {
+    (ord as usize) & (SHARD_SIZE - 1)
+}
+
+/// The columns of 65,536 consecutive ordinals.
+#[derive(Debug, Default)]
+pub struct Shard {
+    /// Ordinals in use.
+    pub live: RoaringBitmap,
+    pub ids: StrColumn,
+    pub emails: StrColumn,
+    /// Indexed by [`AttrId`]; `None` until the attribute is first written in this shard.
+    pub columns: Vec<Option<Column>>,
+}
+
+impl Shard {
+    /// The column of `attr`, if any value was ever written here.
+    pub fn column(&self, attr: AttrId) -> Option<&Column> {
+        self.columns.get(usize::from(attr)).and_then(Option::as_ref)
+    }
+
+    fn column_mut(&mut self, attr: AttrId, ty: AttrType) -> &mut Column {
+        let i = usize::from(attr);
+        if self.columns.len() <= i {
+            self.columns.resize_with(i + 1, || None);
+        }
+        self.columns[i].get_or_insert_with(|| Column::new(ty))
+    }
+
+    fn heap_bytes(&self) -> usize {
+        column::bitmap_bytes(&self.live)
+            + self.ids.heap_bytes()
+            + self.emails.heap_bytes()
+            + self.columns.capacity() * std::mem::size_of::<Option<Column>>()
+            + self
+                .columns
+                .iter()
+                .flatten()
+                .map(Column::heap_bytes)
+                .sum::<usize>()
+    }
+}
+
+/// A customer as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerRecord {
+    pub customer_id: String,
+    pub email: Option<String>,
+    /// Present attributes, in schema order.
+    pub attrs: Vec<(Arc<str>, Value)>,
+}
+
+/// What an upsert did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UpsertOutcome {
+    pub created: u64,
+    pub updated: u64,
+}
+
+/// What recording orders did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OrdersOutcome {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub created_customer_ids: Vec<String>,
+}
+
+/// Counts and memory use.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct StoreStats {
+    pub customers: u64,
+    pub shards: u64,
+    pub attributes: u64,
+    pub orders_recorded: u64,
+    pub bytes_used: u64,
+}
+
+/// State only the writer touches.
+#[derive(Debug, Default)]
+struct WriterState {
+    next_ordinal: u32,
+    /// Ordinals of erased customers, reused before new ones.
+    free: Vec<u32>,
+    /// 128-bit hashes of every order id recorded: a retried order is never counted twice.
+    orders_seen: HashSet<u128>,
+}
+
+/// All customers, in sharded columns.
+pub struct Store {
+    writer: Mutex<WriterState>,
+    schema: RwLock<Arc<Schema>>,
+    shards: RwLock<Vec<Arc<RwLock<Shard>>>>,
+    ids: IdIndex,
+    emails: IdIndex,
+    customers: AtomicU64,
+    orders: AtomicU64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    /// An empty store with the built-in schema.
+    pub fn new() -> Store {
+        Store {
+            writer: Mutex::new(WriterState::default()),
+            schema: RwLock::new(Arc::new(Schema::builtin())),
+            shards: RwLock::new(Vec::new()),
+            ids: IdIndex::new(KeyCase::Sensitive),
+            emails: IdIndex::new(KeyCase::Insensitive),
+            customers: AtomicU64::new(0),
+            orders: AtomicU64::new(0),
+        }
+    }
+
+    /// The current schema.
+    pub fn schema(&self) -> Arc<Schema> {
+        self.schema.read().clone()
+    }
+
+    /// Number of customers.
+    pub fn customer_count(&self) -> u64 {
+        self.customers.load(Ordering::Acquire)
+    }
+
+    fn shard(&self, ord: u32) -> Arc<RwLock<Shard>> {
+        self.shards.read()[shard_of(ord)].clone()
+    }
+
+    /// Runs `f` on the shard of `ord` under its read lock.
+    pub fn read_shard<R>(&self, ord: u32, f: impl FnOnce(&Shard) -> R) -> R {
+        let shards = self.shards.read();
+        let shard = shards[shard_of(ord)].read();
+        f(&shard)
+    }
+
+    /// The ordinal of a customer named by id or e-mail.
+    pub fn resolve(&self, key: &CustomerKey) -> Option<u32> {
+        match key {
+            CustomerKey::Id(id) => self.ordinal_of_id(id),
+            CustomerKey::Email(email) => self.ordinal_of_email(email),
+        }
+    }
+
+    /// The ordinal of customer `id`.
+    pub fn ordinal_of_id(&self, id: &str) -> Option<u32> {
+        self.ids.get(id, |ord, key| {
+            self.read_shard(ord, |s| {
+                s.live.contains(ord) && s.ids.get(local(ord)) == Some(key)
+            })
+        })
+    }
+
+    /// The ordinal of the customer owning `email` (case-insensitive).
+    pub fn ordinal_of_email(&self, email: &str) -> Option<u32> {
+        self.emails.get(email, |ord, key| {
+            self.read_shard(ord, |s| {
+                s.live.contains(ord)
+                    && s.emails
+                        .get(local(ord))
+                        .is_some_and(|stored| index::normalize_email(stored) == key)
+            })
+        })
+    }
+
+    /// Runs `f` with the shard and ordinal of customer `id`, under one shard read lock, or
+    /// returns `None` for an unknown customer. The request-time path: one map probe, one lock.
+    pub fn with_customer<R>(&self, id: &str, f: impl FnOnce(&Shard, u32) -> R) -> Option<R> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.ids.get(id, |ord, key| {
+            let shards = self.shards.read();
+            let shard = shards[shard_of(ord)].read();
+            if shard.live.contains(ord) && shard.ids.get(local(ord)) == Some(key) {
+                if let Some(f) = f.take() {
+                    out = Some(f(&shard, ord));
+                }
+                true
+            } else {
+                false
+            }
+        });
+        out
+    }
+
+    /// A customer with every present attribute.
+    pub fn get_customer(&self, key: &CustomerKey) -> Result<CustomerRecord> {
+        let ord = self.resolve(key).ok_or_else(|| not_found(key))?;
+        let schema = self.schema();
+        self.read_shard(ord, |shard| {
+            let i = local(ord);
+            let customer_id = shard.ids.get(i).ok_or_else(|| not_found(key))?.to_string();
+            let email = shard.emails.get(i).map(str::to_string);
+            let attrs = schema
+                .attrs()
+                .iter()
+                .filter_map(|def| {
+                    let value = shard.column(def.id)?.get(ord, def.ty, def.dict.as_deref())?;
+                    Some((def.name.clone(), value))
+                })
+                .collect();
+            Ok(CustomerRecord {
+                customer_id,
+                email,
+                attrs,
+            })
+        })
+    }
+
+    /// Creates or merges a batch of customers, all or nothing: every check runs before anything
+    /// is applied, and the first failure names the item (`customers[3].email`).
+    pub fn upsert(&self, batch: &[CustomerPatch]) -> Result<UpsertOutcome> {
+        let mut w = self.writer.lock();
+        let schema = self.schema();
+        let plan = self.plan_upsert(&schema, batch)?;
+        let mut outcome = UpsertOutcome::default();
+        // Release e-mails that change first, so one batch can move an e-mail between customers.
+        for (patch, step) in batch.iter().zip(&plan) {
+            if let (Some(ord), Some(_)) = (step.existing, &patch.email)
+                && let Some(old) = self.read_shard(ord, |s| s.emails.get(local(ord)).map(str::to_string))
+            {
+                self.emails.remove(&old, ord);
+            }
+        }
+        for (patch, step) in batch.iter().zip(&plan) {
+            let ord = match step.existing {
+                Some(ord) => {
+                    outcome.updated += 1;
+                    ord
+                }
+                None => {
+                    outcome.created += 1;
+                    self.allocate(&mut w)
+                }
+            };
+            let shard = self.shard(ord);
+            {
+                let mut s = shard.write();
+                let i = local(ord);
+                if step.existing.is_none() {
+                    s.live.insert(ord);
+                    s.ids.set(i, &patch.customer_id);
+                }
+                if let Some(email) = &patch.email {
+                    s.emails.set(i, email);
+                }
+                for (attr, value) in &patch.attrs {
+                    let def = schema.attr(*attr);
+                    match value {
+                        Some(v) => s.column_mut(*attr, def.ty).set(ord, v, def.dict.as_deref()),
+                        None => {
+                            if let Some(Some(col)) = s.columns.get_mut(usize::from(*attr)) {
+                                col.clear(ord);
+                            }
+                        }
+                    }
+                }
+            }
+            // Index after the shard holds the keys, so a reader never finds a half-made customer.
+            if step.existing.is_none() {
+                self.ids.insert(&patch.customer_id, ord);
+                self.customers.fetch_add(1, Ordering::AcqRel);
+            }
+            if let Some(email) = patch.email.as_deref().filter(|e| !e.is_empty()) {
+                self.emails.insert(email, ord);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The checks of an upsert that depend on the store: duplicate ids in the batch, read-only
+    /// attributes, e-mails owned by other customers.
+    fn plan_upsert(&self, schema: &Schema, batch: &[CustomerPatch]) -> Result<Vec<Step>> {
+        let item = |i: usize| format!("customers[{i}]");
+        let mut plan = Vec::with_capacity(batch.len());
+        let mut seen_ids: HashMap<&str, usize> = HashMap::new();
+        for (i, patch) in batch.iter().enumerate() {
+            if batch.len() > 1
+                && let Some(first) = seen_ids.insert(&patch.customer_id, i)
+            {
+                return Err(Error::invalid(
+                    format!("{}.customer_id", item(i)),
+                    format!(
+                        "`{}` appears twice in the batch (also customers[{first}])",
+                        patch.customer_id
+                    ),
+                ));
+            }
+            for (attr, _) in &patch.attrs {
+                let def = schema.attr(*attr);
+                if def.read_only {
+                    return Err(Error::invalid(
+                        format!("{}.attributes[\"{}\"]", item(i), def.name),
+                        "is maintained by RecordOrders and cannot be set",
+                    ));
+                }
+            }
+            plan.push(Step {
+                existing: self.ordinal_of_id(&patch.customer_id),
+            });
+        }
+        // E-mails: each may be claimed once, and only if free or released by its owner in this batch.
+        let mut claims: HashMap<String, usize> = HashMap::new();
+        for (i, patch) in batch.iter().enumerate() {
+            let Some(email) = patch.email.as_deref().filter(|e| !e.is_empty()) else {
+                continue;
+            };
+            let norm = index::normalize_email(email).into_owned();
+            if let Some(first) = claims.get(&norm) {
+                return Err(Error::invalid(
+                    format!("{}.email", item(i)),
+                    format!("`{email}` is also given to customers[{first}] in the batch"),
+                ));
+            }
+            if let Some(owner) = self
+                .ordinal_of_email(email)
+                .filter(|&o| plan[i].existing != Some(o))
+            {
+                let released = plan.iter().zip(batch).any(|(step, other)| {
+                    step.existing == Some(owner)
+                        && other
+                            .email
+                            .as_deref()
+                            .is_some_and(|e| index::normalize_email(e) != norm.as_str())
+                });
+                if !released {
+                    let owner_id = self.read_shard(owner, |s| s.ids.get(local(owner)).map(str::to_string));
+                    return Err(Error::invalid(
+                        format!("{}.email", item(i)),
+                        format!(
+                            "`{email}` belongs to another customer ({})",
+                            owner_id.unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+            claims.insert(norm, i);
+        }
+        Ok(plan)
+    }
+
+    fn allocate(&self, w: &mut WriterState) -> u32 {
+        if let Some(ord) = w.free.pop() {
+            return ord;
+        }
+        let ord = w.next_ordinal;
+        w.next_ordinal = ord.checked_add(1).expect("fewer than 2^32 customers");
+        let mut shards = self.shards.write();
+        while shards.len() <= shard_of(ord) {
+            shards.push(Arc::new(RwLock::new(Shard::default())));
+        }
+        ord
+    }
+
+    /// Erases a customer from every column, index and map; returns its id.
+    pub fn delete(&self, key: &CustomerKey) -> Result<String> {
+        let mut w = self.writer.lock();
+        let ord = self.resolve(key).ok_or_else(|| not_found(key))?;
+        let shard = self.shard(ord);
+        let (id, email) = {
+            let s = shard.read();
+            (
+                s.ids.get(local(ord)).map(str::to_string).unwrap_or_default(),
+                s.emails.get(local(ord)).map(str::to_string),
+            )
+        };
+        // Unmap first: from here on no reader can reach the customer.
+        self.ids.remove(&id, ord);
+        if let Some(email) = &email {
+            self.emails.remove(email, ord);
+        }
+        {
+            let mut s = shard.write();
+            let i = local(ord);
+            for col in s.columns.iter_mut().flatten() {
+                col.clear(ord);
+            }
+            s.ids.clear(i);
+            s.emails.clear(i);
+            s.live.remove(ord);
+        }
+        w.free.push(ord);
+        self.customers.fetch_sub(1, Ordering::AcqRel);
+        Ok(id)
+    }
+
+    /// Records orders and updates purchase aggregates. Orders for unknown customers create them.
+    /// Checked whole before anything is applied.
+    pub fn record_orders(&self, orders: &[OrderIn]) -> Result<OrdersOutcome> {
+        for (i, order) in orders.iter().enumerate() {
+            order.check().map_err(|e| e.within(&format!("orders[{i}]")))?;
+        }
+        let mut w = self.writer.lock();
+        let schema = self.schema();
+        let mut outcome = OrdersOutcome::default();
+        for order in orders {
+            if !w.orders_seen.insert(order_key(&order.order_id)) {
+                outcome.duplicates += 1;
+                continue;
+            }
+            let ord = match self.ordinal_of_id(&order.customer_id) {
+                Some(ord) => ord,
+                None => {
+                    let ord = self.allocate(&mut w);
+                    {
+                        let shard = self.shard(ord);
+                        let mut s = shard.write();
+                        s.live.insert(ord);
+                        s.ids.set(local(ord), &order.customer_id);
+                    }
+                    self.ids.insert(&order.customer_id, ord);
+                    self.customers.fetch_add(1, Ordering::AcqRel);
+                    outcome.created_customer_ids.push(order.customer_id.clone());
+                    ord
+                }
+            };
+            let shard = self.shard(ord);
+            let mut s = shard.write();
+            apply_order(&mut s, &schema, ord, order);
+            outcome.applied += 1;
+        }
+        self.orders.fetch_add(outcome.applied, Ordering::AcqRel);
+        Ok(outcome)
+    }
+
+    /// Adds a custom attribute.
+    pub fn define_attribute(&self, name: &str, ty: AttrType, description: &str) -> Result<Arc<Schema>> {
+        let _w = self.writer.lock();
+        let mut schema = self.schema.write();
+        let next = Arc::new(schema.with_attribute(name, ty, description)?);
+        *schema = next.clone();
+        Ok(next)
+    }
+
+    /// Counts and estimated heap bytes.
+    pub fn stats(&self) -> StoreStats {
+        let schema = self.schema();
+        let shards: Vec<_> = self.shards.read().clone();
+        let mut bytes: usize = shards.iter().map(|s| s.read().heap_bytes()).sum();
+        bytes += shards.capacity() * 8 + shards.len() * std::mem::size_of::<RwLock<Shard>>();
+        bytes += self.ids.heap_bytes() + self.emails.heap_bytes();
+        bytes += schema
+            .attrs()
+            .iter()
+            .filter_map(|a| a.dict.as_ref())
+            .map(|d| d.heap_bytes())
+            .sum::<usize>();
+        {
+            let w = self.writer.lock();
+            bytes += w.orders_seen.capacity() * 17 + w.free.capacity() * 4;
+        }
+        StoreStats {
+            customers: self.customer_count(),
+            shards: shards.len() as u64,
+            attributes: schema.len() as u64,
+            orders_recorded: self.orders.load(Ordering::Acquire),
+            bytes_used: bytes as u64,
+        }
+    }
+}
+
+/// A planned upsert item: the customer's ordinal if it exists.
+struct Step {
+    existing: Option<u32>,
+}
+
+fn not_found(key: &CustomerKey) -> Error {
+    match key {
+        CustomerKey::Id(id) => Error::NotFound(format!("customer `{id}` not found")),
+        CustomerKey::Email(email) => Error::NotFound(format!("no customer with e-mail `{email}`")),
+    }
+}
+
+/// The dedup key of an order id: 128 bits, so that distinct ids never collide in practice.
+fn order_key(order_id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(order_id.as_bytes())
+}
+
+fn apply_order(s: &mut Shard, schema: &Schema, ord: u32, order: &OrderIn) {
+    let i64_col = |s: &Shard, attr: AttrId| -> Option<i64> { s.column(attr).and_then(|c| c.get_i64(ord)) };
+    let count = i64_col(s, purchase::ORDER_COUNT).unwrap_or(0) + 1;
+    let total = i64_col(s, purchase::TOTAL_SPENT)
+        .unwrap_or(0)
+        .saturating_add(order.amount_minor);
+    let promo = i64_col(s, purchase::PROMO_ORDER_COUNT).unwrap_or(0) + i64::from(order.promotion);
+    let first = i64_col(s, purchase::FIRST_ORDER_AT).map_or(order.placed_at, |t| t.min(order.placed_at));
+    let last = i64_col(s, purchase::LAST_ORDER_AT).map_or(order.placed_at, |t| t.max(order.placed_at));
+    for (attr, x) in [
+        (purchase::ORDER_COUNT, count),
+        (purchase::TOTAL_SPENT, total),
+        (purchase::AVG_ORDER_VALUE, total / count),
+        (purchase::PROMO_ORDER_COUNT, promo),
+        (purchase::FIRST_ORDER_AT, first),
+        (purchase::LAST_ORDER_AT, last),
+    ] {
+        s.column_mut(attr, schema.attr(attr).ty).set_i64(ord, x);
+    }
+    for (attr, items) in [
+        (purchase::CATEGORIES_BOUGHT, &order.categories),
+        (purchase::BRANDS_BOUGHT, &order.brands),
+    ] {
+        let def = schema.attr(attr);
+        let dict = def.dict.as_deref().expect("keywords attribute has a dictionary");
+        s.column_mut(attr, def.ty).add_keywords(ord, items, dict);
+    }
+}

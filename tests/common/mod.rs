@@ -1,0 +1,186 @@
+//! A real segmentd on 127.0.0.1:0 with a temporary data directory, and clients for it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use segmentd::api::pb::admin_client::AdminClient;
+use segmentd::api::pb::ingest_client::IngestClient;
+use segmentd::api::pb::{self, value::Kind};
+use segmentd::config::Config;
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), segmentd::server::ServerError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tune` adjusts its configuration.
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::with_data_dir(dir.path().join("data"));
+        tune(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(segmentd::server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn ingest(&self) -> IngestClient<Channel> {
+        IngestClient::new(self.channel().await)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) -> Result<(), segmentd::server::ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().unwrap().await.expect("server task")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn s(v: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    }
+}
+
+pub fn i(v: i64) -> pb::Value {
+    pb::Value {
+        kind: Some(Kind::IntValue(v)),
+    }
+}
+
+pub fn b(v: bool) -> pb::Value {
+    pb::Value {
+        kind: Some(Kind::BoolValue(v)),
+    }
+}
+
+pub fn f(v: f64) -> pb::Value {
+    pb::Value {
+        kind: Some(Kind::DoubleValue(v)),
+    }
+}
+
+pub fn date(year: i32, month: i32, day: i32) -> pb::Value {
+    pb::Value {
+        kind: Some(Kind::DateValue(pb::Date { year, month, day })),
+    }
+}
+
+pub fn ts(seconds: i64) -> pb::Value {
+    pb::Value {
+        kind: Some(Kind::TimestampValue(prost_types::Timestamp { seconds, nanos: 0 })),
+    }
+}
+
+pub fn list(items: &[&str]) -> pb::Value {
+    pb::Value {
+        kind: Some(Kind::ListValue(pb::StringList {
+            values: items.iter().map(|s| s.to_string()).collect(),
+        })),
+    }
+}
+
+pub fn clear() -> pb::Value {
+    pb::Value { kind: None }
+}
+
+/// A customer with an id, an optional e-mail and attributes.
+pub fn customer(id: &str, email: Option<&str>, attrs: &[(&str, pb::Value)]) -> pb::Customer {
+    pb::Customer {
+        customer_id: id.to_string(),
+        email: email.map(str::to_string),
+        attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+    }
+}
+
+pub fn by_id(id: &str) -> pb::GetCustomerRequest {
+    pb::GetCustomerRequest {
+        key: Some(pb::get_customer_request::Key::CustomerId(id.to_string())),
+    }
+}
+
+pub fn by_email(email: &str) -> pb::GetCustomerRequest {
+    pb::GetCustomerRequest {
+        key: Some(pb::get_customer_request::Key::Email(email.to_string())),
+    }
+}
+
+pub fn delete_id(id: &str) -> pb::DeleteCustomerRequest {
+    pb::DeleteCustomerRequest {
+        key: Some(pb::delete_customer_request::Key::CustomerId(id.to_string())),
+    }
+}
+
+pub fn order(id: &str, customer: &str, seconds: i64, amount: i64, promo: bool, cats: &[&str]) -> pb::Order {
+    pb::Order {
+        order_id: id.to_string(),
+        customer_id: customer.to_string(),
+        placed_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        amount_minor: amount,
+        promotion: promo,
+        categories: cats.iter().map(|s| s.to_string()).collect(),
+        brands: vec![],
+    }
+}
+
+/// Reads a customer back.
+pub async fn get(client: &mut IngestClient<Channel>, id: &str) -> Result<pb::Customer, tonic::Status> {
+    Ok(client
+        .get_customer(by_id(id))
+        .await?
+        .into_inner()
+        .customer
+        .unwrap())
+}
+
+/// The number of customers the server holds.
+pub async fn customer_count(server: &TestServer) -> u64 {
+    server
+        .admin()
+        .await
+        .stats(pb::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .customers
+}

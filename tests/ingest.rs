@@ -1,0 +1,630 @@
+//! The Ingest and Admin services against a real server.
+
+mod common;
+
+use common::*;
+use segmentd::api::pb::{self, value::Kind};
+use tonic::Code;
+
+#[tokio::test]
+async fn upsert_then_read_back_by_id_and_email() {
+    let server = TestServer::start().await;
+    let mut ingest = server.ingest().await;
+    let reply = ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![
+                customer(
+                    "C1",
+                    Some("Ann.Lee@Example.com"),
+                    &[
+                        ("registered", b(true)),
+                        ("registered_at", ts(1_600_000_000)),
+                        ("gender", s("F")),
+                        ("birth_date", date(1980, 2, 29)),
+                        ("household_size", i(3)),
+                        ("tags", list(&["golf", "ski", "golf"])),
+                        ("city", s("Lyon")),
+                    ],
+                ),
+                customer("C2", None, &[("gender", s("M"))]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.created, reply.updated), (2, 0));
+
+    let c1 = get(&mut ingest, "C1").await.unwrap();
+    assert_eq!(c1.email.as_deref(), Some("Ann.Lee@Example.com"));
+    assert_eq!(c1.attributes["gender"], s("F"));
+    assert_eq!(c1.attributes["birth_date"], date(1980, 2, 29));
+    assert_eq!(c1.attributes["registered_at"], ts(1_600_000_000));
+    assert_eq!(c1.attributes["household_size"], i(3));
+    assert_eq!(
+        c1.attributes["tags"],
+        list(&["golf", "ski"]),
+        "a set: sorted, no duplicates"
+    );
+    assert_eq!(c1.attributes.len(), 7);
+
+    // E-mails compare case-insensitively.
+    let by_mail = ingest
+        .get_customer(by_email("ann.lee@example.COM"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_mail.customer.unwrap().customer_id, "C1");
+
+    // Merge: named attributes change, others stay; an empty Value clears.
+    let reply = ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer("C1", None, &[("city", s("Paris")), ("tags", clear())])],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.created, reply.updated), (0, 1));
+    let c1 = get(&mut ingest, "C1").await.unwrap();
+    assert_eq!(c1.attributes["city"], s("Paris"));
+    assert!(!c1.attributes.contains_key("tags"));
+    assert_eq!(c1.attributes["gender"], s("F"));
+    assert_eq!(
+        c1.email.as_deref(),
+        Some("Ann.Lee@Example.com"),
+        "absent e-mail keeps it"
+    );
+
+    // "" removes the e-mail, which then no longer finds the customer.
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer("C1", Some(""), &[])],
+        })
+        .await
+        .unwrap();
+    assert_eq!(get(&mut ingest, "C1").await.unwrap().email, None);
+    let err = ingest
+        .get_customer(by_email("ann.lee@example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn one_batch_can_move_an_email_between_customers() {
+    let server = TestServer::start().await;
+    let mut ingest = server.ingest().await;
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer("A", Some("shared@example.com"), &[])],
+        })
+        .await
+        .unwrap();
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![
+                customer("B", Some("shared@example.com"), &[]),
+                customer("A", Some("a@example.com"), &[]),
+            ],
+        })
+        .await
+        .unwrap();
+    let owner = ingest
+        .get_customer(by_email("shared@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(owner.customer.unwrap().customer_id, "B");
+    let a = ingest
+        .get_customer(by_email("a@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.customer.unwrap().customer_id, "A");
+}
+
+#[tokio::test]
+async fn delete_erases_and_frees_the_email() {
+    let server = TestServer::start().await;
+    let mut ingest = server.ingest().await;
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer("gone", Some("reuse@example.com"), &[("gender", s("F"))])],
+        })
+        .await
+        .unwrap();
+    let reply = ingest
+        .delete_customer(delete_id("gone"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.customer_id, "gone");
+    assert_eq!(get(&mut ingest, "gone").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        ingest
+            .get_customer(by_email("reuse@example.com"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(customer_count(&server).await, 0);
+
+    // The e-mail is free again; the new customer starts with no attributes of the old one
+    // even though it takes the erased customer's ordinal.
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer("new", Some("REUSE@example.com"), &[])],
+        })
+        .await
+        .unwrap();
+    let fresh = get(&mut ingest, "new").await.unwrap();
+    assert!(fresh.attributes.is_empty(), "{:?}", fresh.attributes);
+    assert_eq!(
+        ingest
+            .delete_customer(delete_id("gone"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let by_mail = pb::DeleteCustomerRequest {
+        key: Some(pb::delete_customer_request::Key::Email(
+            "reuse@EXAMPLE.com".into(),
+        )),
+    };
+    assert_eq!(
+        ingest
+            .delete_customer(by_mail)
+            .await
+            .unwrap()
+            .into_inner()
+            .customer_id,
+        "new"
+    );
+    assert_eq!(customer_count(&server).await, 0);
+}
+
+#[tokio::test]
+async fn orders_maintain_aggregates_once_per_order_id() {
+    let server = TestServer::start().await;
+    let mut ingest = server.ingest().await;
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer("C1", None, &[])],
+        })
+        .await
+        .unwrap();
+    let orders = vec![
+        order("o1", "C1", 1_700_000_000, 10_000, false, &["golf"]),
+        order("o2", "C1", 1_600_000_000, 5_000, true, &["ski", "golf"]),
+        order("o1", "C1", 1_700_000_000, 10_000, false, &["golf"]), // repeated in the request
+        order("o3", "NEW", 1_650_000_000, 2_500, true, &["tennis"]), // unknown customer
+    ];
+    let reply = ingest
+        .record_orders(pb::RecordOrdersRequest {
+            orders: orders.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.applied, reply.duplicates), (3, 1));
+    assert_eq!(reply.created_customer_ids, vec!["NEW".to_string()]);
+
+    let c1 = get(&mut ingest, "C1").await.unwrap();
+    assert_eq!(c1.attributes["order_count"], i(2));
+    assert_eq!(c1.attributes["total_spent"], i(15_000));
+    assert_eq!(c1.attributes["avg_order_value"], i(7_500));
+    assert_eq!(c1.attributes["promo_order_count"], i(1));
+    assert_eq!(c1.attributes["first_order_at"], ts(1_600_000_000));
+    assert_eq!(c1.attributes["last_order_at"], ts(1_700_000_000));
+    assert_eq!(c1.attributes["categories_bought"], list(&["golf", "ski"]));
+    let new = get(&mut ingest, "NEW").await.unwrap();
+    assert_eq!(new.attributes["total_spent"], i(2_500));
+
+    // A retried request counts nothing twice.
+    let retry = ingest
+        .record_orders(pb::RecordOrdersRequest { orders })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((retry.applied, retry.duplicates), (0, 4));
+    assert!(retry.created_customer_ids.is_empty());
+    assert_eq!(
+        get(&mut ingest, "C1").await.unwrap().attributes["total_spent"],
+        i(15_000)
+    );
+
+    // Purchase aggregates are read-only on upsert.
+    let err = ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer("C1", None, &[("total_spent", i(1))])],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("customers[0].attributes[\"total_spent\"]"),
+        "{}",
+        err.message()
+    );
+
+    // A bad order refuses the whole request.
+    let mut bad = order("o9", "C1", 1_700_000_000, -5, false, &[]);
+    bad.amount_minor = -5;
+    let err = ingest
+        .record_orders(pb::RecordOrdersRequest {
+            orders: vec![order("o8", "C1", 1_700_000_000, 100, false, &[]), bad],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("orders[1].amount_minor"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        get(&mut ingest, "C1").await.unwrap().attributes["order_count"],
+        i(2)
+    );
+    let mut no_time = order("o10", "C1", 0, 1, false, &[]);
+    no_time.placed_at = None;
+    let err = ingest
+        .record_orders(pb::RecordOrdersRequest {
+            orders: vec![no_time],
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("orders[0].placed_at"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn custom_attributes_are_defined_at_run_time() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let mut ingest = server.ingest().await;
+    let defined = admin
+        .define_attribute(pb::DefineAttributeRequest {
+            name: "golf_handicap".into(),
+            r#type: pb::AttributeType::Float as i32,
+            description: "Handicap index".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attribute
+        .unwrap();
+    assert!(!defined.builtin);
+    let schema = admin
+        .get_schema(pb::GetSchemaRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = schema.attributes.iter().map(|a| a.name.as_str()).collect();
+    assert!(names.contains(&"golf_handicap") && names.contains(&"total_spent") && names.contains(&"gender"));
+    let total = schema
+        .attributes
+        .iter()
+        .find(|a| a.name == "total_spent")
+        .unwrap();
+    assert_eq!(total.r#type, pb::AttributeType::Money as i32);
+    assert!(total.builtin && total.read_only);
+
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer("G", None, &[("golf_handicap", f(12.4))])],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&mut ingest, "G").await.unwrap().attributes["golf_handicap"],
+        f(12.4)
+    );
+
+    let again = admin
+        .define_attribute(pb::DefineAttributeRequest {
+            name: "golf_handicap".into(),
+            r#type: pb::AttributeType::Int as i32,
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+    for (name, ty, field) in [
+        ("Bad-Name", pb::AttributeType::Int, "name"),
+        ("and", pb::AttributeType::Int, "name"),
+        ("fine_name", pb::AttributeType::Unspecified, "type"),
+    ] {
+        let err = admin
+            .define_attribute(pb::DefineAttributeRequest {
+                name: name.into(),
+                r#type: ty as i32,
+                description: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}");
+        assert!(err.message().starts_with(field), "{}", err.message());
+    }
+    let after = admin
+        .get_schema(pb::GetSchemaRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.attributes.len(), schema.attributes.len());
+}
+
+/// Every refused batch holds one good customer first: nothing of the batch may be applied.
+#[tokio::test]
+async fn bad_input_is_refused_whole_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let mut ingest = server.ingest().await;
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer(
+                "owner",
+                Some("taken@example.com"),
+                &[("gender", s("F"))],
+            )],
+        })
+        .await
+        .unwrap();
+    let good = customer("good", Some("good@example.com"), &[("gender", s("M"))]);
+    let cases: Vec<(&str, pb::Customer, &str)> = vec![
+        (
+            "unknown attribute",
+            customer("x", None, &[("shoe_size", i(42))]),
+            "customers[1].attributes[\"shoe_size\"]",
+        ),
+        (
+            "wrong type",
+            customer("x", None, &[("gender", i(1))]),
+            "customers[1].attributes[\"gender\"]",
+        ),
+        (
+            "money as double",
+            customer("x", None, &[("household_size", f(1.5))]),
+            "customers[1].attributes[\"household_size\"]",
+        ),
+        (
+            "invalid date",
+            customer("x", None, &[("birth_date", date(2023, 2, 29))]),
+            "customers[1].attributes[\"birth_date\"]",
+        ),
+        (
+            "empty keyword",
+            customer("x", None, &[("city", s(""))]),
+            "customers[1].attributes[\"city\"]",
+        ),
+        ("empty id", customer("", None, &[]), "customers[1].customer_id"),
+        (
+            "long id",
+            customer(&"x".repeat(129), None, &[]),
+            "customers[1].customer_id",
+        ),
+        (
+            "malformed e-mail",
+            customer("x", Some("not-an-email"), &[]),
+            "customers[1].email",
+        ),
+        (
+            "e-mail of another",
+            customer("x", Some("TAKEN@example.com"), &[]),
+            "customers[1].email",
+        ),
+        (
+            "e-mail twice in batch",
+            customer("x", Some("good@example.com"), &[]),
+            "customers[1].email",
+        ),
+        (
+            "read-only attribute",
+            customer("x", None, &[("order_count", i(3))]),
+            "customers[1].attributes[\"order_count\"]",
+        ),
+        (
+            "id twice in batch",
+            customer("good", None, &[]),
+            "customers[1].customer_id",
+        ),
+        (
+            "owner changed in a bad batch",
+            customer("owner", None, &[("nope", i(1))]),
+            "customers[1].attributes[\"nope\"]",
+        ),
+    ];
+    for (what, bad, field) in cases {
+        let err = ingest
+            .upsert_customers(pb::UpsertCustomersRequest {
+                customers: vec![good.clone(), bad],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {}", err.message());
+        assert!(err.message().starts_with(field), "{what}: {}", err.message());
+        assert_eq!(
+            get(&mut ingest, "good").await.unwrap_err().code(),
+            Code::NotFound,
+            "{what}"
+        );
+        assert_eq!(customer_count(&server).await, 1, "{what}");
+    }
+    let owner = get(&mut ingest, "owner").await.unwrap();
+    assert_eq!(owner.attributes["gender"], s("F"));
+    assert_eq!(owner.email.as_deref(), Some("taken@example.com"));
+
+    // Over the batch limit.
+    let many: Vec<_> = (0..10_001)
+        .map(|n| customer(&format!("m{n}"), None, &[]))
+        .collect();
+    let err = ingest
+        .upsert_customers(pb::UpsertCustomersRequest { customers: many })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("customers:") && err.message().contains("10000"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(customer_count(&server).await, 1);
+
+    // Keys on get and delete.
+    let err = ingest
+        .get_customer(pb::GetCustomerRequest { key: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("key"));
+    let err = ingest.get_customer(by_email("nope")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        get(&mut ingest, "missing").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let err = ingest
+        .delete_customer(pb::DeleteCustomerRequest { key: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(customer_count(&server).await, 1);
+}
+
+#[tokio::test]
+async fn stream_of_100k_single_customer_messages_is_accepted() {
+    let server = TestServer::start().await;
+    let mut ingest = server.ingest().await;
+    const N: usize = 100_000;
+    let messages = (0..N).map(|n| pb::LoadCustomersRequest {
+        customers: vec![customer(
+            &format!("c{n:06}"),
+            Some(&format!("c{n}@example.com")),
+            &[
+                ("gender", s(if n % 2 == 0 { "F" } else { "M" })),
+                ("household_size", i((n % 5) as i64)),
+            ],
+        )],
+    });
+    let reply = ingest
+        .load_customers(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.created, reply.updated, reply.batches),
+        (N as u64, 0, N as u64)
+    );
+    assert_eq!(customer_count(&server).await, N as u64);
+    let last = get(&mut ingest, "c099999").await.unwrap();
+    assert_eq!(last.email.as_deref(), Some("c99999@example.com"));
+    assert_eq!(last.attributes["gender"], s("M"));
+    assert_eq!(last.attributes["household_size"], i(4));
+    let stats = server
+        .admin()
+        .await
+        .stats(pb::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.shards, 2);
+    assert!(
+        stats.bytes_per_customer > 0.0 && stats.bytes_per_customer < 400.0,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_batch_ends_the_stream_and_earlier_batches_stay() {
+    let server = TestServer::start().await;
+    let mut ingest = server.ingest().await;
+    let batch = |from: usize, bad_at: Option<usize>| pb::LoadCustomersRequest {
+        customers: (from..from + 100)
+            .map(|n| {
+                if Some(n) == bad_at {
+                    customer(&format!("b{n}"), Some("broken"), &[])
+                } else {
+                    customer(&format!("b{n}"), None, &[("vip", b(n % 7 == 0))])
+                }
+            })
+            .collect(),
+    };
+    let messages = vec![
+        batch(0, None),
+        batch(100, None),
+        batch(200, Some(250)),
+        batch(300, None),
+    ];
+    let err = ingest
+        .load_customers(tokio_stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("batch[2].customers[50].email"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message()
+            .contains("2 earlier batches were applied (200 customers created"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(customer_count(&server).await, 200);
+    assert!(get(&mut ingest, "b199").await.is_ok());
+    assert_eq!(get(&mut ingest, "b200").await.unwrap_err().code(), Code::NotFound);
+
+    // A conflict found only by the writer (an e-mail owned by another customer) also stops it.
+    let messages = vec![
+        pb::LoadCustomersRequest {
+            customers: vec![customer("s1", Some("s@example.com"), &[])],
+        },
+        pb::LoadCustomersRequest {
+            customers: vec![
+                customer("s2", None, &[]),
+                customer("s3", Some("S@example.com"), &[]),
+            ],
+        },
+    ];
+    let err = ingest
+        .load_customers(tokio_stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("batch[1].customers[1].email"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("1 earlier batches were applied"),
+        "{}",
+        err.message()
+    );
+    assert!(get(&mut ingest, "s1").await.is_ok());
+    assert_eq!(get(&mut ingest, "s2").await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn timestamps_and_values_round_trip_exactly() {
+    let server = TestServer::start().await;
+    let mut ingest = server.ingest().await;
+    let precise = pb::Value {
+        kind: Some(Kind::TimestampValue(prost_types::Timestamp {
+            seconds: -1,
+            nanos: 123_456_000,
+        })),
+    };
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest {
+            customers: vec![customer(
+                "T",
+                None,
+                &[("last_visit_at", precise.clone()), ("birth_date", date(1, 1, 1))],
+            )],
+        })
+        .await
+        .unwrap();
+    let t = get(&mut ingest, "T").await.unwrap();
+    assert_eq!(t.attributes["last_visit_at"], precise);
+    assert_eq!(t.attributes["birth_date"], date(1, 1, 1));
+}
