@@ -1,0 +1,246 @@
+//! Property test: random upsert / delete / order sequences leave the store equal to a naive model.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use proptest::prelude::*;
+use segmentd::store::Store;
+use segmentd::store::input::{CustomerKey, CustomerPatch, OrderIn};
+use segmentd::store::value::Value;
+
+const IDS: usize = 12;
+const EMAILS: usize = 6;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Upsert(Vec<(usize, Option<Option<usize>>, Vec<(&'static str, Option<Value>)>)>),
+    Delete(usize),
+    Orders(Vec<(usize, usize, i64, bool, Vec<&'static str>)>),
+}
+
+fn value_for(name: &'static str) -> BoxedStrategy<Option<Value>> {
+    let v: BoxedStrategy<Value> = match name {
+        "gender" => prop_oneof![Just("F"), Just("M"), Just("X")]
+            .prop_map(|s| Value::Keyword(s.into()))
+            .boxed(),
+        "household_size" => (0i64..6).prop_map(Value::Int).boxed(),
+        "vip" => any::<bool>().prop_map(Value::Bool).boxed(),
+        "birth_date" => (-20_000i32..20_000).prop_map(Value::Date).boxed(),
+        "tags" => proptest::sample::subsequence(vec!["golf", "ski", "tennis", "run"], 0..4)
+            .prop_map(|v| Value::Keywords(v.into_iter().map(String::from).collect()))
+            .boxed(),
+        _ => unreachable!(),
+    };
+    prop_oneof![1 => Just(None), 4 => v.prop_map(Some)].boxed()
+}
+
+fn attrs() -> impl Strategy<Value = Vec<(&'static str, Option<Value>)>> {
+    proptest::sample::subsequence(vec!["gender", "household_size", "vip", "birth_date", "tags"], 0..5)
+        .prop_flat_map(|names| names.into_iter().map(|n| value_for(n).prop_map(move |v| (n, v))).collect::<Vec<_>>())
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let email = prop_oneof![2 => Just(None), 1 => Just(Some(None)), 3 => (0..EMAILS).prop_map(|e| Some(Some(e)))];
+    let item = (0..IDS, email, attrs());
+    let order = (0..IDS, 0usize..25, 0i64..10_000, any::<bool>(), proptest::sample::subsequence(vec!["golf", "ski"], 0..2));
+    prop_oneof![
+        5 => proptest::collection::vec(item, 1..4).prop_map(Op::Upsert),
+        2 => (0..IDS).prop_map(Op::Delete),
+        3 => proptest::collection::vec(order, 1..4).prop_map(Op::Orders),
+    ]
+}
+
+fn id(n: usize) -> String {
+    format!("cust-{n}")
+}
+
+/// E-mails differ only in case for the same index, to exercise case-insensitive comparison.
+fn email(n: usize, upper: bool) -> String {
+    let e = format!("person{n}@example.com");
+    if upper { e.to_uppercase() } else { e }
+}
+
+#[derive(Debug, Default, Clone)]
+struct ModelCustomer {
+    email: Option<usize>,
+    attrs: BTreeMap<&'static str, Value>,
+    orders: Vec<(i64, i64, bool)>,
+    categories: BTreeSet<&'static str>,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    customers: HashMap<usize, ModelCustomer>,
+    orders_seen: HashSet<usize>,
+}
+
+impl Model {
+    fn email_owner(&self, e: usize) -> Option<usize> {
+        self.customers.iter().find(|(_, c)| c.email == Some(e)).map(|(&id, _)| id)
+    }
+
+    /// Whether the batch is refused; if not, applies it.
+    fn upsert(&mut self, batch: &[(usize, Option<Option<usize>>, Vec<(&'static str, Option<Value>)>)]) -> bool {
+        let ids: HashSet<usize> = batch.iter().map(|(i, _, _)| *i).collect();
+        if ids.len() != batch.len() {
+            return false;
+        }
+        // The e-mail each customer has after the batch.
+        let mut after: HashMap<usize, Option<usize>> =
+            self.customers.iter().map(|(&id, c)| (id, c.email)).collect();
+        for (i, e, _) in batch {
+            if let Some(e) = e {
+                after.insert(*i, *e);
+            }
+        }
+        let mut claimed = HashSet::new();
+        for (_, e, _) in batch {
+            if let Some(Some(e)) = e {
+                if !claimed.insert(*e) {
+                    return false;
+                }
+            }
+        }
+        let mut owners: HashMap<usize, usize> = HashMap::new();
+        for (id, e) in &after {
+            if let Some(e) = e {
+                if owners.insert(*e, *id).is_some() {
+                    return false;
+                }
+            }
+        }
+        for (i, e, attrs) in batch {
+            let c = self.customers.entry(*i).or_default();
+            if let Some(e) = e {
+                c.email = *e;
+            }
+            for (name, v) in attrs {
+                match v {
+                    Some(Value::Keywords(items)) if items.is_empty() => {
+                        c.attrs.remove(name);
+                    }
+                    Some(Value::Keywords(items)) => {
+                        let set: BTreeSet<String> = items.iter().cloned().collect();
+                        c.attrs.insert(name, Value::Keywords(set.into_iter().collect()));
+                    }
+                    Some(v) => {
+                        c.attrs.insert(name, v.clone());
+                    }
+                    None => {
+                        c.attrs.remove(name);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn expected(&self, n: usize) -> Option<(Option<usize>, BTreeMap<String, Value>)> {
+        let c = self.customers.get(&n)?;
+        let mut attrs: BTreeMap<String, Value> = c.attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        if !c.orders.is_empty() {
+            let count = c.orders.len() as i64;
+            let total: i64 = c.orders.iter().map(|o| o.1).sum();
+            attrs.insert("order_count".into(), Value::Int(count));
+            attrs.insert("total_spent".into(), Value::Money(total));
+            attrs.insert("avg_order_value".into(), Value::Money(total / count));
+            attrs.insert(
+                "promo_order_count".into(),
+                Value::Int(c.orders.iter().filter(|o| o.2).count() as i64),
+            );
+            attrs.insert("first_order_at".into(), Value::Timestamp(c.orders.iter().map(|o| o.0).min().unwrap()));
+            attrs.insert("last_order_at".into(), Value::Timestamp(c.orders.iter().map(|o| o.0).max().unwrap()));
+            if !c.categories.is_empty() {
+                attrs.insert(
+                    "categories_bought".into(),
+                    Value::Keywords(c.categories.iter().map(|s| s.to_string()).collect()),
+                );
+            }
+        }
+        Some((c.email, attrs))
+    }
+}
+
+fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
+    prop_assert_eq!(store.customer_count() as usize, model.customers.len());
+    for n in 0..IDS {
+        let got = store.get_customer(&CustomerKey::Id(id(n))).ok();
+        let want = model.expected(n);
+        match (got, want) {
+            (None, None) => {}
+            (Some(rec), Some((email_n, attrs))) => {
+                prop_assert_eq!(rec.customer_id, id(n));
+                prop_assert_eq!(
+                    rec.email.map(|e| e.to_lowercase()),
+                    email_n.map(|e| email(e, false))
+                );
+                let got: BTreeMap<String, Value> = rec.attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                prop_assert_eq!(got, attrs, "customer {}", n);
+            }
+            (got, want) => prop_assert!(false, "customer {n}: store {got:?}, model {want:?}"),
+        }
+    }
+    for e in 0..EMAILS {
+        let owner = store.resolve(&CustomerKey::Email(email(e, true))).and_then(|ord| {
+            store.read_shard(ord, |s| s.ids.get(segmentd::store::local(ord)).map(str::to_string))
+        });
+        prop_assert_eq!(owner, model.email_owner(e).map(id), "owner of e-mail {}", e);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_naive_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let store = Store::new();
+        let schema = store.schema();
+        let mut model = Model::default();
+        for (step, op) in ops.iter().enumerate() {
+            match op {
+                Op::Upsert(batch) => {
+                    let patches: Vec<CustomerPatch> = batch
+                        .iter()
+                        .map(|(i, e, attrs)| CustomerPatch {
+                            customer_id: id(*i),
+                            email: e.map(|e| e.map_or(String::new(), |e| email(e, step % 2 == 0))),
+                            attrs: attrs.iter().map(|(n, v)| (schema.get(n).unwrap().id, v.clone())).collect(),
+                        })
+                        .collect();
+                    let ok = store.upsert(&patches).is_ok();
+                    prop_assert_eq!(ok, model.upsert(batch), "step {}: {:?}", step, op);
+                }
+                Op::Delete(i) => {
+                    let ok = store.delete(&CustomerKey::Id(id(*i))).is_ok();
+                    prop_assert_eq!(ok, model.customers.remove(i).is_some());
+                }
+                Op::Orders(orders) => {
+                    let ins: Vec<OrderIn> = orders
+                        .iter()
+                        .map(|(c, o, amount, promo, cats)| OrderIn {
+                            order_id: format!("order-{o}"),
+                            customer_id: id(*c),
+                            placed_at: (*o as i64) * 1_000_000_000 + amount,
+                            amount_minor: *amount,
+                            promotion: *promo,
+                            categories: cats.iter().map(|s| s.to_string()).collect(),
+                            brands: vec![],
+                        })
+                        .collect();
+                    let out = store.record_orders(&ins).unwrap();
+                    let mut applied = 0;
+                    for ((c, o, amount, promo, cats), order) in orders.iter().zip(&ins) {
+                        if model.orders_seen.insert(*o) {
+                            applied += 1;
+                            let m = model.customers.entry(*c).or_default();
+                            m.orders.push((order.placed_at, *amount, *promo));
+                            m.categories.extend(cats.iter().copied());
+                        }
+                    }
+                    prop_assert_eq!(out.applied, applied);
+                }
+            }
+            check(&store, &model)?;
+        }
+    }
+}
