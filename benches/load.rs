@@ -15,6 +15,9 @@ use segmentd::config::Config;
 
 const BATCH: usize = 1_000;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let total: usize = std::env::var("SEGMENTD_BENCH_CUSTOMERS")
         .ok()
@@ -23,6 +26,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("server")
         .enable_all()
         .build()
         .unwrap();
@@ -42,11 +46,20 @@ fn main() {
                 .collect(),
         })
         .collect();
-    let attrs: usize = batches.iter().flat_map(|b| &b.customers).map(|c| c.attributes.len()).sum();
-    eprintln!("{:.1}s, {:.1} attributes per customer", started.elapsed().as_secs_f64(), attrs as f64 / total as f64);
+    let attrs: usize = batches
+        .iter()
+        .flat_map(|b| &b.customers)
+        .map(|c| c.attributes.len())
+        .sum();
+    eprintln!(
+        "{:.1}s, {:.1} attributes per customer",
+        started.elapsed().as_secs_f64(),
+        attrs as f64 / total as f64
+    );
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("client")
         .enable_all()
         .build()
         .unwrap();
@@ -72,12 +85,22 @@ fn main() {
             .await
             .unwrap()
             .into_inner();
-        println!("load_customers: {total} customers in {secs:.3} s = {:.0} customers/s", total as f64 / secs);
+        println!(
+            "load_customers: {total} customers in {secs:.3} s = {:.0} customers/s",
+            total as f64 / secs
+        );
         println!(
             "memory: {} customers, {:.1} MiB, {:.1} bytes per customer",
             stats.customers,
             stats.bytes_used as f64 / (1 << 20) as f64,
             stats.bytes_per_customer
         );
+        for part in stats.memory.iter().take(12) {
+            println!(
+                "  {:<28} {:>7.1} bytes per customer",
+                part.name,
+                part.bytes as f64 / stats.customers.max(1) as f64
+            );
+        }
     });
 }

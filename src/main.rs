@@ -1,6 +1,11 @@
 //! The `segmentd` binary: parse flags, start logging, bind, serve until SIGINT or SIGTERM.
 
 use clap::Parser;
+
+/// mimalloc: the write path allocates and frees many small strings across threads (decoded on
+/// runtime workers, dropped on the blocking pool), where it is much cheaper than glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use segmentd::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 

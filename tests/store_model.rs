@@ -34,14 +34,29 @@ fn value_for(name: &'static str) -> BoxedStrategy<Option<Value>> {
 }
 
 fn attrs() -> impl Strategy<Value = Vec<(&'static str, Option<Value>)>> {
-    proptest::sample::subsequence(vec!["gender", "household_size", "vip", "birth_date", "tags"], 0..5)
-        .prop_flat_map(|names| names.into_iter().map(|n| value_for(n).prop_map(move |v| (n, v))).collect::<Vec<_>>())
+    proptest::sample::subsequence(
+        vec!["gender", "household_size", "vip", "birth_date", "tags"],
+        0..5,
+    )
+    .prop_flat_map(|names| {
+        names
+            .into_iter()
+            .map(|n| value_for(n).prop_map(move |v| (n, v)))
+            .collect::<Vec<_>>()
+    })
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let email = prop_oneof![2 => Just(None), 1 => Just(Some(None)), 3 => (0..EMAILS).prop_map(|e| Some(Some(e)))];
+    let email =
+        prop_oneof![2 => Just(None), 1 => Just(Some(None)), 3 => (0..EMAILS).prop_map(|e| Some(Some(e)))];
     let item = (0..IDS, email, attrs());
-    let order = (0..IDS, 0usize..25, 0i64..10_000, any::<bool>(), proptest::sample::subsequence(vec!["golf", "ski"], 0..2));
+    let order = (
+        0..IDS,
+        0usize..25,
+        0i64..10_000,
+        any::<bool>(),
+        proptest::sample::subsequence(vec!["golf", "ski"], 0..2),
+    );
     prop_oneof![
         5 => proptest::collection::vec(item, 1..4).prop_map(Op::Upsert),
         2 => (0..IDS).prop_map(Op::Delete),
@@ -75,11 +90,17 @@ struct Model {
 
 impl Model {
     fn email_owner(&self, e: usize) -> Option<usize> {
-        self.customers.iter().find(|(_, c)| c.email == Some(e)).map(|(&id, _)| id)
+        self.customers
+            .iter()
+            .find(|(_, c)| c.email == Some(e))
+            .map(|(&id, _)| id)
     }
 
     /// Whether the batch is refused; if not, applies it.
-    fn upsert(&mut self, batch: &[(usize, Option<Option<usize>>, Vec<(&'static str, Option<Value>)>)]) -> bool {
+    fn upsert(
+        &mut self,
+        batch: &[(usize, Option<Option<usize>>, Vec<(&'static str, Option<Value>)>)],
+    ) -> bool {
         let ids: HashSet<usize> = batch.iter().map(|(i, _, _)| *i).collect();
         if ids.len() != batch.len() {
             return false;
@@ -136,7 +157,8 @@ impl Model {
 
     fn expected(&self, n: usize) -> Option<(Option<usize>, BTreeMap<String, Value>)> {
         let c = self.customers.get(&n)?;
-        let mut attrs: BTreeMap<String, Value> = c.attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let mut attrs: BTreeMap<String, Value> =
+            c.attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         if !c.orders.is_empty() {
             let count = c.orders.len() as i64;
             let total: i64 = c.orders.iter().map(|o| o.1).sum();
@@ -147,8 +169,14 @@ impl Model {
                 "promo_order_count".into(),
                 Value::Int(c.orders.iter().filter(|o| o.2).count() as i64),
             );
-            attrs.insert("first_order_at".into(), Value::Timestamp(c.orders.iter().map(|o| o.0).min().unwrap()));
-            attrs.insert("last_order_at".into(), Value::Timestamp(c.orders.iter().map(|o| o.0).max().unwrap()));
+            attrs.insert(
+                "first_order_at".into(),
+                Value::Timestamp(c.orders.iter().map(|o| o.0).min().unwrap()),
+            );
+            attrs.insert(
+                "last_order_at".into(),
+                Value::Timestamp(c.orders.iter().map(|o| o.0).max().unwrap()),
+            );
             if !c.categories.is_empty() {
                 attrs.insert(
                     "categories_bought".into(),
@@ -173,16 +201,21 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
                     rec.email.map(|e| e.to_lowercase()),
                     email_n.map(|e| email(e, false))
                 );
-                let got: BTreeMap<String, Value> = rec.attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                let got: BTreeMap<String, Value> =
+                    rec.attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
                 prop_assert_eq!(got, attrs, "customer {}", n);
             }
             (got, want) => prop_assert!(false, "customer {n}: store {got:?}, model {want:?}"),
         }
     }
     for e in 0..EMAILS {
-        let owner = store.resolve(&CustomerKey::Email(email(e, true))).and_then(|ord| {
-            store.read_shard(ord, |s| s.ids.get(segmentd::store::local(ord)).map(str::to_string))
-        });
+        let owner = store
+            .resolve(&CustomerKey::Email(email(e, true)))
+            .and_then(|ord| {
+                store.read_shard(ord, |s| {
+                    s.ids.get(segmentd::store::local(ord)).map(str::to_string)
+                })
+            });
         prop_assert_eq!(owner, model.email_owner(e).map(id), "owner of e-mail {}", e);
     }
     Ok(())

@@ -47,7 +47,9 @@ fn ts(seconds: i64) -> pb::Value {
 const COUNTRIES: &[&str] = &["FR", "DE", "ES", "IT", "BE", "CH", "GB", "NL"];
 const LANGS: &[&str] = &["fr", "de", "es", "it", "nl", "en"];
 const TIERS: &[&str] = &["basic", "silver", "gold", "platinum"];
-const TAGS: &[&str] = &["golf", "ski", "tennis", "running", "cycling", "hiking", "swimming", "yoga"];
+const TAGS: &[&str] = &[
+    "golf", "ski", "tennis", "running", "cycling", "hiking", "swimming", "yoga",
+];
 
 /// Customer number `n` of the base generated with `seed`.
 pub fn customer(n: u64, seed: u64) -> pb::Customer {
@@ -56,10 +58,22 @@ pub fn customer(n: u64, seed: u64) -> pb::Customer {
     let city = r.skewed(2_000);
     let registered_at = 1_420_070_400 + r.below(10 * 365 * 86_400) as i64; // 2015..2025
     let mut attrs: Vec<(&str, pb::Value)> = vec![
-        ("registered", pb::Value { kind: Some(Kind::BoolValue(r.chance(85))) }),
+        (
+            "registered",
+            pb::Value {
+                kind: Some(Kind::BoolValue(r.chance(85))),
+            },
+        ),
         ("registered_at", ts(registered_at)),
         ("last_visit_at", ts(registered_at + r.below(300 * 86_400) as i64)),
-        ("gender", s(match r.below(100) { 0..48 => "F", 48..96 => "M", _ => "X" })),
+        (
+            "gender",
+            s(match r.below(100) {
+                0..48 => "F",
+                48..96 => "M",
+                _ => "X",
+            }),
+        ),
         (
             "birth_date",
             pb::Value {
@@ -76,13 +90,30 @@ pub fn customer(n: u64, seed: u64) -> pb::Customer {
         ("postal_code", s(format!("{:05}", city * 10 + r.below(10)))),
         ("home_store", s(format!("store-{}", r.skewed(400)))),
         ("language", s(LANGS[country.min(LANGS.len() - 1)])),
-        ("email_opt_in", pb::Value { kind: Some(Kind::BoolValue(r.chance(60))) }),
+        (
+            "email_opt_in",
+            pb::Value {
+                kind: Some(Kind::BoolValue(r.chance(60))),
+            },
+        ),
         ("loyalty_tier", s(TIERS[r.skewed(TIERS.len() as u64) as usize])),
-        ("household_size", pb::Value { kind: Some(Kind::IntValue(1 + r.skewed(6) as i64)) }),
+        (
+            "household_size",
+            pb::Value {
+                kind: Some(Kind::IntValue(1 + r.skewed(6) as i64)),
+            },
+        ),
     ];
     if r.chance(30) {
         let tag = TAGS[r.below(TAGS.len() as u64) as usize];
-        attrs.push(("tags", pb::Value { kind: Some(Kind::ListValue(pb::StringList { values: vec![tag.into()] })) }));
+        attrs.push((
+            "tags",
+            pb::Value {
+                kind: Some(Kind::ListValue(pb::StringList {
+                    values: vec![tag.into()],
+                })),
+            },
+        ));
     }
     if r.chance(5) {
         let account = r.skewed(5_000);
@@ -90,7 +121,12 @@ pub fn customer(n: u64, seed: u64) -> pb::Customer {
         attrs.push(("organization", s(format!("Organization {account}"))));
     }
     if r.below(1000) == 0 {
-        attrs.push(("vip", pb::Value { kind: Some(Kind::BoolValue(true)) }));
+        attrs.push((
+            "vip",
+            pb::Value {
+                kind: Some(Kind::BoolValue(true)),
+            },
+        ));
     }
     pb::Customer {
         customer_id: format!("C{n:09}"),

@@ -67,6 +67,11 @@ impl Admin for AdminApi {
             shards: s.shards,
             attributes: s.attributes,
             orders_recorded: s.orders_recorded,
+            memory: s
+                .parts
+                .into_iter()
+                .map(|(name, bytes)| pb::MemoryPart { name, bytes })
+                .collect(),
         }))
     }
 }

@@ -6,7 +6,7 @@
 //! value; `keywords` columns hold only a bitmap per value. Bitmaps hold global ordinals, so a
 //! shard's bitmap is one roaring container and shard results combine without rewriting.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use roaring::RoaringBitmap;
 

@@ -1,7 +1,7 @@
 //! Value dictionaries of `keyword` and `keywords` attributes: each distinct string gets a dense
 //! `u32` code, shared by every shard, so columns hold small codes and bitmaps are kept per code.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;

@@ -19,7 +19,7 @@ pub mod schema;
 pub mod strings;
 pub mod value;
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -76,17 +76,19 @@ impl Shard {
         self.columns[i].get_or_insert_with(|| Column::new(ty))
     }
 
-    fn heap_bytes(&self) -> usize {
-        column::bitmap_bytes(&self.live)
-            + self.ids.heap_bytes()
-            + self.emails.heap_bytes()
-            + self.columns.capacity() * std::mem::size_of::<Option<Column>>()
-            + self
-                .columns
-                .iter()
-                .flatten()
-                .map(Column::heap_bytes)
-                .sum::<usize>()
+    /// Adds this shard's heap bytes to `parts`: ids, e-mails, each attribute, and the rest.
+    fn add_heap_bytes(&self, parts: &mut MemoryParts) {
+        parts.ids += self.ids.heap_bytes();
+        parts.emails += self.emails.heap_bytes();
+        parts.shards += column::bitmap_bytes(&self.live)
+            + std::mem::size_of::<RwLock<Shard>>()
+            + self.columns.capacity() * std::mem::size_of::<Option<Column>>();
+        if parts.attrs.len() < self.columns.len() {
+            parts.attrs.resize(self.columns.len(), 0);
+        }
+        for (i, col) in self.columns.iter().enumerate() {
+            parts.attrs[i] += col.as_ref().map_or(0, Column::heap_bytes);
+        }
     }
 }
 
@@ -115,13 +117,24 @@ pub struct OrdersOutcome {
 }
 
 /// Counts and memory use.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct StoreStats {
     pub customers: u64,
     pub shards: u64,
     pub attributes: u64,
     pub orders_recorded: u64,
     pub bytes_used: u64,
+    /// Where `bytes_used` goes, largest first.
+    pub parts: Vec<(String, u64)>,
+}
+
+/// Heap bytes by part, summed over shards.
+#[derive(Debug, Default)]
+struct MemoryParts {
+    ids: usize,
+    emails: usize,
+    shards: usize,
+    attrs: Vec<usize>,
 }
 
 /// State only the writer touches.
@@ -274,49 +287,40 @@ impl Store {
                 self.emails.remove(&old, ord);
             }
         }
-        for (patch, step) in batch.iter().zip(&plan) {
-            let ord = match step.existing {
-                Some(ord) => {
-                    outcome.updated += 1;
-                    ord
-                }
-                None => {
+        let ords: Vec<u32> = plan
+            .iter()
+            .map(|step| step.existing.unwrap_or_else(|| self.allocate(&mut w)))
+            .collect();
+        // Apply runs of items in the same shard under one lock hold, bounded so readers of that
+        // shard wait at most for `MAX_RUN` customers.
+        let mut start = 0;
+        while start < batch.len() {
+            let sh = shard_of(ords[start]);
+            let mut end = start + 1;
+            while end < batch.len() && end - start < MAX_RUN && shard_of(ords[end]) == sh {
+                end += 1;
+            }
+            let shard = self.shards.read()[sh].clone();
+            let mut s = shard.write();
+            for k in start..end {
+                let (patch, ord, new) = (&batch[k], ords[k], plan[k].existing.is_none());
+                apply_patch(&mut s, &schema, ord, new, patch);
+                // Mapped while the shard is still locked: a reader that finds the customer waits
+                // for the lock and then sees it whole.
+                if new {
+                    self.ids.insert(&patch.customer_id, ord);
                     outcome.created += 1;
-                    self.allocate(&mut w)
+                } else {
+                    outcome.updated += 1;
                 }
-            };
-            let shard = self.shard(ord);
-            {
-                let mut s = shard.write();
-                let i = local(ord);
-                if step.existing.is_none() {
-                    s.live.insert(ord);
-                    s.ids.set(i, &patch.customer_id);
-                }
-                if let Some(email) = &patch.email {
-                    s.emails.set(i, email);
-                }
-                for (attr, value) in &patch.attrs {
-                    let def = schema.attr(*attr);
-                    match value {
-                        Some(v) => s.column_mut(*attr, def.ty).set(ord, v, def.dict.as_deref()),
-                        None => {
-                            if let Some(Some(col)) = s.columns.get_mut(usize::from(*attr)) {
-                                col.clear(ord);
-                            }
-                        }
-                    }
+                if let Some(email) = patch.email.as_deref().filter(|e| !e.is_empty()) {
+                    self.emails.insert(email, ord);
                 }
             }
-            // Index after the shard holds the keys, so a reader never finds a half-made customer.
-            if step.existing.is_none() {
-                self.ids.insert(&patch.customer_id, ord);
-                self.customers.fetch_add(1, Ordering::AcqRel);
-            }
-            if let Some(email) = patch.email.as_deref().filter(|e| !e.is_empty()) {
-                self.emails.insert(email, ord);
-            }
+            drop(s);
+            start = end;
         }
+        self.customers.fetch_add(outcome.created, Ordering::AcqRel);
         Ok(outcome)
     }
 
@@ -352,12 +356,12 @@ impl Store {
             });
         }
         // E-mails: each may be claimed once, and only if free or released by its owner in this batch.
-        let mut claims: HashMap<String, usize> = HashMap::new();
+        let mut claims: HashMap<std::borrow::Cow<'_, str>, usize> = HashMap::new();
         for (i, patch) in batch.iter().enumerate() {
             let Some(email) = patch.email.as_deref().filter(|e| !e.is_empty()) else {
                 continue;
             };
-            let norm = index::normalize_email(email).into_owned();
+            let norm = index::normalize_email(email);
             if let Some(first) = claims.get(&norm) {
                 return Err(Error::invalid(
                     format!("{}.email", item(i)),
@@ -373,7 +377,7 @@ impl Store {
                         && other
                             .email
                             .as_deref()
-                            .is_some_and(|e| index::normalize_email(e) != norm.as_str())
+                            .is_some_and(|e| index::normalize_email(e) != norm)
                 });
                 if !released {
                     let owner_id = self.read_shard(owner, |s| s.ids.get(local(owner)).map(str::to_string));
@@ -397,9 +401,11 @@ impl Store {
         }
         let ord = w.next_ordinal;
         w.next_ordinal = ord.checked_add(1).expect("fewer than 2^32 customers");
-        let mut shards = self.shards.write();
-        while shards.len() <= shard_of(ord) {
-            shards.push(Arc::new(RwLock::new(Shard::default())));
+        if local(ord) == 0 {
+            let mut shards = self.shards.write();
+            while shards.len() <= shard_of(ord) {
+                shards.push(Arc::new(RwLock::new(Shard::default())));
+            }
         }
         ord
     }
@@ -488,25 +494,64 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let schema = self.schema();
         let shards: Vec<_> = self.shards.read().clone();
-        let mut bytes: usize = shards.iter().map(|s| s.read().heap_bytes()).sum();
-        bytes += shards.capacity() * 8 + shards.len() * std::mem::size_of::<RwLock<Shard>>();
-        bytes += self.ids.heap_bytes() + self.emails.heap_bytes();
-        bytes += schema
-            .attrs()
-            .iter()
-            .filter_map(|a| a.dict.as_ref())
-            .map(|d| d.heap_bytes())
-            .sum::<usize>();
-        {
-            let w = self.writer.lock();
-            bytes += w.orders_seen.capacity() * 17 + w.free.capacity() * 4;
+        let mut m = MemoryParts::default();
+        for shard in &shards {
+            shard.read().add_heap_bytes(&mut m);
         }
+        m.shards += shards.capacity() * 8;
+        let order_dedup = {
+            let w = self.writer.lock();
+            m.shards += w.free.capacity() * 4;
+            w.orders_seen.capacity() * 17
+        };
+        let mut parts: Vec<(String, u64)> = vec![
+            ("id_map".into(), self.ids.heap_bytes() as u64),
+            ("email_map".into(), self.emails.heap_bytes() as u64),
+            ("ids".into(), m.ids as u64),
+            ("emails".into(), m.emails as u64),
+            ("order_dedup".into(), order_dedup as u64),
+            ("shards".into(), m.shards as u64),
+        ];
+        for def in schema.attrs() {
+            let columns = m.attrs.get(usize::from(def.id)).copied().unwrap_or(0);
+            let dict = def.dict.as_ref().map_or(0, |d| d.heap_bytes());
+            if columns + dict > 0 {
+                parts.push((format!("attribute:{}", def.name), (columns + dict) as u64));
+            }
+        }
+        parts.sort_by_key(|p| std::cmp::Reverse(p.1));
         StoreStats {
             customers: self.customer_count(),
             shards: shards.len() as u64,
             attributes: schema.len() as u64,
             orders_recorded: self.orders.load(Ordering::Acquire),
-            bytes_used: bytes as u64,
+            bytes_used: parts.iter().map(|p| p.1).sum(),
+            parts,
+        }
+    }
+}
+
+/// Most customers applied under one hold of a shard's write lock.
+const MAX_RUN: usize = 256;
+
+fn apply_patch(s: &mut Shard, schema: &Schema, ord: u32, new: bool, patch: &CustomerPatch) {
+    let i = local(ord);
+    if new {
+        s.live.insert(ord);
+        s.ids.set(i, &patch.customer_id);
+    }
+    if let Some(email) = &patch.email {
+        s.emails.set(i, email);
+    }
+    for (attr, value) in &patch.attrs {
+        let def = schema.attr(*attr);
+        match value {
+            Some(v) => s.column_mut(*attr, def.ty).set(ord, v, def.dict.as_deref()),
+            None => {
+                if let Some(Some(col)) = s.columns.get_mut(usize::from(*attr)) {
+                    col.clear(ord);
+                }
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Attribute types, the built-in retail schema and custom attributes.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
