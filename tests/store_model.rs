@@ -10,9 +10,12 @@ use segmentd::store::value::Value;
 const IDS: usize = 12;
 const EMAILS: usize = 6;
 
+/// One upserted customer: id index, e-mail change (keep / remove / set index), attribute changes.
+type Item = (usize, Option<Option<usize>>, Vec<(&'static str, Option<Value>)>);
+
 #[derive(Debug, Clone)]
 enum Op {
-    Upsert(Vec<(usize, Option<Option<usize>>, Vec<(&'static str, Option<Value>)>)>),
+    Upsert(Vec<Item>),
     Delete(usize),
     Orders(Vec<(usize, usize, i64, bool, Vec<&'static str>)>),
 }
@@ -97,10 +100,7 @@ impl Model {
     }
 
     /// Whether the batch is refused; if not, applies it.
-    fn upsert(
-        &mut self,
-        batch: &[(usize, Option<Option<usize>>, Vec<(&'static str, Option<Value>)>)],
-    ) -> bool {
+    fn upsert(&mut self, batch: &[Item]) -> bool {
         let ids: HashSet<usize> = batch.iter().map(|(i, _, _)| *i).collect();
         if ids.len() != batch.len() {
             return false;
@@ -115,18 +115,18 @@ impl Model {
         }
         let mut claimed = HashSet::new();
         for (_, e, _) in batch {
-            if let Some(Some(e)) = e {
-                if !claimed.insert(*e) {
-                    return false;
-                }
+            if let Some(Some(e)) = e
+                && !claimed.insert(*e)
+            {
+                return false;
             }
         }
         let mut owners: HashMap<usize, usize> = HashMap::new();
         for (id, e) in &after {
-            if let Some(e) = e {
-                if owners.insert(*e, *id).is_some() {
-                    return false;
-                }
+            if let Some(e) = e
+                && owners.insert(*e, *id).is_some()
+            {
+                return false;
             }
         }
         for (i, e, attrs) in batch {
