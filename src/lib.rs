@@ -20,6 +20,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod segment;
 pub mod server;
 pub mod store;
 pub mod time;
