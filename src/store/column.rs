@@ -219,6 +219,14 @@ impl Column {
         }
     }
 
+    /// The dictionary code of `ord` in a `keyword` column.
+    pub fn keyword_code(&self, ord: u32) -> Option<u32> {
+        match &self.data {
+            ColumnData::Keyword { codes, .. } => codes.get(local(ord)),
+            _ => None,
+        }
+    }
+
     /// The raw `i64` of `ord` (int, money, timestamp), if present.
     pub fn get_i64(&self, ord: u32) -> Option<i64> {
         match &self.data {

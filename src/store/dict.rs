@@ -47,6 +47,14 @@ impl Dict {
         self.inner.read().values[code as usize].clone()
     }
 
+    /// Codes of every value for which `f` holds (a scan of the dictionary).
+    pub fn codes_where(&self, f: impl Fn(&str) -> bool) -> Vec<u32> {
+        let inner = self.inner.read();
+        (0..inner.values.len() as u32)
+            .filter(|&c| f(&inner.values[c as usize]))
+            .collect()
+    }
+
     /// Number of distinct values.
     pub fn len(&self) -> usize {
         self.inner.read().values.len()

@@ -27,6 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
+use crate::segment::SegShard;
 use column::Column;
 use index::{IdIndex, KeyCase};
 use input::{CustomerKey, CustomerPatch, OrderIn};
@@ -60,12 +61,28 @@ pub struct Shard {
     pub emails: StrColumn,
     /// Indexed by [`AttrId`]; `None` until the attribute is first written in this shard.
     pub columns: Vec<Option<Column>>,
+    /// Segment members and lists in this shard, indexed by segment slot.
+    pub segments: Vec<SegShard>,
 }
 
 impl Shard {
     /// The column of `attr`, if any value was ever written here.
     pub fn column(&self, attr: AttrId) -> Option<&Column> {
         self.columns.get(usize::from(attr)).and_then(Option::as_ref)
+    }
+
+    /// A segment's state in this shard, if it was ever written here.
+    pub fn segment(&self, slot: u32) -> Option<&SegShard> {
+        self.segments.get(slot as usize)
+    }
+
+    /// A segment's state in this shard, created empty when missing.
+    pub fn segment_mut(&mut self, slot: u32) -> &mut SegShard {
+        let i = slot as usize;
+        if self.segments.len() <= i {
+            self.segments.resize_with(i + 1, SegShard::default);
+        }
+        &mut self.segments[i]
     }
 
     fn column_mut(&mut self, attr: AttrId, ty: AttrType) -> &mut Column {
