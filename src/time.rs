@@ -116,3 +116,43 @@ mod tests {
         assert_eq!(parts_from_micros(-1), (-1, 999_999_000));
     }
 }
+
+/// The source of "now" for relative-time rules, replaceable in tests.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Microseconds since the epoch.
+    fn now_micros(&self) -> i64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> i64 {
+        now_micros()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn new(micros: i64) -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicI64::new(micros))
+    }
+
+    pub fn set(&self, micros: i64) {
+        self.0.store(micros, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, micros: i64) {
+        self.0.fetch_add(micros, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_micros(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -17,3 +17,5 @@ pub struct SegShard {
     /// Customers put on the exclude list.
     pub exclude: RoaringBitmap,
 }
+pub mod ops;
+pub mod registry;

@@ -28,6 +28,10 @@ use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
 use crate::segment::SegShard;
+use crate::segment::eval::Now;
+use crate::segment::ops::{Changed, refresh_customer};
+use crate::segment::registry::Registry;
+use crate::time::{Clock, SystemClock};
 use column::Column;
 use index::{IdIndex, KeyCase};
 use input::{CustomerKey, CustomerPatch, OrderIn};
@@ -156,7 +160,7 @@ struct MemoryParts {
 
 /// State only the writer touches.
 #[derive(Debug, Default)]
-struct WriterState {
+pub(crate) struct WriterState {
     next_ordinal: u32,
     /// Ordinals of erased customers, reused before new ones.
     free: Vec<u32>,
@@ -166,9 +170,12 @@ struct WriterState {
 
 /// All customers, in sharded columns.
 pub struct Store {
-    writer: Mutex<WriterState>,
+    pub(crate) writer: Mutex<WriterState>,
     schema: RwLock<Arc<Schema>>,
-    shards: RwLock<Vec<Arc<RwLock<Shard>>>>,
+    /// Defined segments; replaced whole on every definition change.
+    pub(crate) segments: RwLock<Arc<Registry>>,
+    pub(crate) shards: RwLock<Vec<Arc<RwLock<Shard>>>>,
+    pub(crate) clock: Arc<dyn Clock>,
     ids: IdIndex,
     emails: IdIndex,
     customers: AtomicU64,
@@ -184,9 +191,16 @@ impl Default for Store {
 impl Store {
     /// An empty store with the built-in schema.
     pub fn new() -> Store {
+        Store::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty store whose relative-time rules read `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Store {
         Store {
             writer: Mutex::new(WriterState::default()),
             schema: RwLock::new(Arc::new(Schema::builtin())),
+            segments: RwLock::new(Arc::new(Registry::default())),
+            clock,
             shards: RwLock::new(Vec::new()),
             ids: IdIndex::new(KeyCase::Sensitive),
             emails: IdIndex::new(KeyCase::Insensitive),
@@ -200,12 +214,22 @@ impl Store {
         self.schema.read().clone()
     }
 
+    /// The defined segments.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.segments.read().clone()
+    }
+
+    /// "Now" for relative-time rules.
+    pub fn now(&self) -> Now {
+        Now::at(self.clock.now_micros())
+    }
+
     /// Number of customers.
     pub fn customer_count(&self) -> u64 {
         self.customers.load(Ordering::Acquire)
     }
 
-    fn shard(&self, ord: u32) -> Arc<RwLock<Shard>> {
+    pub(crate) fn shard(&self, ord: u32) -> Arc<RwLock<Shard>> {
         self.shards.read()[shard_of(ord)].clone()
     }
 
@@ -295,6 +319,9 @@ impl Store {
         let mut w = self.writer.lock();
         let schema = self.schema();
         let plan = self.plan_upsert(&schema, batch)?;
+        let reg = self.registry();
+        let now = self.now();
+        let mut changed: Vec<AttrId> = Vec::new();
         let mut outcome = UpsertOutcome::default();
         // Release e-mails that change first, so one batch can move an e-mail between customers.
         for (patch, step) in batch.iter().zip(&plan) {
@@ -322,6 +349,14 @@ impl Store {
             for k in start..end {
                 let (patch, ord, new) = (&batch[k], ords[k], plan[k].existing.is_none());
                 apply_patch(&mut s, &schema, ord, new, patch);
+                changed.clear();
+                changed.extend(patch.attrs.iter().map(|(id, _)| *id));
+                let what = if new {
+                    Changed::All
+                } else {
+                    Changed::Attrs(&changed)
+                };
+                refresh_customer(&reg, &schema, &mut s, ord, what, now);
                 // Mapped while the shard is still locked: a reader that finds the customer waits
                 // for the lock and then sees it whole.
                 if new {
@@ -450,6 +485,11 @@ impl Store {
             for col in s.columns.iter_mut().flatten() {
                 col.clear(ord);
             }
+            for seg in &mut s.segments {
+                seg.members.remove(ord);
+                seg.include.remove(ord);
+                seg.exclude.remove(ord);
+            }
             s.ids.clear(i);
             s.emails.clear(i);
             s.live.remove(ord);
@@ -467,14 +507,16 @@ impl Store {
         }
         let mut w = self.writer.lock();
         let schema = self.schema();
+        let reg = self.registry();
+        let now = self.now();
         let mut outcome = OrdersOutcome::default();
         for order in orders {
             if !w.orders_seen.insert(order_key(&order.order_id)) {
                 outcome.duplicates += 1;
                 continue;
             }
-            let ord = match self.ordinal_of_id(&order.customer_id) {
-                Some(ord) => ord,
+            let (ord, new) = match self.ordinal_of_id(&order.customer_id) {
+                Some(ord) => (ord, false),
                 None => {
                     let ord = self.allocate(&mut w);
                     {
@@ -486,12 +528,18 @@ impl Store {
                     self.ids.insert(&order.customer_id, ord);
                     self.customers.fetch_add(1, Ordering::AcqRel);
                     outcome.created_customer_ids.push(order.customer_id.clone());
-                    ord
+                    (ord, true)
                 }
             };
             let shard = self.shard(ord);
             let mut s = shard.write();
             apply_order(&mut s, &schema, ord, order);
+            let what = if new {
+                Changed::All
+            } else {
+                Changed::Attrs(&purchase::ALL)
+            };
+            refresh_customer(&reg, &schema, &mut s, ord, what, now);
             outcome.applied += 1;
         }
         self.orders.fetch_add(outcome.applied, Ordering::AcqRel);

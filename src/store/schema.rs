@@ -224,6 +224,17 @@ pub mod purchase {
     pub const PROMO_ORDER_COUNT: AttrId = 26;
     pub const CATEGORIES_BOUGHT: AttrId = 27;
     pub const BRANDS_BOUGHT: AttrId = 28;
+    /// Every aggregate an order changes.
+    pub const ALL: [AttrId; 8] = [
+        ORDER_COUNT,
+        TOTAL_SPENT,
+        AVG_ORDER_VALUE,
+        FIRST_ORDER_AT,
+        LAST_ORDER_AT,
+        PROMO_ORDER_COUNT,
+        CATEGORIES_BOUGHT,
+        BRANDS_BOUGHT,
+    ];
 }
 
 /// The set of attributes. Immutable: defining an attribute makes a new `Schema` (copy on write),
