@@ -7,6 +7,9 @@ const PROTOS: &[&str] = &[
     "proto/segmentd/v1/customer.proto",
     "proto/segmentd/v1/ingest.proto",
     "proto/segmentd/v1/admin.proto",
+    "proto/segmentd/v1/segments.proto",
+    "proto/segmentd/v1/membership.proto",
+    "proto/segmentd/v1/activities.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

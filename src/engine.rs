@@ -5,6 +5,9 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::segment::ops::{ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
+use crate::segment::registry::SegmentDef;
+use crate::segment::rule::Rule;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrType, Schema};
 use crate::store::{CustomerRecord, OrdersOutcome, Store, StoreStats, UpsertOutcome};
@@ -94,5 +97,70 @@ impl Engine {
 
     pub async fn stats(&self) -> Result<StoreStats> {
         self.blocking(|s| s.stats()).await
+    }
+}
+
+/// Segment calls. Definition changes and list changes evaluate on the blocking pool; membership
+/// reads are lock-light and run inline.
+impl Engine {
+    pub async fn create_segment(
+        &self,
+        def: SegmentDef,
+        include: Vec<String>,
+        exclude: Vec<String>,
+    ) -> Result<SegmentInfo> {
+        self.blocking(move |s| s.create_segment(def, &include, &exclude))
+            .await?
+    }
+
+    pub async fn update_segment(&self, id: String, update: SegmentUpdate) -> Result<SegmentInfo> {
+        self.blocking(move |s| s.update_segment(&id, update)).await?
+    }
+
+    pub async fn delete_segment(&self, id: String) -> Result<()> {
+        self.blocking(move |s| s.delete_segment(&id)).await?
+    }
+
+    pub async fn segment_info(&self, id: String) -> Result<SegmentInfo> {
+        self.blocking(move |s| s.segment_info(&id, MAX_LISTED_IDS))
+            .await?
+    }
+
+    pub async fn list_segments(&self) -> Result<Vec<(SegmentDef, u64)>> {
+        self.blocking(|s| s.list_segments()).await
+    }
+
+    pub async fn preview(&self, rule: Rule, as_of: Option<i64>, sample: usize) -> Result<(u64, Vec<String>)> {
+        self.blocking(move |s| s.preview(&rule, as_of, sample)).await?
+    }
+
+    pub async fn overlap(&self, ids: Vec<String>) -> Result<Vec<(usize, usize, u64)>> {
+        self.blocking(move |s| s.overlap(&ids)).await?
+    }
+
+    pub async fn set_listed(
+        &self,
+        segment_id: String,
+        keys: Vec<CustomerKey>,
+        add: bool,
+        activity: bool,
+    ) -> Result<ListOutcome> {
+        self.blocking(move |s| s.set_listed(&segment_id, &keys, add, activity))
+            .await?
+    }
+
+    pub async fn export_page(
+        &self,
+        id: String,
+        from: u32,
+        limit: usize,
+        fields: Vec<crate::store::schema::AttrId>,
+    ) -> Result<(Vec<CustomerRecord>, Option<u32>)> {
+        self.blocking(move |s| s.export_page(&id, from, limit, &fields))
+            .await?
+    }
+
+    pub fn explain(&self, customer_id: &str, segment_id: &str) -> Result<crate::segment::ops::Explanation> {
+        self.store.explain(customer_id, segment_id)
     }
 }

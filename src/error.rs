@@ -38,6 +38,18 @@ impl Error {
         }
     }
 
+    /// An `InvalidArgument` moved to `field`, keeping its message (for list items checked as a whole
+    /// value: `customer_ids[3]: must not be empty`).
+    pub fn within_field(self, field: &str) -> Self {
+        match self {
+            Error::InvalidArgument { message, .. } => Error::InvalidArgument {
+                field: field.to_string(),
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// The same error with `prefix.` put before the field path of an `InvalidArgument`,
     /// so that item-level checks can be reused under `customers[3]` or `batch 12`.
     pub fn within(self, prefix: &str) -> Self {

@@ -8,8 +8,14 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::api::activities::ActivitiesApi;
+use crate::api::membership::MembershipApi;
+use crate::api::pb::activities_server::ActivitiesServer;
 use crate::api::pb::admin_server::AdminServer;
 use crate::api::pb::ingest_server::IngestServer;
+use crate::api::pb::membership_server::MembershipServer;
+use crate::api::pb::segments_server::SegmentsServer;
+use crate::api::segments::SegmentsApi;
 use crate::api::{FILE_DESCRIPTOR_SET, Limits, admin::AdminApi, ingest::IngestApi};
 use crate::config::Config;
 use crate::engine::Engine;
@@ -69,9 +75,19 @@ pub async fn run(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
+    let segments = SegmentsServer::new(SegmentsApi::new(engine.clone()))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let membership = MembershipServer::new(MembershipApi::new(engine.clone()));
+    let activities = ActivitiesServer::new(ActivitiesApi::new(engine.clone(), limits))
+        .max_decoding_message_size(config.max_message_bytes);
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestApi>>().await;
     health.set_serving::<AdminServer<AdminApi>>().await;
+    health.set_serving::<SegmentsServer<SegmentsApi>>().await;
+    health.set_serving::<MembershipServer<MembershipApi>>().await;
+    health.set_serving::<ActivitiesServer<ActivitiesApi>>().await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -95,6 +111,9 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(ingest)
         .add_service(admin)
+        .add_service(segments)
+        .add_service(membership)
+        .add_service(activities)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     if let Some(m) = metrics {

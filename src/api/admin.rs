@@ -57,7 +57,7 @@ impl Admin for AdminApi {
         let s = self.engine.stats().await?;
         Ok(Response::new(pb::StatsResponse {
             customers: s.customers,
-            segments: 0,
+            segments: s.segments,
             bytes_used: s.bytes_used,
             bytes_per_customer: if s.customers == 0 {
                 0.0

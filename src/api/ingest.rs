@@ -146,6 +146,71 @@ impl Ingest for IngestApi {
         }))
     }
 
+    /// Each message is applied whole, in order; a bad one ends the stream with its index and
+    /// what was applied before it.
+    async fn load_segment_members(
+        &self,
+        request: Request<Streaming<pb::LoadSegmentMembersRequest>>,
+    ) -> Result<Response<pb::LoadSegmentMembersResponse>, Status> {
+        const MAX_UNKNOWN: usize = 1000;
+        let mut stream = request.into_inner();
+        let mut out = pb::LoadSegmentMembersResponse::default();
+        let applied = |out: &pb::LoadSegmentMembersResponse, status: Status| {
+            Status::new(
+                status.code(),
+                format!(
+                    "{}; {} earlier batches were applied ({} changed, {} unchanged)",
+                    status.message(),
+                    out.batches,
+                    out.changed,
+                    out.unchanged
+                ),
+            )
+        };
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(status) => return Err(applied(&out, status)),
+            };
+            let at = format!("batch[{}]", out.batches);
+            let pb::LoadSegmentMembersRequest {
+                segment_id,
+                emails,
+                customer_ids,
+                mode,
+            } = msg;
+            let result = async {
+                crate::segment::registry::check_segment_id(&segment_id)?;
+                let add = match pb::MemberMode::try_from(mode) {
+                    Ok(pb::MemberMode::Include) => true,
+                    Ok(pb::MemberMode::Exclude) => false,
+                    _ => {
+                        return Err(Error::invalid(
+                            "mode",
+                            "MEMBER_MODE_INCLUDE or MEMBER_MODE_EXCLUDE is required",
+                        ));
+                    }
+                };
+                let keys = crate::api::activities::member_keys(&self.limits, customer_ids, emails)?;
+                self.engine.set_listed(segment_id, keys, add, false).await
+            }
+            .await;
+            match result {
+                Ok(o) => {
+                    out.changed += o.changed;
+                    out.unchanged += o.unchanged;
+                    out.unknown_count += o.unknown.len() as u64;
+                    let room = MAX_UNKNOWN.saturating_sub(out.unknown.len());
+                    out.unknown.extend(o.unknown.into_iter().take(room));
+                    out.batches += 1;
+                }
+                Err(e) => return Err(applied(&out, e.within(&at).into())),
+            }
+        }
+        Ok(Response::new(out))
+    }
+
     async fn get_customer(
         &self,
         request: Request<pb::GetCustomerRequest>,

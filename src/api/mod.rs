@@ -1,9 +1,13 @@
 //! The gRPC adapters: the only place that knows tonic. Each handler validates the request,
 //! converts it to domain types, calls the engine and converts the answer back.
 
+pub mod activities;
 pub mod admin;
 pub mod convert;
 pub mod ingest;
+pub mod membership;
+pub mod rules;
+pub mod segments;
 pub mod status;
 
 /// Code generated from `proto/segmentd/v1`.

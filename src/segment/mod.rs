@@ -16,6 +16,8 @@ pub struct SegShard {
     pub include: RoaringBitmap,
     /// Customers put on the exclude list.
     pub exclude: RoaringBitmap,
+    /// Customers whose place on either list was set by a marketing activity (for explanations).
+    pub by_activity: RoaringBitmap,
 }
 pub mod ops;
 pub mod registry;

@@ -73,8 +73,10 @@ pub struct ListOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     ExcludedCustomer,
+    ExcludedByActivity,
     ExcludedAccount,
     IncludedCustomer,
+    IncludedByActivity,
     IncludedAccount,
     Rule,
     NoMatch,
@@ -120,14 +122,25 @@ fn decide(e: &SegmentEntry, s: &Shard, ord: u32, schema: &Schema, now: Now) -> (
             .as_ref()
             .map(|c| eval_one(&c.expr, s, ord, schema, now))
     };
+    let by_activity = lists.is_some_and(|l| l.by_activity.contains(ord));
     if lists.is_some_and(|l| l.exclude.contains(ord)) {
-        return (Decision::ExcludedCustomer, rule());
+        let d = if by_activity {
+            Decision::ExcludedByActivity
+        } else {
+            Decision::ExcludedCustomer
+        };
+        return (d, rule());
     }
     if in_list(&e.def.exclude_accounts) {
         return (Decision::ExcludedAccount, rule());
     }
     if lists.is_some_and(|l| l.include.contains(ord)) {
-        return (Decision::IncludedCustomer, rule());
+        let d = if by_activity {
+            Decision::IncludedByActivity
+        } else {
+            Decision::IncludedCustomer
+        };
+        return (d, rule());
     }
     if in_list(&e.def.include_accounts) {
         return (Decision::IncludedAccount, rule());
@@ -141,7 +154,10 @@ fn decide(e: &SegmentEntry, s: &Shard, ord: u32, schema: &Schema, now: Now) -> (
 fn is_member_decision(d: Decision) -> bool {
     matches!(
         d,
-        Decision::IncludedCustomer | Decision::IncludedAccount | Decision::Rule
+        Decision::IncludedCustomer
+            | Decision::IncludedByActivity
+            | Decision::IncludedAccount
+            | Decision::Rule
     )
 }
 
@@ -268,6 +284,7 @@ impl Store {
                 let seg = s.segment_mut(entry.slot);
                 seg.include = shard_part(include, base);
                 seg.exclude = shard_part(exclude, base);
+                seg.by_activity &= &(&seg.include | &seg.exclude);
             }
             let members = shard_members(&s, base, entry.slot, bound.as_ref(), &accounts);
             s.segment_mut(entry.slot).members = members;
@@ -579,6 +596,11 @@ impl Store {
             } else {
                 seg.exclude.insert(ord) | seg.include.remove(ord)
             };
+            if activity {
+                seg.by_activity.insert(ord);
+            } else {
+                seg.by_activity.remove(ord);
+            }
             if changed {
                 out.changed += 1;
                 refresh_customer(&reg, &schema, &mut s, ord, Changed::Lists(e.slot), now);
@@ -672,10 +694,18 @@ impl Store {
             .collect())
     }
 
-    /// Members of a segment from ordinal `from` on, at most `limit` of them, with the next ordinal
-    /// to ask for (`None` at the end). Export pages through a segment with this in constant memory.
-    pub fn members_page(&self, segment_id: &str, from: u32, limit: usize) -> Result<(Vec<u32>, Option<u32>)> {
+    /// Members of a segment from ordinal `from` on, at most `limit` of them, with their e-mail and
+    /// the attributes `fields`, and the ordinal to continue from (`None` at the end). Export pages
+    /// through a segment with this, one shard read lock at a time, in constant memory.
+    pub fn export_page(
+        &self,
+        segment_id: &str,
+        from: u32,
+        limit: usize,
+        fields: &[AttrId],
+    ) -> Result<(Vec<crate::store::CustomerRecord>, Option<u32>)> {
         let slot = Self::slot_of(&self.segments.read(), segment_id)?;
+        let schema = self.schema();
         let shards: Vec<_> = self.shards.read().clone();
         let mut out = Vec::with_capacity(limit.min(4096));
         let mut shard_index = shard_of(from);
@@ -687,7 +717,19 @@ impl Store {
                     if out.len() == limit {
                         return Ok((out, Some(ord)));
                     }
-                    out.push(ord);
+                    let i = local(ord);
+                    out.push(crate::store::CustomerRecord {
+                        customer_id: s.ids.get(i).unwrap_or_default().to_string(),
+                        email: s.emails.get(i).map(str::to_string),
+                        attrs: fields
+                            .iter()
+                            .filter_map(|&a| {
+                                let def = schema.attr(a);
+                                let v = s.column(a)?.get(ord, def.ty, def.dict.as_deref())?;
+                                Some((def.name.clone(), v))
+                            })
+                            .collect(),
+                    });
                 }
             }
             shard_index += 1;

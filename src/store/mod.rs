@@ -143,6 +143,7 @@ pub struct StoreStats {
     pub customers: u64,
     pub shards: u64,
     pub attributes: u64,
+    pub segments: u64,
     pub orders_recorded: u64,
     pub bytes_used: u64,
     /// Where `bytes_used` goes, largest first.
@@ -489,6 +490,7 @@ impl Store {
                 seg.members.remove(ord);
                 seg.include.remove(ord);
                 seg.exclude.remove(ord);
+                seg.by_activity.remove(ord);
             }
             s.ids.clear(i);
             s.emails.clear(i);
@@ -589,6 +591,7 @@ impl Store {
             customers: self.customer_count(),
             shards: shards.len() as u64,
             attributes: schema.len() as u64,
+            segments: self.registry().len() as u64,
             orders_recorded: self.orders.load(Ordering::Acquire),
             bytes_used: parts.iter().map(|p| p.1).sum(),
             parts,

@@ -3,8 +3,11 @@
 
 use std::net::SocketAddr;
 
+use segmentd::api::pb::activities_client::ActivitiesClient;
 use segmentd::api::pb::admin_client::AdminClient;
 use segmentd::api::pb::ingest_client::IngestClient;
+use segmentd::api::pb::membership_client::MembershipClient;
+use segmentd::api::pb::segments_client::SegmentsClient;
 use segmentd::api::pb::{self, value::Kind};
 use segmentd::config::Config;
 use tokio::sync::oneshot;
@@ -57,6 +60,18 @@ impl TestServer {
 
     pub async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel().await)
+    }
+
+    pub async fn segments(&self) -> SegmentsClient<Channel> {
+        SegmentsClient::new(self.channel().await)
+    }
+
+    pub async fn membership(&self) -> MembershipClient<Channel> {
+        MembershipClient::new(self.channel().await)
+    }
+
+    pub async fn activities(&self) -> ActivitiesClient<Channel> {
+        ActivitiesClient::new(self.channel().await)
     }
 
     /// Stops the server and waits for it to finish.
@@ -183,4 +198,65 @@ pub async fn customer_count(server: &TestServer) -> u64 {
         .unwrap()
         .into_inner()
         .customers
+}
+
+/// A segment defined by its text rule.
+pub fn text_segment(id: &str, rule_text: &str) -> pb::Segment {
+    pb::Segment {
+        segment_id: id.to_string(),
+        name: id.to_string(),
+        rule_text: rule_text.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Creates a segment and returns it (with its size), or the error.
+pub async fn create(server: &TestServer, segment: pb::Segment) -> Result<pb::Segment, tonic::Status> {
+    Ok(server
+        .segments()
+        .await
+        .create_segment(pb::CreateSegmentRequest {
+            segment: Some(segment),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Whether `customer` is in `segment`, and whether the customer is known.
+pub async fn is_member(server: &TestServer, customer: &str, segment: &str) -> (bool, bool) {
+    let r = server
+        .membership()
+        .await
+        .is_member(pb::IsMemberRequest {
+            customer_id: customer.to_string(),
+            segment_id: segment.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (r.member, r.known_customer)
+}
+
+/// The size of a segment as the server reports it.
+pub async fn size(server: &TestServer, segment: &str) -> u64 {
+    server
+        .segments()
+        .await
+        .get_segment(pb::GetSegmentRequest {
+            segment_id: segment.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .size
+}
+
+/// Upserts customers, panicking on error.
+pub async fn upsert(server: &TestServer, customers: Vec<pb::Customer>) {
+    server
+        .ingest()
+        .await
+        .upsert_customers(pb::UpsertCustomersRequest { customers })
+        .await
+        .unwrap();
 }

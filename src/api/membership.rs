@@ -1,0 +1,83 @@
+//! `segmentd.v1.Membership`: the request-time path. Each call is one id-map probe and one shard
+//! read lock, answered inline on the async runtime.
+
+use tonic::{Request, Response, Status};
+
+use crate::api::pb::{self, membership_server::Membership};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::segment::registry::check_segment_id;
+
+/// Most segments in one CheckMemberships call.
+const MAX_CHECK: usize = 1000;
+
+pub struct MembershipApi {
+    engine: Engine,
+}
+
+impl MembershipApi {
+    pub fn new(engine: Engine) -> Self {
+        MembershipApi { engine }
+    }
+}
+
+/// Customer ids are checked for shape only: an id that could exist but does not is an
+/// anonymous shopper, not an error.
+fn customer_id(id: &str) -> Result<()> {
+    crate::store::input::check_customer_id(id)
+}
+
+#[tonic::async_trait]
+impl Membership for MembershipApi {
+    async fn is_member(
+        &self,
+        request: Request<pb::IsMemberRequest>,
+    ) -> Result<Response<pb::IsMemberResponse>, Status> {
+        let pb::IsMemberRequest {
+            customer_id: cid,
+            segment_id,
+        } = request.get_ref();
+        customer_id(cid)?;
+        check_segment_id(segment_id)?;
+        let member = self.engine.store().is_member(cid, segment_id)?;
+        Ok(Response::new(pb::IsMemberResponse {
+            member: member.unwrap_or(false),
+            known_customer: member.is_some(),
+        }))
+    }
+
+    async fn check_memberships(
+        &self,
+        request: Request<pb::CheckMembershipsRequest>,
+    ) -> Result<Response<pb::CheckMembershipsResponse>, Status> {
+        let pb::CheckMembershipsRequest {
+            customer_id: cid,
+            segment_ids,
+        } = request.get_ref();
+        customer_id(cid)?;
+        if segment_ids.len() > MAX_CHECK {
+            return Err(Error::invalid("segment_ids", format!("at most {MAX_CHECK} segments")).into());
+        }
+        for (i, id) in segment_ids.iter().enumerate() {
+            check_segment_id(id).map_err(|e| e.within_field(&format!("segment_ids[{i}]")))?;
+        }
+        let members = self.engine.store().check_memberships(cid, segment_ids)?;
+        Ok(Response::new(pb::CheckMembershipsResponse {
+            known_customer: members.is_some(),
+            member: members.unwrap_or_else(|| vec![false; segment_ids.len()]),
+        }))
+    }
+
+    async fn get_customer_segments(
+        &self,
+        request: Request<pb::GetCustomerSegmentsRequest>,
+    ) -> Result<Response<pb::GetCustomerSegmentsResponse>, Status> {
+        let pb::GetCustomerSegmentsRequest { customer_id: cid } = request.get_ref();
+        customer_id(cid)?;
+        let ids = self.engine.store().customer_segments(cid);
+        Ok(Response::new(pb::GetCustomerSegmentsResponse {
+            known_customer: ids.is_some(),
+            segment_ids: ids.unwrap_or_default(),
+        }))
+    }
+}

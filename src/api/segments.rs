@@ -1,0 +1,329 @@
+//! `segmentd.v1.Segments`: define, preview, explain, compare and export segments.
+
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::api::pb::{self, segments_server::Segments};
+use crate::api::{convert, rules};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::segment::ops::{Decision, SegmentUpdate};
+use crate::segment::registry::check_segment_id;
+
+/// Most ids in a preview sample.
+const MAX_SAMPLE: u32 = 1000;
+/// Most segments in one overlap request.
+const MAX_OVERLAP: usize = 100;
+/// Default and largest export batch.
+const EXPORT_BATCH: u32 = 1000;
+const MAX_EXPORT_BATCH: u32 = 10_000;
+
+pub struct SegmentsApi {
+    engine: Engine,
+}
+
+impl SegmentsApi {
+    pub fn new(engine: Engine) -> Self {
+        SegmentsApi { engine }
+    }
+}
+
+fn segment_id(id: &str) -> Result<()> {
+    check_segment_id(id)
+}
+
+#[tonic::async_trait]
+impl Segments for SegmentsApi {
+    async fn create_segment(
+        &self,
+        request: Request<pb::CreateSegmentRequest>,
+    ) -> Result<Response<pb::Segment>, Status> {
+        let pb::CreateSegmentRequest { segment } = request.into_inner();
+        let segment = segment.ok_or_else(|| Error::invalid("segment", "is required"))?;
+        let (def, include, exclude) = rules::segment_in(segment).map_err(|e| e.within("segment"))?;
+        let info = self
+            .engine
+            .create_segment(def, include, exclude)
+            .await
+            .map_err(|e| e.within("segment"))?;
+        tracing::info!(segment = %info.def.id, size = info.size, "segment created");
+        Ok(Response::new(rules::segment_out(info)))
+    }
+
+    async fn update_segment(
+        &self,
+        request: Request<pb::UpdateSegmentRequest>,
+    ) -> Result<Response<pb::Segment>, Status> {
+        let pb::UpdateSegmentRequest { segment, update_mask } = request.into_inner();
+        let segment = segment.ok_or_else(|| Error::invalid("segment", "is required"))?;
+        segment_id(&segment.segment_id).map_err(|e| e.within("segment"))?;
+        let paths = update_mask.map(|m| m.paths).unwrap_or_default();
+        let all = paths.is_empty();
+        let mut wanted = std::collections::BTreeSet::new();
+        for (i, p) in paths.iter().enumerate() {
+            match p.as_str() {
+                "name"
+                | "description"
+                | "rule"
+                | "include_customer_ids"
+                | "exclude_customer_ids"
+                | "include_account_ids"
+                | "exclude_account_ids"
+                | "allow_activities" => {
+                    wanted.insert(p.as_str());
+                }
+                "rule_text" => {
+                    wanted.insert("rule");
+                }
+                other => {
+                    return Err(Error::invalid(
+                        format!("update_mask.paths[{i}]"),
+                        format!("`{other}` cannot be updated"),
+                    )
+                    .into());
+                }
+            }
+        }
+        let want = |f: &str| all || wanted.contains(f);
+        let pb::Segment {
+            segment_id,
+            name,
+            description,
+            rule,
+            rule_text,
+            include_customer_ids,
+            exclude_customer_ids,
+            include_account_ids,
+            exclude_account_ids,
+            allow_activities,
+            size: _,
+            include_customer_count: _,
+            exclude_customer_count: _,
+        } = segment;
+        let update = SegmentUpdate {
+            name: want("name").then_some(name),
+            description: want("description").then_some(description),
+            rule: if want("rule") {
+                Some(rules::either_rule(rule, &rule_text).map_err(|e| e.within("segment"))?)
+            } else {
+                None
+            },
+            include_ids: want("include_customer_ids").then_some(include_customer_ids),
+            exclude_ids: want("exclude_customer_ids").then_some(exclude_customer_ids),
+            include_accounts: want("include_account_ids").then_some(include_account_ids),
+            exclude_accounts: want("exclude_account_ids").then_some(exclude_account_ids),
+            allow_activities: want("allow_activities").then_some(allow_activities),
+        };
+        let info = self
+            .engine
+            .update_segment(segment_id, update)
+            .await
+            .map_err(|e| e.within("segment"))?;
+        tracing::info!(segment = %info.def.id, size = info.size, "segment updated");
+        Ok(Response::new(rules::segment_out(info)))
+    }
+
+    async fn delete_segment(
+        &self,
+        request: Request<pb::DeleteSegmentRequest>,
+    ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
+        let pb::DeleteSegmentRequest { segment_id: id } = request.into_inner();
+        segment_id(&id)?;
+        self.engine.delete_segment(id.clone()).await?;
+        tracing::info!(segment = %id, "segment deleted");
+        Ok(Response::new(pb::DeleteSegmentResponse {}))
+    }
+
+    async fn get_segment(
+        &self,
+        request: Request<pb::GetSegmentRequest>,
+    ) -> Result<Response<pb::Segment>, Status> {
+        let pb::GetSegmentRequest { segment_id: id } = request.into_inner();
+        segment_id(&id)?;
+        Ok(Response::new(rules::segment_out(
+            self.engine.segment_info(id).await?,
+        )))
+    }
+
+    async fn list_segments(
+        &self,
+        _request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let segments = self
+            .engine
+            .list_segments()
+            .await?
+            .into_iter()
+            .map(|(def, size)| {
+                rules::segment_out(crate::segment::ops::SegmentInfo {
+                    def,
+                    size,
+                    include_ids: vec![],
+                    exclude_ids: vec![],
+                    include_count: 0,
+                    exclude_count: 0,
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::ListSegmentsResponse { segments }))
+    }
+
+    async fn preview_segment(
+        &self,
+        request: Request<pb::PreviewSegmentRequest>,
+    ) -> Result<Response<pb::PreviewSegmentResponse>, Status> {
+        let pb::PreviewSegmentRequest {
+            rule,
+            rule_text,
+            as_of,
+            sample_size,
+        } = request.into_inner();
+        let rule = rules::either_rule(rule, &rule_text)?
+            .ok_or_else(|| Error::invalid("rule", "a rule or rule_text is required"))?;
+        if sample_size > MAX_SAMPLE {
+            return Err(Error::invalid("sample_size", format!("at most {MAX_SAMPLE}")).into());
+        }
+        let as_of = as_of
+            .map(|t| convert::timestamp_in(&t).map_err(|e| e.within("as_of")))
+            .transpose()?;
+        let (count, sample) = self.engine.preview(rule, as_of, sample_size as usize).await?;
+        Ok(Response::new(pb::PreviewSegmentResponse {
+            count,
+            sample_customer_ids: sample,
+        }))
+    }
+
+    async fn explain_membership(
+        &self,
+        request: Request<pb::ExplainMembershipRequest>,
+    ) -> Result<Response<pb::ExplainMembershipResponse>, Status> {
+        let pb::ExplainMembershipRequest {
+            customer_id,
+            segment_id: id,
+        } = request.into_inner();
+        crate::store::input::check_customer_id(&customer_id)?;
+        segment_id(&id)?;
+        let x = self.engine.explain(&customer_id, &id)?;
+        use pb::Decision as D;
+        let decided_by = match x.decision {
+            Decision::ExcludedCustomer => D::ExcludedCustomer,
+            Decision::ExcludedByActivity => D::ExcludedByActivity,
+            Decision::ExcludedAccount => D::ExcludedAccount,
+            Decision::IncludedCustomer => D::IncludedCustomer,
+            Decision::IncludedByActivity => D::IncludedByActivity,
+            Decision::IncludedAccount => D::IncludedAccount,
+            Decision::Rule => D::Rule,
+            Decision::NoMatch => D::NoMatch,
+        };
+        Ok(Response::new(pb::ExplainMembershipResponse {
+            member: x.member,
+            decided_by: decided_by as i32,
+            rule_matched: x.rule_matched.unwrap_or(false),
+            predicates: x
+                .predicates
+                .into_iter()
+                .map(|p| pb::PredicateExplanation {
+                    predicate: p.predicate,
+                    attribute: p.attribute,
+                    value_set: p.value.is_some(),
+                    value: p.value.unwrap_or_default(),
+                    held: p.held,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn segment_overlap(
+        &self,
+        request: Request<pb::SegmentOverlapRequest>,
+    ) -> Result<Response<pb::SegmentOverlapResponse>, Status> {
+        let pb::SegmentOverlapRequest { segment_ids } = request.into_inner();
+        if segment_ids.is_empty() || segment_ids.len() > MAX_OVERLAP {
+            return Err(Error::invalid("segment_ids", format!("give 1 to {MAX_OVERLAP} segments")).into());
+        }
+        for (i, id) in segment_ids.iter().enumerate() {
+            segment_id(id).map_err(|e| Error::invalid(format!("segment_ids[{i}]"), e.to_string()))?;
+        }
+        let counts = self.engine.overlap(segment_ids.clone()).await?;
+        Ok(Response::new(pb::SegmentOverlapResponse {
+            overlaps: counts
+                .into_iter()
+                .map(|(i, j, count)| pb::Overlap {
+                    segment_a: segment_ids[i].clone(),
+                    segment_b: segment_ids[j].clone(),
+                    count,
+                })
+                .collect(),
+        }))
+    }
+
+    type ExportSegmentStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExportSegmentResponse, Status>> + Send + 'static>>;
+
+    /// Pages through the members one batch at a time; the bounded channel makes a slow client
+    /// slow the export down instead of growing server memory.
+    async fn export_segment(
+        &self,
+        request: Request<pb::ExportSegmentRequest>,
+    ) -> Result<Response<Self::ExportSegmentStream>, Status> {
+        let pb::ExportSegmentRequest {
+            segment_id: id,
+            fields,
+            batch_size,
+        } = request.into_inner();
+        segment_id(&id)?;
+        let batch = match batch_size {
+            0 => EXPORT_BATCH,
+            n if n > MAX_EXPORT_BATCH => {
+                return Err(Error::invalid("batch_size", format!("at most {MAX_EXPORT_BATCH}")).into());
+            }
+            n => n,
+        } as usize;
+        let schema = self.engine.schema();
+        let attrs = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                schema
+                    .get(f)
+                    .map(|d| d.id)
+                    .ok_or_else(|| Error::invalid(format!("fields[{i}]"), format!("unknown attribute `{f}`")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Fail fast on an unknown segment, before the stream starts.
+        let first = self
+            .engine
+            .export_page(id.clone(), 0, batch, attrs.clone())
+            .await?;
+        let (tx, rx) = mpsc::channel(2);
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let (mut page, mut next) = first;
+            loop {
+                if !page.is_empty() {
+                    let msg = pb::ExportSegmentResponse {
+                        customers: page.into_iter().map(convert::customer_out).collect(),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                let Some(from) = next else { return };
+                match engine.export_page(id.clone(), from, batch, attrs.clone()).await {
+                    Ok((p, n)) => {
+                        page = p;
+                        next = n;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
