@@ -42,6 +42,10 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
 
+    /// Threads evaluating a segment over all customers (0: one per core).
+    #[arg(long, env = "SEGMENTD_EVAL_THREADS", default_value_t = 0)]
+    pub eval_threads: usize,
+
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "SEGMENTD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -56,6 +60,7 @@ impl Config {
             log_format: LogFormat::Text,
             metrics_addr: None,
             max_batch: 10_000,
+            eval_threads: 0,
             max_message_bytes: 64 * 1024 * 1024,
         }
     }

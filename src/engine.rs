@@ -30,6 +30,11 @@ impl Engine {
         Engine::default()
     }
 
+    /// An engine over an existing store (tests, benches, embedders).
+    pub fn with_store(store: Arc<Store>) -> Engine {
+        Engine { store }
+    }
+
     /// The store, for synchronous reads.
     pub fn store(&self) -> &Store {
         &self.store

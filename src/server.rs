@@ -50,6 +50,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let _lock = lock_data_dir(&config)?;
     let engine = Engine::new();
+    engine.store().set_eval_threads(config.eval_threads);
     let limits = Limits {
         max_batch: config.max_batch,
     };

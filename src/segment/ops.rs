@@ -199,11 +199,14 @@ pub(crate) fn refresh_customer(
     moved
 }
 
-/// Runs `f` on every shard, spread over the machine's cores.
-fn for_each_shard(shards: &[Arc<RwLock<Shard>>], f: impl Fn(usize, &RwLock<Shard>) + Sync) {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(shards.len());
+/// Runs `f` on every shard, spread over `threads` threads (0: one per core).
+fn for_each_shard(shards: &[Arc<RwLock<Shard>>], threads: usize, f: impl Fn(usize, &RwLock<Shard>) + Sync) {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    }
+    .min(shards.len());
     if threads <= 1 {
         for (i, s) in shards.iter().enumerate() {
             f(i, s);
@@ -274,10 +277,10 @@ impl Store {
         schema: &Schema,
         now: Now,
     ) {
-        let shards: Vec<_> = self.shards.read().clone();
+        let shards = self.shards.snapshot();
         let bound = entry.compiled.as_ref().map(|c| bind(&c.expr, schema, now));
         let accounts = account_codes(entry, schema);
-        for_each_shard(&shards, |i, shard| {
+        for_each_shard(&shards, self.eval_threads.load(Ordering::Relaxed), |i, shard| {
             let base = (i as u32) << SHARD_BITS;
             let mut s = shard.write();
             if let Some((include, exclude)) = lists {
@@ -357,7 +360,7 @@ impl Store {
         let exclude = self.resolve_list("exclude_customer_ids", exclude)?;
         let next = reg.with(entry.clone())?;
         self.evaluate_segment(&entry, Some((&include, &exclude)), &schema, self.now());
-        *self.segments.write() = Arc::new(next);
+        self.segments.store(Arc::new(next));
         drop(_w);
         self.segment_info(&entry.def.id, MAX_LISTED_IDS)
     }
@@ -394,7 +397,7 @@ impl Store {
             (inc, exc) => {
                 let current = |pick: fn(&crate::segment::SegShard) -> &RoaringBitmap| {
                     let mut all = RoaringBitmap::new();
-                    for s in self.shards.read().iter() {
+                    for s in self.shards.snapshot().iter() {
                         if let Some(seg) = s.read().segment(old.slot) {
                             all |= pick(seg);
                         }
@@ -426,7 +429,7 @@ impl Store {
                 self.evaluate_segment(dep, None, &schema, now);
             }
         }
-        *self.segments.write() = Arc::new(next);
+        self.segments.store(Arc::new(next));
         drop(_w);
         self.segment_info(id, MAX_LISTED_IDS)
     }
@@ -445,8 +448,8 @@ impl Store {
                 readers.join(", ")
             )));
         }
-        *self.segments.write() = Arc::new(reg.without(slot));
-        for shard in self.shards.read().iter() {
+        self.segments.store(Arc::new(reg.without(slot)));
+        for shard in self.shards.snapshot().iter() {
             let mut s = shard.write();
             if let Some(seg) = s.segments.get_mut(slot as usize) {
                 *seg = Default::default();
@@ -458,7 +461,7 @@ impl Store {
     /// Members of segment `slot` in every shard, counted.
     pub fn segment_size(&self, slot: u32) -> u64 {
         self.shards
-            .read()
+            .snapshot()
             .iter()
             .map(|s| s.read().segment(slot).map_or(0, |seg| seg.members.len()))
             .sum()
@@ -472,7 +475,7 @@ impl Store {
     ) -> (Vec<String>, u64) {
         let mut ids = Vec::new();
         let mut count = 0;
-        for shard in self.shards.read().iter() {
+        for shard in self.shards.snapshot().iter() {
             let s = shard.read();
             let Some(seg) = s.segment(slot) else { continue };
             let bm = pick(seg);
@@ -522,7 +525,7 @@ impl Store {
 
     /// Whether customer `customer_id` is in segment `segment_id`; `None` for an unknown customer.
     pub fn is_member(&self, customer_id: &str, segment_id: &str) -> Result<Option<bool>> {
-        let reg = self.segments.read();
+        let reg = self.segments.load();
         let slot = Self::slot_of(&reg, segment_id)?;
         Ok(self.with_customer(customer_id, |s, ord| {
             s.segment(slot).is_some_and(|seg| seg.members.contains(ord))
@@ -531,7 +534,7 @@ impl Store {
 
     /// Memberships of one customer in several segments, in the order asked.
     pub fn check_memberships(&self, customer_id: &str, segment_ids: &[String]) -> Result<Option<Vec<bool>>> {
-        let reg = self.segments.read();
+        let reg = self.segments.load();
         let slots = segment_ids
             .iter()
             .map(|id| Self::slot_of(&reg, id))
@@ -546,7 +549,7 @@ impl Store {
 
     /// Ids of every segment the customer is in, sorted; `None` for an unknown customer.
     pub fn customer_segments(&self, customer_id: &str) -> Option<Vec<String>> {
-        let reg = self.segments.read();
+        let reg = self.segments.load();
         let mut ids = self.with_customer(customer_id, |s, ord| {
             s.segments
                 .iter()
@@ -619,10 +622,10 @@ impl Store {
         let compiled = compile(rule, &schema, &|id| reg.slot(id))?;
         let now = as_of.map_or_else(|| self.now(), Now::at);
         let bound = bind(&compiled.expr, &schema, now);
-        let shards: Vec<_> = self.shards.read().clone();
+        let shards = self.shards.snapshot();
         let counts: Vec<parking_lot::Mutex<(u64, Vec<String>)>> =
             (0..shards.len()).map(|_| Default::default()).collect();
-        for_each_shard(&shards, |i, shard| {
+        for_each_shard(&shards, self.eval_threads.load(Ordering::Relaxed), |i, shard| {
             let s = shard.read();
             let bits = eval_shard(&bound, &s, (i as u32) << SHARD_BITS);
             let ids = bits
@@ -669,7 +672,7 @@ impl Store {
 
     /// Pairwise intersection sizes of segments, as `(i, j, count)` for `i <= j`.
     pub fn overlap(&self, segment_ids: &[String]) -> Result<Vec<(usize, usize, u64)>> {
-        let reg = self.segments.read();
+        let reg = self.segments.load();
         let slots = segment_ids
             .iter()
             .map(|id| Self::slot_of(&reg, id))
@@ -677,7 +680,7 @@ impl Store {
         drop(reg);
         let n = slots.len();
         let mut counts = vec![0u64; n * n];
-        for shard in self.shards.read().iter() {
+        for shard in self.shards.snapshot().iter() {
             let s = shard.read();
             for i in 0..n {
                 let Some(a) = s.segment(slots[i]) else { continue };
@@ -704,9 +707,9 @@ impl Store {
         limit: usize,
         fields: &[AttrId],
     ) -> Result<(Vec<crate::store::CustomerRecord>, Option<u32>)> {
-        let slot = Self::slot_of(&self.segments.read(), segment_id)?;
+        let slot = Self::slot_of(&self.segments.load(), segment_id)?;
         let schema = self.schema();
-        let shards: Vec<_> = self.shards.read().clone();
+        let shards = self.shards.snapshot();
         let mut out = Vec::with_capacity(limit.min(4096));
         let mut shard_index = shard_of(from);
         let mut from = from;

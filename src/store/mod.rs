@@ -16,6 +16,7 @@ pub mod dict;
 pub mod index;
 pub mod input;
 pub mod schema;
+pub mod shards;
 pub mod strings;
 pub mod value;
 
@@ -174,9 +175,11 @@ pub struct Store {
     pub(crate) writer: Mutex<WriterState>,
     schema: RwLock<Arc<Schema>>,
     /// Defined segments; replaced whole on every definition change.
-    pub(crate) segments: RwLock<Arc<Registry>>,
-    pub(crate) shards: RwLock<Vec<Arc<RwLock<Shard>>>>,
+    pub(crate) segments: arc_swap::ArcSwap<Registry>,
+    pub(crate) shards: shards::ShardTable,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Threads for whole-segment evaluation; 0 means one per core.
+    pub(crate) eval_threads: std::sync::atomic::AtomicUsize,
     ids: IdIndex,
     emails: IdIndex,
     customers: AtomicU64,
@@ -200,9 +203,10 @@ impl Store {
         Store {
             writer: Mutex::new(WriterState::default()),
             schema: RwLock::new(Arc::new(Schema::builtin())),
-            segments: RwLock::new(Arc::new(Registry::default())),
+            segments: arc_swap::ArcSwap::from_pointee(Registry::default()),
             clock,
-            shards: RwLock::new(Vec::new()),
+            eval_threads: std::sync::atomic::AtomicUsize::new(0),
+            shards: shards::ShardTable::default(),
             ids: IdIndex::new(KeyCase::Sensitive),
             emails: IdIndex::new(KeyCase::Insensitive),
             customers: AtomicU64::new(0),
@@ -217,7 +221,12 @@ impl Store {
 
     /// The defined segments.
     pub fn registry(&self) -> Arc<Registry> {
-        self.segments.read().clone()
+        self.segments.load_full()
+    }
+
+    /// Sets the threads used to evaluate a segment over all customers (0: one per core).
+    pub fn set_eval_threads(&self, threads: usize) {
+        self.eval_threads.store(threads, Ordering::Relaxed);
     }
 
     /// "Now" for relative-time rules.
@@ -230,15 +239,13 @@ impl Store {
         self.customers.load(Ordering::Acquire)
     }
 
-    pub(crate) fn shard(&self, ord: u32) -> Arc<RwLock<Shard>> {
-        self.shards.read()[shard_of(ord)].clone()
+    pub(crate) fn shard(&self, ord: u32) -> &RwLock<Shard> {
+        self.shards.get(shard_of(ord))
     }
 
     /// Runs `f` on the shard of `ord` under its read lock.
     pub fn read_shard<R>(&self, ord: u32, f: impl FnOnce(&Shard) -> R) -> R {
-        let shards = self.shards.read();
-        let shard = shards[shard_of(ord)].read();
-        f(&shard)
+        f(&self.shard(ord).read())
     }
 
     /// The ordinal of a customer named by id or e-mail.
@@ -252,9 +259,8 @@ impl Store {
     /// The ordinal of customer `id`.
     pub fn ordinal_of_id(&self, id: &str) -> Option<u32> {
         self.ids.get(id, |ord, key| {
-            self.read_shard(ord, |s| {
-                s.live.contains(ord) && s.ids.get(local(ord)) == Some(key)
-            })
+            // An erased customer's id is cleared, so a matching id is a live customer.
+            self.read_shard(ord, |s| s.ids.is(local(ord), key))
         })
     }
 
@@ -262,10 +268,9 @@ impl Store {
     pub fn ordinal_of_email(&self, email: &str) -> Option<u32> {
         self.emails.get(email, |ord, key| {
             self.read_shard(ord, |s| {
-                s.live.contains(ord)
-                    && s.emails
-                        .get(local(ord))
-                        .is_some_and(|stored| index::normalize_email(stored) == key)
+                s.emails
+                    .get(local(ord))
+                    .is_some_and(|stored| index::normalize_email(stored) == key)
             })
         })
     }
@@ -276,9 +281,8 @@ impl Store {
         let mut f = Some(f);
         let mut out = None;
         self.ids.get(id, |ord, key| {
-            let shards = self.shards.read();
-            let shard = shards[shard_of(ord)].read();
-            if shard.live.contains(ord) && shard.ids.get(local(ord)) == Some(key) {
+            let shard = self.shard(ord).read();
+            if shard.ids.is(local(ord), key) {
                 if let Some(f) = f.take() {
                     out = Some(f(&shard, ord));
                 }
@@ -345,8 +349,7 @@ impl Store {
             while end < batch.len() && end - start < MAX_RUN && shard_of(ords[end]) == sh {
                 end += 1;
             }
-            let shard = self.shards.read()[sh].clone();
-            let mut s = shard.write();
+            let mut s = self.shards.get(sh).write();
             for k in start..end {
                 let (patch, ord, new) = (&batch[k], ords[k], plan[k].existing.is_none());
                 apply_patch(&mut s, &schema, ord, new, patch);
@@ -455,10 +458,7 @@ impl Store {
         let ord = w.next_ordinal;
         w.next_ordinal = ord.checked_add(1).expect("fewer than 2^32 customers");
         if local(ord) == 0 {
-            let mut shards = self.shards.write();
-            while shards.len() <= shard_of(ord) {
-                shards.push(Arc::new(RwLock::new(Shard::default())));
-            }
+            self.shards.ensure(shard_of(ord));
         }
         ord
     }
@@ -560,12 +560,12 @@ impl Store {
     /// Counts and estimated heap bytes.
     pub fn stats(&self) -> StoreStats {
         let schema = self.schema();
-        let shards: Vec<_> = self.shards.read().clone();
+        let shards = self.shards.snapshot();
         let mut m = MemoryParts::default();
         for shard in &shards {
             shard.read().add_heap_bytes(&mut m);
         }
-        m.shards += shards.capacity() * 8;
+        m.shards += self.shards.heap_bytes();
         let order_dedup = {
             let w = self.writer.lock();
             m.shards += w.free.capacity() * 4;
