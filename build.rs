@@ -12,8 +12,11 @@ const PROTOS: &[&str] = &[
     "proto/segmentd/v1/activities.proto",
 ];
 
+/// Write-ahead log records: messages only, no service, not served by reflection.
+const WAL_PROTO: &str = "proto/segmentd/wal/v1/wal.proto";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    for proto in PROTOS {
+    for proto in PROTOS.iter().chain([&WAL_PROTO]) {
         println!("cargo:rerun-if-changed={proto}");
     }
     let fds = protox::compile(PROTOS, ["proto"])?;
@@ -28,5 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Small maps: a B-tree decodes faster than a SipHash map and encodes in a stable order.
         .btree_map(".segmentd.v1.Customer.attributes")
         .compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(protox::compile([WAL_PROTO], ["proto"])?)?;
     Ok(())
 }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use segmentd::segment::registry::SegmentDef;
 use segmentd::segment::text::parse;
-use segmentd::store::Store;
 use segmentd::store::input::{CustomerPatch, OrderIn};
 use segmentd::store::value::Value;
+use segmentd::store::{Store, no_log};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -49,7 +49,7 @@ fn build(n: usize) -> Store {
                 ],
             })
             .collect();
-        store.upsert(&patches).unwrap();
+        store.upsert(&patches, &mut no_log).unwrap();
         let orders: Vec<OrderIn> = chunk
             .iter()
             .map(|&i| OrderIn {
@@ -62,7 +62,7 @@ fn build(n: usize) -> Store {
                 brands: vec![],
             })
             .collect();
-        store.record_orders(&orders).unwrap();
+        store.record_orders(&orders, &mut no_log).unwrap();
     }
     eprintln!("built {n} customers in {:.1}s", started.elapsed().as_secs_f64());
     store
@@ -99,6 +99,7 @@ fn evaluation(c: &mut Criterion) {
             },
             &[],
             &[],
+            &mut no_log,
         )
         .unwrap();
     let mut rng = generator::Rng::new(11);
@@ -163,7 +164,7 @@ fn upserts(c: &mut Criterion) {
         })
         .collect();
     for chunk in base.chunks(10_000) {
-        store.upsert(chunk).unwrap();
+        store.upsert(chunk, &mut no_log).unwrap();
     }
     for i in 0..200 {
         store
@@ -176,6 +177,7 @@ fn upserts(c: &mut Criterion) {
                 },
                 &[],
                 &[],
+                &mut no_log,
             )
             .unwrap();
     }
@@ -198,7 +200,7 @@ fn upserts(c: &mut Criterion) {
                     ],
                 }]
             },
-            |batch| black_box(store.upsert(&batch).unwrap()),
+            |batch| black_box(store.upsert(&batch, &mut no_log).unwrap()),
             BatchSize::SmallInput,
         )
     });
@@ -221,7 +223,7 @@ fn upserts(c: &mut Criterion) {
                         .collect(),
                 }]
             },
-            |batch| black_box(store.upsert(&batch).unwrap()),
+            |batch| black_box(store.upsert(&batch, &mut no_log).unwrap()),
             BatchSize::SmallInput,
         )
     });

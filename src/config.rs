@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::wal::FsyncMode;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -42,6 +44,17 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
 
+    /// When a write's reply waits for the disk: `always` (an fdatasync covers every acknowledged
+    /// write; concurrent writes share one), `interval=<ms>` (synced every interval: a crash may
+    /// lose that long of acknowledged writes), or `never` (the OS decides: a crash may lose any
+    /// acknowledged write not yet written back).
+    #[arg(long, env = "SEGMENTD_FSYNC", default_value = "always")]
+    pub fsync: FsyncMode,
+
+    /// Size at which a write-ahead log file is closed and a new one started, in bytes.
+    #[arg(long, env = "SEGMENTD_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub wal_segment_bytes: u64,
+
     /// Threads evaluating a segment over all customers (0: one per core).
     #[arg(long, env = "SEGMENTD_EVAL_THREADS", default_value_t = 0)]
     pub eval_threads: usize,
@@ -61,6 +74,8 @@ impl Config {
             metrics_addr: None,
             max_batch: 10_000,
             eval_threads: 0,
+            fsync: FsyncMode::Always,
+            wal_segment_bytes: 64 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
         }
     }

@@ -1,16 +1,23 @@
-//! The engine: the store behind an async facade. Store calls are synchronous and may take
-//! milliseconds (a batch of thousands of customers), so writes run on the blocking pool and the
-//! async runtime stays free for request-time reads.
+//! The engine: the store behind an async facade, with its write-ahead log.
+//!
+//! Store calls are synchronous and may take milliseconds (a batch of thousands of customers, a
+//! segment evaluated over every customer), so writes run on the blocking pool and the async runtime
+//! stays free for request-time reads. Every write is logged at the moment the store has validated
+//! it, and its reply waits until the log is as durable as the fsync mode promises.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::segment::ops::{ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
+use crate::segment::ops::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
 use crate::segment::rule::Rule;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
-use crate::store::schema::{AttrType, Schema};
+use crate::store::schema::{AttrId, AttrType, Schema};
 use crate::store::{CustomerRecord, OrdersOutcome, Store, StoreStats, UpsertOutcome};
+use crate::wal::{self, FsyncMode, ReplayStats, Wal, record};
 
 /// The failure of one batch in a sequence: its index in the sequence and the error.
 #[derive(Debug)]
@@ -19,20 +26,95 @@ pub struct BatchFailure {
     pub error: Error,
 }
 
+/// Writes a store call's record to the log when the store asks, remembering its sequence.
+pub struct Logger<'a> {
+    wal: Option<&'a Wal>,
+    last: Option<u64>,
+}
+
+impl Logger<'_> {
+    /// Appends the record `op` builds (only called once the change is validated).
+    pub fn append(&mut self, op: impl FnOnce() -> wal::pb::record::Op) -> Result<()> {
+        if let Some(wal) = self.wal {
+            self.last = Some(wal.append(op())?);
+        }
+        Ok(())
+    }
+}
+
 /// Shared handle to everything the server holds.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Engine {
     store: Arc<Store>,
+    wal: Arc<OnceLock<Arc<Wal>>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::with_store(Arc::new(Store::new()))
+    }
 }
 
 impl Engine {
+    /// An in-memory engine with no log, ready at once (tests, benches, embedders).
     pub fn new() -> Engine {
         Engine::default()
     }
 
-    /// An engine over an existing store (tests, benches, embedders).
+    /// An in-memory engine over an existing store.
     pub fn with_store(store: Arc<Store>) -> Engine {
-        Engine { store }
+        Engine {
+            store,
+            wal: Arc::new(OnceLock::new()),
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// An engine that refuses calls until [`Engine::recover`] has run.
+    pub fn recovering() -> Engine {
+        let e = Engine::new();
+        e.ready.store(false, Ordering::Release);
+        e
+    }
+
+    /// Whether recovery is done and calls are served.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Replays the log in `dir` into the store, then opens it for appending. Blocking.
+    pub fn recover(&self, dir: &Path, mode: FsyncMode, segment_bytes: u64) -> Result<ReplayStats> {
+        let started = Instant::now();
+        let stats = wal::replay(dir, 0, |rec| {
+            let op = rec
+                .op
+                .ok_or_else(|| Error::DataLoss(format!("record {} has no operation", rec.sequence)))?;
+            record::apply(&self.store, op)
+        })?;
+        let log = Wal::open(dir, stats.last_sequence + 1, segment_bytes, mode)?;
+        let _ = self.wal.set(log);
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(
+            files = stats.files,
+            records = stats.records,
+            bytes = stats.bytes,
+            torn_bytes = stats.torn_bytes,
+            last_sequence = stats.last_sequence,
+            customers = self.store.customer_count(),
+            segments = self.store.registry().len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "recovered"
+        );
+        Ok(stats)
+    }
+
+    /// Syncs the log for a clean shutdown.
+    pub fn close(&self) -> Result<()> {
+        match self.wal.get() {
+            Some(wal) => wal.close(),
+            None => Ok(()),
+        }
     }
 
     /// The store, for synchronous reads.
@@ -48,12 +130,37 @@ impl Engine {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
-            .map_err(|e| Error::Internal(format!("write task failed: {e}")))
+            .map_err(|e| Error::Internal(format!("store task failed: {e}")))
+    }
+
+    /// Runs a write on the blocking pool with a logger, then waits for its record to be durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let wal = self.wal.get().cloned();
+        let (out, last) = self
+            .blocking(move |s| {
+                let mut logger = Logger {
+                    wal: wal.as_deref(),
+                    last: None,
+                };
+                let out = f(s, &mut logger);
+                (out, logger.last)
+            })
+            .await?;
+        // The store logs only once a change is validated, so every logged record is applied;
+        // the reply waits for the last one to be durable.
+        if let (Some(wal), Some(seq)) = (self.wal.get(), last) {
+            wal.durable(seq).await?;
+        }
+        out
     }
 
     /// Upserts one batch, all or nothing.
     pub async fn upsert(&self, batch: Vec<CustomerPatch>) -> Result<UpsertOutcome> {
-        self.blocking(move |s| s.upsert(&batch)).await?
+        self.write(move |s, log| s.upsert(&batch, &mut || log.append(|| record::upsert(&s.schema(), &batch))))
+            .await
     }
 
     /// Upserts several batches in order, each all or nothing, stopping at the first that fails.
@@ -62,28 +169,30 @@ impl Engine {
         &self,
         batches: Vec<Vec<CustomerPatch>>,
     ) -> Result<(UpsertOutcome, Option<BatchFailure>)> {
-        self.blocking(move |s| {
+        self.write(move |s, log| {
             let mut total = UpsertOutcome::default();
             for (index, batch) in batches.iter().enumerate() {
-                match s.upsert(batch) {
+                match s.upsert(batch, &mut || log.append(|| record::upsert(&s.schema(), batch))) {
                     Ok(o) => {
                         total.created += o.created;
                         total.updated += o.updated;
                     }
-                    Err(error) => return (total, Some(BatchFailure { index, error })),
+                    Err(error) => return Ok((total, Some(BatchFailure { index, error }))),
                 }
             }
-            (total, None)
+            Ok((total, None))
         })
         .await
     }
 
     pub async fn delete(&self, key: CustomerKey) -> Result<String> {
-        self.blocking(move |s| s.delete(&key)).await?
+        self.write(move |s, log| s.delete(&key, &mut || log.append(|| record::delete(&key))))
+            .await
     }
 
     pub async fn record_orders(&self, orders: Vec<OrderIn>) -> Result<OrdersOutcome> {
-        self.blocking(move |s| s.record_orders(&orders)).await?
+        self.write(move |s, log| s.record_orders(&orders, &mut || log.append(|| record::orders(&orders))))
+            .await
     }
 
     pub fn get_customer(&self, key: &CustomerKey) -> Result<CustomerRecord> {
@@ -96,34 +205,42 @@ impl Engine {
         ty: AttrType,
         description: String,
     ) -> Result<Arc<Schema>> {
-        self.blocking(move |s| s.define_attribute(&name, ty, &description))
-            .await?
+        self.write(move |s, log| {
+            s.define_attribute(&name, ty, &description, &mut || {
+                log.append(|| record::define_attribute(&name, ty, &description))
+            })
+        })
+        .await
     }
 
     pub async fn stats(&self) -> Result<StoreStats> {
         self.blocking(|s| s.stats()).await
     }
-}
 
-/// Segment calls. Definition changes and list changes evaluate on the blocking pool; membership
-/// reads are lock-light and run inline.
-impl Engine {
     pub async fn create_segment(
         &self,
         def: SegmentDef,
         include: Vec<String>,
         exclude: Vec<String>,
     ) -> Result<SegmentInfo> {
-        self.blocking(move |s| s.create_segment(def, &include, &exclude))
-            .await?
+        self.write(move |s, log| {
+            let op = record::create_segment(&def, &include, &exclude);
+            s.create_segment(def, &include, &exclude, &mut || log.append(|| op.clone()))
+        })
+        .await
     }
 
     pub async fn update_segment(&self, id: String, update: SegmentUpdate) -> Result<SegmentInfo> {
-        self.blocking(move |s| s.update_segment(&id, update)).await?
+        self.write(move |s, log| {
+            let op = record::update_segment(&id, &update);
+            s.update_segment(&id, update, &mut || log.append(|| op.clone()))
+        })
+        .await
     }
 
     pub async fn delete_segment(&self, id: String) -> Result<()> {
-        self.blocking(move |s| s.delete_segment(&id)).await?
+        self.write(move |s, log| s.delete_segment(&id, &mut || log.append(|| record::delete_segment(&id))))
+            .await
     }
 
     pub async fn segment_info(&self, id: String) -> Result<SegmentInfo> {
@@ -150,8 +267,12 @@ impl Engine {
         add: bool,
         activity: bool,
     ) -> Result<ListOutcome> {
-        self.blocking(move |s| s.set_listed(&segment_id, &keys, add, activity))
-            .await?
+        self.write(move |s, log| {
+            s.set_listed(&segment_id, &keys, add, activity, &mut || {
+                log.append(|| record::set_listed(&segment_id, &keys, add, activity))
+            })
+        })
+        .await
     }
 
     pub async fn export_page(
@@ -159,13 +280,13 @@ impl Engine {
         id: String,
         from: u32,
         limit: usize,
-        fields: Vec<crate::store::schema::AttrId>,
+        fields: Vec<AttrId>,
     ) -> Result<(Vec<CustomerRecord>, Option<u32>)> {
         self.blocking(move |s| s.export_page(&id, from, limit, &fields))
             .await?
     }
 
-    pub fn explain(&self, customer_id: &str, segment_id: &str) -> Result<crate::segment::ops::Explanation> {
+    pub fn explain(&self, customer_id: &str, segment_id: &str) -> Result<Explanation> {
         self.store.explain(customer_id, segment_id)
     }
 }

@@ -24,3 +24,4 @@ pub mod segment;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod wal;

@@ -2,7 +2,13 @@
 
 use std::fs::{self, File};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Status};
+use tonic_health::ServingStatus;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -36,6 +42,8 @@ pub enum ServerError {
     DataDirLocked(String),
     #[error("metrics address {addr}: {source}")]
     Metrics { addr: String, source: std::io::Error },
+    #[error("recovery failed: {0}")]
+    Recovery(crate::error::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
@@ -49,7 +57,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let _lock = lock_data_dir(&config)?;
-    let engine = Engine::new();
+    let engine = Engine::recovering();
     engine.store().set_eval_threads(config.eval_threads);
     let limits = Limits {
         max_batch: config.max_batch,
@@ -69,13 +77,13 @@ pub async fn run(
         None => None,
     };
 
+    let ready = ready_check(engine.clone());
     let ingest = IngestServer::new(IngestApi::new(engine.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let admin = AdminServer::new(AdminApi::new(engine.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-
     let segments = SegmentsServer::new(SegmentsApi::new(engine.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -83,12 +91,46 @@ pub async fn run(
     let activities = ActivitiesServer::new(ActivitiesApi::new(engine.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes);
 
+    // NOT_SERVING until the log is replayed; data calls meanwhile get UNAVAILABLE.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<IngestServer<IngestApi>>().await;
-    health.set_serving::<AdminServer<AdminApi>>().await;
-    health.set_serving::<SegmentsServer<SegmentsApi>>().await;
-    health.set_serving::<MembershipServer<MembershipApi>>().await;
-    health.set_serving::<ActivitiesServer<ActivitiesApi>>().await;
+    health.set_service_status("", ServingStatus::NotServing).await;
+    for name in SERVICES {
+        health.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    let failure: Arc<Mutex<Option<crate::error::Error>>> = Arc::default();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    {
+        let (engine, health, failure) = (engine.clone(), health.clone(), failure.clone());
+        let dir = config.data_dir.join("wal");
+        let (fsync, segment_bytes) = (config.fsync, config.wal_segment_bytes);
+        tokio::spawn(async move {
+            let e = engine.clone();
+            match tokio::task::spawn_blocking(move || e.recover(&dir, fsync, segment_bytes)).await {
+                Ok(Ok(_)) => {
+                    health.set_service_status("", ServingStatus::Serving).await;
+                    for name in SERVICES {
+                        health.set_service_status(name, ServingStatus::Serving).await;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "recovery failed");
+                    *failure.lock() = Some(e);
+                    let _ = failed_tx.send(());
+                }
+                Err(e) => {
+                    *failure.lock() = Some(crate::error::Error::Internal(format!("recovery task: {e}")));
+                    let _ = failed_tx.send(());
+                }
+            }
+        });
+    }
+    let shutdown = async move {
+        // A recovery that succeeds drops the sender: only a sent failure stops the server.
+        tokio::select! {
+            () = shutdown => {},
+            Ok(()) = failed_rx => {},
+        }
+    };
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -110,18 +152,46 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ingest)
-        .add_service(admin)
-        .add_service(segments)
-        .add_service(membership)
-        .add_service(activities)
+        .add_service(InterceptedService::new(ingest, ready.clone()))
+        .add_service(InterceptedService::new(admin, ready.clone()))
+        .add_service(InterceptedService::new(segments, ready.clone()))
+        .add_service(InterceptedService::new(membership, ready.clone()))
+        .add_service(InterceptedService::new(activities, ready))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     if let Some(m) = metrics {
         m.abort();
     }
+    if let Some(e) = failure.lock().take() {
+        return Err(ServerError::Recovery(e));
+    }
+    if let Err(e) = engine.close() {
+        tracing::error!(error = %e, "closing the write-ahead log");
+    }
     tracing::info!("segmentd stopped");
     Ok(result?)
+}
+
+/// The gRPC services behind the ready check, by full name (health reports each).
+const SERVICES: [&str; 5] = [
+    "segmentd.v1.Ingest",
+    "segmentd.v1.Admin",
+    "segmentd.v1.Segments",
+    "segmentd.v1.Membership",
+    "segmentd.v1.Activities",
+];
+
+/// Refuses calls with UNAVAILABLE until recovery is done.
+fn ready_check(engine: Engine) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request| {
+        if engine.is_ready() {
+            Ok(request)
+        } else {
+            Err(Status::unavailable(
+                "segmentd is recovering its data; retry shortly",
+            ))
+        }
+    }
 }
 
 /// Creates the data directory and takes an exclusive lock on `LOCK` inside it, held while the

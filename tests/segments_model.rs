@@ -7,9 +7,9 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use segmentd::segment::registry::SegmentDef;
 use segmentd::segment::rule::{CmpOp, Literal, Pred, PredOp, Rule, TextOp};
-use segmentd::store::Store;
 use segmentd::store::input::{CustomerKey, CustomerPatch};
 use segmentd::store::value::Value;
+use segmentd::store::{Store, no_log};
 use segmentd::time::{ManualClock, days_from_civil};
 
 const IDS: usize = 10;
@@ -294,7 +294,7 @@ proptest! {
                         email: None,
                         attrs: attrs.iter().map(|(n, v)| (schema.get(n).unwrap().id, v.clone())).collect(),
                     };
-                    store.upsert(&[patch]).unwrap();
+                    store.upsert(&[patch], &mut no_log).unwrap();
                     let c = model.entry(*i).or_default();
                     for (n, v) in attrs {
                         match v {
@@ -309,7 +309,7 @@ proptest! {
                     }
                 }
                 Op::Delete(i) => {
-                    let ok = store.delete(&CustomerKey::Id(cid(*i))).is_ok();
+                    let ok = store.delete(&CustomerKey::Id(cid(*i)), &mut no_log).is_ok();
                     prop_assert_eq!(ok, model.remove(i).is_some());
                     for (_, s) in &mut segs {
                         s.include.remove(i);
@@ -330,7 +330,7 @@ proptest! {
                         allow_activities: true,
                         ..Default::default()
                     };
-                    let res = store.create_segment(def, &inc_ids, &exc_ids);
+                    let res = store.create_segment(def, &inc_ids, &exc_ids, &mut no_log);
                     prop_assert_eq!(res.is_ok(), known(inc) && known(exc) && refs_ok, "{:?}", res);
                     if res.is_ok() {
                         segs.push((id, ModelSegment {
@@ -345,7 +345,7 @@ proptest! {
                     if *s < segs.len() {
                         let id = segs[*s].0.clone();
                         let update = segmentd::segment::ops::SegmentUpdate { rule: Some(Some(rule.clone())), ..Default::default() };
-                        let res = store.update_segment(&id, update);
+                        let res = store.update_segment(&id, update, &mut no_log);
                         // Refused: unknown references and cycles (a segment reading itself, directly or not).
                         let mut reads: Vec<String> = rule.segment_refs().iter().map(|r| r.to_string()).collect();
                         let mut cyclic = false;
@@ -366,7 +366,7 @@ proptest! {
                 }
                 Op::Activity(s, c, add) => {
                     if *s < segs.len() {
-                        let out = store.set_listed(&segs[*s].0, &[CustomerKey::Id(cid(*c))], *add, true).unwrap();
+                        let out = store.set_listed(&segs[*s].0, &[CustomerKey::Id(cid(*c))], *add, true, &mut no_log).unwrap();
                         if model.contains_key(c) {
                             let m = &mut segs[*s].1;
                             if *add { m.include.insert(*c); m.exclude.remove(c); } else { m.exclude.insert(*c); m.include.remove(c); }

@@ -64,7 +64,7 @@ async fn a_second_server_cannot_share_the_data_dir() {
     // Let the first server take its lock.
     let _ = customer_count(&first).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = Config::with_data_dir(first.dir.path().join("data"));
+    let config = Config::with_data_dir(first.data.clone());
     let err = segmentd::server::run(listener, config, std::future::pending())
         .await
         .unwrap_err();

@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proptest::prelude::*;
-use segmentd::store::Store;
 use segmentd::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use segmentd::store::value::Value;
+use segmentd::store::{Store, no_log};
 
 const IDS: usize = 12;
 const EMAILS: usize = 6;
@@ -240,11 +240,11 @@ proptest! {
                             attrs: attrs.iter().map(|(n, v)| (schema.get(n).unwrap().id, v.clone())).collect(),
                         })
                         .collect();
-                    let ok = store.upsert(&patches).is_ok();
+                    let ok = store.upsert(&patches, &mut no_log).is_ok();
                     prop_assert_eq!(ok, model.upsert(batch), "step {}: {:?}", step, op);
                 }
                 Op::Delete(i) => {
-                    let ok = store.delete(&CustomerKey::Id(id(*i))).is_ok();
+                    let ok = store.delete(&CustomerKey::Id(id(*i)), &mut no_log).is_ok();
                     prop_assert_eq!(ok, model.customers.remove(i).is_some());
                 }
                 Op::Orders(orders) => {
@@ -260,7 +260,7 @@ proptest! {
                             brands: vec![],
                         })
                         .collect();
-                    let out = store.record_orders(&ins).unwrap();
+                    let out = store.record_orders(&ins, &mut no_log).unwrap();
                     let mut applied = 0;
                     for ((c, o, amount, promo, cats), order) in orders.iter().zip(&ins) {
                         if model.orders_seen.insert(*o) {

@@ -344,6 +344,7 @@ impl Store {
         def: SegmentDef,
         include: &[String],
         exclude: &[String],
+        log: &mut dyn FnMut() -> Result<()>,
     ) -> Result<SegmentInfo> {
         let _w = self.writer.lock();
         let schema = self.schema();
@@ -359,6 +360,7 @@ impl Store {
         let include = self.resolve_list("include_customer_ids", include)?;
         let exclude = self.resolve_list("exclude_customer_ids", exclude)?;
         let next = reg.with(entry.clone())?;
+        log()?;
         self.evaluate_segment(&entry, Some((&include, &exclude)), &schema, self.now());
         self.segments.store(Arc::new(next));
         drop(_w);
@@ -366,7 +368,12 @@ impl Store {
     }
 
     /// Changes a segment; re-evaluates it, and every segment reading it, before returning.
-    pub fn update_segment(&self, id: &str, update: SegmentUpdate) -> Result<SegmentInfo> {
+    pub fn update_segment(
+        &self,
+        id: &str,
+        update: SegmentUpdate,
+        log: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<SegmentInfo> {
         let _w = self.writer.lock();
         let schema = self.schema();
         let reg = self.registry();
@@ -416,6 +423,7 @@ impl Store {
             }
         };
         let next = reg.with(entry.clone())?;
+        log()?;
         let now = self.now();
         let lists_ref = lists.as_ref().map(|(i, e)| (i, e));
         self.evaluate_segment(&entry, lists_ref, &schema, now);
@@ -435,7 +443,7 @@ impl Store {
     }
 
     /// Deletes a segment; refused while other segments read it.
-    pub fn delete_segment(&self, id: &str) -> Result<()> {
+    pub fn delete_segment(&self, id: &str, log: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         let _w = self.writer.lock();
         let reg = self.registry();
         let slot = reg
@@ -448,6 +456,7 @@ impl Store {
                 readers.join(", ")
             )));
         }
+        log()?;
         self.segments.store(Arc::new(reg.without(slot)));
         for shard in self.shards.snapshot().iter() {
             let mut s = shard.write();
@@ -570,6 +579,7 @@ impl Store {
         keys: &[CustomerKey],
         add: bool,
         activity: bool,
+        log: &mut dyn FnMut() -> Result<()>,
     ) -> Result<ListOutcome> {
         let _w = self.writer.lock();
         let reg = self.registry();
@@ -581,6 +591,7 @@ impl Store {
                 "segment `{segment_id}` does not allow activities (allow_activities is false)"
             )));
         }
+        log()?;
         let schema = self.schema();
         let now = self.now();
         let mut out = ListOutcome::default();

@@ -114,6 +114,11 @@ impl Shard {
     }
 }
 
+/// The logger of a write that needs no logging (replay, tests, embedders without a log).
+pub fn no_log() -> Result<()> {
+    Ok(())
+}
+
 /// A customer as read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomerRecord {
@@ -320,10 +325,18 @@ impl Store {
 
     /// Creates or merges a batch of customers, all or nothing: every check runs before anything
     /// is applied, and the first failure names the item (`customers[3].email`).
-    pub fn upsert(&self, batch: &[CustomerPatch]) -> Result<UpsertOutcome> {
+    ///
+    /// `log` is called once the batch is known good and before anything changes (it writes the
+    /// change to the write-ahead log); its error refuses the batch. Every write method takes one.
+    pub fn upsert(
+        &self,
+        batch: &[CustomerPatch],
+        log: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<UpsertOutcome> {
         let mut w = self.writer.lock();
         let schema = self.schema();
         let plan = self.plan_upsert(&schema, batch)?;
+        log()?;
         let reg = self.registry();
         let now = self.now();
         let mut changed: Vec<AttrId> = Vec::new();
@@ -464,9 +477,10 @@ impl Store {
     }
 
     /// Erases a customer from every column, index and map; returns its id.
-    pub fn delete(&self, key: &CustomerKey) -> Result<String> {
+    pub fn delete(&self, key: &CustomerKey, log: &mut dyn FnMut() -> Result<()>) -> Result<String> {
         let mut w = self.writer.lock();
         let ord = self.resolve(key).ok_or_else(|| not_found(key))?;
+        log()?;
         let shard = self.shard(ord);
         let (id, email) = {
             let s = shard.read();
@@ -503,11 +517,16 @@ impl Store {
 
     /// Records orders and updates purchase aggregates. Orders for unknown customers create them.
     /// Checked whole before anything is applied.
-    pub fn record_orders(&self, orders: &[OrderIn]) -> Result<OrdersOutcome> {
+    pub fn record_orders(
+        &self,
+        orders: &[OrderIn],
+        log: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<OrdersOutcome> {
         for (i, order) in orders.iter().enumerate() {
             order.check().map_err(|e| e.within(&format!("orders[{i}]")))?;
         }
         let mut w = self.writer.lock();
+        log()?;
         let schema = self.schema();
         let reg = self.registry();
         let now = self.now();
@@ -549,10 +568,17 @@ impl Store {
     }
 
     /// Adds a custom attribute.
-    pub fn define_attribute(&self, name: &str, ty: AttrType, description: &str) -> Result<Arc<Schema>> {
+    pub fn define_attribute(
+        &self,
+        name: &str,
+        ty: AttrType,
+        description: &str,
+        log: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Arc<Schema>> {
         let _w = self.writer.lock();
         let mut schema = self.schema.write();
         let next = Arc::new(schema.with_attribute(name, ty, description)?);
+        log()?;
         *schema = next.clone();
         Ok(next)
     }

@@ -15,7 +15,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+    /// The data directory.
+    pub data: std::path::PathBuf,
+    /// Owns the data directory's parent when the server made it.
+    pub dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), segmentd::server::ServerError>>>,
 }
@@ -28,7 +31,23 @@ impl TestServer {
     /// Starts a server after `tune` adjusts its configuration.
     pub async fn start_with(tune: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config::with_data_dir(dir.path().join("data"));
+        let mut server = Self::start_at(dir.path().join("data"), tune).await;
+        server.dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on an existing (or new) data directory and waits until it serves.
+    pub async fn start_at(data: std::path::PathBuf, tune: impl FnOnce(&mut Config)) -> TestServer {
+        let server = Self::spawn_at(data, tune).await;
+        server.wait_serving().await;
+        server
+    }
+
+    /// Starts a server without waiting for recovery.
+    pub async fn spawn_at(data: std::path::PathBuf, tune: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::with_data_dir(data.clone());
+        // Tests favour speed; durability tests that need fsync set it themselves.
+        config.fsync = segmentd::wal::FsyncMode::Never;
         tune(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
@@ -38,9 +57,37 @@ impl TestServer {
         }));
         TestServer {
             addr,
-            dir,
+            data,
+            dir: None,
             stop: Some(stop),
             task: Some(task),
+        }
+    }
+
+    /// Waits (up to 30 s) until health reports SERVING.
+    pub async fn wait_serving(&self) {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = Endpoint::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+            {
+                let reply = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if reply.is_ok_and(|r| r.into_inner().status == 1) {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not become SERVING"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
@@ -80,6 +127,15 @@ impl TestServer {
             let _ = stop.send(());
         }
         self.task.take().unwrap().await.expect("server task")
+    }
+
+    /// Waits for the server to end by itself (a failed recovery).
+    pub async fn finished(mut self) -> Result<(), segmentd::server::ServerError> {
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), task)
+            .await
+            .expect("server ends")
+            .expect("server task")
     }
 }
 

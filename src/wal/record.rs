@@ -1,0 +1,287 @@
+//! Domain operations ↔ write-ahead log records, and replaying a record into the store.
+//!
+//! Attributes are logged by name and rules in the text form (which parses back to the same tree),
+//! so a record means the same thing whatever ids the schema or registry hands out on replay.
+
+use crate::error::{Error, Result};
+use crate::segment::ops::SegmentUpdate;
+use crate::segment::registry::SegmentDef;
+use crate::segment::text;
+use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
+use crate::store::schema::{AttrType, Schema};
+use crate::store::value::Value;
+use crate::store::{Store, no_log};
+use crate::wal::pb::{self, record::Op};
+
+fn value_out(v: &Value) -> pb::Value {
+    use pb::value::Kind;
+    let kind = match v {
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Int(i) => Kind::IntValue(*i),
+        Value::Float(f) => Kind::FloatValue(*f),
+        Value::Money(m) => Kind::Money(*m),
+        Value::Date(d) => Kind::Date(*d),
+        Value::Timestamp(t) => Kind::Timestamp(*t),
+        Value::Keyword(s) => Kind::Keyword(s.clone()),
+        Value::Keywords(items) => Kind::Keywords(pb::StringList {
+            values: items.clone(),
+        }),
+        Value::Text(s) => Kind::Text(s.clone()),
+    };
+    pb::Value { kind: Some(kind) }
+}
+
+fn value_in(v: pb::Value) -> Result<Value> {
+    use pb::value::Kind;
+    Ok(
+        match v
+            .kind
+            .ok_or_else(|| Error::DataLoss("log value without a kind".into()))?
+        {
+            Kind::BoolValue(b) => Value::Bool(b),
+            Kind::IntValue(i) => Value::Int(i),
+            Kind::FloatValue(f) => Value::Float(f),
+            Kind::Money(m) => Value::Money(m),
+            Kind::Date(d) => Value::Date(d),
+            Kind::Timestamp(t) => Value::Timestamp(t),
+            Kind::Keyword(s) => Value::Keyword(s),
+            Kind::Keywords(l) => Value::Keywords(l.values),
+            Kind::Text(s) => Value::Text(s),
+        },
+    )
+}
+
+fn key_out(k: &CustomerKey) -> pb::Key {
+    pb::Key {
+        key: Some(match k {
+            CustomerKey::Id(id) => pb::key::Key::CustomerId(id.clone()),
+            CustomerKey::Email(e) => pb::key::Key::Email(e.clone()),
+        }),
+    }
+}
+
+fn key_in(k: pb::Key) -> Result<CustomerKey> {
+    match k.key {
+        Some(pb::key::Key::CustomerId(id)) => Ok(CustomerKey::Id(id)),
+        Some(pb::key::Key::Email(e)) => Ok(CustomerKey::Email(e)),
+        None => Err(Error::DataLoss("log key without id or e-mail".into())),
+    }
+}
+
+pub fn upsert(schema: &Schema, batch: &[CustomerPatch]) -> Op {
+    Op::Upsert(pb::Upsert {
+        patches: batch
+            .iter()
+            .map(|p| pb::Patch {
+                customer_id: p.customer_id.clone(),
+                email: p.email.clone(),
+                attrs: p
+                    .attrs
+                    .iter()
+                    .map(|(id, v)| pb::Attr {
+                        name: schema.attr(*id).name.to_string(),
+                        value: v.as_ref().map(value_out),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+pub fn orders(orders: &[OrderIn]) -> Op {
+    Op::Orders(pb::Orders {
+        orders: orders
+            .iter()
+            .map(|o| pb::Order {
+                order_id: o.order_id.clone(),
+                customer_id: o.customer_id.clone(),
+                placed_at: o.placed_at,
+                amount_minor: o.amount_minor,
+                promotion: o.promotion,
+                categories: o.categories.clone(),
+                brands: o.brands.clone(),
+            })
+            .collect(),
+    })
+}
+
+pub fn delete(key: &CustomerKey) -> Op {
+    Op::Delete(pb::Delete {
+        key: Some(key_out(key)),
+    })
+}
+
+pub fn define_attribute(name: &str, ty: AttrType, description: &str) -> Op {
+    Op::DefineAttribute(pb::DefineAttribute {
+        name: name.into(),
+        r#type: ty.name().into(),
+        description: description.into(),
+    })
+}
+
+fn def_out(def: &SegmentDef) -> pb::SegmentDef {
+    pb::SegmentDef {
+        id: def.id.clone(),
+        name: def.name.clone(),
+        description: def.description.clone(),
+        rule_text: def.rule.as_ref().map(text::print),
+        include_accounts: def.include_accounts.clone(),
+        exclude_accounts: def.exclude_accounts.clone(),
+        allow_activities: def.allow_activities,
+    }
+}
+
+pub fn create_segment(def: &SegmentDef, include: &[String], exclude: &[String]) -> Op {
+    Op::CreateSegment(pb::CreateSegment {
+        def: Some(def_out(def)),
+        include_ids: include.to_vec(),
+        exclude_ids: exclude.to_vec(),
+    })
+}
+
+pub fn update_segment(id: &str, u: &SegmentUpdate) -> Op {
+    let strings = |v: &Option<Vec<String>>| {
+        v.as_ref().map(|values| pb::OptionalStrings {
+            values: values.clone(),
+        })
+    };
+    Op::UpdateSegment(pb::UpdateSegment {
+        id: id.into(),
+        name: u.name.clone(),
+        description: u.description.clone(),
+        rule: u.rule.as_ref().map(|r| pb::RuleChange {
+            rule_text: r.as_ref().map(text::print),
+        }),
+        include_ids: strings(&u.include_ids),
+        exclude_ids: strings(&u.exclude_ids),
+        include_accounts: strings(&u.include_accounts),
+        exclude_accounts: strings(&u.exclude_accounts),
+        allow_activities: u.allow_activities,
+    })
+}
+
+pub fn delete_segment(id: &str) -> Op {
+    Op::DeleteSegment(pb::DeleteSegment { id: id.into() })
+}
+
+pub fn set_listed(segment_id: &str, keys: &[CustomerKey], add: bool, activity: bool) -> Op {
+    Op::SetListed(pb::SetListed {
+        segment_id: segment_id.into(),
+        keys: keys.iter().map(key_out).collect(),
+        add,
+        activity,
+    })
+}
+
+fn parse_type(name: &str) -> Result<AttrType> {
+    Ok(match name {
+        "bool" => AttrType::Bool,
+        "int" => AttrType::Int,
+        "float" => AttrType::Float,
+        "money" => AttrType::Money,
+        "date" => AttrType::Date,
+        "timestamp" => AttrType::Timestamp,
+        "keyword" => AttrType::Keyword,
+        "keywords" => AttrType::Keywords,
+        "text" => AttrType::Text,
+        other => {
+            return Err(Error::DataLoss(format!(
+                "unknown attribute type `{other}` in the log"
+            )));
+        }
+    })
+}
+
+fn rule_in(rule_text: Option<String>) -> Result<Option<crate::segment::rule::Rule>> {
+    rule_text.as_deref().map(text::parse).transpose()
+}
+
+/// Applies one logged operation to the store, exactly as when it was first accepted.
+pub fn apply(store: &Store, op: Op) -> Result<()> {
+    match op {
+        Op::Upsert(u) => {
+            let schema = store.schema();
+            let batch = u
+                .patches
+                .into_iter()
+                .map(|p| {
+                    Ok(CustomerPatch {
+                        customer_id: p.customer_id,
+                        email: p.email,
+                        attrs: p
+                            .attrs
+                            .into_iter()
+                            .map(|a| {
+                                let def = schema.get(&a.name).ok_or_else(|| {
+                                    Error::DataLoss(format!("unknown attribute `{}` in the log", a.name))
+                                })?;
+                                Ok((def.id, a.value.map(value_in).transpose()?))
+                            })
+                            .collect::<Result<_>>()?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            store.upsert(&batch, &mut no_log)?;
+        }
+        Op::Orders(o) => {
+            let orders: Vec<OrderIn> = o
+                .orders
+                .into_iter()
+                .map(|o| OrderIn {
+                    order_id: o.order_id,
+                    customer_id: o.customer_id,
+                    placed_at: o.placed_at,
+                    amount_minor: o.amount_minor,
+                    promotion: o.promotion,
+                    categories: o.categories,
+                    brands: o.brands,
+                })
+                .collect();
+            store.record_orders(&orders, &mut no_log)?;
+        }
+        Op::Delete(d) => {
+            let key = key_in(
+                d.key
+                    .ok_or_else(|| Error::DataLoss("log delete without a key".into()))?,
+            )?;
+            store.delete(&key, &mut no_log)?;
+        }
+        Op::DefineAttribute(a) => {
+            store.define_attribute(&a.name, parse_type(&a.r#type)?, &a.description, &mut no_log)?;
+        }
+        Op::CreateSegment(c) => {
+            let d = c
+                .def
+                .ok_or_else(|| Error::DataLoss("log segment without a definition".into()))?;
+            let def = SegmentDef {
+                id: d.id,
+                name: d.name,
+                description: d.description,
+                rule: rule_in(d.rule_text)?,
+                include_accounts: d.include_accounts,
+                exclude_accounts: d.exclude_accounts,
+                allow_activities: d.allow_activities,
+            };
+            store.create_segment(def, &c.include_ids, &c.exclude_ids, &mut no_log)?;
+        }
+        Op::UpdateSegment(u) => {
+            let update = SegmentUpdate {
+                name: u.name,
+                description: u.description,
+                rule: u.rule.map(|r| rule_in(r.rule_text)).transpose()?,
+                include_ids: u.include_ids.map(|s| s.values),
+                exclude_ids: u.exclude_ids.map(|s| s.values),
+                include_accounts: u.include_accounts.map(|s| s.values),
+                exclude_accounts: u.exclude_accounts.map(|s| s.values),
+                allow_activities: u.allow_activities,
+            };
+            store.update_segment(&u.id, update, &mut no_log)?;
+        }
+        Op::DeleteSegment(d) => store.delete_segment(&d.id, &mut no_log)?,
+        Op::SetListed(s) => {
+            let keys = s.keys.into_iter().map(key_in).collect::<Result<Vec<_>>>()?;
+            store.set_listed(&s.segment_id, &keys, s.add, s.activity, &mut no_log)?;
+        }
+    }
+    Ok(())
+}
