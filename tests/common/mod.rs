@@ -64,6 +64,17 @@ impl TestServer {
         }
     }
 
+    /// A handle to a server running elsewhere (another process), for its clients.
+    pub fn external(addr: SocketAddr) -> TestServer {
+        TestServer {
+            addr,
+            data: std::path::PathBuf::new(),
+            dir: None,
+            stop: None,
+            task: None,
+        }
+    }
+
     /// Waits (up to 30 s) until health reports SERVING.
     pub async fn wait_serving(&self) {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
