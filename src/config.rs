@@ -55,6 +55,19 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub wal_segment_bytes: u64,
 
+    /// Seconds between snapshots when there were writes (0: no timed snapshots).
+    #[arg(long, env = "SEGMENTD_SNAPSHOT_INTERVAL_SECS", default_value_t = 3600)]
+    pub snapshot_interval_secs: u64,
+
+    /// Log bytes written since the last snapshot that trigger the next one (0: off).
+    #[arg(long, env = "SEGMENTD_SNAPSHOT_WAL_BYTES", default_value_t = 1 << 30)]
+    pub snapshot_wal_bytes: u64,
+
+    /// Skip the snapshot a clean shutdown normally writes (faster stop; the next start replays
+    /// more log).
+    #[arg(long, env = "SEGMENTD_NO_SNAPSHOT_ON_SHUTDOWN")]
+    pub no_snapshot_on_shutdown: bool,
+
     /// Threads evaluating a segment over all customers (0: one per core).
     #[arg(long, env = "SEGMENTD_EVAL_THREADS", default_value_t = 0)]
     pub eval_threads: usize,
@@ -75,6 +88,9 @@ impl Config {
             max_batch: 10_000,
             eval_threads: 0,
             fsync: FsyncMode::Always,
+            snapshot_interval_secs: 3600,
+            snapshot_wal_bytes: 1 << 30,
+            no_snapshot_on_shutdown: false,
             wal_segment_bytes: 64 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
         }

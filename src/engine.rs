@@ -5,7 +5,7 @@
 //! stays free for request-time reads. Every write is logged at the moment the store has validated
 //! it, and its reply waits until the log is as durable as the fsync mode promises.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::segment::ops::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
 use crate::segment::rule::Rule;
+use crate::snapshot::{self, SnapshotInfo};
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrId, AttrType, Schema};
 use crate::store::{CustomerRecord, OrdersOutcome, Store, StoreStats, UpsertOutcome};
@@ -48,6 +49,9 @@ pub struct Engine {
     store: Arc<Store>,
     wal: Arc<OnceLock<Arc<Wal>>>,
     ready: Arc<AtomicBool>,
+    data_dir: Arc<OnceLock<PathBuf>>,
+    /// One snapshot at a time; holds when the last one finished and the log bytes then.
+    snapshots: Arc<tokio::sync::Mutex<(Instant, u64)>>,
 }
 
 impl Default for Engine {
@@ -68,6 +72,8 @@ impl Engine {
             store,
             wal: Arc::new(OnceLock::new()),
             ready: Arc::new(AtomicBool::new(true)),
+            data_dir: Arc::new(OnceLock::new()),
+            snapshots: Arc::new(tokio::sync::Mutex::new((Instant::now(), 0))),
         }
     }
 
@@ -83,10 +89,27 @@ impl Engine {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Replays the log in `dir` into the store, then opens it for appending. Blocking.
-    pub fn recover(&self, dir: &Path, mode: FsyncMode, segment_bytes: u64) -> Result<ReplayStats> {
+    /// Loads the newest usable snapshot of `data_dir`, replays the log after it, then opens the
+    /// log for appending. Blocking.
+    pub fn recover(&self, data_dir: &Path, mode: FsyncMode, segment_bytes: u64) -> Result<ReplayStats> {
         let started = Instant::now();
-        let stats = wal::replay(dir, 0, |rec| {
+        let _ = self.data_dir.set(data_dir.to_path_buf());
+        let after = match snapshot::load(data_dir)? {
+            Some(restored) => {
+                let sequence = restored.sequence;
+                self.store.restore(restored)?;
+                tracing::info!(
+                    sequence,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "snapshot loaded"
+                );
+                sequence
+            }
+            None => 0,
+        };
+        let dir = data_dir.join("wal");
+        let dir = dir.as_path();
+        let stats = wal::replay(dir, after, |rec| {
             let op = rec
                 .op
                 .ok_or_else(|| Error::DataLoss(format!("record {} has no operation", rec.sequence)))?;
@@ -107,6 +130,37 @@ impl Engine {
             "recovered"
         );
         Ok(stats)
+    }
+
+    /// Writes a snapshot now (one at a time); `None` for an engine without a data directory.
+    pub async fn snapshot(&self) -> Result<Option<SnapshotInfo>> {
+        let Some(dir) = self.data_dir.get().cloned() else {
+            return Ok(None);
+        };
+        let mut last = self.snapshots.lock().await;
+        let (store, wal) = (self.store.clone(), self.wal.get().cloned());
+        let info = tokio::task::spawn_blocking(move || snapshot::take(&store, wal.as_deref(), &dir))
+            .await
+            .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
+        *last = (Instant::now(), self.wal.get().map_or(0, |w| w.bytes_written()));
+        tracing::info!(
+            sequence = info.sequence,
+            bytes = info.bytes,
+            seconds = info.duration.as_secs_f64(),
+            path = %info.path.display(),
+            "snapshot written"
+        );
+        Ok(Some(info))
+    }
+
+    /// Whether a snapshot is due: `interval` passed with writes since the last, or `wal_bytes`
+    /// of log written since the last (zero turns a trigger off).
+    pub async fn snapshot_due(&self, interval: std::time::Duration, wal_bytes: u64) -> bool {
+        let Some(wal) = self.wal.get() else { return false };
+        let (at, bytes_then) = *self.snapshots.lock().await;
+        let since = wal.bytes_written().saturating_sub(bytes_then);
+        (!interval.is_zero() && at.elapsed() >= interval && since > 0)
+            || (wal_bytes > 0 && since >= wal_bytes)
     }
 
     /// Syncs the log for a clean shutdown.

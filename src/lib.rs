@@ -22,6 +22,7 @@ pub mod error;
 pub mod metrics;
 pub mod segment;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 pub mod time;
 pub mod wal;

@@ -101,7 +101,7 @@ pub async fn run(
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
     {
         let (engine, health, failure) = (engine.clone(), health.clone(), failure.clone());
-        let dir = config.data_dir.join("wal");
+        let dir = config.data_dir.clone();
         let (fsync, segment_bytes) = (config.fsync, config.wal_segment_bytes);
         tokio::spawn(async move {
             let e = engine.clone();
@@ -124,6 +124,26 @@ pub async fn run(
             }
         });
     }
+    // Snapshots on a timer and after enough log bytes.
+    let snapshots = {
+        let engine = engine.clone();
+        let (interval, wal_bytes) = (
+            Duration::from_secs(config.snapshot_interval_secs),
+            config.snapshot_wal_bytes,
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                if engine.is_ready()
+                    && engine.snapshot_due(interval, wal_bytes).await
+                    && let Err(e) = engine.snapshot().await
+                {
+                    tracing::error!(error = %e, "snapshot failed");
+                }
+            }
+        })
+    };
     let shutdown = async move {
         // A recovery that succeeds drops the sender: only a sent failure stops the server.
         tokio::select! {
@@ -162,8 +182,15 @@ pub async fn run(
     if let Some(m) = metrics {
         m.abort();
     }
+    snapshots.abort();
     if let Some(e) = failure.lock().take() {
         return Err(ServerError::Recovery(e));
+    }
+    if engine.is_ready()
+        && !config.no_snapshot_on_shutdown
+        && let Err(e) = engine.snapshot().await
+    {
+        tracing::error!(error = %e, "snapshot at shutdown failed; the log still has every write");
     }
     if let Err(e) = engine.close() {
         tracing::error!(error = %e, "closing the write-ahead log");

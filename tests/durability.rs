@@ -430,3 +430,170 @@ async fn acknowledged_writes_survive_kill_9() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+async fn take_snapshot(server: &TestServer) -> pb::SnapshotResponse {
+    server
+        .admin()
+        .await
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn wal_files(data: &Path) -> Vec<PathBuf> {
+    let mut f: Vec<_> = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    f.sort();
+    f
+}
+
+#[tokio::test]
+async fn snapshots_restore_with_the_log_after_them_and_trim_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(data.clone(), |c| c.wal_segment_bytes = 4096).await;
+    let ids = populate(&server).await;
+    let first = take_snapshot(&server).await;
+    assert!(first.sequence > 10 && first.bytes > 0, "{first:?}");
+    assert!(std::path::Path::new(&first.path).join("MANIFEST").exists());
+    // More writes after the snapshot, which only the log has.
+    upsert(
+        &server,
+        vec![
+            customer("late", None, &[("vip", b(true))]),
+            customer("k005", None, &[("vip", b(true))]),
+        ],
+    )
+    .await;
+    server
+        .ingest()
+        .await
+        .delete_customer(delete_id("k006"))
+        .await
+        .unwrap();
+    let before = observe(&server, &ids).await;
+    let files_before = wal_files(&data).len();
+    let second = take_snapshot(&server).await;
+    assert!(second.sequence > first.sequence);
+    upsert(&server, vec![customer("later", None, &[])]).await;
+    let third = take_snapshot(&server).await;
+    assert!(
+        wal_files(&data).len() < files_before,
+        "log files covered by the older kept snapshot are deleted"
+    );
+    let kept: Vec<_> = std::fs::read_dir(data.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(!std::path::Path::new(&first.path).exists());
+    assert!(std::path::Path::new(&third.path).exists());
+    server.stop().await.unwrap();
+
+    let server = TestServer::start_at(data.clone(), |_| {}).await;
+    let after = observe(&server, &ids).await;
+    assert_eq!(after.segments, before.segments);
+    assert_eq!(after.customers, before.customers);
+    assert!(get(&mut server.ingest().await, "later").await.is_ok());
+    assert!(is_member(&server, "late", "golf").await.1, "known after restart");
+}
+
+#[tokio::test]
+async fn a_damaged_newest_snapshot_falls_back_to_the_previous_one_and_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(data.clone(), |c| c.no_snapshot_on_shutdown = true).await;
+    let ids = populate(&server).await;
+    take_snapshot(&server).await;
+    upsert(&server, vec![customer("between", None, &[("vip", b(true))])]).await;
+    let newest = take_snapshot(&server).await;
+    upsert(&server, vec![customer("after", None, &[])]).await;
+    let before = observe(&server, &ids).await;
+    server.stop().await.unwrap();
+    // Damage a shard file of the newest snapshot.
+    let shard = std::path::Path::new(&newest.path).join("shard-00000.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&shard, &bytes).unwrap();
+
+    let server = TestServer::start_at(data, |_| {}).await;
+    let after = observe(&server, &ids).await;
+    assert_eq!(after, before);
+    let mut ingest = server.ingest().await;
+    assert!(get(&mut ingest, "between").await.is_ok() && get(&mut ingest, "after").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_during_concurrent_writes_restores_consistently() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(data.clone(), |c| c.no_snapshot_on_shutdown = true).await;
+    create(&server, text_segment("spenders", "total_spent >= 50"))
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for t in 0..4 {
+        let channel = server.channel().await;
+        writers.push(tokio::spawn(async move {
+            let mut ingest = pb::ingest_client::IngestClient::new(channel);
+            for n in 0..150 {
+                let id = format!("w{t}-{n}");
+                ingest
+                    .upsert_customers(pb::UpsertCustomersRequest {
+                        customers: vec![customer(&id, None, &[("household_size", i(n))])],
+                    })
+                    .await
+                    .unwrap();
+                // Orders are not idempotent without their dedup state: a torn cut would count twice.
+                ingest
+                    .record_orders(pb::RecordOrdersRequest {
+                        orders: vec![order(
+                            &format!("o-{id}"),
+                            &id,
+                            1_700_000_000,
+                            1_000 * (n % 10),
+                            false,
+                            &["golf"],
+                        )],
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let mut snaps = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        snaps.push(take_snapshot(&server).await.sequence);
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let ids: Vec<String> = (0..4)
+        .flat_map(|t| (0..150).map(move |n| format!("w{t}-{n}")))
+        .collect();
+    let before = observe(&server, &ids).await;
+    assert_eq!(before.counts.0, 600);
+    server.stop().await.unwrap();
+    assert!(snaps.windows(2).all(|w| w[0] <= w[1]), "{snaps:?}");
+
+    let server = TestServer::start_at(data, |_| {}).await;
+    let after = observe(&server, &ids).await;
+    assert_eq!(after, before);
+    let fresh = server
+        .segments()
+        .await
+        .preview_segment(pb::PreviewSegmentRequest {
+            rule_text: "total_spent >= 50".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .count;
+    assert_eq!(size(&server, "spenders").await, fresh);
+}

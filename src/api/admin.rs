@@ -50,6 +50,23 @@ impl Admin for AdminApi {
         }))
     }
 
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let info = self
+            .engine
+            .snapshot()
+            .await?
+            .ok_or_else(|| Status::failed_precondition("this server has no data directory"))?;
+        Ok(Response::new(pb::SnapshotResponse {
+            sequence: info.sequence,
+            path: info.path.display().to_string(),
+            bytes: info.bytes,
+            duration_seconds: info.duration.as_secs_f64(),
+        }))
+    }
+
     async fn stats(
         &self,
         _request: Request<pb::StatsRequest>,

@@ -282,6 +282,7 @@ impl Store {
         let accounts = account_codes(entry, schema);
         for_each_shard(&shards, self.eval_threads.load(Ordering::Relaxed), |i, shard| {
             let base = (i as u32) << SHARD_BITS;
+            self.copy_before_write(i);
             let mut s = shard.write();
             if let Some((include, exclude)) = lists {
                 let seg = s.segment_mut(entry.slot);
@@ -294,7 +295,7 @@ impl Store {
         });
     }
 
-    fn compile_entry(
+    pub(crate) fn compile_entry(
         &self,
         reg: &Registry,
         schema: &Schema,
@@ -458,8 +459,8 @@ impl Store {
         }
         log()?;
         self.segments.store(Arc::new(reg.without(slot)));
-        for shard in self.shards.snapshot().iter() {
-            let mut s = shard.write();
+        for i in 0..self.shards.len() {
+            let mut s = self.write_shard(i);
             if let Some(seg) = s.segments.get_mut(slot as usize) {
                 *seg = Default::default();
             }
@@ -602,8 +603,7 @@ impl Store {
                 });
                 continue;
             };
-            let shard = self.shard(ord);
-            let mut s = shard.write();
+            let mut s = self.write_shard(shard_of(ord));
             let seg = s.segment_mut(e.slot);
             let changed = if add {
                 seg.include.insert(ord) | seg.exclude.remove(ord)

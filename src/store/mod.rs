@@ -58,7 +58,7 @@ pub fn local(ord: u32) -> usize {
 }
 
 /// The columns of 65,536 consecutive ordinals.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Shard {
     /// Ordinals in use.
     pub live: RoaringBitmap,
@@ -156,6 +156,26 @@ pub struct StoreStats {
     pub parts: Vec<(String, u64)>,
 }
 
+/// The state of the store at one log sequence, captured for a snapshot without stopping writes:
+/// global state is copied at once; shards are copied one at a time, each before its first change.
+#[derive(Debug)]
+pub struct Cut {
+    /// The last log sequence the cut reflects.
+    pub sequence: u64,
+    pub schema: Arc<Schema>,
+    /// Values of each dictionary at the cut (dictionaries only grow).
+    pub dict_lens: Vec<usize>,
+    pub registry: Arc<Registry>,
+    pub next_ordinal: u32,
+    pub free: Vec<u32>,
+    pub orders_seen: Vec<u128>,
+    pub orders: u64,
+    /// Shards existing at the cut; `Some` once copied.
+    pub shards: Vec<Option<Shard>>,
+    /// Shards copied by writers and not yet taken by the snapshot writer.
+    pub waiting: Vec<usize>,
+}
+
 /// Heap bytes by part, summed over shards.
 #[derive(Debug, Default)]
 struct MemoryParts {
@@ -183,6 +203,9 @@ pub struct Store {
     pub(crate) segments: arc_swap::ArcSwap<Registry>,
     pub(crate) shards: shards::ShardTable,
     pub(crate) clock: Arc<dyn Clock>,
+    /// A snapshot's cut in progress: shards not yet copied are copied before a write changes them.
+    pub(crate) cut: Mutex<Option<Cut>>,
+    cut_active: std::sync::atomic::AtomicBool,
     /// Threads for whole-segment evaluation; 0 means one per core.
     pub(crate) eval_threads: std::sync::atomic::AtomicUsize,
     ids: IdIndex,
@@ -211,6 +234,8 @@ impl Store {
             segments: arc_swap::ArcSwap::from_pointee(Registry::default()),
             clock,
             eval_threads: std::sync::atomic::AtomicUsize::new(0),
+            cut: Mutex::new(None),
+            cut_active: std::sync::atomic::AtomicBool::new(false),
             shards: shards::ShardTable::default(),
             ids: IdIndex::new(KeyCase::Sensitive),
             emails: IdIndex::new(KeyCase::Insensitive),
@@ -227,6 +252,152 @@ impl Store {
     /// The defined segments.
     pub fn registry(&self) -> Arc<Registry> {
         self.segments.load_full()
+    }
+
+    /// The write lock of shard `i`, copying the shard first if a snapshot cut still needs it.
+    /// Called with the writer lock held.
+    pub(crate) fn write_shard(&self, i: usize) -> parking_lot::RwLockWriteGuard<'_, Shard> {
+        self.copy_before_write(i);
+        self.shards.get(i).write()
+    }
+
+    /// Copies shard `i` into the cut in progress, if any and not yet copied. Called with the
+    /// writer lock held (by this thread or the one it works for), so the copy is the state at
+    /// the cut.
+    pub(crate) fn copy_before_write(&self, i: usize) {
+        if !self.cut_active.load(Ordering::Acquire) {
+            return;
+        }
+        let mut cut = self.cut.lock();
+        if let Some(c) = cut.as_mut()
+            && i < c.shards.len()
+            && c.shards[i].is_none()
+        {
+            c.shards[i] = Some(self.shards.get(i).read().clone());
+            c.waiting.push(i);
+        }
+    }
+
+    /// Starts a snapshot cut at log sequence `sequence` (the last record applied). Briefly
+    /// holds the writer lock; `log_sequence` reads the log's last sequence under that lock.
+    pub fn begin_cut(&self, log_sequence: impl FnOnce() -> u64) -> u64 {
+        let w = self.writer.lock();
+        let schema = self.schema();
+        let sequence = log_sequence();
+        let cut = Cut {
+            sequence,
+            dict_lens: schema
+                .attrs()
+                .iter()
+                .map(|a| a.dict.as_ref().map_or(0, |d| d.len()))
+                .collect(),
+            schema,
+            registry: self.registry(),
+            next_ordinal: w.next_ordinal,
+            free: w.free.clone(),
+            orders_seen: w.orders_seen.iter().copied().collect(),
+            orders: self.orders.load(Ordering::Acquire),
+            shards: (0..self.shards.len()).map(|_| None).collect(),
+            waiting: Vec::new(),
+        };
+        *self.cut.lock() = Some(cut);
+        self.cut_active.store(true, Ordering::Release);
+        sequence
+    }
+
+    /// The next copied shard of the cut, copying shard `next` under the writer lock if no writer
+    /// has; `None` when every shard is taken.
+    pub fn take_cut_shard(&self, next: &mut usize) -> Option<(usize, Shard)> {
+        loop {
+            {
+                let mut cut = self.cut.lock();
+                let c = cut.as_mut()?;
+                if let Some(i) = c.waiting.pop() {
+                    let shard = c.shards[i].take().expect("a waiting shard is copied");
+                    // Leave a marker so the shard is not copied twice.
+                    c.shards[i] = Some(Shard::default());
+                    return Some((i, shard));
+                }
+                while *next < c.shards.len() && c.shards[*next].is_some() {
+                    *next += 1;
+                }
+                if *next >= c.shards.len() {
+                    return None;
+                }
+            }
+            let _w = self.writer.lock();
+            self.copy_before_write(*next);
+        }
+    }
+
+    /// Loads a snapshot into this (empty) store: schema, dictionaries, shards, segments, writer
+    /// state; rebuilds the id and e-mail maps from the shards.
+    pub fn restore(&self, r: crate::snapshot::Restored) -> Result<()> {
+        let _w = self.writer.lock();
+        let bad = |what: String| Error::DataLoss(format!("snapshot {}: {what}", r.sequence));
+        {
+            let mut schema = self.schema.write();
+            for (id, name, ty, description) in &r.custom_attrs {
+                let next = schema
+                    .with_attribute(name, *ty, description)
+                    .map_err(|e| bad(e.to_string()))?;
+                if next.get(name).map(|a| a.id) != Some(*id) {
+                    return Err(bad(format!("attribute `{name}` would get another id")));
+                }
+                *schema = Arc::new(next);
+            }
+        }
+        let schema = self.schema();
+        for (attr, values) in &r.dicts {
+            let dict = (usize::from(*attr) < schema.len())
+                .then(|| schema.attr(*attr).dict.clone())
+                .flatten()
+                .ok_or_else(|| bad(format!("dictionary for attribute {attr} without one")))?;
+            for (code, v) in values.iter().enumerate() {
+                if dict.intern(v) as usize != code {
+                    return Err(bad(format!(
+                        "dictionary of attribute {attr} has a repeated value"
+                    )));
+                }
+            }
+        }
+        let mut customers = 0;
+        if !r.shards.is_empty() {
+            self.shards.ensure(r.shards.len() - 1);
+        }
+        for (i, shard) in r.shards.into_iter().enumerate() {
+            for ord in &shard.live {
+                if let Some(id) = shard.ids.get(local(ord)) {
+                    self.ids.insert(id, ord);
+                }
+                if let Some(email) = shard.emails.get(local(ord)) {
+                    self.emails.insert(email, ord);
+                }
+            }
+            customers += shard.live.len();
+            *self.shards.get(i).write() = shard;
+        }
+        let mut reg = Registry::default();
+        for (slot, def) in r.segments {
+            let entry = self
+                .compile_entry(&reg, &schema, slot, def)
+                .map_err(|e| bad(e.to_string()))?;
+            reg = reg.with(entry).map_err(|e| bad(e.to_string()))?;
+        }
+        self.segments.store(Arc::new(reg));
+        let mut w = _w;
+        w.next_ordinal = r.next_ordinal;
+        w.free = r.free;
+        w.orders_seen = r.orders_seen.into_iter().collect();
+        self.orders.store(r.orders, Ordering::Release);
+        self.customers.store(customers, Ordering::Release);
+        Ok(())
+    }
+
+    /// Ends the cut; returns its global state (shards were handed out by `take_cut_shard`).
+    pub fn end_cut(&self) -> Option<Cut> {
+        self.cut_active.store(false, Ordering::Release);
+        self.cut.lock().take()
     }
 
     /// Sets the threads used to evaluate a segment over all customers (0: one per core).
@@ -362,7 +533,7 @@ impl Store {
             while end < batch.len() && end - start < MAX_RUN && shard_of(ords[end]) == sh {
                 end += 1;
             }
-            let mut s = self.shards.get(sh).write();
+            let mut s = self.write_shard(sh);
             for k in start..end {
                 let (patch, ord, new) = (&batch[k], ords[k], plan[k].existing.is_none());
                 apply_patch(&mut s, &schema, ord, new, patch);
@@ -495,7 +666,7 @@ impl Store {
             self.emails.remove(email, ord);
         }
         {
-            let mut s = shard.write();
+            let mut s = self.write_shard(shard_of(ord));
             let i = local(ord);
             for col in s.columns.iter_mut().flatten() {
                 col.clear(ord);
@@ -541,8 +712,7 @@ impl Store {
                 None => {
                     let ord = self.allocate(&mut w);
                     {
-                        let shard = self.shard(ord);
-                        let mut s = shard.write();
+                        let mut s = self.write_shard(shard_of(ord));
                         s.live.insert(ord);
                         s.ids.set(local(ord), &order.customer_id);
                     }
@@ -552,8 +722,7 @@ impl Store {
                     (ord, true)
                 }
             };
-            let shard = self.shard(ord);
-            let mut s = shard.write();
+            let mut s = self.write_shard(shard_of(ord));
             apply_order(&mut s, &schema, ord, order);
             let what = if new {
                 Changed::All

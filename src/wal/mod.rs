@@ -386,6 +386,7 @@ pub fn replay(
         ..Default::default()
     };
     let mut expected: Option<u64> = None;
+    let mut expected_first_after = Some(after + 1);
     for (n, (first, path)) in files.iter().enumerate() {
         let last_file = n + 1 == files.len();
         let data =
@@ -481,6 +482,21 @@ pub fn replay(
             stats.bytes += (8 + len) as u64;
             stats.last_sequence = stats.last_sequence.max(record.sequence);
             if record.sequence > after {
+                // The first record after a snapshot must follow it directly.
+                if expected_first_after
+                    .take()
+                    .is_some_and(|want| record.sequence != want)
+                {
+                    return Err(bad(
+                        offset,
+                        &format!(
+                            "records {} to {} are missing (the log resumes at {})",
+                            after + 1,
+                            record.sequence - 1,
+                            record.sequence
+                        ),
+                    ));
+                }
                 let seq = record.sequence;
                 apply(record).map_err(|e| bad(offset, &format!("record {seq} cannot be applied: {e}")))?;
             }

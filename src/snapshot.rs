@@ -1,0 +1,836 @@
+//! Snapshots: the whole store at one log sequence, so start-up loads it and replays only the
+//! log after it, and old log files can be deleted.
+//!
+//! # Format (version 1)
+//!
+//! A directory `snapshots/<sequence, 20 digits>/`, written as `snapshots/.tmp-<sequence>`, each
+//! file fsynced, the directory fsynced, renamed into place and the parent fsynced:
+//!
+//! | file | content |
+//! |---|---|
+//! | `MANIFEST` | text: `segmentd-snapshot 1`, `sequence <n>`, then `file <name> <bytes> <crc32c hex>` per file |
+//! | `meta.bin` | magic `SEGDMETA`, version; sequence; next ordinal and free ordinals; order count and the 128-bit hashes of every order id; custom attributes; dictionary values in code order; segment definitions (rules as text) in dependency order with their slots |
+//! | `shard-<n>.bin` | magic `SEGDSHRD`, version, shard index; live bitmap; id and e-mail of each live customer; each column (presence bitmap, then values: dense vectors, dictionary codes and per-value bitmaps, or strings); each segment's members, include, exclude and activity bitmaps |
+//!
+//! Integers are little-endian; strings and lists are length-prefixed (u32); bitmaps are in the
+//! portable roaring format, length-prefixed. Reading checks the manifest, every file's size and
+//! checksum, magic and version, and fails with the file and offset, never a panic.
+//!
+//! # Retention
+//!
+//! The two newest snapshots are kept. Log files are deleted only when every record in them is
+//! covered by the older of the two, so a damaged newest snapshot falls back to the previous one
+//! plus the log.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use roaring::RoaringBitmap;
+
+use crate::error::{Error, Result};
+use crate::segment::SegShard;
+use crate::segment::registry::SegmentDef;
+use crate::segment::text;
+use crate::store::column::{Codes, Column, ColumnData};
+use crate::store::schema::{AttrId, AttrType};
+use crate::store::{Cut, Shard, Store, local};
+use crate::wal;
+
+const VERSION: u32 = 1;
+const META_MAGIC: &[u8; 8] = b"SEGDMETA";
+const SHARD_MAGIC: &[u8; 8] = b"SEGDSHRD";
+const MANIFEST_HEADER: &str = "segmentd-snapshot 1";
+
+/// What a snapshot wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotInfo {
+    pub sequence: u64,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub duration: Duration,
+}
+
+/// Everything read back from a snapshot, to restore into an empty store.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub sequence: u64,
+    pub next_ordinal: u32,
+    pub free: Vec<u32>,
+    pub orders: u64,
+    pub orders_seen: Vec<u128>,
+    /// Custom attributes in id order: (id, name, type, description).
+    pub custom_attrs: Vec<(AttrId, String, AttrType, String)>,
+    /// Dictionary values in code order, per attribute.
+    pub dicts: Vec<(AttrId, Vec<String>)>,
+    /// Segment definitions in dependency order, with their slots.
+    pub segments: Vec<(u32, SegmentDef)>,
+    pub shards: Vec<Shard>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+struct Out(Vec<u8>);
+
+impl Out {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn len(&mut self, n: usize) {
+        self.u32(u32::try_from(n).expect("fewer than 2^32 items"));
+    }
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn strs(&mut self, v: &[String]) {
+        self.len(v.len());
+        for s in v {
+            self.str(s);
+        }
+    }
+    fn bitmap(&mut self, b: &RoaringBitmap) {
+        self.len(b.serialized_size());
+        b.serialize_into(&mut self.0)
+            .expect("writing to a Vec cannot fail");
+    }
+}
+
+struct In<'a> {
+    data: &'a [u8],
+    pos: usize,
+    file: &'a str,
+}
+
+impl<'a> In<'a> {
+    fn bad(&self, what: &str) -> Error {
+        Error::DataLoss(format!(
+            "snapshot file {} at offset {}: {what}",
+            self.file, self.pos
+        ))
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.data.len() - self.pos < n {
+            return Err(self.bad("unexpected end of file"));
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn len(&mut self) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n > self.data.len() - self.pos && n > (1 << 28) {
+            return Err(self.bad("implausible length"));
+        }
+        Ok(n)
+    }
+    fn str(&mut self) -> Result<String> {
+        let n = self.len()?;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.bad("string is not UTF-8"))
+    }
+    fn opt_str(&mut self) -> Result<Option<String>> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str()?)),
+            _ => Err(self.bad("bad optional-string flag")),
+        }
+    }
+    fn strs(&mut self) -> Result<Vec<String>> {
+        let n = self.len()?;
+        (0..n).map(|_| self.str()).collect()
+    }
+    fn bitmap(&mut self) -> Result<RoaringBitmap> {
+        let n = self.len()?;
+        let b = self.take(n)?;
+        RoaringBitmap::deserialize_from(b).map_err(|e| self.bad(&format!("bad bitmap: {e}")))
+    }
+    fn header(&mut self, magic: &[u8; 8]) -> Result<()> {
+        if self.take(8)? != magic {
+            return Err(self.bad("bad magic"));
+        }
+        let v = self.u32()?;
+        if v != VERSION {
+            return Err(self.bad(&format!(
+                "unknown format version {v} (this server reads {VERSION})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn type_tag(ty: AttrType) -> &'static str {
+    ty.name()
+}
+
+fn parse_type(s: &str) -> Option<AttrType> {
+    Some(match s {
+        "bool" => AttrType::Bool,
+        "int" => AttrType::Int,
+        "float" => AttrType::Float,
+        "money" => AttrType::Money,
+        "date" => AttrType::Date,
+        "timestamp" => AttrType::Timestamp,
+        "keyword" => AttrType::Keyword,
+        "keywords" => AttrType::Keywords,
+        "text" => AttrType::Text,
+        _ => return None,
+    })
+}
+
+fn encode_shard(index: usize, s: &Shard) -> Vec<u8> {
+    let mut o = Out(Vec::with_capacity(1 << 20));
+    o.0.extend_from_slice(SHARD_MAGIC);
+    o.u32(VERSION);
+    o.u32(index as u32);
+    o.bitmap(&s.live);
+    for ord in &s.live {
+        o.str(s.ids.get(local(ord)).unwrap_or_default());
+        o.opt_str(s.emails.get(local(ord)));
+    }
+    let columns: Vec<(usize, &Column)> = s
+        .columns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, c.as_ref()?)))
+        .collect();
+    o.len(columns.len());
+    for (attr, col) in columns {
+        o.u16(attr as u16);
+        o.bitmap(&col.present);
+        let by_value = |o: &mut Out, m: &foldhash::HashMap<u32, RoaringBitmap>| {
+            let mut codes: Vec<_> = m.keys().copied().collect();
+            codes.sort_unstable();
+            o.len(codes.len());
+            for c in codes {
+                o.u32(c);
+                o.bitmap(&m[&c]);
+            }
+        };
+        match &col.data {
+            ColumnData::Bool(trues) => {
+                o.u8(0);
+                o.bitmap(trues);
+            }
+            ColumnData::I64(v) => {
+                o.u8(1);
+                o.len(v.len());
+                v.iter().for_each(|x| o.0.extend_from_slice(&x.to_le_bytes()));
+            }
+            ColumnData::F64(v) => {
+                o.u8(2);
+                o.len(v.len());
+                v.iter().for_each(|x| o.0.extend_from_slice(&x.to_le_bytes()));
+            }
+            ColumnData::I32(v) => {
+                o.u8(3);
+                o.len(v.len());
+                v.iter().for_each(|x| o.0.extend_from_slice(&x.to_le_bytes()));
+            }
+            ColumnData::Keyword { codes, by_value: m } => {
+                o.u8(4);
+                match codes {
+                    Codes::U8(v) => {
+                        o.u8(1);
+                        o.len(v.len());
+                        o.0.extend_from_slice(v);
+                    }
+                    Codes::U16(v) => {
+                        o.u8(2);
+                        o.len(v.len());
+                        v.iter().for_each(|x| o.0.extend_from_slice(&x.to_le_bytes()));
+                    }
+                    Codes::U32(v) => {
+                        o.u8(4);
+                        o.len(v.len());
+                        v.iter().for_each(|x| o.0.extend_from_slice(&x.to_le_bytes()));
+                    }
+                }
+                by_value(&mut o, m);
+            }
+            ColumnData::Keywords { by_value: m } => {
+                o.u8(5);
+                by_value(&mut o, m);
+            }
+            ColumnData::Text(strings) => {
+                o.u8(6);
+                o.len(col.present.len() as usize);
+                for ord in &col.present {
+                    o.u32(ord);
+                    o.str(strings.get(local(ord)).unwrap_or_default());
+                }
+            }
+        }
+    }
+    o.len(s.segments.len());
+    for seg in &s.segments {
+        o.bitmap(&seg.members);
+        o.bitmap(&seg.include);
+        o.bitmap(&seg.exclude);
+        o.bitmap(&seg.by_activity);
+    }
+    o.0
+}
+
+fn decode_shard(file: &str, data: &[u8], expect_index: usize) -> Result<Shard> {
+    let mut r = In { data, pos: 0, file };
+    r.header(SHARD_MAGIC)?;
+    let index = r.u32()? as usize;
+    if index != expect_index {
+        return Err(r.bad(&format!("holds shard {index}, expected {expect_index}")));
+    }
+    let mut s = Shard {
+        live: r.bitmap()?,
+        ..Default::default()
+    };
+    let live: Vec<u32> = s.live.iter().collect();
+    for ord in live {
+        if (ord as usize) >> crate::store::SHARD_BITS != index {
+            return Err(r.bad("live customer outside the shard"));
+        }
+        let id = r.str()?;
+        s.ids.set(local(ord), &id);
+        if let Some(email) = r.opt_str()? {
+            s.emails.set(local(ord), &email);
+        }
+    }
+    let n = r.len()?;
+    for _ in 0..n {
+        let attr = r.u16()? as usize;
+        let present = r.bitmap()?;
+        let tag = r.u8()?;
+        let by_value = |r: &mut In<'_>| -> Result<foldhash::HashMap<u32, RoaringBitmap>> {
+            let n = r.len()?;
+            let mut m = foldhash::HashMap::default();
+            for _ in 0..n {
+                let code = r.u32()?;
+                m.insert(code, r.bitmap()?);
+            }
+            Ok(m)
+        };
+        macro_rules! vec_of {
+            ($t:ty, $size:expr) => {{
+                let n = r.len()?;
+                let raw = r.take(n * $size)?;
+                raw.chunks_exact($size)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("sized chunk")))
+                    .collect::<Vec<$t>>()
+            }};
+        }
+        let data = match tag {
+            0 => ColumnData::Bool(r.bitmap()?),
+            1 => ColumnData::I64(vec_of!(i64, 8)),
+            2 => ColumnData::F64(vec_of!(f64, 8)),
+            3 => ColumnData::I32(vec_of!(i32, 4)),
+            4 => {
+                let codes = match r.u8()? {
+                    1 => {
+                        let n = r.len()?;
+                        Codes::U8(r.take(n)?.to_vec())
+                    }
+                    2 => Codes::U16(vec_of!(u16, 2)),
+                    4 => Codes::U32(vec_of!(u32, 4)),
+                    _ => return Err(r.bad("bad code width")),
+                };
+                ColumnData::Keyword {
+                    codes,
+                    by_value: by_value(&mut r)?,
+                }
+            }
+            5 => ColumnData::Keywords {
+                by_value: by_value(&mut r)?,
+            },
+            6 => {
+                let n = r.len()?;
+                let mut strings = crate::store::strings::StrColumn::default();
+                for _ in 0..n {
+                    let ord = r.u32()?;
+                    let v = r.str()?;
+                    strings.set(local(ord), &v);
+                }
+                ColumnData::Text(strings)
+            }
+            other => return Err(r.bad(&format!("unknown column kind {other}"))),
+        };
+        if s.columns.len() <= attr {
+            s.columns.resize_with(attr + 1, || None);
+        }
+        s.columns[attr] = Some(Column { present, data });
+    }
+    let n = r.len()?;
+    for _ in 0..n {
+        s.segments.push(SegShard {
+            members: r.bitmap()?,
+            include: r.bitmap()?,
+            exclude: r.bitmap()?,
+            by_activity: r.bitmap()?,
+        });
+    }
+    if r.pos != data.len() {
+        return Err(r.bad("trailing bytes"));
+    }
+    Ok(s)
+}
+
+fn encode_meta(cut: &Cut) -> Vec<u8> {
+    let mut o = Out(Vec::new());
+    o.0.extend_from_slice(META_MAGIC);
+    o.u32(VERSION);
+    o.u64(cut.sequence);
+    o.u32(cut.next_ordinal);
+    o.len(cut.free.len());
+    cut.free.iter().for_each(|&f| o.u32(f));
+    o.u64(cut.orders);
+    o.len(cut.orders_seen.len());
+    cut.orders_seen
+        .iter()
+        .for_each(|k| o.0.extend_from_slice(&k.to_le_bytes()));
+    let custom: Vec<_> = cut.schema.attrs().iter().filter(|a| !a.builtin).collect();
+    o.len(custom.len());
+    for a in custom {
+        o.u16(a.id);
+        o.str(&a.name);
+        o.str(type_tag(a.ty));
+        o.str(&a.description);
+    }
+    let dicts: Vec<_> = cut.schema.attrs().iter().filter(|a| a.dict.is_some()).collect();
+    o.len(dicts.len());
+    for a in dicts {
+        let dict = a.dict.as_ref().expect("filtered");
+        let n = cut.dict_lens[usize::from(a.id)];
+        o.u16(a.id);
+        o.len(n);
+        for code in 0..n as u32 {
+            o.str(&dict.value(code));
+        }
+    }
+    let segments: Vec<_> = cut.registry.in_order().collect();
+    o.len(segments.len());
+    for e in segments {
+        let d = &e.def;
+        o.u32(e.slot);
+        o.str(&d.id);
+        o.str(&d.name);
+        o.str(&d.description);
+        o.opt_str(d.rule.as_ref().map(text::print).as_deref());
+        o.strs(&d.include_accounts);
+        o.strs(&d.exclude_accounts);
+        o.u8(u8::from(d.allow_activities));
+    }
+    o.0
+}
+
+fn decode_meta(file: &str, data: &[u8]) -> Result<Restored> {
+    let mut r = In { data, pos: 0, file };
+    r.header(META_MAGIC)?;
+    let mut out = Restored {
+        sequence: r.u64()?,
+        next_ordinal: r.u32()?,
+        ..Default::default()
+    };
+    let n = r.len()?;
+    out.free = (0..n).map(|_| r.u32()).collect::<Result<_>>()?;
+    out.orders = r.u64()?;
+    let n = r.len()?;
+    let raw = r.take(n * 16)?;
+    out.orders_seen = raw
+        .chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+        .collect();
+    let n = r.len()?;
+    for _ in 0..n {
+        let id = r.u16()?;
+        let name = r.str()?;
+        let ty = r.str()?;
+        let ty = parse_type(&ty).ok_or_else(|| r.bad(&format!("unknown attribute type `{ty}`")))?;
+        out.custom_attrs.push((id, name, ty, r.str()?));
+    }
+    let n = r.len()?;
+    for _ in 0..n {
+        let attr = r.u16()?;
+        let values = r.strs()?;
+        out.dicts.push((attr, values));
+    }
+    let n = r.len()?;
+    for _ in 0..n {
+        let slot = r.u32()?;
+        let id = r.str()?;
+        let name = r.str()?;
+        let description = r.str()?;
+        let rule = r
+            .opt_str()?
+            .map(|t| text::parse(&t))
+            .transpose()
+            .map_err(|e| r.bad(&e.to_string()))?;
+        out.segments.push((
+            slot,
+            SegmentDef {
+                id,
+                name,
+                description,
+                rule,
+                include_accounts: r.strs()?,
+                exclude_accounts: r.strs()?,
+                allow_activities: r.u8()? == 1,
+            },
+        ));
+    }
+    if r.pos != data.len() {
+        return Err(r.bad("trailing bytes"));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+fn write_file(dir: &Path, name: &str, data: &[u8]) -> Result<(String, u64, u32)> {
+    let path = dir.join(name);
+    let io =
+        |e: std::io::Error| Error::Unavailable(format!("snapshot: cannot write {}: {e}", path.display()));
+    let mut f = File::create(&path).map_err(io)?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(io)?;
+    Ok((name.to_string(), data.len() as u64, crc32c::crc32c(data)))
+}
+
+fn snapshots_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("snapshots")
+}
+
+/// Snapshot directories, newest first.
+fn list(data_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = snapshots_dir(data_dir);
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::DataLoss(format!("cannot list {}: {e}", dir.display()))),
+    };
+    for entry in entries.flatten() {
+        if let Some(seq) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort_by_key(|s| std::cmp::Reverse(s.0));
+    Ok(out)
+}
+
+/// Writes a snapshot of `store` as of the log's last sequence, without stopping reads and
+/// holding the writer lock only a shard copy at a time. Then applies retention.
+pub fn take(store: &Store, wal: Option<&wal::Wal>, data_dir: &Path) -> Result<SnapshotInfo> {
+    take_with(store, wal, data_dir, || {})
+}
+
+/// [`take`], running `after_cut` once the cut is taken and before any shard is copied (tests use
+/// it to write into the window the cut must exclude).
+fn take_with(
+    store: &Store,
+    wal: Option<&wal::Wal>,
+    data_dir: &Path,
+    after_cut: impl FnOnce(),
+) -> Result<SnapshotInfo> {
+    let started = Instant::now();
+    let root = snapshots_dir(data_dir);
+    fs::create_dir_all(&root)
+        .map_err(|e| Error::Unavailable(format!("snapshot: {}: {e}", root.display())))?;
+    let sequence = store.begin_cut(|| wal.map_or(0, |w| w.last_sequence()));
+    // Always end the cut, or writers would keep copying shards.
+    struct EndCut<'a>(&'a Store);
+    impl Drop for EndCut<'_> {
+        fn drop(&mut self) {
+            self.0.end_cut();
+        }
+    }
+    let guard = EndCut(store);
+    after_cut();
+    let final_dir = root.join(format!("{sequence:020}"));
+    if final_dir.exists() {
+        drop(guard);
+        return Ok(SnapshotInfo {
+            sequence,
+            bytes: dir_bytes(&final_dir),
+            path: final_dir,
+            duration: started.elapsed(),
+        });
+    }
+    let tmp = root.join(format!(".tmp-{sequence}"));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(|e| Error::Unavailable(format!("snapshot: {}: {e}", tmp.display())))?;
+    let mut files = Vec::new();
+    let mut next = 0;
+    while let Some((i, shard)) = store.take_cut_shard(&mut next) {
+        let data = encode_shard(i, &shard);
+        drop(shard);
+        files.push(write_file(&tmp, &format!("shard-{i:05}.bin"), &data)?);
+    }
+    let cut = store
+        .end_cut()
+        .ok_or_else(|| Error::Internal("snapshot cut vanished".into()))?;
+    drop(guard);
+    files.push(write_file(&tmp, "meta.bin", &encode_meta(&cut))?);
+    files.sort();
+    let mut manifest = format!("{MANIFEST_HEADER}\nsequence {sequence}\n");
+    for (name, bytes, crc) in &files {
+        manifest.push_str(&format!("file {name} {bytes} {crc:08x}\n"));
+    }
+    write_file(&tmp, "MANIFEST", manifest.as_bytes())?;
+    let sync = |p: &Path| {
+        wal::sync_dir(p).map_err(|e| Error::Unavailable(format!("snapshot: sync {}: {e}", p.display())))
+    };
+    sync(&tmp)?;
+    fs::rename(&tmp, &final_dir).map_err(|e| Error::Unavailable(format!("snapshot: rename: {e}")))?;
+    sync(&root)?;
+    let info = SnapshotInfo {
+        sequence,
+        bytes: files.iter().map(|f| f.1).sum::<u64>() + manifest.len() as u64,
+        path: final_dir,
+        duration: started.elapsed(),
+    };
+    retain(data_dir)?;
+    Ok(info)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|e| {
+            e.flatten()
+                .filter_map(|f| f.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Keeps the two newest snapshots and the log back to the older of them.
+fn retain(data_dir: &Path) -> Result<()> {
+    let snaps = list(data_dir)?;
+    for (_, path) in snaps.iter().skip(2) {
+        if let Err(e) = fs::remove_dir_all(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete an old snapshot");
+        }
+    }
+    let Some(&(covered, _)) = snaps.get(1) else {
+        return Ok(());
+    };
+    let wal_dir = data_dir.join("wal");
+    let files = wal::files(&wal_dir)?;
+    // A file's records end where the next file begins; the last file is never deleted.
+    for pair in files.windows(2) {
+        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+        if next_first - 1 <= covered
+            && let Err(e) = fs::remove_file(path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete a covered log file");
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+fn read_one(path: &Path) -> Result<Restored> {
+    let manifest_path = path.join("MANIFEST");
+    let manifest = fs::read_to_string(&manifest_path)
+        .map_err(|e| Error::DataLoss(format!("{}: {e}", manifest_path.display())))?;
+    let bad = |what: &str| Error::DataLoss(format!("{}: {what}", manifest_path.display()));
+    let mut lines = manifest.lines();
+    match lines.next() {
+        Some(MANIFEST_HEADER) => {}
+        Some(other) if other.starts_with("segmentd-snapshot ") => {
+            return Err(bad(&format!(
+                "unknown format version `{other}` (this server reads 1)"
+            )));
+        }
+        _ => return Err(bad("not a snapshot manifest")),
+    }
+    let sequence: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("sequence "))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("missing sequence"))?;
+    let mut meta = None;
+    let mut shards = Vec::new();
+    for line in lines {
+        let parts: Vec<_> = line.split(' ').collect();
+        let ["file", name, bytes, crc] = parts.as_slice() else {
+            return Err(bad(&format!("bad line `{line}`")));
+        };
+        let file = path.join(name);
+        let data = fs::read(&file).map_err(|e| Error::DataLoss(format!("{}: {e}", file.display())))?;
+        let fname = file.display().to_string();
+        if bytes.parse::<u64>().ok() != Some(data.len() as u64) {
+            return Err(Error::DataLoss(format!(
+                "{fname}: size differs from the manifest"
+            )));
+        }
+        if u32::from_str_radix(crc, 16).ok() != Some(crc32c::crc32c(&data)) {
+            return Err(Error::DataLoss(format!("{fname}: checksum mismatch")));
+        }
+        if *name == "meta.bin" {
+            meta = Some(decode_meta(&fname, &data)?);
+        } else if let Some(i) = name
+            .strip_prefix("shard-")
+            .and_then(|n| n.strip_suffix(".bin"))
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            shards.push((i, decode_shard(&fname, &data, i)?));
+        } else {
+            return Err(bad(&format!("unknown file `{name}`")));
+        }
+    }
+    let mut out = meta.ok_or_else(|| bad("no meta.bin"))?;
+    if out.sequence != sequence {
+        return Err(bad("meta.bin and the manifest disagree on the sequence"));
+    }
+    shards.sort_by_key(|(i, _)| *i);
+    for (n, (i, _)) in shards.iter().enumerate() {
+        if *i != n {
+            return Err(bad(&format!("shard {n} is missing")));
+        }
+    }
+    out.shards = shards.into_iter().map(|(_, s)| s).collect();
+    Ok(out)
+}
+
+/// The newest usable snapshot, falling back to older ones with a warning; `None` without any.
+/// Also removes temporary directories of interrupted snapshots.
+pub fn load(data_dir: &Path) -> Result<Option<Restored>> {
+    if let Ok(entries) = fs::read_dir(snapshots_dir(data_dir)) {
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with(".tmp-")) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let snaps = list(data_dir)?;
+    let mut errors = Vec::new();
+    for (seq, path) in &snaps {
+        match read_one(path) {
+            Ok(r) => {
+                if !errors.is_empty() {
+                    tracing::warn!(sequence = seq, "recovering from an older snapshot plus the log");
+                }
+                return Ok(Some(r));
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "snapshot unusable; trying the previous one");
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(None)
+    } else if snaps.len() < 2 {
+        // With fewer than two snapshots the log was never trimmed: replay it whole.
+        tracing::warn!("no usable snapshot; replaying the whole log");
+        Ok(None)
+    } else {
+        Err(Error::DataLoss(format!(
+            "no usable snapshot: {}",
+            errors.join("; ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
+    use crate::store::no_log;
+    use crate::store::value::Value;
+
+    fn order(id: &str, customer: &str, amount: i64) -> OrderIn {
+        OrderIn {
+            order_id: id.into(),
+            customer_id: customer.into(),
+            placed_at: 1_700_000_000_000_000,
+            amount_minor: amount,
+            promotion: false,
+            categories: vec!["golf".into()],
+            brands: vec![],
+        }
+    }
+
+    /// Writes that land after the cut, on shards not yet copied, stay out of the snapshot.
+    #[test]
+    fn the_cut_excludes_writes_made_while_copying() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new();
+        let schema = store.schema();
+        let gender = schema.get("gender").unwrap().id;
+        let patch = |id: &str, g: &str| CustomerPatch {
+            customer_id: id.into(),
+            email: Some(format!("{id}@example.com")),
+            attrs: vec![(gender, Some(Value::Keyword(g.into())))],
+        };
+        store
+            .upsert(&[patch("a", "F"), patch("b", "M")], &mut no_log)
+            .unwrap();
+        store
+            .record_orders(&[order("o1", "a", 500)], &mut no_log)
+            .unwrap();
+        let info = take_with(&store, None, dir.path(), || {
+            store
+                .record_orders(&[order("o2", "a", 700)], &mut no_log)
+                .unwrap();
+            store
+                .upsert(&[patch("c", "X"), patch("b", "F")], &mut no_log)
+                .unwrap();
+            store.delete(&CustomerKey::Id("a".into()), &mut no_log).unwrap();
+        })
+        .unwrap();
+        assert_eq!(info.sequence, 0);
+        let restored = load(dir.path()).unwrap().expect("a snapshot");
+        let fresh = Store::new();
+        fresh.restore(restored).unwrap();
+        let a = fresh.get_customer(&CustomerKey::Id("a".into())).unwrap();
+        let total = a
+            .attrs
+            .iter()
+            .find(|(n, _)| n.as_ref() == "total_spent")
+            .map(|(_, v)| v.clone());
+        assert_eq!(total, Some(Value::Money(500)), "only the order before the cut");
+        let b = fresh
+            .get_customer(&CustomerKey::Email("B@example.com".into()))
+            .unwrap();
+        assert_eq!(b.attrs, vec![("gender".into(), Value::Keyword("M".into()))]);
+        assert!(fresh.get_customer(&CustomerKey::Id("c".into())).is_err());
+        assert_eq!(fresh.customer_count(), 2);
+        // The live store has all of it.
+        assert!(store.get_customer(&CustomerKey::Id("a".into())).is_err());
+        assert_eq!(store.customer_count(), 2);
+    }
+}
