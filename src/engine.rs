@@ -171,6 +171,11 @@ impl Engine {
         }
     }
 
+    /// The log, once recovery opened it.
+    pub fn wal(&self) -> Option<&Arc<Wal>> {
+        self.wal.get()
+    }
+
     /// The store, for synchronous reads.
     pub fn store(&self) -> &Store {
         &self.store
@@ -342,5 +347,51 @@ impl Engine {
 
     pub fn explain(&self, customer_id: &str, segment_id: &str) -> Result<Explanation> {
         self.store.explain(customer_id, segment_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::value::Value;
+
+    fn patch(id: &str) -> CustomerPatch {
+        CustomerPatch {
+            customer_id: id.into(),
+            email: None,
+            attrs: vec![(3, Some(Value::Keyword("F".into())))],
+        }
+    }
+
+    /// A full disk refuses the write with UNAVAILABLE, applies nothing, leaves the log readable,
+    /// and writes resume when the disk has room again.
+    #[tokio::test]
+    async fn a_failed_append_refuses_the_write_and_applies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::recovering();
+        engine.recover(dir.path(), FsyncMode::Always, 1 << 20).unwrap();
+        engine.upsert(vec![patch("before")]).await.unwrap();
+        engine.wal().unwrap().inject_append_failures(1);
+        let err = engine.upsert(vec![patch("refused")]).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.contains("no space left")),
+            "{err}"
+        );
+        assert!(
+            engine.store().ordinal_of_id("refused").is_none(),
+            "nothing applied"
+        );
+        assert_eq!(engine.store().customer_count(), 1);
+        // Reads go on; writes resume.
+        assert!(engine.get_customer(&CustomerKey::Id("before".into())).is_ok());
+        engine.upsert(vec![patch("after")]).await.unwrap();
+        engine.close().unwrap();
+
+        let again = Engine::recovering();
+        let stats = again.recover(dir.path(), FsyncMode::Always, 1 << 20).unwrap();
+        assert_eq!(stats.records, 2);
+        assert!(again.store().ordinal_of_id("before").is_some());
+        assert!(again.store().ordinal_of_id("after").is_some());
+        assert!(again.store().ordinal_of_id("refused").is_none());
     }
 }

@@ -119,6 +119,8 @@ pub struct Wal {
     bytes: AtomicU64,
     synced: watch::Sender<Synced>,
     wake: (Mutex<bool>, Condvar),
+    /// Appends to fail as if the disk refused them (fault injection for tests and drills).
+    fail_appends: std::sync::atomic::AtomicU32,
 }
 
 fn file_name(first_sequence: u64) -> String {
@@ -181,6 +183,7 @@ impl Wal {
                 failed: None,
             }),
             wake: (Mutex::new(false), Condvar::new()),
+            fail_appends: std::sync::atomic::AtomicU32::new(0),
         });
         if mode != FsyncMode::Never {
             let weak = Arc::downgrade(&wal);
@@ -213,7 +216,21 @@ impl Wal {
         if w.offset >= self.segment_bytes {
             self.rotate(&mut w, sequence)?;
         }
-        if let Err(e) = w.file.write_all(&frame) {
+        let injected = self
+            .fail_appends
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        let written = if injected {
+            // Write half the record, then fail, as a full disk would.
+            let _ = w.file.write_all(&frame[..frame.len() / 2]);
+            Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (injected)",
+            ))
+        } else {
+            w.file.write_all(&frame)
+        };
+        if let Err(e) = written {
             // Cut the partial record back off so the file stays readable; refuse the change.
             let offset = w.offset;
             let cut = w.file.set_len(offset);
@@ -289,6 +306,12 @@ impl Wal {
                 Err(io_err("cannot sync", &path, e))
             }
         }
+    }
+
+    /// Makes the next `n` appends fail as a full disk would (fault injection).
+    #[doc(hidden)]
+    pub fn inject_append_failures(&self, n: u32) {
+        self.fail_appends.store(n, Ordering::Release);
     }
 
     /// The last sequence written.
