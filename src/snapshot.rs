@@ -521,7 +521,7 @@ fn write_file(dir: &Path, name: &str, data: &[u8]) -> Result<(String, u64, u32)>
     let io =
         |e: std::io::Error| Error::Unavailable(format!("snapshot: cannot write {}: {e}", path.display()));
     let mut f = File::create(&path).map_err(io)?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(io)?;
+    f.write_all(data).and_then(|()| f.sync_data()).map_err(io)?;
     Ok((name.to_string(), data.len() as u64, crc32c::crc32c(data)))
 }
 
@@ -588,13 +588,38 @@ fn take_with(
     let tmp = root.join(format!(".tmp-{sequence}"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| Error::Unavailable(format!("snapshot: {}: {e}", tmp.display())))?;
-    let mut files = Vec::new();
-    let mut next = 0;
-    while let Some((i, shard)) = store.take_cut_shard(&mut next) {
-        let data = encode_shard(i, &shard);
-        drop(shard);
-        files.push(write_file(&tmp, &format!("shard-{i:05}.bin"), &data)?);
+    // Shards are copied one at a time (under the writer lock), then encoded, written and synced
+    // by several threads at once.
+    let files = parking_lot::Mutex::new(Vec::new());
+    let failed = parking_lot::Mutex::new(None);
+    let next = parking_lot::Mutex::new(0usize);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    if failed.lock().is_some() {
+                        return;
+                    }
+                    let Some((i, shard)) = store.take_cut_shard(&mut next.lock()) else {
+                        return;
+                    };
+                    let data = encode_shard(i, &shard);
+                    drop(shard);
+                    match write_file(&tmp, &format!("shard-{i:05}.bin"), &data) {
+                        Ok(f) => files.lock().push(f),
+                        Err(e) => *failed.lock() = Some(e),
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner() {
+        return Err(e);
     }
+    let mut files = files.into_inner();
     let cut = store
         .end_cut()
         .ok_or_else(|| Error::Internal("snapshot cut vanished".into()))?;

@@ -597,3 +597,24 @@ async fn a_snapshot_taken_during_concurrent_writes_restores_consistently() {
         .count;
     assert_eq!(size(&server, "spenders").await, fresh);
 }
+
+#[tokio::test]
+async fn restarts_without_writes_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for round in 0..3 {
+        let server = TestServer::start_at(data.clone(), |c| c.no_snapshot_on_shutdown = round == 1).await;
+        assert_eq!(customer_count(&server).await, u64::from(round > 0));
+        if round == 0 {
+            upsert(&server, vec![customer("only", None, &[])]).await;
+        }
+        server.stop().await.unwrap();
+    }
+    // And from an empty data directory, twice.
+    let empty = dir.path().join("empty");
+    for _ in 0..2 {
+        let server = TestServer::start_at(empty.clone(), |c| c.no_snapshot_on_shutdown = true).await;
+        assert_eq!(customer_count(&server).await, 0);
+        server.stop().await.unwrap();
+    }
+}

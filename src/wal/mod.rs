@@ -148,11 +148,29 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 fn create_segment(dir: &Path, first_sequence: u64) -> Result<(File, PathBuf)> {
     let path = dir.join(file_name(first_sequence));
-    let mut file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| io_err("cannot create", &path, e))?;
+    let mut file = match OpenOptions::new().create_new(true).append(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Left by a run that wrote nothing (or whose only records were torn off): reuse it
+            // if it holds no record; anything more would be records recovery did not see.
+            let len = fs::metadata(&path)
+                .map_err(|e| io_err("cannot inspect", &path, e))?
+                .len();
+            if len > HEADER_LEN as u64 {
+                return Err(Error::DataLoss(format!(
+                    "write-ahead log {} already holds records from sequence {first_sequence}",
+                    path.display()
+                )));
+            }
+            fs::remove_file(&path).map_err(|e| io_err("cannot replace", &path, e))?;
+            OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err("cannot create", &path, e))?
+        }
+        Err(e) => return Err(io_err("cannot create", &path, e)),
+    };
     file.write_all(&header(first_sequence))
         .and_then(|()| file.sync_data())
         .and_then(|()| sync_dir(dir))
