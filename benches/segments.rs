@@ -143,26 +143,27 @@ fn catalogue(i: usize) -> String {
     }
 }
 
+/// Generated customer `n` as a patch.
+fn generated(schema: &segmentd::store::schema::Schema, n: u64) -> CustomerPatch {
+    let g = generator::customer(n, 42);
+    CustomerPatch {
+        customer_id: g.customer_id,
+        email: None,
+        attrs: g
+            .attributes
+            .into_iter()
+            .map(|(k, v)| {
+                let def = schema.get(&k).unwrap();
+                (def.id, segmentd::api::convert::value_in(def, v).unwrap())
+            })
+            .collect(),
+    }
+}
+
 fn upserts(c: &mut Criterion) {
     let store = Store::new();
-    let base: Vec<CustomerPatch> = (0..100_000u64)
-        .map(|n| {
-            let schema = store.schema();
-            let g = generator::customer(n, 42);
-            CustomerPatch {
-                customer_id: g.customer_id,
-                email: None,
-                attrs: g
-                    .attributes
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let def = schema.get(&k).unwrap();
-                        (def.id, segmentd::api::convert::value_in(def, v).unwrap())
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
+    let schema = store.schema();
+    let base: Vec<CustomerPatch> = (0..100_000u64).map(|n| generated(&schema, n)).collect();
     for chunk in base.chunks(10_000) {
         store.upsert(chunk, &mut no_log).unwrap();
     }
@@ -181,7 +182,6 @@ fn upserts(c: &mut Criterion) {
             )
             .unwrap();
     }
-    let schema = store.schema();
     let (gender, city) = (schema.get("gender").unwrap().id, schema.get("city").unwrap().id);
     let mut rng = generator::Rng::new(3);
     let mut g = c.benchmark_group("upsert_one_customer_200_segments");
@@ -209,19 +209,7 @@ fn upserts(c: &mut Criterion) {
         b.iter_batched(
             || {
                 next += 1;
-                let g = generator::customer(next, 42);
-                vec![CustomerPatch {
-                    customer_id: g.customer_id,
-                    email: None,
-                    attrs: g
-                        .attributes
-                        .into_iter()
-                        .map(|(k, v)| {
-                            let def = schema.get(&k).unwrap();
-                            (def.id, segmentd::api::convert::value_in(def, v).unwrap())
-                        })
-                        .collect(),
-                }]
+                vec![generated(&schema, next)]
             },
             |batch| black_box(store.upsert(&batch, &mut no_log).unwrap()),
             BatchSize::SmallInput,

@@ -157,9 +157,12 @@ impl<'a> In<'a> {
         Ok(n)
     }
     fn str(&mut self) -> Result<String> {
+        self.str_ref().map(str::to_string)
+    }
+    fn str_ref(&mut self) -> Result<&'a str> {
         let n = self.len()?;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.bad("string is not UTF-8"))
+        std::str::from_utf8(b).map_err(|_| self.bad("string is not UTF-8"))
     }
     fn opt_str(&mut self) -> Result<Option<String>> {
         match self.u8()? {
@@ -189,25 +192,6 @@ impl<'a> In<'a> {
         }
         Ok(())
     }
-}
-
-fn type_tag(ty: AttrType) -> &'static str {
-    ty.name()
-}
-
-fn parse_type(s: &str) -> Option<AttrType> {
-    Some(match s {
-        "bool" => AttrType::Bool,
-        "int" => AttrType::Int,
-        "float" => AttrType::Float,
-        "money" => AttrType::Money,
-        "date" => AttrType::Date,
-        "timestamp" => AttrType::Timestamp,
-        "keyword" => AttrType::Keyword,
-        "keywords" => AttrType::Keywords,
-        "text" => AttrType::Text,
-        _ => return None,
-    })
 }
 
 fn encode_shard(index: usize, s: &Shard) -> Vec<u8> {
@@ -320,10 +304,15 @@ fn decode_shard(file: &str, data: &[u8], expect_index: usize) -> Result<Shard> {
         if (ord as usize) >> crate::store::SHARD_BITS != index {
             return Err(r.bad("live customer outside the shard"));
         }
-        let id = r.str()?;
-        s.ids.set(local(ord), &id);
-        if let Some(email) = r.opt_str()? {
-            s.emails.set(local(ord), &email);
+        let id = r.str_ref()?;
+        s.ids.set(local(ord), id);
+        match r.u8()? {
+            0 => {}
+            1 => {
+                let email = r.str_ref()?;
+                s.emails.set(local(ord), email);
+            }
+            _ => return Err(r.bad("bad optional-string flag")),
         }
     }
     let n = r.len()?;
@@ -422,7 +411,7 @@ fn encode_meta(cut: &Cut) -> Vec<u8> {
     for a in custom {
         o.u16(a.id);
         o.str(&a.name);
-        o.str(type_tag(a.ty));
+        o.str(a.ty.name());
         o.str(&a.description);
     }
     let dicts: Vec<_> = cut.schema.attrs().iter().filter(|a| a.dict.is_some()).collect();
@@ -474,7 +463,7 @@ fn decode_meta(file: &str, data: &[u8]) -> Result<Restored> {
         let id = r.u16()?;
         let name = r.str()?;
         let ty = r.str()?;
-        let ty = parse_type(&ty).ok_or_else(|| r.bad(&format!("unknown attribute type `{ty}`")))?;
+        let ty = AttrType::from_name(&ty).ok_or_else(|| r.bad(&format!("unknown attribute type `{ty}`")))?;
         out.custom_attrs.push((id, name, ty, r.str()?));
     }
     let n = r.len()?;
@@ -706,13 +695,19 @@ fn read_one(path: &Path) -> Result<Restored> {
         .and_then(|l| l.strip_prefix("sequence "))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("missing sequence"))?;
-    let mut meta = None;
-    let mut shards = Vec::new();
+    let mut entries = Vec::new();
     for line in lines {
         let parts: Vec<_> = line.split(' ').collect();
         let ["file", name, bytes, crc] = parts.as_slice() else {
             return Err(bad(&format!("bad line `{line}`")));
         };
+        entries.push((name.to_string(), bytes.to_string(), crc.to_string()));
+    }
+    enum Part {
+        Meta(Box<Restored>),
+        Shard(usize, Shard),
+    }
+    let read_part = |(name, bytes, crc): &(String, String, String)| -> Result<Part> {
         let file = path.join(name);
         let data = fs::read(&file).map_err(|e| Error::DataLoss(format!("{}: {e}", file.display())))?;
         let fname = file.display().to_string();
@@ -724,19 +719,45 @@ fn read_one(path: &Path) -> Result<Restored> {
         if u32::from_str_radix(crc, 16).ok() != Some(crc32c::crc32c(&data)) {
             return Err(Error::DataLoss(format!("{fname}: checksum mismatch")));
         }
-        if *name == "meta.bin" {
-            meta = Some(decode_meta(&fname, &data)?);
+        if name == "meta.bin" {
+            Ok(Part::Meta(Box::new(decode_meta(&fname, &data)?)))
         } else if let Some(i) = name
             .strip_prefix("shard-")
             .and_then(|n| n.strip_suffix(".bin"))
             .and_then(|n| n.parse::<usize>().ok())
         {
-            shards.push((i, decode_shard(&fname, &data, i)?));
+            Ok(Part::Shard(i, decode_shard(&fname, &data, i)?))
         } else {
-            return Err(bad(&format!("unknown file `{name}`")));
+            Err(bad(&format!("unknown file `{name}`")))
+        }
+    };
+    // Files are read, checked and decoded on every core.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let parts = parking_lot::Mutex::new(Vec::with_capacity(entries.len()));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(entry) = entries.get(k) else { return };
+                    let part = read_part(entry);
+                    parts.lock().push(part);
+                }
+            });
+        }
+    });
+    let mut meta = None;
+    let mut shards = Vec::new();
+    for part in parts.into_inner() {
+        match part? {
+            Part::Meta(m) => meta = Some(*m),
+            Part::Shard(i, s) => shards.push((i, s)),
         }
     }
-    let mut out = meta.ok_or_else(|| bad("no meta.bin"))?;
+    let mut out: Restored = meta.ok_or_else(|| bad("no meta.bin"))?;
     if out.sequence != sequence {
         return Err(bad("meta.bin and the manifest disagree on the sequence"));
     }

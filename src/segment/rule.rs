@@ -106,6 +106,28 @@ pub enum Literal {
     Timestamp(i64),
 }
 
+/// Words of the rule language; none can be an attribute name.
+pub const KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "not",
+    "in",
+    "is",
+    "set",
+    "segment",
+    "between",
+    "within",
+    "true",
+    "false",
+    "has_any",
+    "has_all",
+    "starts_with",
+    "ends_with",
+    "contains",
+    "ignore_case",
+    "birthday",
+];
+
 /// Longest rule text, in bytes.
 pub const MAX_RULE_TEXT: usize = 16 * 1024;
 /// Most nodes (predicates and operators) in one rule.

@@ -502,27 +502,9 @@ impl Parser {
 
 /// Keywords that cannot start a predicate as an attribute name.
 fn is_reserved(word: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "and",
-        "or",
-        "not",
-        "in",
-        "is",
-        "set",
-        "segment",
-        "between",
-        "within",
-        "true",
-        "false",
-        "has_any",
-        "has_all",
-        "starts_with",
-        "ends_with",
-        "contains",
-        "ignore_case",
-        "birthday",
-    ];
-    WORDS.iter().any(|w| w.eq_ignore_ascii_case(word))
+    crate::segment::rule::KEYWORDS
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// Parses the text form of a rule. Errors name the line and column and what was expected.

@@ -117,6 +117,18 @@ impl IdIndex {
         }
     }
 
+    /// Makes room for `additional` more keys at once (a bulk rebuild), instead of growing and
+    /// rehashing step by step.
+    pub fn reserve(&self, additional: usize) {
+        use std::hash::BuildHasher;
+        let shards = self.primary.shards();
+        let each = additional.div_ceil(shards.len());
+        let hasher = self.primary.hasher();
+        for shard in shards {
+            shard.write().reserve(each, |(key, _)| hasher.hash_one(key));
+        }
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.primary.len() + self.overflow_len.load(Ordering::Acquire)

@@ -361,22 +361,40 @@ impl Store {
                 }
             }
         }
-        let mut customers = 0;
+        let customers: u64 = r.shards.iter().map(|s| s.live.len()).sum();
         if !r.shards.is_empty() {
             self.shards.ensure(r.shards.len() - 1);
         }
+        // Install the shards, then rebuild the id and e-mail maps from them on every core (the
+        // maps are concurrent), sized up front.
+        self.ids.reserve(customers as usize);
+        self.emails.reserve(customers as usize);
         for (i, shard) in r.shards.into_iter().enumerate() {
-            for ord in &shard.live {
-                if let Some(id) = shard.ids.get(local(ord)) {
-                    self.ids.insert(id, ord);
-                }
-                if let Some(email) = shard.emails.get(local(ord)) {
-                    self.emails.insert(email, ord);
-                }
-            }
-            customers += shard.live.len();
             *self.shards.get(i).write() = shard;
         }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= self.shards.len() {
+                            return;
+                        }
+                        let shard = self.shards.get(i).read();
+                        for ord in &shard.live {
+                            if let Some(id) = shard.ids.get(local(ord)) {
+                                self.ids.insert(id, ord);
+                            }
+                            if let Some(email) = shard.emails.get(local(ord)) {
+                                self.emails.insert(email, ord);
+                            }
+                        }
+                    }
+                });
+            }
+        });
         let mut reg = Registry::default();
         for (slot, def) in r.segments {
             let entry = self

@@ -26,6 +26,22 @@ pub enum AttrType {
 }
 
 impl AttrType {
+    /// The type named by [`AttrType::name`].
+    pub fn from_name(name: &str) -> Option<AttrType> {
+        Some(match name {
+            "bool" => AttrType::Bool,
+            "int" => AttrType::Int,
+            "float" => AttrType::Float,
+            "money" => AttrType::Money,
+            "date" => AttrType::Date,
+            "timestamp" => AttrType::Timestamp,
+            "keyword" => AttrType::Keyword,
+            "keywords" => AttrType::Keywords,
+            "text" => AttrType::Text,
+            _ => return None,
+        })
+    }
+
     /// The lower-case name used in messages and the rule language.
     pub fn name(self) -> &'static str {
         match self {
@@ -64,31 +80,9 @@ pub const MAX_ATTR_NAME: usize = 64;
 /// Most attributes a schema may hold (built-in and custom together).
 pub const MAX_ATTRIBUTES: usize = 1024;
 
-/// Names that cannot be attributes because the rule language or derived values use them.
-const RESERVED: &[&str] = &[
-    "and",
-    "or",
-    "not",
-    "in",
-    "is",
-    "set",
-    "segment",
-    "between",
-    "within",
-    "true",
-    "false",
-    "has_any",
-    "has_all",
-    "starts_with",
-    "ends_with",
-    "contains",
-    "ignore_case",
-    "age",
-    "birthday",
-    "days_since_last_order",
-    "customer_id",
-    "email",
-];
+/// Names of derived values and customer fields; with the rule language's keywords, they cannot
+/// be attribute names.
+const RESERVED: &[&str] = &["age", "birthday", "days_since_last_order", "customer_id", "email"];
 
 /// The built-in schema of a retailer's customer base: (name, type, read_only, description).
 const BUILTIN: &[(&str, AttrType, bool, &str)] = &[
@@ -352,7 +346,7 @@ pub fn validate_attr_name(name: &str) -> Result<()> {
             format!("`{name}` must be lower-case letters, digits and '_', starting with a letter"),
         ));
     }
-    if RESERVED.contains(&name) {
+    if RESERVED.contains(&name) || crate::segment::rule::KEYWORDS.contains(&name) {
         return Err(Error::invalid(field, format!("`{name}` is a reserved word")));
     }
     Ok(())

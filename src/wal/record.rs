@@ -174,22 +174,8 @@ pub fn set_listed(segment_id: &str, keys: &[CustomerKey], add: bool, activity: b
 }
 
 fn parse_type(name: &str) -> Result<AttrType> {
-    Ok(match name {
-        "bool" => AttrType::Bool,
-        "int" => AttrType::Int,
-        "float" => AttrType::Float,
-        "money" => AttrType::Money,
-        "date" => AttrType::Date,
-        "timestamp" => AttrType::Timestamp,
-        "keyword" => AttrType::Keyword,
-        "keywords" => AttrType::Keywords,
-        "text" => AttrType::Text,
-        other => {
-            return Err(Error::DataLoss(format!(
-                "unknown attribute type `{other}` in the log"
-            )));
-        }
-    })
+    AttrType::from_name(name)
+        .ok_or_else(|| Error::DataLoss(format!("unknown attribute type `{name}` in the log")))
 }
 
 fn rule_in(rule_text: Option<String>) -> Result<Option<crate::segment::rule::Rule>> {
