@@ -6,6 +6,8 @@
 
 /// Marks an ordinal with no string.
 const NONE: u32 = u32::MAX;
+/// Largest growth of the byte buffer at once.
+const GROW_STEP: usize = 64 * 1024;
 
 /// Strings of one shard, indexed by local ordinal. Each string is at most 65,535 bytes.
 #[derive(Debug, Default, Clone)]
@@ -86,6 +88,13 @@ impl StrColumn {
             let len = crate::store::column::grown_len(local);
             self.starts.reserve_exact(len - self.starts.len());
             self.starts.resize(len, NONE);
+        }
+        // Grow in steps of at most 64 KiB rather than doubling: a shard's strings reach a few MiB
+        // and doubling would leave up to half of that unused.
+        let needed = value.len() + 3;
+        if self.bytes.capacity() - self.bytes.len() < needed {
+            let step = (self.bytes.len() / 2).clamp(4096, GROW_STEP).max(needed);
+            self.bytes.reserve_exact(step);
         }
         self.starts[local] = self.bytes.len() as u32;
         put_len(&mut self.bytes, value.len());
