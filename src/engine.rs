@@ -1,8 +1,9 @@
 //! The engine: the store behind an async facade, with its write-ahead log.
 //!
 //! Store calls are synchronous and may take milliseconds (a batch of thousands of customers, a
-//! segment evaluated over every customer), so writes run on the blocking pool and the async runtime
-//! stays free for request-time reads. Every write is logged at the moment the store has validated
+//! segment evaluated over every customer), so writes run on one writer thread (they are serialized
+//! by the store anyway) and long reads on the blocking pool; the async runtime stays free for
+//! request-time reads. Every write is logged at the moment the store has validated
 //! it, and its reply waits until the log is as durable as the fsync mode promises.
 
 use std::path::{Path, PathBuf};
@@ -43,10 +44,33 @@ impl Logger<'_> {
     }
 }
 
+/// A write to run on the writer thread.
+type Job = Box<dyn FnOnce(&Store) + Send>;
+
+/// The thread that runs every write, one after another: writes are serialized by the store
+/// anyway, and one thread draining a queue avoids many pool threads contending for the lock.
+fn writer_thread(store: Arc<Store>) -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || {
+            // Ends when every engine handle (and so every sender) is gone.
+            while let Ok(job) = rx.recv() {
+                // A bug in one write must not stop every later one; its caller gets an error.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&store))).is_err() {
+                    tracing::error!("a write panicked on the writer thread");
+                }
+            }
+        })
+        .expect("start the writer thread");
+    tx
+}
+
 /// Shared handle to everything the server holds.
 #[derive(Clone)]
 pub struct Engine {
     store: Arc<Store>,
+    writer: std::sync::mpsc::Sender<Job>,
     wal: Arc<OnceLock<Arc<Wal>>>,
     ready: Arc<AtomicBool>,
     data_dir: Arc<OnceLock<PathBuf>>,
@@ -69,6 +93,7 @@ impl Engine {
     /// An in-memory engine over an existing store.
     pub fn with_store(store: Arc<Store>) -> Engine {
         Engine {
+            writer: writer_thread(store.clone()),
             store,
             wal: Arc::new(OnceLock::new()),
             ready: Arc::new(AtomicBool::new(true)),
@@ -192,22 +217,27 @@ impl Engine {
             .map_err(|e| Error::Internal(format!("store task failed: {e}")))
     }
 
-    /// Runs a write on the blocking pool with a logger, then waits for its record to be durable.
+    /// Runs a write on the writer thread with a logger, then waits for its record to be durable.
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let wal = self.wal.get().cloned();
-        let (out, last) = self
-            .blocking(move |s| {
-                let mut logger = Logger {
-                    wal: wal.as_deref(),
-                    last: None,
-                };
-                let out = f(s, &mut logger);
-                (out, logger.last)
-            })
-            .await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |s| {
+            let mut logger = Logger {
+                wal: wal.as_deref(),
+                last: None,
+            };
+            let out = f(s, &mut logger);
+            let _ = tx.send((out, logger.last));
+        });
+        self.writer
+            .send(job)
+            .map_err(|_| Error::Unavailable("the writer thread has stopped".into()))?;
+        let (out, last) = rx
+            .await
+            .map_err(|_| Error::Internal("a write panicked on the writer thread".into()))?;
         // The store logs only once a change is validated, so every logged record is applied;
         // the reply waits for the last one to be durable.
         if let (Some(wal), Some(seq)) = (self.wal.get(), last) {

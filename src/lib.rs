@@ -7,7 +7,11 @@
 //! - [`config`]: command-line flags and `SEGMENTD_*` variables.
 //! - [`api`]: the gRPC adapters, the only code that knows tonic: validate, convert, call the
 //!   engine, convert back; [`api::status`] maps engine errors to gRPC codes in one place.
-//! - [`engine`]: the async facade over the store; writes run off the async runtime.
+//! - [`engine`]: the async facade over the store: writes on a writer thread, logged, then durable.
+//! - [`wal`]: the write-ahead log (format, group commit, replay); [`snapshot`]: snapshots (format,
+//!   consistent cut, retention).
+//! - [`segment`]: rules (tree, text parser and printer), compilation, evaluation, the registry and
+//!   segment operations.
 //! - [`store`]: dense ordinals, shards of 65,536 customers, typed columns ([`store::column`]),
 //!   value dictionaries ([`store::dict`]), id and e-mail maps ([`store::index`]), the schema
 //!   ([`store::schema`]) and input checks ([`store::input`]).
