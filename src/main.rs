@@ -3,7 +3,7 @@
 use clap::Parser;
 
 /// mimalloc: the write path allocates and frees many small strings across threads (decoded on
-/// runtime workers, dropped on the blocking pool), where it is much cheaper than glibc malloc.
+/// runtime workers, dropped on the writer thread), where it is much cheaper than glibc malloc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use segmentd::config::{Config, LogFormat};
