@@ -56,13 +56,7 @@ async fn observe(server: &TestServer, ids: &[String]) -> State {
     for id in ids {
         customers.insert(id.clone(), get(&mut ingest, id).await.ok());
     }
-    let stats = server
-        .admin()
-        .await
-        .stats(pb::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(server).await;
     State {
         segments,
         customers,

@@ -519,13 +519,7 @@ async fn stream_of_100k_single_customer_messages_is_accepted() {
     assert_eq!(last.email.as_deref(), Some("c99999@example.com"));
     assert_eq!(last.attributes["gender"], s("M"));
     assert_eq!(last.attributes["household_size"], i(4));
-    let stats = server
-        .admin()
-        .await
-        .stats(pb::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&server).await;
     assert_eq!(stats.shards, 2);
     assert!(
         stats.bytes_per_customer > 0.0 && stats.bytes_per_customer < 400.0,

@@ -616,13 +616,7 @@ async fn bad_rules_are_refused_with_positions_and_names() {
             .code(),
         Code::AlreadyExists
     );
-    let stats = server
-        .admin()
-        .await
-        .stats(pb::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&server).await;
     assert_eq!(stats.segments, 1, "nothing refused was saved");
 }
 

@@ -255,8 +255,8 @@ pub async fn get(client: &mut IngestClient<Channel>, id: &str) -> Result<pb::Cus
         .unwrap())
 }
 
-/// The number of customers the server holds.
-pub async fn customer_count(server: &TestServer) -> u64 {
+/// The server's `Admin.Stats`.
+pub async fn stats(server: &TestServer) -> pb::StatsResponse {
     server
         .admin()
         .await
@@ -264,7 +264,11 @@ pub async fn customer_count(server: &TestServer) -> u64 {
         .await
         .unwrap()
         .into_inner()
-        .customers
+}
+
+/// The number of customers the server holds.
+pub async fn customer_count(server: &TestServer) -> u64 {
+    stats(server).await.customers
 }
 
 /// A segment defined by its text rule.
