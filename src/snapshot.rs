@@ -194,15 +194,20 @@ impl<'a> In<'a> {
     }
 }
 
-fn encode_shard(index: usize, s: &Shard) -> Vec<u8> {
+fn encode_shard(index: usize, s: &mut Shard) -> Vec<u8> {
     let mut o = Out(Vec::with_capacity(1 << 20));
     o.0.extend_from_slice(SHARD_MAGIC);
     o.u32(VERSION);
     o.u32(index as u32);
     o.bitmap(&s.live);
-    for ord in &s.live {
-        o.str(s.ids.get(local(ord)).unwrap_or_default());
-        o.opt_str(s.emails.get(local(ord)));
+    for strings in [&mut s.ids, &mut s.emails] {
+        let (starts, bytes) = strings.raw_parts();
+        o.len(starts.len());
+        starts
+            .iter()
+            .for_each(|x| o.0.extend_from_slice(&x.to_le_bytes()));
+        o.len(bytes.len());
+        o.0.extend_from_slice(bytes);
     }
     let columns: Vec<(usize, &Column)> = s
         .columns
@@ -299,22 +304,26 @@ fn decode_shard(file: &str, data: &[u8], expect_index: usize) -> Result<Shard> {
         live: r.bitmap()?,
         ..Default::default()
     };
-    let live: Vec<u32> = s.live.iter().collect();
-    for ord in live {
-        if (ord as usize) >> crate::store::SHARD_BITS != index {
-            return Err(r.bad("live customer outside the shard"));
-        }
-        let id = r.str_ref()?;
-        s.ids.set(local(ord), id);
-        match r.u8()? {
-            0 => {}
-            1 => {
-                let email = r.str_ref()?;
-                s.emails.set(local(ord), email);
-            }
-            _ => return Err(r.bad("bad optional-string flag")),
-        }
+    if s.live
+        .max()
+        .is_some_and(|ord| (ord as usize) >> crate::store::SHARD_BITS != index)
+    {
+        return Err(r.bad("live customer outside the shard"));
     }
+    let mut strings = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let n = r.len()?;
+        let raw = r.take(n * 4)?;
+        let starts: Vec<u32> = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let n = r.len()?;
+        let bytes = r.take(n)?.to_vec();
+        strings.push(crate::store::strings::StrColumn::from_raw_parts(starts, bytes).map_err(|e| r.bad(&e))?);
+    }
+    s.emails = strings.pop().expect("two columns");
+    s.ids = strings.pop().expect("two columns");
     let n = r.len()?;
     for _ in 0..n {
         let attr = r.u16()? as usize;
@@ -595,7 +604,8 @@ fn take_with(
                     let Some((i, shard)) = store.take_cut_shard(&mut next.lock()) else {
                         return;
                     };
-                    let data = encode_shard(i, &shard);
+                    let mut shard = shard;
+                    let data = encode_shard(i, &mut shard);
                     drop(shard);
                     match write_file(&tmp, &format!("shard-{i:05}.bin"), &data) {
                         Ok(f) => files.lock().push(f),

@@ -50,6 +50,20 @@ fn get_len(bytes: &[u8]) -> (usize, usize) {
     )
 }
 
+/// [`get_len`] for untrusted bytes: `None` when the length runs past the end.
+fn try_get_len(bytes: &[u8]) -> Option<(usize, usize)> {
+    let b0 = *bytes.first()?;
+    if b0 < 0x80 {
+        return Some((get_len(bytes).0, 1));
+    }
+    let b1 = *bytes.get(1)?;
+    if b1 < 0x80 {
+        return Some(get_len(bytes));
+    }
+    bytes.get(2)?;
+    Some(get_len(bytes))
+}
+
 impl StrColumn {
     /// The string at `local`, or `None` when absent.
     #[inline]
@@ -131,6 +145,38 @@ impl StrColumn {
         self.garbage = 0;
     }
 
+    /// The raw parts (offsets and bytes), compacted first so no erased bytes are written out.
+    pub fn raw_parts(&mut self) -> (&[u32], &[u8]) {
+        if self.garbage > 0 {
+            self.compact();
+        }
+        (&self.starts, &self.bytes)
+    }
+
+    /// A column from parts written by [`StrColumn::raw_parts`], checking every offset and length
+    /// stays inside the bytes and every string is UTF-8.
+    pub fn from_raw_parts(starts: Vec<u32>, bytes: Vec<u8>) -> Result<StrColumn, String> {
+        for (i, &start) in starts.iter().enumerate() {
+            if start == NONE {
+                continue;
+            }
+            let ok = bytes.get(start as usize..).is_some_and(|rest| {
+                try_get_len(rest).is_some_and(|(len, used)| {
+                    rest.get(used..used + len)
+                        .is_some_and(|b| std::str::from_utf8(b).is_ok())
+                })
+            });
+            if !ok {
+                return Err(format!("string {i} lies outside its column"));
+            }
+        }
+        Ok(StrColumn {
+            starts,
+            bytes,
+            garbage: 0,
+        })
+    }
+
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.starts.capacity() * 4 + self.bytes.capacity()
@@ -161,6 +207,38 @@ mod tests {
         assert!(c.bytes.len() < 200_000, "compacted after half became garbage");
         assert_eq!(c.get(9), Some(big.as_str()));
         assert_eq!(c.get(3), None);
+    }
+
+    #[test]
+    fn raw_parts_round_trip_and_are_checked() {
+        let mut c = StrColumn::default();
+        c.set(0, "gone");
+        c.set(2, "kept");
+        c.set(5, &"é".repeat(100));
+        c.clear(0);
+        let long = "é".repeat(100);
+        let (starts, bytes) = c.raw_parts();
+        let (starts, bytes) = (starts.to_vec(), bytes.to_vec());
+        assert!(
+            !bytes.windows(4).any(|w| w == b"gone"),
+            "erased strings are not written out"
+        );
+        let copy = StrColumn::from_raw_parts(starts.clone(), bytes.clone()).unwrap();
+        assert_eq!(
+            (copy.get(0), copy.get(2), copy.get(5)),
+            (None, Some("kept"), Some(long.as_str()))
+        );
+        let mut bad = starts.clone();
+        bad[2] = bytes.len() as u32 - 1;
+        assert!(StrColumn::from_raw_parts(bad, bytes).is_err());
+        assert!(
+            StrColumn::from_raw_parts(vec![0], vec![0x85]).is_err(),
+            "a cut-off length"
+        );
+        assert!(
+            StrColumn::from_raw_parts(vec![0], vec![2, 0xff, 0xfe]).is_err(),
+            "not UTF-8"
+        );
     }
 
     #[test]
