@@ -129,6 +129,39 @@ impl IdIndex {
         }
     }
 
+    /// The hash `key` is mapped by, and the map shard holding it (for [`IdIndex::bulk_fill`]).
+    pub fn locate(&self, key: &str) -> (u32, usize) {
+        let h = Self::hash(&self.normalize(key));
+        (h, self.primary.determine_map(&h))
+    }
+
+    /// Number of map shards.
+    pub fn map_shards(&self) -> usize {
+        self.primary.shards().len()
+    }
+
+    /// Fills map shard `shard` with `(hash, ordinal)` pairs located by [`IdIndex::locate`], under
+    /// one lock. Used to rebuild the maps from a snapshot with one thread per map shard (no lock
+    /// contention). Returns the ordinals whose hash was already taken: the caller maps those with
+    /// [`IdIndex::insert`], which puts them in the overflow map.
+    pub fn bulk_fill(&self, shard: usize, pairs: impl IntoIterator<Item = (u32, u32)>) -> Vec<u32> {
+        use std::hash::BuildHasher;
+        let hasher = self.primary.hasher();
+        let mut table = self.primary.shards()[shard].write();
+        let mut taken = Vec::new();
+        for (h, ord) in pairs {
+            let hash = hasher.hash_one(h);
+            if table.find(hash, |(k, _)| *k == h).is_some() {
+                taken.push(ord);
+            } else {
+                table.insert(hash, (h, dashmap::SharedValue::new(ord)), |(k, _)| {
+                    hasher.hash_one(k)
+                });
+            }
+        }
+        taken
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.primary.len() + self.overflow_len.load(Ordering::Acquire)
@@ -183,6 +216,35 @@ mod tests {
         assert_eq!(idx.get(&b, holds), Some(1));
         idx.remove(&b, 1);
         assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn bulk_fill_hands_back_taken_hashes_for_the_overflow() {
+        let mut seen: HashMap<u32, String> = HashMap::new();
+        let (a, b) = (0u64..)
+            .find_map(|i| {
+                let k = format!("k{i}");
+                seen.insert(IdIndex::hash(&k), k.clone()).map(|prev| (prev, k))
+            })
+            .unwrap();
+        let keys = [a.clone(), b.clone(), "other".to_string()];
+        let idx = IdIndex::new(KeyCase::Sensitive);
+        let mut by_shard: HashMap<usize, Vec<(u32, u32)>> = HashMap::new();
+        for (ord, k) in keys.iter().enumerate() {
+            let (h, shard) = idx.locate(k);
+            by_shard.entry(shard).or_default().push((h, ord as u32));
+        }
+        let mut taken = Vec::new();
+        for (shard, pairs) in by_shard {
+            taken.extend(idx.bulk_fill(shard, pairs));
+        }
+        assert_eq!(taken, vec![1], "the second key of the colliding pair");
+        idx.insert(&b, 1);
+        let holds = |o: u32, k: &str| keys[o as usize] == k;
+        assert_eq!(idx.get(&a, holds), Some(0));
+        assert_eq!(idx.get(&b, holds), Some(1));
+        assert_eq!(idx.get("other", holds), Some(2));
+        assert_eq!(idx.len(), 3);
     }
 
     #[test]

@@ -372,29 +372,7 @@ impl Store {
         for (i, shard) in r.shards.into_iter().enumerate() {
             *self.shards.get(i).write() = shard;
         }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= self.shards.len() {
-                            return;
-                        }
-                        let shard = self.shards.get(i).read();
-                        for ord in &shard.live {
-                            if let Some(id) = shard.ids.get(local(ord)) {
-                                self.ids.insert(id, ord);
-                            }
-                            if let Some(email) = shard.emails.get(local(ord)) {
-                                self.emails.insert(email, ord);
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        self.rebuild_maps();
         let mut reg = Registry::default();
         for (slot, def) in r.segments {
             let entry = self
@@ -410,6 +388,67 @@ impl Store {
         self.orders.store(r.orders, Ordering::Release);
         self.customers.store(customers, Ordering::Release);
         Ok(())
+    }
+
+    /// Rebuilds the id and e-mail maps from the shards. Keys are hashed and sorted by map shard on
+    /// every core, then each map shard is filled by one thread under one lock: a rebuild of tens
+    /// of millions of keys with the threads contending for shard locks took seconds.
+    fn rebuild_maps(&self) {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (index, field) in [(&self.ids, 0), (&self.emails, 1)] {
+            let buckets = index.map_shards();
+            // Per store shard, (hash, ordinal) pairs grouped by map shard.
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let located: Mutex<Vec<Located>> = Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        let mut mine = vec![Vec::new(); buckets];
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= self.shards.len() {
+                                break;
+                            }
+                            let shard = self.shards.get(i).read();
+                            let strings = if field == 0 { &shard.ids } else { &shard.emails };
+                            for ord in &shard.live {
+                                if let Some(key) = strings.get(local(ord)) {
+                                    let (h, b) = index.locate(key);
+                                    mine[b].push((h, ord));
+                                }
+                            }
+                        }
+                        located.lock().push(mine);
+                    });
+                }
+            });
+            let located = located.into_inner();
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let taken: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        loop {
+                            let b = next.fetch_add(1, Ordering::Relaxed);
+                            if b >= buckets {
+                                break;
+                            }
+                            let pairs = located.iter().flat_map(|per| per[b].iter().copied());
+                            let mut t = index.bulk_fill(b, pairs);
+                            taken.lock().append(&mut t);
+                        }
+                    });
+                }
+            });
+            // Keys whose 32-bit hash another key took: the overflow map, through the usual path.
+            for ord in taken.into_inner() {
+                let shard = self.shards.get(shard_of(ord)).read();
+                let strings = if field == 0 { &shard.ids } else { &shard.emails };
+                if let Some(key) = strings.get(local(ord)) {
+                    index.insert(key, ord);
+                }
+            }
+        }
     }
 
     /// Ends the cut; returns its global state (shards were handed out by `take_cut_shard`).
@@ -811,6 +850,9 @@ impl Store {
         }
     }
 }
+
+/// `(hash, ordinal)` pairs of one thread, grouped by map shard.
+type Located = Vec<Vec<(u32, u32)>>;
 
 /// Most customers applied under one hold of a shard's write lock.
 const MAX_RUN: usize = 256;
