@@ -385,13 +385,8 @@ fn eval_leaf(leaf: &Bound, shard: &Shard, base: u32) -> RoaringBitmap {
         (Bound::I64 { test, .. }, ColumnData::I64(values)) => ranges_bits(base, values, test, present),
         (Bound::I32 { test, .. }, ColumnData::I32(values)) => ranges_bits(base, values, test, present),
         (Bound::F64 { test, .. }, ColumnData::F64(values)) => ranges_bits(base, values, test, present),
-        (Bound::Codes { codes, negated, .. }, ColumnData::Keyword { by_value, .. }) => {
-            let mut acc = RoaringBitmap::new();
-            for code in codes {
-                if let Some(bm) = by_value.get(code) {
-                    acc |= bm;
-                }
-            }
+        (Bound::Codes { codes, negated, .. }, ColumnData::Keyword { .. }) => {
+            let acc = col.with_codes(codes);
             if *negated { present - acc } else { acc }
         }
         (Bound::Sets { codes, all, .. }, ColumnData::Keywords { by_value }) => {

@@ -227,18 +227,9 @@ fn for_each_shard(shards: &[Arc<RwLock<Shard>>], threads: usize, f: impl Fn(usiz
     });
 }
 
-/// Union of the per-value bitmaps of `values` in a keyword column of one shard.
+/// Customers of one shard whose `attr` value is one of `codes`.
 fn keyword_bitmap(s: &Shard, attr: AttrId, codes: &[u32]) -> RoaringBitmap {
-    let mut acc = RoaringBitmap::new();
-    if let Some(crate::store::column::ColumnData::Keyword { by_value, .. }) = s.column(attr).map(|c| &c.data)
-    {
-        for code in codes {
-            if let Some(bm) = by_value.get(code) {
-                acc |= bm;
-            }
-        }
-    }
-    acc
+    s.column(attr).map(|c| c.with_codes(codes)).unwrap_or_default()
 }
 
 /// The members of one shard: `(rule ∪ include ∪ included accounts) \ (exclude ∪ excluded accounts)`.

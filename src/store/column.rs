@@ -219,6 +219,20 @@ impl Column {
         }
     }
 
+    /// Customers whose value is one of `codes`: the union of their per-value bitmaps (empty for
+    /// a column that is not `keyword`).
+    pub fn with_codes(&self, codes: &[u32]) -> RoaringBitmap {
+        let mut acc = RoaringBitmap::new();
+        if let ColumnData::Keyword { by_value, .. } = &self.data {
+            for code in codes {
+                if let Some(bm) = by_value.get(code) {
+                    acc |= bm;
+                }
+            }
+        }
+        acc
+    }
+
     /// The dictionary code of `ord` in a `keyword` column.
     pub fn keyword_code(&self, ord: u32) -> Option<u32> {
         match &self.data {
