@@ -313,16 +313,20 @@ impl Engine {
         exclude: Vec<String>,
     ) -> Result<SegmentInfo> {
         self.write(move |s, log| {
-            let op = record::create_segment(&def, &include, &exclude);
-            s.create_segment(def, &include, &exclude, &mut || log.append(|| op.clone()))
+            let mut op = Some(record::create_segment(&def, &include, &exclude));
+            s.create_segment(def, &include, &exclude, &mut || {
+                log.append(|| op.take().expect("logged once"))
+            })
         })
         .await
     }
 
     pub async fn update_segment(&self, id: String, update: SegmentUpdate) -> Result<SegmentInfo> {
         self.write(move |s, log| {
-            let op = record::update_segment(&id, &update);
-            s.update_segment(&id, update, &mut || log.append(|| op.clone()))
+            let mut op = Some(record::update_segment(&id, &update));
+            s.update_segment(&id, update, &mut || {
+                log.append(|| op.take().expect("logged once"))
+            })
         })
         .await
     }

@@ -221,16 +221,19 @@ impl Wal {
             return Err(Error::Unavailable(format!("write-ahead log unavailable: {why}")));
         }
         let sequence = w.next_sequence;
-        let payload = pb::Record {
+        let record = pb::Record {
             sequence,
             time_micros: crate::time::now_micros(),
             op: Some(op),
-        }
-        .encode_to_vec();
-        let mut frame = Vec::with_capacity(8 + payload.len());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
+        };
+        // Encode behind room for the length and checksum, then fill them in: one buffer, no copy.
+        let len = record.encoded_len();
+        let mut frame = Vec::with_capacity(8 + len);
+        frame.extend_from_slice(&[0; 8]);
+        record.encode(&mut frame).expect("a Vec grows as needed");
+        let crc = crc32c::crc32c(&frame[8..]);
+        frame[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
         if w.offset >= self.segment_bytes {
             self.rotate(&mut w, sequence)?;
         }
