@@ -30,6 +30,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Small maps: a B-tree decodes faster than a SipHash map and encodes in a stable order.
         .btree_map(".segmentd.v1.Customer.attributes")
+        // Customer batches are decoded lazily, straight into the store's patches (src/api/wire.rs).
+        .extern_path(
+            ".segmentd.v1.UpsertCustomersRequest",
+            "crate::api::wire::CustomerBatch",
+        )
+        .extern_path(
+            ".segmentd.v1.LoadCustomersRequest",
+            "crate::api::wire::CustomerBatch",
+        )
         .compile_fds(fds)?;
     tonic_prost_build::configure()
         .build_client(false)

@@ -169,7 +169,7 @@ fn main() {
                     let mut c = generator::customer(t * 1_000_000 + k, 9);
                     c.email = None;
                     client
-                        .upsert_customers(segmentd::api::pb::UpsertCustomersRequest { customers: vec![c] })
+                        .upsert_customers(segmentd::api::pb::UpsertCustomersRequest::new(vec![c]))
                         .await
                         .unwrap();
                     done.fetch_add(1, Ordering::Relaxed);

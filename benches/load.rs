@@ -39,18 +39,16 @@ fn main() {
 
     eprint!("generating {total} customers in batches of {BATCH}... ");
     let started = Instant::now();
-    let batches: Vec<pb::LoadCustomersRequest> = (0..total.div_ceil(BATCH))
-        .map(|b| pb::LoadCustomersRequest {
-            customers: (b * BATCH..((b + 1) * BATCH).min(total))
+    let customers: Vec<Vec<pb::Customer>> = (0..total.div_ceil(BATCH))
+        .map(|b| {
+            (b * BATCH..((b + 1) * BATCH).min(total))
                 .map(|n| generator::customer(n as u64, 42))
-                .collect(),
+                .collect()
         })
         .collect();
-    let attrs: usize = batches
-        .iter()
-        .flat_map(|b| &b.customers)
-        .map(|c| c.attributes.len())
-        .sum();
+    let attrs: usize = customers.iter().flatten().map(|c| c.attributes.len()).sum();
+    let batches: Vec<pb::LoadCustomersRequest> =
+        customers.into_iter().map(pb::LoadCustomersRequest::new).collect();
     eprintln!(
         "{:.1}s, {:.1} attributes per customer",
         started.elapsed().as_secs_f64(),

@@ -222,6 +222,18 @@ impl Engine {
         &self,
         f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        let (out, last) = self.apply(f).await?;
+        self.durable(last).await?;
+        out
+    }
+
+    /// Runs a write on the writer thread with a logger and returns once it is applied, with the
+    /// sequence of its last record. It is acknowledged only after [`Engine::durable`] of that
+    /// sequence: streams apply batch after batch while earlier ones are being synced.
+    async fn apply<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<(Result<T>, Option<u64>)> {
         let wal = self.wal.get().cloned();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |s| {
@@ -235,15 +247,17 @@ impl Engine {
         self.writer
             .send(job)
             .map_err(|_| Error::Unavailable("the writer thread has stopped".into()))?;
-        let (out, last) = rx
-            .await
-            .map_err(|_| Error::Internal("a write panicked on the writer thread".into()))?;
-        // The store logs only once a change is validated, so every logged record is applied;
-        // the reply waits for the last one to be durable.
-        if let (Some(wal), Some(seq)) = (self.wal.get(), last) {
-            wal.durable(seq).await?;
+        rx.await
+            .map_err(|_| Error::Internal("a write panicked on the writer thread".into()))
+    }
+
+    /// Waits until the log record `sequence` (from [`Engine::apply`]) is durable. The store logs
+    /// only once a change is validated, so every logged record is applied.
+    pub async fn durable(&self, sequence: Option<u64>) -> Result<()> {
+        match (self.wal.get(), sequence) {
+            (Some(wal), Some(seq)) => wal.durable(seq).await,
+            _ => Ok(()),
         }
-        out
     }
 
     /// Upserts one batch, all or nothing.
@@ -253,25 +267,29 @@ impl Engine {
     }
 
     /// Upserts several batches in order, each all or nothing, stopping at the first that fails.
-    /// Returns the total of the batches applied and the failure, if any.
+    /// Returns once they are applied, with the total of the batches applied, the failure if any,
+    /// and the log sequence to pass to [`Engine::durable`] before acknowledging them.
     pub async fn upsert_batches(
         &self,
         batches: Vec<Vec<CustomerPatch>>,
-    ) -> Result<(UpsertOutcome, Option<BatchFailure>)> {
-        self.write(move |s, log| {
-            let mut total = UpsertOutcome::default();
-            for (index, batch) in batches.iter().enumerate() {
-                match s.upsert(batch, &mut || log.append(|| record::upsert(&s.schema(), batch))) {
-                    Ok(o) => {
-                        total.created += o.created;
-                        total.updated += o.updated;
+    ) -> Result<(UpsertOutcome, Option<BatchFailure>, Option<u64>)> {
+        let (out, last) = self
+            .apply(move |s, log| {
+                let mut total = UpsertOutcome::default();
+                for (index, batch) in batches.iter().enumerate() {
+                    match s.upsert(batch, &mut || log.append(|| record::upsert(&s.schema(), batch))) {
+                        Ok(o) => {
+                            total.created += o.created;
+                            total.updated += o.updated;
+                        }
+                        Err(error) => return Ok((total, Some(BatchFailure { index, error }))),
                     }
-                    Err(error) => return Ok((total, Some(BatchFailure { index, error }))),
                 }
-            }
-            Ok((total, None))
-        })
-        .await
+                Ok((total, None))
+            })
+            .await?;
+        let (total, failure) = out?;
+        Ok((total, failure, last))
     }
 
     pub async fn delete(&self, key: CustomerKey) -> Result<String> {

@@ -97,9 +97,7 @@ async fn populate(server: &TestServer) -> Vec<String> {
         .load_customers(tokio_stream::iter(
             customers
                 .chunks(50)
-                .map(|c| pb::LoadCustomersRequest {
-                    customers: c.to_vec(),
-                })
+                .map(|c| pb::LoadCustomersRequest::new(c.to_vec()))
                 .collect::<Vec<_>>(),
         ))
         .await
@@ -351,9 +349,11 @@ async fn acknowledged_writes_survive_kill_9() {
                 let id = format!("t{t}-{n}");
                 let vip = n % 3 == 0;
                 let upsert = ingest
-                    .upsert_customers(pb::UpsertCustomersRequest {
-                        customers: vec![customer(&id, None, &[("vip", b(vip))])],
-                    })
+                    .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+                        &id,
+                        None,
+                        &[("vip", b(vip))],
+                    )]))
                     .await;
                 if upsert.is_err() {
                     return;
@@ -537,9 +537,11 @@ async fn a_snapshot_taken_during_concurrent_writes_restores_consistently() {
             for n in 0..150 {
                 let id = format!("w{t}-{n}");
                 ingest
-                    .upsert_customers(pb::UpsertCustomersRequest {
-                        customers: vec![customer(&id, None, &[("household_size", i(n))])],
-                    })
+                    .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+                        &id,
+                        None,
+                        &[("household_size", i(n))],
+                    )]))
                     .await
                     .unwrap();
                 // Orders are not idempotent without their dedup state: a torn cut would count twice.

@@ -11,24 +11,22 @@ async fn upsert_then_read_back_by_id_and_email() {
     let server = TestServer::start().await;
     let mut ingest = server.ingest().await;
     let reply = ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![
-                customer(
-                    "C1",
-                    Some("Ann.Lee@Example.com"),
-                    &[
-                        ("registered", b(true)),
-                        ("registered_at", ts(1_600_000_000)),
-                        ("gender", s("F")),
-                        ("birth_date", date(1980, 2, 29)),
-                        ("household_size", i(3)),
-                        ("tags", list(&["golf", "ski", "golf"])),
-                        ("city", s("Lyon")),
-                    ],
-                ),
-                customer("C2", None, &[("gender", s("M"))]),
-            ],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![
+            customer(
+                "C1",
+                Some("Ann.Lee@Example.com"),
+                &[
+                    ("registered", b(true)),
+                    ("registered_at", ts(1_600_000_000)),
+                    ("gender", s("F")),
+                    ("birth_date", date(1980, 2, 29)),
+                    ("household_size", i(3)),
+                    ("tags", list(&["golf", "ski", "golf"])),
+                    ("city", s("Lyon")),
+                ],
+            ),
+            customer("C2", None, &[("gender", s("M"))]),
+        ]))
         .await
         .unwrap()
         .into_inner();
@@ -57,9 +55,11 @@ async fn upsert_then_read_back_by_id_and_email() {
 
     // Merge: named attributes change, others stay; an empty Value clears.
     let reply = ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer("C1", None, &[("city", s("Paris")), ("tags", clear())])],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "C1",
+            None,
+            &[("city", s("Paris")), ("tags", clear())],
+        )]))
         .await
         .unwrap()
         .into_inner();
@@ -76,9 +76,11 @@ async fn upsert_then_read_back_by_id_and_email() {
 
     // "" removes the e-mail, which then no longer finds the customer.
     ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer("C1", Some(""), &[])],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "C1",
+            Some(""),
+            &[],
+        )]))
         .await
         .unwrap();
     assert_eq!(get(&mut ingest, "C1").await.unwrap().email, None);
@@ -94,18 +96,18 @@ async fn one_batch_can_move_an_email_between_customers() {
     let server = TestServer::start().await;
     let mut ingest = server.ingest().await;
     ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer("A", Some("shared@example.com"), &[])],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "A",
+            Some("shared@example.com"),
+            &[],
+        )]))
         .await
         .unwrap();
     ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![
-                customer("B", Some("shared@example.com"), &[]),
-                customer("A", Some("a@example.com"), &[]),
-            ],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![
+            customer("B", Some("shared@example.com"), &[]),
+            customer("A", Some("a@example.com"), &[]),
+        ]))
         .await
         .unwrap();
     let owner = ingest
@@ -127,9 +129,11 @@ async fn delete_erases_and_frees_the_email() {
     let server = TestServer::start().await;
     let mut ingest = server.ingest().await;
     ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer("gone", Some("reuse@example.com"), &[("gender", s("F"))])],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "gone",
+            Some("reuse@example.com"),
+            &[("gender", s("F"))],
+        )]))
         .await
         .unwrap();
     let reply = ingest
@@ -152,9 +156,11 @@ async fn delete_erases_and_frees_the_email() {
     // The e-mail is free again; the new customer starts with no attributes of the old one
     // even though it takes the erased customer's ordinal.
     ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer("new", Some("REUSE@example.com"), &[])],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "new",
+            Some("REUSE@example.com"),
+            &[],
+        )]))
         .await
         .unwrap();
     let fresh = get(&mut ingest, "new").await.unwrap();
@@ -189,9 +195,7 @@ async fn orders_maintain_aggregates_once_per_order_id() {
     let server = TestServer::start().await;
     let mut ingest = server.ingest().await;
     ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer("C1", None, &[])],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer("C1", None, &[])]))
         .await
         .unwrap();
     let orders = vec![
@@ -236,9 +240,11 @@ async fn orders_maintain_aggregates_once_per_order_id() {
 
     // Purchase aggregates are read-only on upsert.
     let err = ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer("C1", None, &[("total_spent", i(1))])],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "C1",
+            None,
+            &[("total_spent", i(1))],
+        )]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -311,9 +317,11 @@ async fn custom_attributes_are_defined_at_run_time() {
     assert!(total.builtin && total.read_only);
 
     ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer("G", None, &[("golf_handicap", f(12.4))])],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "G",
+            None,
+            &[("golf_handicap", f(12.4))],
+        )]))
         .await
         .unwrap();
     assert_eq!(
@@ -360,13 +368,11 @@ async fn bad_input_is_refused_whole_and_changes_nothing() {
     let server = TestServer::start().await;
     let mut ingest = server.ingest().await;
     ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer(
-                "owner",
-                Some("taken@example.com"),
-                &[("gender", s("F"))],
-            )],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "owner",
+            Some("taken@example.com"),
+            &[("gender", s("F"))],
+        )]))
         .await
         .unwrap();
     let good = customer("good", Some("good@example.com"), &[("gender", s("M"))]);
@@ -435,9 +441,7 @@ async fn bad_input_is_refused_whole_and_changes_nothing() {
     ];
     for (what, bad, field) in cases {
         let err = ingest
-            .upsert_customers(pb::UpsertCustomersRequest {
-                customers: vec![good.clone(), bad],
-            })
+            .upsert_customers(pb::UpsertCustomersRequest::new(vec![good.clone(), bad]))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {}", err.message());
@@ -458,7 +462,7 @@ async fn bad_input_is_refused_whole_and_changes_nothing() {
         .map(|n| customer(&format!("m{n}"), None, &[]))
         .collect();
     let err = ingest
-        .upsert_customers(pb::UpsertCustomersRequest { customers: many })
+        .upsert_customers(pb::UpsertCustomersRequest::new(many))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -495,15 +499,15 @@ async fn stream_of_100k_single_customer_messages_is_accepted() {
     let server = TestServer::start().await;
     let mut ingest = server.ingest().await;
     const N: usize = 100_000;
-    let messages = (0..N).map(|n| pb::LoadCustomersRequest {
-        customers: vec![customer(
+    let messages = (0..N).map(|n| {
+        pb::LoadCustomersRequest::new(vec![customer(
             &format!("c{n:06}"),
             Some(&format!("c{n}@example.com")),
             &[
                 ("gender", s(if n % 2 == 0 { "F" } else { "M" })),
                 ("household_size", i((n % 5) as i64)),
             ],
-        )],
+        )])
     });
     let reply = ingest
         .load_customers(tokio_stream::iter(messages))
@@ -531,16 +535,18 @@ async fn stream_of_100k_single_customer_messages_is_accepted() {
 async fn a_bad_batch_ends_the_stream_and_earlier_batches_stay() {
     let server = TestServer::start().await;
     let mut ingest = server.ingest().await;
-    let batch = |from: usize, bad_at: Option<usize>| pb::LoadCustomersRequest {
-        customers: (from..from + 100)
-            .map(|n| {
-                if Some(n) == bad_at {
-                    customer(&format!("b{n}"), Some("broken"), &[])
-                } else {
-                    customer(&format!("b{n}"), None, &[("vip", b(n % 7 == 0))])
-                }
-            })
-            .collect(),
+    let batch = |from: usize, bad_at: Option<usize>| {
+        pb::LoadCustomersRequest::new(
+            (from..from + 100)
+                .map(|n| {
+                    if Some(n) == bad_at {
+                        customer(&format!("b{n}"), Some("broken"), &[])
+                    } else {
+                        customer(&format!("b{n}"), None, &[("vip", b(n % 7 == 0))])
+                    }
+                })
+                .collect(),
+        )
     };
     let messages = vec![
         batch(0, None),
@@ -570,15 +576,11 @@ async fn a_bad_batch_ends_the_stream_and_earlier_batches_stay() {
 
     // A conflict found only by the writer (an e-mail owned by another customer) also stops it.
     let messages = vec![
-        pb::LoadCustomersRequest {
-            customers: vec![customer("s1", Some("s@example.com"), &[])],
-        },
-        pb::LoadCustomersRequest {
-            customers: vec![
-                customer("s2", None, &[]),
-                customer("s3", Some("S@example.com"), &[]),
-            ],
-        },
+        pb::LoadCustomersRequest::new(vec![customer("s1", Some("s@example.com"), &[])]),
+        pb::LoadCustomersRequest::new(vec![
+            customer("s2", None, &[]),
+            customer("s3", Some("S@example.com"), &[]),
+        ]),
     ];
     let err = ingest
         .load_customers(tokio_stream::iter(messages))
@@ -609,13 +611,11 @@ async fn timestamps_and_values_round_trip_exactly() {
         })),
     };
     ingest
-        .upsert_customers(pb::UpsertCustomersRequest {
-            customers: vec![customer(
-                "T",
-                None,
-                &[("last_visit_at", precise.clone()), ("birth_date", date(1, 1, 1))],
-            )],
-        })
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "T",
+            None,
+            &[("last_visit_at", precise.clone()), ("birth_date", date(1, 1, 1))],
+        )]))
         .await
         .unwrap();
     let t = get(&mut ingest, "T").await.unwrap();

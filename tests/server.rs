@@ -83,9 +83,10 @@ async fn metrics_endpoint_serves_prometheus_text() {
     let server = TestServer::start_with(|c| c.metrics_addr = Some(metrics_addr)).await;
     let mut ingest = server.ingest().await;
     ingest
-        .upsert_customers(segmentd::api::pb::UpsertCustomersRequest {
-            customers: vec![customer("m1", None, &[]), customer("m2", None, &[])],
-        })
+        .upsert_customers(segmentd::api::pb::UpsertCustomersRequest::new(vec![
+            customer("m1", None, &[]),
+            customer("m2", None, &[]),
+        ]))
         .await
         .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

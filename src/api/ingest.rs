@@ -9,7 +9,6 @@ use crate::engine::{BatchFailure, Engine};
 use crate::error::{Error, Result};
 use crate::store::UpsertOutcome;
 use crate::store::input::CustomerPatch;
-use crate::store::schema::Schema;
 
 /// Customers applied together at most, when a stream's batches queue up faster than they apply.
 const GROUP_CUSTOMERS: usize = 4096;
@@ -27,27 +26,15 @@ impl IngestApi {
     }
 }
 
-fn customers_in(
-    schema: &Schema,
-    limits: &Limits,
-    customers: Vec<pb::Customer>,
-) -> Result<Vec<CustomerPatch>> {
-    limits.check_batch("customers", customers.len())?;
-    customers
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| convert::customer_patch(schema, c).map_err(|e| e.within(&format!("customers[{i}]"))))
-        .collect()
-}
-
 #[tonic::async_trait]
 impl Ingest for IngestApi {
     async fn upsert_customers(
         &self,
         request: Request<pb::UpsertCustomersRequest>,
     ) -> Result<Response<pb::UpsertCustomersResponse>, Status> {
-        let pb::UpsertCustomersRequest { customers } = request.into_inner();
-        let patches = customers_in(&self.engine.schema(), &self.limits, customers)?;
+        let patches = request
+            .into_inner()
+            .patches(&self.engine.schema(), &self.limits)?;
         let UpsertOutcome { created, updated } = self.engine.upsert(patches).await?;
         Ok(Response::new(pb::UpsertCustomersResponse { created, updated }))
     }
@@ -61,9 +48,13 @@ impl Ingest for IngestApi {
         let mut stream = request.into_inner();
         let (tx, mut rx) = mpsc::channel::<(u64, Vec<CustomerPatch>)>(STREAM_QUEUE);
         let engine = self.engine.clone();
+        // Applies groups one after another without waiting for each to be synced: the log syncs
+        // group k while group k+1 applies, and the reply waits for the last record to be durable.
         let writer = tokio::spawn(async move {
             let mut total = UpsertOutcome::default();
             let mut batches = 0u64;
+            let mut last = None;
+            let mut failure = None;
             while let Some(first) = rx.recv().await {
                 let mut size = first.1.len();
                 let mut group = vec![first];
@@ -77,18 +68,22 @@ impl Ingest for IngestApi {
                     }
                 }
                 let numbers: Vec<u64> = group.iter().map(|(n, _)| *n).collect();
-                let (applied, failure) = engine
+                let (applied, failed, seq) = engine
                     .upsert_batches(group.into_iter().map(|(_, b)| b).collect())
                     .await?;
                 total.created += applied.created;
                 total.updated += applied.updated;
-                if let Some(BatchFailure { index, error }) = failure {
+                last = seq.or(last);
+                if let Some(BatchFailure { index, error }) = failed {
                     batches += index as u64;
-                    return Ok((total, batches, Some((numbers[index], error))));
+                    failure = Some((numbers[index], error));
+                    break;
                 }
                 batches += numbers.len() as u64;
             }
-            Ok::<_, Error>((total, batches, None))
+            // What was applied is acknowledged, even when a later batch failed.
+            engine.durable(last).await?;
+            Ok::<_, Error>((total, batches, failure))
         });
 
         let mut read_error: Option<Status> = None;
@@ -103,8 +98,7 @@ impl Ingest for IngestApi {
                     break;
                 }
             };
-            let pb::LoadCustomersRequest { customers } = msg;
-            match customers_in(&schema, &self.limits, customers) {
+            match msg.patches(&schema, &self.limits) {
                 Ok(patches) => {
                     if tx.send((number, patches)).await.is_err() {
                         break; // the writer stopped at a failed batch

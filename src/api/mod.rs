@@ -9,11 +9,16 @@ pub mod membership;
 pub mod rules;
 pub mod segments;
 pub mod status;
+pub mod wire;
 
 /// Code generated from `proto/segmentd/v1`.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("segmentd.v1");
+
+    /// Both customer-batch requests decode as [`CustomerBatch`](crate::api::wire::CustomerBatch).
+    pub use crate::api::wire::CustomerBatch as UpsertCustomersRequest;
+    pub use crate::api::wire::CustomerBatch as LoadCustomersRequest;
 }
 
 /// The encoded descriptor set of every proto, served by reflection.

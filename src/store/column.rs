@@ -153,10 +153,12 @@ impl Column {
             }
             (ColumnData::Keywords { by_value }, Value::Keywords(items)) => {
                 let dict = dict.expect("keywords column has a dictionary");
-                for bm in by_value.values_mut() {
-                    bm.remove(ord);
+                if self.present.contains(ord) {
+                    for bm in by_value.values_mut() {
+                        bm.remove(ord);
+                    }
+                    by_value.retain(|_, bm| !bm.is_empty());
                 }
-                by_value.retain(|_, bm| !bm.is_empty());
                 if items.is_empty() {
                     self.present.remove(ord);
                     return;

@@ -327,7 +327,7 @@ pub async fn upsert(server: &TestServer, customers: Vec<pb::Customer>) {
     server
         .ingest()
         .await
-        .upsert_customers(pb::UpsertCustomersRequest { customers })
+        .upsert_customers(pb::UpsertCustomersRequest::new(customers))
         .await
         .unwrap();
 }

@@ -1,0 +1,84 @@
+//! In-process ingest benches, per batch of 1,000 generated customers (about 14 attributes each):
+//! - `decode/generic`: decoding the request into `Customer` messages, then converting each to a
+//!   patch (what generated code would do);
+//! - `decode/wire`: what the server does, reading each encoded customer straight into a patch;
+//! - `apply/new`: `Store::upsert` of 1,000 new customers, no segments, no log.
+//!
+//! `cargo bench --bench ingest`
+
+#[path = "support/gen.rs"]
+mod generator;
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use prost::Message;
+use segmentd::api::{Limits, convert, pb};
+use segmentd::store::input::CustomerPatch;
+use segmentd::store::{Store, no_log};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH: u64 = 1_000;
+
+/// `repeated Customer customers = 1` decoded the generic way.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GenericBatch {
+    #[prost(message, repeated, tag = "1")]
+    customers: Vec<pb::Customer>,
+}
+
+fn batch(from: u64) -> Vec<pb::Customer> {
+    (from..from + BATCH).map(|n| generator::customer(n, 42)).collect()
+}
+
+fn decode(c: &mut Criterion) {
+    let store = Store::new();
+    let schema = store.schema();
+    let limits = Limits::default();
+    let encoded = Bytes::from(pb::LoadCustomersRequest::new(batch(0)).encode_to_vec());
+    let mut group = c.benchmark_group("decode");
+    group.bench_function("generic", |b| {
+        b.iter(|| {
+            let msg = GenericBatch::decode(black_box(encoded.clone())).unwrap();
+            let patches: Vec<CustomerPatch> = msg
+                .customers
+                .into_iter()
+                .map(|c| convert::customer_patch(&schema, c).unwrap())
+                .collect();
+            black_box(patches)
+        })
+    });
+    group.bench_function("wire", |b| {
+        b.iter(|| {
+            let msg = pb::LoadCustomersRequest::decode(black_box(encoded.clone())).unwrap();
+            black_box(msg.patches(&schema, &limits).unwrap())
+        })
+    });
+    group.finish();
+}
+
+fn apply(c: &mut Criterion) {
+    let schema = Store::new().schema();
+    let limits = Limits::default();
+    let patches = pb::LoadCustomersRequest::new(batch(0))
+        .patches(&schema, &limits)
+        .unwrap();
+    let mut group = c.benchmark_group("apply");
+    group.bench_function("new", |b| {
+        b.iter_batched(
+            || (Store::new(), patches.clone()),
+            |(store, patches)| {
+                store.upsert(&patches, &mut no_log).unwrap();
+                (store, patches)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, apply);
+criterion_main!(benches);

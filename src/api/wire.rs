@@ -1,0 +1,434 @@
+//! The customer batches of `UpsertCustomers` and `LoadCustomers`, decoded without building
+//! `Customer` messages.
+//!
+//! Both requests are `repeated Customer customers = 1`. Generic decoding would build a
+//! `BTreeMap<String, Value>` per customer (a node and a key string per attribute) only to look each
+//! name up in the schema and drop it. Here the request keeps each customer's encoded bytes (slices of
+//! the received buffer, no copy), and [`CustomerBatch::patches`] reads them straight into
+//! [`CustomerPatch`]es: attribute names are looked up as borrowed `&str`, and only the values the
+//! store keeps are allocated. The wire format is unchanged, so every client works as before.
+//!
+//! Semantics follow protobuf's: unknown fields are skipped, a repeated scalar field keeps its last
+//! value, a map key given twice keeps its last value, and values decode exactly as `Value` does.
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::{DecodeError, Message};
+
+use crate::api::{Limits, convert, pb};
+use crate::error::{Error, Result};
+use crate::store::input::{self, CustomerPatch};
+use crate::store::schema::Schema;
+
+/// `UpsertCustomersRequest` and `LoadCustomersRequest`: a batch of customers.
+///
+/// A sender fills it with messages ([`CustomerBatch::new`]); a receiver gets each customer as its
+/// encoded bytes and converts them with [`CustomerBatch::patches`].
+#[derive(Clone, Default, PartialEq)]
+pub struct CustomerBatch {
+    /// Customers to encode.
+    messages: Vec<pb::Customer>,
+    /// Customers as received, one encoded `Customer` each.
+    encoded: Vec<Bytes>,
+}
+
+impl CustomerBatch {
+    pub fn new(customers: Vec<pb::Customer>) -> Self {
+        CustomerBatch {
+            messages: customers,
+            encoded: Vec::new(),
+        }
+    }
+
+    /// Number of customers in the batch.
+    pub fn len(&self) -> usize {
+        self.messages.len() + self.encoded.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The customers as messages (decoding the received ones).
+    pub fn customers(&self) -> std::result::Result<Vec<pb::Customer>, DecodeError> {
+        let mut out = self.messages.clone();
+        for bytes in &self.encoded {
+            out.push(pb::Customer::decode(bytes.as_ref())?);
+        }
+        Ok(out)
+    }
+
+    /// Every customer as a patch checked against `schema`, or the first failure naming its item
+    /// (`customers[3].email`); the batch size is checked against `limits` first.
+    pub fn patches(&self, schema: &Schema, limits: &Limits) -> Result<Vec<CustomerPatch>> {
+        limits.check_batch("customers", self.len())?;
+        let mut out = Vec::with_capacity(self.len());
+        for (i, c) in self.messages.iter().enumerate() {
+            let patch = convert::customer_patch(schema, c.clone());
+            out.push(patch.map_err(|e| e.within(&format!("customers[{i}]")))?);
+        }
+        let first = self.messages.len();
+        for (i, bytes) in self.encoded.iter().enumerate() {
+            let patch = customer_patch(schema, bytes);
+            out.push(patch.map_err(|e| e.within(&format!("customers[{}]", first + i)))?);
+        }
+        Ok(out)
+    }
+}
+
+impl From<Vec<pb::Customer>> for CustomerBatch {
+    fn from(customers: Vec<pb::Customer>) -> Self {
+        CustomerBatch::new(customers)
+    }
+}
+
+impl std::fmt::Debug for CustomerBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomerBatch")
+            .field("customers", &self.len())
+            .finish()
+    }
+}
+
+impl Message for CustomerBatch {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        for c in &self.messages {
+            encoding::message::encode(1, c, buf);
+        }
+        for bytes in &self.encoded {
+            encoding::bytes::encode(1, bytes, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> std::result::Result<(), DecodeError> {
+        if tag != 1 {
+            return encoding::skip_field(wire_type, tag, buf, ctx);
+        }
+        // Zero-copy when the buffer is `Bytes`-backed, as tonic's is.
+        let mut customer = Bytes::new();
+        encoding::bytes::merge(wire_type, &mut customer, buf, ctx)?;
+        self.encoded.push(customer);
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        encoding::message::encoded_len_repeated(1, &self.messages)
+            + self
+                .encoded
+                .iter()
+                .map(|b| encoding::bytes::encoded_len(1, b))
+                .sum::<usize>()
+    }
+
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.encoded.clear();
+    }
+}
+
+/// One encoded `Customer` as a patch checked against `schema`: the same result, and the same
+/// checks, as decoding the message and converting it with [`convert::customer_patch`].
+pub fn customer_patch(schema: &Schema, mut buf: &[u8]) -> Result<CustomerPatch> {
+    let malformed = |e: Malformed| Error::invalid("", format!("malformed Customer message: {e}"));
+    let mut customer_id: &[u8] = b"";
+    let mut email: Option<&[u8]> = None;
+    // (name, encoded Value) in wire order.
+    let mut entries: Vec<(&[u8], &[u8])> = Vec::with_capacity(16);
+    while !buf.is_empty() {
+        let (tag, wire_type) = encoding::decode_key(&mut buf).map_err(|e| malformed(e.into()))?;
+        match tag {
+            1..=3 => {
+                encoding::check_wire_type(WireType::LengthDelimited, wire_type)
+                    .map_err(|e| malformed(e.into()))?;
+                let field = delimited(&mut buf).map_err(malformed)?;
+                match tag {
+                    1 => customer_id = field,
+                    2 => email = Some(field),
+                    _ => entries.push(map_entry(field).map_err(malformed)?),
+                }
+            }
+            _ => encoding::skip_field(wire_type, tag, &mut buf, DecodeContext::default())
+                .map_err(|e| malformed(e.into()))?,
+        }
+    }
+    let customer_id = utf8(customer_id, "customer_id")?;
+    input::check_customer_id(customer_id)?;
+    let email = email.map(|e| utf8(e, "email")).transpose()?;
+    if let Some(email) = email.filter(|e| !e.is_empty()) {
+        input::check_email(email)?;
+    }
+    // Resolved names in attribute order, wire order among repeats; a key given again later
+    // wins, as in a decoded map, so only the last of a run is converted.
+    let mut resolved = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        let name = utf8(name, "attributes")?;
+        let def = schema.get(name).ok_or_else(|| {
+            Error::invalid(
+                format!("attributes[\"{name}\"]"),
+                "unknown attribute (see Admin.GetSchema)",
+            )
+        })?;
+        resolved.push((def, value));
+    }
+    resolved.sort_by_key(|(def, _)| def.id);
+    let mut attrs = Vec::with_capacity(resolved.len());
+    for (k, &(def, value)) in resolved.iter().enumerate() {
+        if resolved.get(k + 1).is_some_and(|(next, _)| next.id == def.id) {
+            continue;
+        }
+        let field = || format!("attributes[\"{}\"]", def.name);
+        let value = pb::Value::decode(value)
+            .map_err(|e| Error::invalid(field(), format!("malformed Value message: {e}")))?;
+        attrs.push((
+            def.id,
+            convert::value_in(def, value).map_err(|e| e.within(&field()))?,
+        ));
+    }
+    Ok(CustomerPatch {
+        customer_id: customer_id.to_owned(),
+        email: email.map(str::to_owned),
+        attrs,
+    })
+}
+
+/// Why an encoded message could not be read.
+#[derive(Debug, thiserror::Error)]
+enum Malformed {
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    #[error("a field's length runs past the end of its message")]
+    Truncated,
+}
+
+/// A map entry's key and encoded value; a missing key is "" and a missing value is empty.
+fn map_entry(mut buf: &[u8]) -> std::result::Result<(&[u8], &[u8]), Malformed> {
+    let (mut key, mut value): (&[u8], &[u8]) = (b"", b"");
+    while !buf.is_empty() {
+        let (tag, wire_type) = encoding::decode_key(&mut buf)?;
+        match tag {
+            1 | 2 => {
+                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let field = delimited(&mut buf)?;
+                if tag == 1 {
+                    key = field;
+                } else {
+                    value = field;
+                }
+            }
+            _ => encoding::skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
+        }
+    }
+    Ok((key, value))
+}
+
+/// A length-delimited field's bytes, borrowed.
+fn delimited<'a>(buf: &mut &'a [u8]) -> std::result::Result<&'a [u8], Malformed> {
+    let len = encoding::decode_varint(buf)?;
+    if len > buf.len() as u64 {
+        return Err(Malformed::Truncated);
+    }
+    let (field, rest) = buf.split_at(len as usize);
+    *buf = rest;
+    Ok(field)
+}
+
+fn utf8<'a>(bytes: &'a [u8], field: &str) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|_| Error::invalid(field, "is not valid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::schema::Schema;
+    use std::collections::BTreeMap;
+
+    fn value(kind: pb::value::Kind) -> pb::Value {
+        pb::Value { kind: Some(kind) }
+    }
+
+    fn sample() -> pb::Customer {
+        use pb::value::Kind;
+        pb::Customer {
+            customer_id: "C-1".into(),
+            email: Some("ann@example.com".into()),
+            attributes: BTreeMap::from([
+                ("gender".to_string(), value(Kind::StringValue("F".into()))),
+                (
+                    "birth_date".to_string(),
+                    value(Kind::DateValue(pb::Date {
+                        year: 1990,
+                        month: 2,
+                        day: 3,
+                    })),
+                ),
+                (
+                    "tags".to_string(),
+                    value(Kind::ListValue(pb::StringList {
+                        values: vec!["ski".into(), "golf".into(), "ski".into()],
+                    })),
+                ),
+                ("household_size".to_string(), value(Kind::IntValue(3))),
+                ("city".to_string(), pb::Value { kind: None }),
+            ]),
+        }
+    }
+
+    fn through_wire(customers: Vec<pb::Customer>) -> CustomerBatch {
+        let bytes = CustomerBatch::new(customers).encode_to_vec();
+        CustomerBatch::decode(Bytes::from(bytes)).unwrap()
+    }
+
+    #[test]
+    fn decodes_like_messages() {
+        let schema = Schema::builtin();
+        let limits = Limits::default();
+        let received = through_wire(vec![sample(), sample()]);
+        assert_eq!(received.len(), 2);
+        assert!(received.messages.is_empty());
+        let expected = convert::customer_patch(&schema, sample()).unwrap();
+        assert_eq!(
+            received.patches(&schema, &limits).unwrap(),
+            vec![expected.clone(), expected]
+        );
+        assert_eq!(received.customers().unwrap(), vec![sample(), sample()]);
+    }
+
+    #[test]
+    fn later_map_keys_win_and_unknown_fields_are_skipped() {
+        let schema = Schema::builtin();
+        let entry = |key: &str, v: i64| {
+            let mut e = Vec::new();
+            encoding::string::encode(1, &key.to_string(), &mut e);
+            encoding::message::encode(2, &value(pb::value::Kind::IntValue(v)), &mut e);
+            e
+        };
+        let mut buf = Vec::new();
+        encoding::string::encode(1, &"C-1".to_string(), &mut buf);
+        encoding::bytes::encode(3, &entry("household_size", 2), &mut buf);
+        encoding::uint64::encode(9, &7, &mut buf);
+        encoding::bytes::encode(3, &entry("household_size", 5), &mut buf);
+        let patch = customer_patch(&schema, &buf).unwrap();
+        let def = schema.get("household_size").unwrap();
+        assert_eq!(
+            patch.attrs,
+            vec![(def.id, Some(crate::store::value::Value::Int(5)))]
+        );
+        assert_eq!(patch.email, None);
+    }
+
+    #[test]
+    fn errors_name_the_item_and_field() {
+        let schema = Schema::builtin();
+        let mut bad = sample();
+        bad.attributes
+            .insert("shoe_size".into(), value(pb::value::Kind::IntValue(42)));
+        let batch = through_wire(vec![sample(), bad]);
+        let err = batch
+            .patches(&schema, &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("customers[1].attributes[\"shoe_size\"]"), "{err}");
+
+        let err = customer_patch(&schema, &[0x0a, 0x05, b'a'])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("malformed Customer message"), "{err}");
+        let err = customer_patch(&schema, &[0x0a, 0x01, 0xff])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("customer_id"), "{err}");
+
+        let limits = Limits { max_batch: 1 };
+        let err = batch.patches(&schema, &limits).unwrap_err().to_string();
+        assert!(err.contains("customers"), "{err}");
+    }
+
+    mod props {
+        use super::*;
+        use pb::value::Kind;
+        use proptest::prelude::*;
+
+        fn kind() -> impl Strategy<Value = Option<Kind>> {
+            prop_oneof![
+                Just(None),
+                any::<bool>().prop_map(|b| Some(Kind::BoolValue(b))),
+                any::<i64>().prop_map(|i| Some(Kind::IntValue(i))),
+                any::<f64>().prop_map(|f| Some(Kind::DoubleValue(f))),
+                "[a-zA-Z ]{0,8}".prop_map(|s| Some(Kind::StringValue(s))),
+                (0..3000i32, 0..14i32, 0..33i32)
+                    .prop_map(|(year, month, day)| Some(Kind::DateValue(pb::Date { year, month, day }))),
+                (any::<i64>(), -5..1_000_000_005i32).prop_map(|(seconds, nanos)| Some(Kind::TimestampValue(
+                    prost_types::Timestamp {
+                        seconds: seconds % 300_000_000_000,
+                        nanos
+                    }
+                ))),
+                prop::collection::vec("[a-c]{0,3}", 0..5)
+                    .prop_map(|values| Some(Kind::ListValue(pb::StringList { values }))),
+            ]
+        }
+
+        fn customer() -> impl Strategy<Value = pb::Customer> {
+            let names = prop::sample::select(vec![
+                "gender",
+                "birth_date",
+                "tags",
+                "household_size",
+                "city",
+                "vip",
+                "registered_at",
+                "total_spent",
+                "nickname",
+                "",
+            ]);
+            (
+                "[a-z0-9-]{0,5}",
+                prop::option::of(prop_oneof![
+                    Just(String::new()),
+                    "[a-z]{1,3}@[a-z]{1,3}\\.fr",
+                    "[a-z@.]{1,6}"
+                ]),
+                prop::collection::btree_map(names.prop_map(str::to_string), kind(), 0..6),
+            )
+                .prop_map(|(customer_id, email, attrs)| pb::Customer {
+                    customer_id,
+                    email,
+                    attributes: attrs
+                        .into_iter()
+                        .map(|(k, kind)| (k, pb::Value { kind }))
+                        .collect(),
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn same_result_as_decoding_then_converting(c in customer()) {
+                let schema = Schema::builtin();
+                let wire = customer_patch(&schema, &c.encode_to_vec());
+                let generic = convert::customer_patch(&schema, c);
+                match (wire, generic) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(_), Err(_)) => {}
+                    (a, b) => prop_assert!(false, "wire {a:?} but generic {b:?}"),
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_and_agree(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+                let schema = Schema::builtin();
+                let wire = customer_patch(&schema, &bytes);
+                if let Ok(c) = pb::Customer::decode(bytes.as_slice())
+                    && let Ok(expected) = convert::customer_patch(&schema, c)
+                {
+                    prop_assert_eq!(wire.unwrap(), expected);
+                }
+            }
+        }
+    }
+}
