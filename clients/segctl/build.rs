@@ -1,0 +1,28 @@
+//! Client code for every segmentd service, generated from the server's `proto/` with the
+//! pure-Rust `protox` compiler (no system `protoc`).
+
+const PROTOS: &[&str] = &[
+    "customer.proto",
+    "ingest.proto",
+    "admin.proto",
+    "segments.proto",
+    "membership.proto",
+    "activities.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = "../../proto";
+    let files: Vec<String> = PROTOS.iter().map(|p| format!("{root}/segmentd/v1/{p}")).collect();
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    tonic_prost_build::configure()
+        .build_server(false)
+        // Customers are encoded straight from file rows into one buffer per batch (src/wire.rs).
+        .extern_path(
+            ".segmentd.v1.LoadCustomersRequest",
+            "crate::wire::EncodedCustomers",
+        )
+        .compile_fds(protox::compile(&files, [root])?)?;
+    Ok(())
+}

@@ -1,0 +1,421 @@
+//! Every subcommand but loads and `gen`: one call each, answers printed plainly.
+
+use std::io::Write;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::{
+    self, activities_client::ActivitiesClient, admin_client::AdminClient, ingest_client::IngestClient,
+    membership_client::MembershipClient, segments_client::SegmentsClient,
+};
+use crate::values::{self, Failure, Result, fail};
+use crate::{
+    ActivityArgs, ActivityCommand, Cli, Command, CustomerCommand, ExportFormat, LoadCommand, SegmentArgs,
+    SegmentCommand,
+};
+
+async fn connect(server: &str) -> Result<Channel> {
+    let uri = if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    };
+    let endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| Failure(format!("bad server address `{server}`: {e}")))?
+        .initial_connection_window_size(16 << 20)
+        .initial_stream_window_size(4 << 20)
+        .connect_timeout(std::time::Duration::from_secs(5));
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure(format!("cannot reach segmentd at {uri}: {e}")))
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Gen { customers, seed, out } = &cli.command {
+        return crate::synth::write(*customers, *seed, out);
+    }
+    let channel = connect(&cli.server).await?;
+    match cli.command {
+        Command::Gen { .. } => unreachable!("handled above"),
+        Command::Load(LoadCommand::Customers(args)) => crate::load::customers(channel, args).await,
+        Command::Load(LoadCommand::Orders(args)) => crate::load::orders(channel, args).await,
+        Command::Load(LoadCommand::Members {
+            segment,
+            args,
+            by,
+            mode,
+        }) => crate::load::members(channel, segment, args, by, mode).await,
+        Command::Segment(cmd) => segment(channel, cmd).await,
+        Command::Check {
+            customer_id,
+            segments,
+        } => {
+            let reply = MembershipClient::new(channel)
+                .check_memberships(pb::CheckMembershipsRequest {
+                    customer_id: customer_id.clone(),
+                    segment_ids: segments.clone(),
+                })
+                .await?
+                .into_inner();
+            if !reply.known_customer {
+                eprintln!("note: no customer `{customer_id}` (anonymous shoppers are in no segment)");
+            }
+            for (segment, member) in segments.iter().zip(reply.member) {
+                println!("{segment}\t{}", if member { "yes" } else { "no" });
+            }
+            Ok(())
+        }
+        Command::Customer(cmd) => customer(channel, cmd).await,
+        Command::Activity(cmd) => activity(channel, cmd).await,
+        Command::Snapshot => {
+            let r = AdminClient::new(channel)
+                .snapshot(pb::SnapshotRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "snapshot written: {} ({} bytes, up to log sequence {}, {:.2} s)",
+                r.path, r.bytes, r.sequence, r.duration_seconds
+            );
+            Ok(())
+        }
+        Command::Stats => {
+            let r = AdminClient::new(channel)
+                .stats(pb::StatsRequest {})
+                .await?
+                .into_inner();
+            println!("customers\t{}", r.customers);
+            println!("segments\t{}", r.segments);
+            println!("bytes_used\t{}", r.bytes_used);
+            println!("bytes_per_customer\t{:.1}", r.bytes_per_customer);
+            for part in r.memory.iter().take(10) {
+                println!("memory:{}\t{}", part.name, part.bytes);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn customer(channel: Channel, cmd: CustomerCommand) -> Result<()> {
+    let mut ingest = IngestClient::new(channel);
+    match cmd {
+        CustomerCommand::Get { key, email } => {
+            use pb::get_customer_request::Key;
+            let key = if email {
+                Key::Email(key)
+            } else {
+                Key::CustomerId(key)
+            };
+            let c = ingest
+                .get_customer(pb::GetCustomerRequest { key: Some(key) })
+                .await?
+                .into_inner()
+                .customer
+                .ok_or_else(|| Failure("the server returned no customer".into()))?;
+            println!("customer_id\t{}", c.customer_id);
+            println!("email\t{}", c.email.unwrap_or_default());
+            for (name, value) in &c.attributes {
+                println!("{name}\t{}", values::format_value(value));
+            }
+        }
+        CustomerCommand::Delete { key, email } => {
+            use pb::delete_customer_request::Key;
+            let key = if email {
+                Key::Email(key)
+            } else {
+                Key::CustomerId(key)
+            };
+            let r = ingest
+                .delete_customer(pb::DeleteCustomerRequest { key: Some(key) })
+                .await?
+                .into_inner();
+            println!("deleted {}", r.customer_id);
+        }
+    }
+    Ok(())
+}
+
+async fn activity(channel: Channel, cmd: ActivityCommand) -> Result<()> {
+    let mut client = ActivitiesClient::new(channel);
+    let (add, args) = match cmd {
+        ActivityCommand::Add(a) => (true, a),
+        ActivityCommand::Remove(a) => (false, a),
+    };
+    let ActivityArgs {
+        segment,
+        activity,
+        customers,
+        email,
+    } = args;
+    let (customer_ids, emails) = if email {
+        (Vec::new(), customers)
+    } else {
+        (customers, Vec::new())
+    };
+    let (changed, unchanged, unknown) = if add {
+        let r = client
+            .add_to_segment(pb::AddToSegmentRequest {
+                segment_id: segment,
+                customer_ids,
+                emails,
+                activity_id: activity,
+            })
+            .await?
+            .into_inner();
+        (r.changed, r.unchanged, r.unknown)
+    } else {
+        let r = client
+            .remove_from_segment(pb::RemoveFromSegmentRequest {
+                segment_id: segment,
+                customer_ids,
+                emails,
+                activity_id: activity,
+            })
+            .await?
+            .into_inner();
+        (r.changed, r.unchanged, r.unknown)
+    };
+    println!("{changed} changed, {unchanged} unchanged");
+    if !unknown.is_empty() {
+        return fail(format!("unknown customers: {}", unknown.join(", ")));
+    }
+    Ok(())
+}
+
+fn segment_in(args: SegmentArgs) -> (pb::Segment, Vec<String>) {
+    let mut paths = Vec::new();
+    let mut s = pb::Segment {
+        segment_id: args.segment,
+        ..Default::default()
+    };
+    if let Some(rule) = args.rule {
+        s.rule_text = rule;
+        paths.push("rule");
+    }
+    if let Some(name) = args.name {
+        s.name = name;
+        paths.push("name");
+    }
+    if let Some(d) = args.description {
+        s.description = d;
+        paths.push("description");
+    }
+    if let Some(ids) = args.include {
+        s.include_customer_ids = ids;
+        paths.push("include_customer_ids");
+    }
+    if let Some(ids) = args.exclude {
+        s.exclude_customer_ids = ids;
+        paths.push("exclude_customer_ids");
+    }
+    if let Some(allow) = args.allow_activities {
+        s.allow_activities = allow.unwrap_or(true);
+        paths.push("allow_activities");
+    }
+    (s, paths.into_iter().map(str::to_string).collect())
+}
+
+fn print_segment(s: &pb::Segment) {
+    println!("segment_id\t{}", s.segment_id);
+    println!("name\t{}", s.name);
+    if !s.description.is_empty() {
+        println!("description\t{}", s.description);
+    }
+    println!("rule\t{}", s.rule_text);
+    println!("size\t{}", s.size);
+    println!("allow_activities\t{}", s.allow_activities);
+    println!("included\t{}", s.include_customer_count);
+    println!("excluded\t{}", s.exclude_customer_count);
+}
+
+async fn segment(channel: Channel, cmd: SegmentCommand) -> Result<()> {
+    let mut segments = SegmentsClient::new(channel);
+    match cmd {
+        SegmentCommand::Create(args) => {
+            let (mut segment, _) = segment_in(args);
+            if segment.name.is_empty() {
+                segment.name = segment.segment_id.clone();
+            }
+            let s = segments
+                .create_segment(pb::CreateSegmentRequest {
+                    segment: Some(segment),
+                })
+                .await?
+                .into_inner();
+            println!("created {} ({} members)", s.segment_id, s.size);
+        }
+        SegmentCommand::Update(args) => {
+            let (segment, paths) = segment_in(args);
+            if paths.is_empty() {
+                return fail(
+                    "nothing to update: give --rule, --name, --description, --include, --exclude or --allow-activities",
+                );
+            }
+            let s = segments
+                .update_segment(pb::UpdateSegmentRequest {
+                    segment: Some(segment),
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                })
+                .await?
+                .into_inner();
+            println!("updated {} ({} members)", s.segment_id, s.size);
+        }
+        SegmentCommand::Get { segment } => {
+            let s = segments
+                .get_segment(pb::GetSegmentRequest { segment_id: segment })
+                .await?
+                .into_inner();
+            print_segment(&s);
+        }
+        SegmentCommand::List => {
+            let r = segments
+                .list_segments(pb::ListSegmentsRequest {})
+                .await?
+                .into_inner();
+            for s in r.segments {
+                println!("{}\t{}\t{}\t{}", s.segment_id, s.size, s.name, s.rule_text);
+            }
+        }
+        SegmentCommand::Delete { segment } => {
+            segments
+                .delete_segment(pb::DeleteSegmentRequest {
+                    segment_id: segment.clone(),
+                })
+                .await?;
+            println!("deleted {segment}");
+        }
+        SegmentCommand::Preview { rule, sample, as_of } => {
+            let as_of = as_of
+                .map(|t| values::parse_timestamp(&t).map_err(|e| Failure(format!("--as-of: {e}"))))
+                .transpose()?;
+            let r = segments
+                .preview_segment(pb::PreviewSegmentRequest {
+                    rule: None,
+                    rule_text: rule,
+                    as_of,
+                    sample_size: sample,
+                })
+                .await?
+                .into_inner();
+            println!("{} customers", r.count);
+            for id in r.sample_customer_ids {
+                println!("{id}");
+            }
+        }
+        SegmentCommand::Explain { customer_id, segment } => {
+            let r = segments
+                .explain_membership(pb::ExplainMembershipRequest {
+                    customer_id,
+                    segment_id: segment,
+                })
+                .await?
+                .into_inner();
+            let decided = pb::Decision::try_from(r.decided_by)
+                .map(|d| {
+                    d.as_str_name()
+                        .trim_start_matches("DECISION_")
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            println!("member\t{}", if r.member { "yes" } else { "no" });
+            println!("decided_by\t{decided}");
+            println!("rule_matched\t{}", r.rule_matched);
+            for p in r.predicates {
+                let value = if p.value_set { p.value } else { "(not set)".into() };
+                println!(
+                    "{}\t{}\tvalue: {value}",
+                    if p.held { "held" } else { "failed" },
+                    p.predicate
+                );
+            }
+        }
+        SegmentCommand::Overlap { segments: ids } => {
+            let r = segments
+                .segment_overlap(pb::SegmentOverlapRequest { segment_ids: ids })
+                .await?
+                .into_inner();
+            for o in r.overlaps {
+                println!("{}\t{}\t{}", o.segment_a, o.segment_b, o.count);
+            }
+        }
+        SegmentCommand::Export {
+            segment,
+            format,
+            fields,
+            out,
+        } => {
+            let mut stream = segments
+                .export_segment(pb::ExportSegmentRequest {
+                    segment_id: segment,
+                    fields: fields.clone(),
+                    batch_size: 5000,
+                })
+                .await?
+                .into_inner();
+            let sink: Box<dyn Write> = match &out {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .map_err(|e| Failure(format!("cannot create {}: {e}", path.display())))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let sink = std::io::BufWriter::new(sink);
+            enum Out {
+                Csv(Box<csv::Writer<std::io::BufWriter<Box<dyn Write>>>>),
+                Jsonl(std::io::BufWriter<Box<dyn Write>>),
+            }
+            let mut sink = match format {
+                ExportFormat::Csv => {
+                    let mut w = csv::Writer::from_writer(sink);
+                    let mut header = vec!["customer_id".to_string(), "email".to_string()];
+                    header.extend(fields.iter().cloned());
+                    w.write_record(&header)?;
+                    Out::Csv(Box::new(w))
+                }
+                ExportFormat::Jsonl => Out::Jsonl(sink),
+            };
+            let mut count = 0u64;
+            while let Some(msg) = stream.message().await? {
+                for c in msg.customers {
+                    count += 1;
+                    match &mut sink {
+                        Out::Csv(w) => {
+                            w.write_field(&c.customer_id)?;
+                            w.write_field(c.email.as_deref().unwrap_or_default())?;
+                            for f in &fields {
+                                w.write_field(
+                                    c.attributes.get(f).map(values::format_value).unwrap_or_default(),
+                                )?;
+                            }
+                            w.write_record(None::<&[u8]>)?;
+                        }
+                        Out::Jsonl(w) => {
+                            let mut obj = serde_json::Map::new();
+                            obj.insert("customer_id".into(), c.customer_id.into());
+                            obj.insert(
+                                "email".into(),
+                                c.email.map_or(serde_json::Value::Null, Into::into),
+                            );
+                            for f in &fields {
+                                let v = c
+                                    .attributes
+                                    .get(f)
+                                    .map_or(serde_json::Value::Null, values::json_value);
+                                obj.insert(f.clone(), v);
+                            }
+                            writeln!(w, "{}", serde_json::Value::Object(obj))?;
+                        }
+                    }
+                }
+            }
+            match sink {
+                Out::Csv(mut w) => w.flush()?,
+                Out::Jsonl(mut w) => w.flush()?,
+            }
+            if out.is_some() {
+                eprintln!("exported {count} customers");
+            }
+        }
+    }
+    Ok(())
+}

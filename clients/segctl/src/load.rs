@@ -1,0 +1,653 @@
+//! Bulk loads: a reader thread parses the file into batches while the async side streams them,
+//! so parsing, encoding and the server's work overlap.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::pb::{self, admin_client::AdminClient, ingest_client::IngestClient};
+use crate::progress::Progress;
+use crate::values::{self, Failure, Result, Ty, fail};
+use crate::wire::{CustomerWriter, EncodedCustomers};
+use crate::{LoadArgs, MemberKey, MemberMode};
+
+/// Batches parsed ahead of the sender.
+const QUEUE: usize = 16;
+
+/// One cell of a row: CSV text or a JSON value.
+#[derive(Clone, Copy)]
+pub enum Cell<'a> {
+    Text(&'a str),
+    Json(&'a serde_json::Value),
+}
+
+impl Cell<'_> {
+    /// The cell as text; `None` when empty (CSV) or null (JSON).
+    fn text(&self) -> Result<Option<String>, String> {
+        match self {
+            Cell::Text(s) if s.trim().is_empty() => Ok(None),
+            Cell::Text(s) => Ok(Some(s.trim().to_string())),
+            Cell::Json(serde_json::Value::Null) => Ok(None),
+            Cell::Json(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Cell::Json(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                Ok(Some(v.to_string()))
+            }
+            Cell::Json(v) => Err(format!("expected a string, got {v}")),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Cell::Text(s) => s.trim().is_empty(),
+            Cell::Json(v) => v.is_null(),
+        }
+    }
+}
+
+/// A parsed row: column name → cell.
+pub struct Row<'a> {
+    pub fields: Vec<(&'a str, Cell<'a>)>,
+}
+
+impl<'a> Row<'a> {
+    fn get(&self, name: &str) -> Option<Cell<'a>> {
+        self.fields.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+    }
+
+    fn text(&self, name: &str) -> Result<Option<String>, String> {
+        match self.get(name) {
+            Some(c) => c.text().map_err(|e| format!("`{name}`: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<String, String> {
+        self.text(name)?.ok_or_else(|| format!("`{name}` is required"))
+    }
+}
+
+/// A batch of parsed rows with the file line of each.
+struct Batch<T> {
+    items: Vec<T>,
+    lines: Vec<u64>,
+}
+
+/// What a reader thread ends with.
+struct ReadOutcome {
+    rows: u64,
+    bad: u64,
+}
+
+/// Counts bytes read, for the progress ETA.
+struct Counting<R> {
+    inner: R,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Csv,
+    Jsonl,
+}
+
+fn format_of(path: &Path) -> Format {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("jsonl" | "ndjson" | "json") => Format::Jsonl,
+        _ => Format::Csv,
+    }
+}
+
+fn open(path: &Path, bytes: Arc<AtomicU64>) -> Result<(Box<dyn Read + Send>, u64)> {
+    if path.as_os_str() == "-" {
+        return Ok((
+            Box::new(Counting {
+                inner: std::io::stdin(),
+                bytes,
+            }),
+            0,
+        ));
+    }
+    let file = File::open(path).map_err(|e| Failure(format!("cannot open {}: {e}", path.display())))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok((Box::new(Counting { inner: file, bytes }), len))
+}
+
+/// A running reader thread.
+struct Reader<T> {
+    batches: mpsc::Receiver<Batch<T>>,
+    handle: std::thread::JoinHandle<Result<ReadOutcome>>,
+    /// Input bytes read so far, and the input's size (0 when unknown).
+    bytes: Arc<AtomicU64>,
+    total_bytes: u64,
+}
+
+/// Starts a thread reading `path` row by row through `parse`, sending batches of `batch_size`.
+/// Bad rows are reported as `file:line: why`; more than `max_errors` of them stop the read.
+fn spawn_reader<T: Send + 'static>(
+    args: &LoadArgs,
+    check_header: impl FnOnce(&[String]) -> Result<()> + Send + 'static,
+    mut parse: impl FnMut(&Row<'_>) -> Result<T, String> + Send + 'static,
+) -> Result<Reader<T>> {
+    let bytes = Arc::new(AtomicU64::new(0));
+    let (input, total_bytes) = open(&args.file, bytes.clone())?;
+    let (tx, rx) = mpsc::channel::<Batch<T>>(QUEUE);
+    let (path, batch_size, max_errors) = (args.file.clone(), args.batch_size.max(1), args.max_errors);
+    let format = format_of(&args.file);
+    let handle =
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || -> Result<ReadOutcome> {
+                let mut out = ReadOutcome { rows: 0, bad: 0 };
+                let mut batch = Batch {
+                    items: Vec::with_capacity(batch_size),
+                    lines: Vec::with_capacity(batch_size),
+                };
+                let name = path.display().to_string();
+                let mut take =
+                    |parsed: Result<T, String>, line: u64, out: &mut ReadOutcome| -> Result<bool> {
+                        out.rows += 1;
+                        match parsed {
+                            Ok(item) => {
+                                batch.items.push(item);
+                                batch.lines.push(line);
+                            }
+                            Err(why) => {
+                                out.bad += 1;
+                                eprintln!("{name}:{line}: {why}");
+                                if out.bad as usize > max_errors {
+                                    return fail(format!(
+                                        "stopped after {} bad rows (--max-errors {max_errors})",
+                                        out.bad
+                                    ));
+                                }
+                            }
+                        }
+                        if batch.items.len() >= batch_size {
+                            let full = std::mem::replace(
+                                &mut batch,
+                                Batch {
+                                    items: Vec::with_capacity(batch_size),
+                                    lines: Vec::with_capacity(batch_size),
+                                },
+                            );
+                            if tx.blocking_send(full).is_err() {
+                                return Ok(false); // the sender stopped (server error)
+                            }
+                        }
+                        Ok(true)
+                    };
+                match format {
+                    Format::Csv => {
+                        let mut reader = csv::ReaderBuilder::new()
+                            .flexible(true)
+                            .buffer_capacity(1 << 20)
+                            .from_reader(input);
+                        let header: Vec<String> =
+                            reader.headers()?.iter().map(|h| h.trim().to_string()).collect();
+                        check_header(&header)?;
+                        let mut record = csv::StringRecord::new();
+                        loop {
+                            match reader.read_record(&mut record) {
+                                Ok(false) => break,
+                                Ok(true) => {
+                                    let line = record.position().map_or(0, |p| p.line());
+                                    if record.len() != header.len() {
+                                        let why = format!(
+                                            "{} cells, the header has {}",
+                                            record.len(),
+                                            header.len()
+                                        );
+                                        if !take(Err(why), line, &mut out)? {
+                                            break;
+                                        }
+                                        continue;
+                                    }
+                                    let row = Row {
+                                        fields: header
+                                            .iter()
+                                            .map(String::as_str)
+                                            .zip(record.iter().map(Cell::Text))
+                                            .collect(),
+                                    };
+                                    if !take(parse(&row), line, &mut out)? {
+                                        break;
+                                    }
+                                }
+                                Err(e) => {
+                                    let line = e.position().map_or(0, |p| p.line());
+                                    if !take(Err(e.to_string()), line, &mut out)? {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Format::Jsonl => {
+                        let mut header_checked = Some(check_header);
+                        for (i, text) in BufReader::with_capacity(1 << 20, input).lines().enumerate() {
+                            let text = text?;
+                            let line = i as u64 + 1;
+                            if text.trim().is_empty() {
+                                continue;
+                            }
+                            let parsed = match serde_json::from_str::<
+                                serde_json::Map<String, serde_json::Value>,
+                            >(&text)
+                            {
+                                Ok(obj) => {
+                                    if let Some(check) = header_checked.take() {
+                                        check(&obj.keys().cloned().collect::<Vec<_>>())?;
+                                    }
+                                    let row = Row {
+                                        fields: obj
+                                            .iter()
+                                            .map(|(k, v)| (k.as_str(), Cell::Json(v)))
+                                            .collect(),
+                                    };
+                                    parse(&row)
+                                }
+                                Err(e) => Err(format!("not a JSON object: {e}")),
+                            };
+                            if !take(parsed, line, &mut out)? {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if !batch.items.is_empty() {
+                    let _ = tx.blocking_send(batch);
+                }
+                Ok(out)
+            })?;
+    Ok(Reader {
+        batches: rx,
+        handle,
+        bytes,
+        total_bytes,
+    })
+}
+
+/// The schema: attribute name → type.
+async fn schema(channel: &Channel) -> Result<HashMap<String, (Ty, bool)>> {
+    let reply = AdminClient::new(channel.clone())
+        .get_schema(pb::GetSchemaRequest {})
+        .await?
+        .into_inner();
+    Ok(reply
+        .attributes
+        .into_iter()
+        .filter_map(|a| Some((a.name, (Ty::from_pb(a.r#type)?, a.read_only))))
+        .collect())
+}
+
+/// The file line of `batch[k].customers[i]` (or `orders[i]`) in a server error, if it names one.
+fn line_of(message: &str, lines: &[Vec<u64>], batch_offset: Option<usize>) -> Option<u64> {
+    let number = |s: &str, key: &str| -> Option<usize> {
+        let at = s.find(key)? + key.len();
+        s[at..].split(']').next()?.parse().ok()
+    };
+    let batch = match batch_offset {
+        Some(b) => b,
+        None => number(message, "batch[")?,
+    };
+    let item = number(message, "customers[").or_else(|| number(message, "orders["))?;
+    lines.get(batch)?.get(item).copied()
+}
+
+fn summary(label: &str, rows: u64, bad: u64, secs: f64, detail: &str) {
+    eprintln!(
+        "{label}: {rows} rows in {secs:.1} s ({} rows/s), {bad} bad{detail}",
+        (rows as f64 / secs.max(1e-9)) as u64
+    );
+}
+
+pub async fn customers(channel: Channel, args: LoadArgs) -> Result<()> {
+    let schema = schema(&channel).await?;
+    let header_schema = schema.clone();
+    let check_header = move |header: &[String]| -> Result<()> {
+        if !header.iter().any(|h| h == "customer_id") {
+            return fail("the header has no `customer_id` column");
+        }
+        for h in header {
+            match header_schema.get(h) {
+                _ if h == "customer_id" || h == "email" => {}
+                None => {
+                    return fail(format!(
+                        "column `{h}` is not an attribute (see `segctl stats` / Admin.GetSchema)"
+                    ));
+                }
+                Some((_, true)) => {
+                    return fail(format!(
+                        "column `{h}` is maintained by orders and cannot be loaded"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    };
+    // Each row is encoded straight into the bytes of a `Customer` message.
+    let mut scratch = Vec::with_capacity(512);
+    let parse = move |row: &Row<'_>| -> Result<Vec<u8>, String> {
+        let customer_id = row.required("customer_id")?;
+        let mut w = CustomerWriter::new(&mut scratch, &customer_id);
+        if let Some(email) = row.text("email")? {
+            w.email(&email);
+        }
+        for (name, cell) in &row.fields {
+            if *name == "customer_id" || *name == "email" || cell.is_empty() {
+                continue;
+            }
+            let Some((ty, _)) = schema.get(*name) else {
+                return Err(format!("`{name}` is not an attribute"));
+            };
+            let value = match cell {
+                Cell::Text(s) => Some(values::parse_cell(*ty, s)),
+                Cell::Json(v) => values::parse_json(*ty, v).transpose(),
+            };
+            if let Some(value) = value {
+                w.attribute(name, &value.map_err(|e| format!("`{name}`: {e}"))?);
+            }
+        }
+        Ok(scratch.clone())
+    };
+    let Reader {
+        batches: mut rx,
+        handle: reader,
+        bytes,
+        total_bytes: total,
+    } = spawn_reader(&args, check_header, parse)?;
+    let mut progress = Progress::new("customers", total);
+    if args.dry_run {
+        let mut rows = 0u64;
+        while let Some(batch) = rx.recv().await {
+            rows += batch.items.len() as u64;
+            progress.update(rows, bytes.load(Ordering::Relaxed));
+        }
+        let read = join(reader)?;
+        progress.finish();
+        summary(
+            "dry run",
+            read.rows,
+            read.bad,
+            progress.elapsed().as_secs_f64(),
+            "; nothing sent",
+        );
+        return bad_rows(read.bad);
+    }
+    let lines: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default();
+    let sent = Arc::new(AtomicU64::new(0));
+    let (stream_tx, stream_rx) = mpsc::channel::<EncodedCustomers>(4);
+    let (lines2, sent2) = (lines.clone(), sent.clone());
+    let feeder = tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            lines2.lock().unwrap().push(batch.lines);
+            sent2.fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+            let mut msg = EncodedCustomers::with_capacity(batch.items.iter().map(|c| c.len() + 4).sum());
+            for c in &batch.items {
+                msg.push_encoded(c);
+            }
+            if stream_tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut ingest = IngestClient::new(channel).max_encoding_message_size(64 << 20);
+    let call = tokio::spawn(async move {
+        ingest
+            .load_customers(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
+            .await
+    });
+    let mut call = std::pin::pin!(call);
+    let reply = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                progress.update(sent.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+            }
+        }
+    };
+    progress.finish();
+    feeder.abort();
+    let reply = reply.map_err(|e| Failure(format!("load task failed: {e}")))?;
+    let read = join(reader);
+    match reply {
+        Ok(r) => {
+            let r = r.into_inner();
+            let read = read?;
+            summary(
+                "customers",
+                read.rows,
+                read.bad,
+                progress.elapsed().as_secs_f64(),
+                &format!(
+                    "; {} created, {} updated in {} batches",
+                    r.created, r.updated, r.batches
+                ),
+            );
+            bad_rows(read.bad)
+        }
+        Err(status) => {
+            let at = line_of(status.message(), &lines.lock().unwrap(), None)
+                .map(|l| format!("{}:{l}: ", args.file.display()))
+                .unwrap_or_default();
+            Err(Failure(format!("{at}{}", Failure::from(status))))
+        }
+    }
+}
+
+pub async fn orders(channel: Channel, args: LoadArgs) -> Result<()> {
+    let check_header = |header: &[String]| -> Result<()> {
+        for need in ["order_id", "customer_id", "placed_at"] {
+            if !header.iter().any(|h| h == need) {
+                return fail(format!("the header has no `{need}` column"));
+            }
+        }
+        if !header.iter().any(|h| h == "amount" || h == "amount_minor") {
+            return fail("the header needs `amount` (major units) or `amount_minor` (cents)");
+        }
+        Ok(())
+    };
+    let list = |row: &Row<'_>, name: &str| -> Result<Vec<String>, String> {
+        Ok(match row.get(name) {
+            Some(Cell::Json(serde_json::Value::Array(items))) => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_string)
+                        .ok_or(format!("`{name}` items must be strings"))
+                })
+                .collect::<Result<_, _>>()?,
+            _ => row
+                .text(name)?
+                .map(|s| {
+                    s.split('|')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    };
+    let parse = move |row: &Row<'_>| -> Result<pb::Order, String> {
+        let amount_minor = match row.text("amount_minor")? {
+            Some(a) => a
+                .parse()
+                .map_err(|_| format!("`amount_minor`: `{a}` is not a whole number"))?,
+            None => values::parse_money(&row.required("amount")?).map_err(|e| format!("`amount`: {e}"))?,
+        };
+        Ok(pb::Order {
+            order_id: row.required("order_id")?,
+            customer_id: row.required("customer_id")?,
+            placed_at: Some(
+                values::parse_timestamp(&row.required("placed_at")?)
+                    .map_err(|e| format!("`placed_at`: {e}"))?,
+            ),
+            amount_minor,
+            promotion: row
+                .text("promotion")?
+                .map(|p| values::parse_bool(&p))
+                .transpose()
+                .map_err(|e| format!("`promotion`: {e}"))?
+                .unwrap_or(false),
+            categories: list(row, "categories")?,
+            brands: list(row, "brands")?,
+        })
+    };
+    let Reader {
+        batches: mut rx,
+        handle: reader,
+        bytes,
+        total_bytes: total,
+    } = spawn_reader(&args, check_header, parse)?;
+    let mut progress = Progress::new("orders", total);
+    let mut ingest = IngestClient::new(channel).max_encoding_message_size(64 << 20);
+    let (mut rows, mut applied, mut duplicates, mut created) = (0u64, 0u64, 0u64, 0usize);
+    while let Some(batch) = rx.recv().await {
+        rows += batch.items.len() as u64;
+        if !args.dry_run {
+            let reply = ingest
+                .record_orders(pb::RecordOrdersRequest { orders: batch.items })
+                .await
+                .map_err(|status| {
+                    let at = line_of(status.message(), std::slice::from_ref(&batch.lines), Some(0))
+                        .map(|l| format!("{}:{l}: ", args.file.display()))
+                        .unwrap_or_default();
+                    Failure(format!("{at}{}", Failure::from(status)))
+                })?
+                .into_inner();
+            applied += reply.applied;
+            duplicates += reply.duplicates;
+            created += reply.created_customer_ids.len();
+        }
+        progress.update(rows, bytes.load(Ordering::Relaxed));
+    }
+    let read = join(reader)?;
+    progress.finish();
+    let detail = if args.dry_run {
+        "; nothing sent".to_string()
+    } else {
+        format!(
+            "; {applied} applied, {duplicates} duplicates, {created} customers created by their first order"
+        )
+    };
+    summary(
+        "orders",
+        read.rows,
+        read.bad,
+        progress.elapsed().as_secs_f64(),
+        &detail,
+    );
+    bad_rows(read.bad)
+}
+
+pub async fn members(
+    channel: Channel,
+    segment: String,
+    args: LoadArgs,
+    by: MemberKey,
+    mode: MemberMode,
+) -> Result<()> {
+    // One value a line, or the first column of a CSV; a header named like the key is skipped.
+    let file: PathBuf = args.file.clone();
+    let (input, total) = open(&file, Arc::new(AtomicU64::new(0)))?;
+    let mut values_read = Vec::new();
+    let mut bad = 0u64;
+    for (i, line) in BufReader::new(input).lines().enumerate() {
+        let line = line?;
+        let value = line.split(',').next().unwrap_or("").trim().trim_matches('"');
+        if value.is_empty() || (i == 0 && matches!(value, "email" | "customer_id" | "id")) {
+            continue;
+        }
+        if matches!(by, MemberKey::Email) && !value.contains('@') {
+            bad += 1;
+            eprintln!("{}:{}: `{value}` is not an e-mail", file.display(), i + 1);
+            if bad as usize > args.max_errors {
+                return fail(format!(
+                    "stopped after {bad} bad rows (--max-errors {})",
+                    args.max_errors
+                ));
+            }
+            continue;
+        }
+        values_read.push(value.to_string());
+    }
+    let progress = Progress::new("members", total);
+    if args.dry_run {
+        summary(
+            "dry run",
+            values_read.len() as u64 + bad,
+            bad,
+            progress.elapsed().as_secs_f64(),
+            "; nothing sent",
+        );
+        return bad_rows(bad);
+    }
+    let rows = values_read.len() as u64;
+    let mode = match mode {
+        MemberMode::Include => pb::MemberMode::Include,
+        MemberMode::Exclude => pb::MemberMode::Exclude,
+    } as i32;
+    let messages: Vec<pb::LoadSegmentMembersRequest> = values_read
+        .chunks(args.batch_size.max(1))
+        .map(|chunk| {
+            let mut m = pb::LoadSegmentMembersRequest {
+                segment_id: segment.clone(),
+                mode,
+                ..Default::default()
+            };
+            match by {
+                MemberKey::Email => m.emails = chunk.to_vec(),
+                MemberKey::Id => m.customer_ids = chunk.to_vec(),
+            }
+            m
+        })
+        .collect();
+    let reply = IngestClient::new(channel)
+        .load_segment_members(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
+    for unknown in reply.unknown.iter().take(20) {
+        eprintln!("unknown: {unknown}");
+    }
+    summary(
+        "members",
+        rows + bad,
+        bad,
+        progress.elapsed().as_secs_f64(),
+        &format!(
+            "; {} changed, {} unchanged, {} unknown",
+            reply.changed, reply.unchanged, reply.unknown_count
+        ),
+    );
+    bad_rows(bad)
+}
+
+fn join(handle: std::thread::JoinHandle<Result<ReadOutcome>>) -> Result<ReadOutcome> {
+    handle
+        .join()
+        .map_err(|_| Failure("the reader thread panicked".into()))?
+}
+
+/// Bad rows within `--max-errors` were reported and skipped: the load itself succeeded.
+fn bad_rows(bad: u64) -> Result<()> {
+    if bad > 0 {
+        eprintln!("{bad} bad rows were skipped (see above)");
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! `segctl`: the command line of segmentd.
+
+mod commands;
+mod load;
+mod progress;
+mod synth;
+mod values;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Code generated from segmentd's `proto/segmentd/v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("segmentd.v1");
+}
+
+#[derive(Parser)]
+#[command(
+    name = "segctl",
+    version,
+    about = "Command line for segmentd: bulk loads, segments, membership checks and exports",
+    after_help = "Examples:\n  segctl gen --customers 100000 --out ./demo\n  segctl load customers ./demo/customers.csv\n  segctl segment create good --rule 'total_spent > 1000 and registered'\n  segctl check C000000042 good men-over-40\n  SEGMENTD_ADDR=http://10.0.0.5:50051 segctl stats"
+)]
+struct Cli {
+    /// segmentd's gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "SEGMENTD_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load customers, orders or segment members from a file.
+    #[command(subcommand)]
+    Load(LoadCommand),
+    /// Define, inspect and export segments.
+    #[command(subcommand)]
+    Segment(SegmentCommand),
+    /// Check one customer against segments (yes/no per segment; exit code 0 either way).
+    #[command(after_help = "Example:\n  segctl check C000000042 good men-over-40 golfers")]
+    Check {
+        customer_id: String,
+        #[arg(required = true)]
+        segments: Vec<String>,
+    },
+    /// Read or erase one customer.
+    #[command(subcommand)]
+    Customer(CustomerCommand),
+    /// Add customers to or remove them from a segment, as a marketing activity.
+    #[command(subcommand)]
+    Activity(ActivityCommand),
+    /// Write a snapshot of the server's state now.
+    #[command(after_help = "Example:\n  segctl snapshot")]
+    Snapshot,
+    /// Customers, segments and memory use.
+    #[command(after_help = "Example:\n  segctl stats")]
+    Stats,
+    /// Write a deterministic synthetic retail base: customers.csv and orders.csv.
+    #[command(after_help = "Example:\n  segctl gen --customers 100000 --seed 7 --out ./demo")]
+    Gen {
+        /// Number of customers.
+        #[arg(long, default_value_t = 100_000)]
+        customers: u64,
+        /// Same seed, same files.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoadCommand {
+    /// Customers from CSV (a header row of customer_id, email and attribute names) or JSONL.
+    #[command(
+        after_help = "CSV cells are typed by Admin.GetSchema: bool true/false/yes/no/1/0, money in major units \
+(12.50), dates YYYY-MM-DD, timestamps RFC 3339 or YYYY-MM-DD, keywords sets separated by '|'. \
+An empty cell leaves the attribute as it is.\n\nExamples:\n  segctl load customers customers.csv\n  segctl load customers crm.jsonl --batch-size 2000 --max-errors 100\n  segctl load customers customers.csv --dry-run"
+    )]
+    Customers(LoadArgs),
+    /// Orders from CSV (order_id, customer_id, placed_at, amount or amount_minor, promotion,
+    /// categories, brands) or JSONL with the same keys.
+    #[command(after_help = "Example:\n  segctl load orders orders.csv")]
+    Orders(LoadArgs),
+    /// Segment members (one e-mail or customer id per line, or the first CSV column).
+    #[command(after_help = "Example:\n  segctl load members golfers golf-club.csv --by email --mode include")]
+    Members {
+        segment: String,
+        #[command(flatten)]
+        args: LoadArgs,
+        /// What the file lists.
+        #[arg(long, value_enum, default_value_t = MemberKey::Id)]
+        by: MemberKey,
+        /// Put them on the include or on the exclude list.
+        #[arg(long, value_enum, default_value_t = MemberMode::Include)]
+        mode: MemberMode,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct LoadArgs {
+    /// The file: `.csv`, or `.jsonl`/`.ndjson` (one JSON object a line); `-` reads CSV from stdin.
+    file: PathBuf,
+    /// Rows per message.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Stop after this many bad rows (each is reported with file and line).
+    #[arg(long, default_value_t = 0)]
+    max_errors: usize,
+    /// Read and check every row without sending anything.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MemberKey {
+    Email,
+    Id,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MemberMode {
+    Include,
+    Exclude,
+}
+
+#[derive(Subcommand)]
+enum SegmentCommand {
+    /// Create a segment from a rule in the text form (or no rule: a list-only segment).
+    #[command(
+        after_help = "Examples:\n  segctl segment create good --rule 'total_spent > 1000' --name 'Good customers'\n  segctl segment create men-over-40 --rule 'gender = \"M\" and age > 40'\n  segctl segment create golfers --name Golfers --allow-activities"
+    )]
+    Create(SegmentArgs),
+    /// Change the fields given, keeping the others.
+    #[command(after_help = "Example:\n  segctl segment update good --rule 'total_spent > 2000'")]
+    Update(SegmentArgs),
+    /// Show a segment.
+    #[command(after_help = "Example:\n  segctl segment get good")]
+    Get { segment: String },
+    /// List segments with their sizes.
+    #[command(after_help = "Example:\n  segctl segment list")]
+    List,
+    /// Delete a segment.
+    #[command(after_help = "Example:\n  segctl segment delete good")]
+    Delete { segment: String },
+    /// Count the customers a rule matches, without creating a segment.
+    #[command(after_help = "Example:\n  segctl segment preview 'age between 18 and 25' --sample 5")]
+    Preview {
+        rule: String,
+        /// Matching customer ids to show.
+        #[arg(long, default_value_t = 0)]
+        sample: u32,
+        /// Evaluate relative time as of this RFC 3339 instant.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// Why a customer is or is not a member.
+    #[command(after_help = "Example:\n  segctl segment explain C000000042 good")]
+    Explain { customer_id: String, segment: String },
+    /// Customers shared by each pair of segments.
+    #[command(after_help = "Example:\n  segctl segment overlap good men-over-40 golfers")]
+    Overlap {
+        #[arg(required = true)]
+        segments: Vec<String>,
+    },
+    /// Write a segment's members (id, e-mail and chosen attributes).
+    #[command(
+        after_help = "Examples:\n  segctl segment export good --fields city,total_spent --out good.csv\n  segctl segment export golfers --format jsonl"
+    )]
+    Export {
+        segment: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+        /// Attributes to add after customer_id and email, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        fields: Vec<String>,
+        /// File to write; stdout when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct SegmentArgs {
+    segment: String,
+    /// The rule in the text form.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Display name (on create, the segment id when absent).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Customer ids always in (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    include: Option<Vec<String>>,
+    /// Customer ids never in (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude: Option<Vec<String>>,
+    /// Let marketing activities add and remove customers.
+    #[arg(long)]
+    allow_activities: Option<Option<bool>>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Subcommand)]
+enum CustomerCommand {
+    /// Show a customer by id (or by e-mail with --email).
+    #[command(
+        after_help = "Examples:\n  segctl customer get C000000042\n  segctl customer get ann@example.com --email"
+    )]
+    Get {
+        key: String,
+        #[arg(long)]
+        email: bool,
+    },
+    /// Erase a customer from every column, index and segment.
+    #[command(after_help = "Example:\n  segctl customer delete C000000042")]
+    Delete {
+        key: String,
+        #[arg(long)]
+        email: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActivityCommand {
+    /// Put customers on a segment's include list.
+    #[command(
+        after_help = "Example:\n  segctl activity add golfers --activity golf-week C000000042 C000000043"
+    )]
+    Add(ActivityArgs),
+    /// Put customers on a segment's exclude list.
+    #[command(
+        after_help = "Example:\n  segctl activity remove golfers --activity unsubscribe --email ann@example.com"
+    )]
+    Remove(ActivityArgs),
+}
+
+#[derive(Args)]
+pub struct ActivityArgs {
+    segment: String,
+    /// The activity making the change.
+    #[arg(long)]
+    activity: String,
+    /// Customer ids (or e-mails with --email).
+    #[arg(required = true)]
+    customers: Vec<String>,
+    #[arg(long)]
+    email: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("segctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("segctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

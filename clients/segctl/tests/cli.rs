@@ -1,0 +1,250 @@
+//! segctl against a real segmentd on an ephemeral port: the binary is run as a user would.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use segmentd::config::Config;
+
+/// A segmentd server on its own runtime thread, with a temporary data directory.
+struct Server {
+    addr: String,
+    _dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let mut config = Config::with_data_dir(dir.path().join("data"));
+        config.fsync = segmentd::wal::FsyncMode::Never;
+        runtime.spawn(segmentd::server::run(listener, config, std::future::pending()));
+        let server = Server {
+            addr,
+            _dir: dir,
+            _runtime: runtime,
+        };
+        // Ready once stats answers (recovery done).
+        for _ in 0..200 {
+            if server.segctl(&["stats"]).status.success() {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("segmentd did not become ready");
+    }
+
+    fn segctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_segctl"))
+            .args(args)
+            .env("SEGMENTD_ADDR", &self.addr)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs segctl and returns stdout, failing the test with stderr if it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.segctl(args);
+        assert!(
+            out.status.success(),
+            "segctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn stat(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}\t")))
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
+        .parse()
+        .unwrap()
+}
+
+fn first_number(s: &str) -> u64 {
+    s.split_whitespace().find_map(|w| w.parse().ok()).unwrap()
+}
+
+#[test]
+fn generated_base_loads_and_segments_work_end_to_end() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().to_str().unwrap();
+    server.ok(&["gen", "--customers", "3000", "--seed", "5", "--out", demo]);
+
+    server.ok(&["load", "customers", &format!("{demo}/customers.csv")]);
+    let out = server.segctl(&["load", "orders", &format!("{demo}/orders.csv")]);
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("0 customers created"), "{summary}");
+    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 3000);
+
+    // A rule segment: its size matches a preview of the same rule.
+    let created = server.ok(&[
+        "segment",
+        "create",
+        "good",
+        "--rule",
+        "total_spent > 1000",
+        "--name",
+        "Good",
+    ]);
+    let size = first_number(created.split('(').nth(1).unwrap());
+    assert!(size > 0 && size < 3000, "{created}");
+    let preview = server.ok(&["segment", "preview", "total_spent > 1000"]);
+    assert_eq!(first_number(&preview), size);
+    server.ok(&[
+        "segment",
+        "create",
+        "men-over-40",
+        "--rule",
+        "gender = \"M\" and age > 40",
+    ]);
+
+    // An activity-populated segment.
+    server.ok(&[
+        "segment",
+        "create",
+        "golfers",
+        "--name",
+        "Golfers",
+        "--allow-activities",
+    ]);
+    let added = server.ok(&[
+        "activity",
+        "add",
+        "golfers",
+        "--activity",
+        "golf-week",
+        "C000000007",
+        "C000000008",
+    ]);
+    assert!(added.starts_with("2 changed"), "{added}");
+    let check = server.ok(&["check", "C000000007", "golfers", "good"]);
+    assert!(check.contains("golfers\tyes"), "{check}");
+    assert!(check.contains("good\t"), "{check}");
+    let list = server.ok(&["segment", "list"]);
+    assert!(list.contains("golfers\t2\t"), "{list}");
+
+    // Export: a header and one line per member.
+    let export = dir.path().join("good.csv");
+    server.ok(&[
+        "segment",
+        "export",
+        "good",
+        "--fields",
+        "city,total_spent",
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert_eq!(text.lines().next(), Some("customer_id,email,city,total_spent"));
+    assert_eq!(text.lines().count() as u64, size + 1);
+    let jsonl = server.ok(&["segment", "export", "golfers", "--format", "jsonl"]);
+    assert_eq!(jsonl.lines().count(), 2);
+    assert!(jsonl.contains("\"customer_id\":\"C000000007\""), "{jsonl}");
+
+    let explain = server.ok(&["segment", "explain", "C000000007", "golfers"]);
+    assert!(explain.contains("decided_by\tincluded_by_activity"), "{explain}");
+    let customer = server.ok(&["customer", "get", "C000000007"]);
+    assert!(customer.contains("email\tcustomer7.5@example.com"), "{customer}");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn bad_rows_are_reported_with_file_and_line() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.csv",
+        "customer_id,email,household_size,birth_date\nA1,a1@example.com,2,1980-01-02\nA2,,two,1980-01-02\nA3,,3,\n",
+    );
+    // Default --max-errors 0: the first bad row stops the load, non-zero exit.
+    let out = server.segctl(&["load", "customers", &file]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{file}:3: `household_size`")), "{err}");
+
+    // Tolerated: the good rows load.
+    let out = server.segctl(&["load", "customers", &file, "--max-errors", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 2);
+
+    // Dry run: checked, nothing sent.
+    let more = write(dir.path(), "d.csv", "customer_id,city\nB1,Lyon\nB2,Nice\n");
+    server.ok(&["load", "customers", &more, "--dry-run"]);
+    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 2);
+
+    // A server-side refusal names the line too.
+    let bad_email = write(
+        dir.path(),
+        "e.csv",
+        "customer_id,email\nE1,e1@example.com\nE2,not-an-email\n",
+    );
+    let out = server.segctl(&["load", "customers", &bad_email]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{bad_email}:3: invalid request")), "{err}");
+
+    // An unknown column is refused before anything is sent.
+    let unknown = write(dir.path(), "u.csv", "customer_id,shoe_size\nU1,42\n");
+    let out = server.segctl(&["load", "customers", &unknown]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("column `shoe_size` is not an attribute"));
+}
+
+#[test]
+fn jsonl_members_and_plain_errors() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.jsonl",
+        "{\"customer_id\":\"J1\",\"email\":\"j1@example.com\",\"tags\":[\"golf\",\"ski\"],\"household_size\":3}\n\
+         {\"customer_id\":\"J2\",\"email\":\"j2@example.com\",\"birth_date\":\"1990-05-06\"}\n",
+    );
+    server.ok(&["load", "customers", &file]);
+    let j1 = server.ok(&["customer", "get", "j1@example.com", "--email"]);
+    assert!(
+        j1.contains("tags\tgolf|ski") && j1.contains("household_size\t3"),
+        "{j1}"
+    );
+
+    server.ok(&["segment", "create", "vip-list"]);
+    let members = write(dir.path(), "m.csv", "email\nj2@example.com\nnobody@example.com\n");
+    let out = server.segctl(&["load", "members", "vip-list", &members, "--by", "email"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 changed, 0 unchanged, 1 unknown"));
+    assert!(server.ok(&["check", "J2", "vip-list"]).contains("vip-list\tyes"));
+
+    // Errors are the status message in plain words, and the exit code says so.
+    let out = server.segctl(&["segment", "get", "nope"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("segctl: not found: "), "{err}");
+    assert!(!err.contains("Status {"), "{err}");
+    let out = server.segctl(&["segment", "create", "broken", "--rule", "age >"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rule_text"));
+    let out = Command::new(env!("CARGO_BIN_EXE_segctl"))
+        .args(["stats", "--server", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach segmentd"));
+}
