@@ -1,0 +1,357 @@
+"""A small typed client over the generated gRPC stubs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+
+import grpc
+from google.protobuf import field_mask_pb2, timestamp_pb2
+
+from segmentd.v1 import (
+    activities_pb2,
+    activities_pb2_grpc,
+    admin_pb2,
+    admin_pb2_grpc,
+    customer_pb2,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    membership_pb2,
+    membership_pb2_grpc,
+    segments_pb2,
+    segments_pb2_grpc,
+)
+
+#: A Python attribute value: bool, int (money in minor units), float, str, date, datetime
+#: (timezone-aware, or naive meaning UTC), a list of str (a `keywords` set), or None (clears).
+AttrValue = Union[bool, int, float, str, _dt.date, _dt.datetime, Sequence[str], None]
+
+
+class SegmentdError(Exception):
+    """A call segmentd refused or could not serve; `code` is the gRPC status code."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    created: int
+    updated: int
+    batches: int
+
+
+@dataclass(frozen=True)
+class OrdersResult:
+    applied: int
+    duplicates: int
+    created_customer_ids: List[str]
+
+
+@dataclass(frozen=True)
+class ActivityResult:
+    changed: int
+    unchanged: int
+    unknown: List[str]
+
+
+def _raise(err: grpc.RpcError) -> SegmentdError:
+    return SegmentdError(err.code(), err.details() or "")
+
+
+def _timestamp(t: _dt.datetime) -> timestamp_pb2.Timestamp:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(t.astimezone(_dt.timezone.utc))
+    return ts
+
+
+def to_value(v: AttrValue) -> customer_pb2.Value:
+    """A Python value as a `Value` message (see `AttrValue`)."""
+    if v is None:
+        return customer_pb2.Value()
+    if isinstance(v, bool):
+        return customer_pb2.Value(bool_value=v)
+    if isinstance(v, int):
+        return customer_pb2.Value(int_value=v)
+    if isinstance(v, float):
+        return customer_pb2.Value(double_value=v)
+    if isinstance(v, str):
+        return customer_pb2.Value(string_value=v)
+    if isinstance(v, _dt.datetime):
+        return customer_pb2.Value(timestamp_value=_timestamp(v))
+    if isinstance(v, _dt.date):
+        return customer_pb2.Value(date_value=customer_pb2.Date(year=v.year, month=v.month, day=v.day))
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return customer_pb2.Value(list_value=customer_pb2.StringList(values=sorted(str(x) for x in v)))
+    raise TypeError(f"cannot send {type(v).__name__} as an attribute value")
+
+
+def from_value(v: customer_pb2.Value) -> AttrValue:
+    """A `Value` message as a Python value."""
+    kind = v.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind == "date_value":
+        return _dt.date(v.date_value.year, v.date_value.month, v.date_value.day)
+    if kind == "timestamp_value":
+        return v.timestamp_value.ToDatetime(tzinfo=_dt.timezone.utc)
+    if kind == "list_value":
+        return list(v.list_value.values)
+    return getattr(v, kind)
+
+
+def to_customer(c: Union[Mapping[str, Any], customer_pb2.Customer]) -> customer_pb2.Customer:
+    """`{"customer_id", "email"?, "attributes": {name: value}}` (or a message) as a message."""
+    if isinstance(c, customer_pb2.Customer):
+        return c
+    msg = customer_pb2.Customer(customer_id=c["customer_id"])
+    if c.get("email") is not None:
+        msg.email = c["email"]
+    for name, value in (c.get("attributes") or {}).items():
+        msg.attributes[name].CopyFrom(to_value(value))
+    return msg
+
+
+def from_customer(c: customer_pb2.Customer) -> Dict[str, Any]:
+    return {
+        "customer_id": c.customer_id,
+        "email": c.email if c.HasField("email") else None,
+        "attributes": {k: from_value(v) for k, v in c.attributes.items()},
+    }
+
+
+class Client:
+    """segmentd over one gRPC channel. `target` is `host:port`; `timeout` (seconds) applies to
+    every unary call. Use as a context manager or call `close()`."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: Optional[float] = 30.0,
+        channel: Optional[grpc.Channel] = None,
+    ):
+        self._channel = channel or grpc.insecure_channel(
+            target,
+            options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)],
+        )
+        self._timeout = timeout
+        self._membership = membership_pb2_grpc.MembershipStub(self._channel)
+        self._activities = activities_pb2_grpc.ActivitiesStub(self._channel)
+        self._ingest = ingest_pb2_grpc.IngestStub(self._channel)
+        self._segments = segments_pb2_grpc.SegmentsStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            raise _raise(err) from None
+
+    # Membership: the request-time path.
+
+    def is_member(self, customer_id: str, segment_id: str) -> bool:
+        return self._call(
+            self._membership.IsMember,
+            membership_pb2.IsMemberRequest(customer_id=customer_id, segment_id=segment_id),
+        ).member
+
+    def check_memberships(self, customer_id: str, segment_ids: Sequence[str]) -> Dict[str, bool]:
+        ids = list(segment_ids)
+        reply = self._call(
+            self._membership.CheckMemberships,
+            membership_pb2.CheckMembershipsRequest(customer_id=customer_id, segment_ids=ids),
+        )
+        return dict(zip(ids, reply.member))
+
+    def customer_segments(self, customer_id: str) -> List[str]:
+        return list(
+            self._call(
+                self._membership.GetCustomerSegments,
+                membership_pb2.GetCustomerSegmentsRequest(customer_id=customer_id),
+            ).segment_ids
+        )
+
+    # Activities.
+
+    def add_to_segment(
+        self,
+        segment_id: str,
+        customer_ids: Sequence[str] = (),
+        emails: Sequence[str] = (),
+        *,
+        activity_id: str,
+    ) -> ActivityResult:
+        r = self._call(
+            self._activities.AddToSegment,
+            activities_pb2.AddToSegmentRequest(
+                segment_id=segment_id, customer_ids=list(customer_ids), emails=list(emails), activity_id=activity_id
+            ),
+        )
+        return ActivityResult(r.changed, r.unchanged, list(r.unknown))
+
+    def remove_from_segment(
+        self,
+        segment_id: str,
+        customer_ids: Sequence[str] = (),
+        emails: Sequence[str] = (),
+        *,
+        activity_id: str,
+    ) -> ActivityResult:
+        r = self._call(
+            self._activities.RemoveFromSegment,
+            activities_pb2.RemoveFromSegmentRequest(
+                segment_id=segment_id, customer_ids=list(customer_ids), emails=list(emails), activity_id=activity_id
+            ),
+        )
+        return ActivityResult(r.changed, r.unchanged, list(r.unknown))
+
+    # Ingest.
+
+    def upsert_customers(self, customers: Iterable[Union[Mapping[str, Any], customer_pb2.Customer]]) -> LoadResult:
+        r = self._call(
+            self._ingest.UpsertCustomers,
+            ingest_pb2.UpsertCustomersRequest(customers=[to_customer(c) for c in customers]),
+        )
+        return LoadResult(r.created, r.updated, 1)
+
+    def load_customers(
+        self,
+        customers: Iterable[Union[Mapping[str, Any], customer_pb2.Customer]],
+        batch_size: int = 1000,
+    ) -> LoadResult:
+        """Streams customers in batches; a bad batch ends the load with `SegmentdError` naming
+        it (earlier batches stay applied)."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+        def batches() -> Iterator[ingest_pb2.LoadCustomersRequest]:
+            it = iter(customers)
+            while True:
+                chunk = list(itertools.islice(it, batch_size))
+                if not chunk:
+                    return
+                yield ingest_pb2.LoadCustomersRequest(customers=[to_customer(c) for c in chunk])
+
+        try:
+            r = self._ingest.LoadCustomers(batches())
+        except grpc.RpcError as err:
+            raise _raise(err) from None
+        return LoadResult(r.created, r.updated, r.batches)
+
+    def get_customer(self, customer_id: Optional[str] = None, *, email: Optional[str] = None) -> Dict[str, Any]:
+        if (customer_id is None) == (email is None):
+            raise ValueError("give exactly one of customer_id or email")
+        req = (
+            ingest_pb2.GetCustomerRequest(customer_id=customer_id)
+            if customer_id is not None
+            else ingest_pb2.GetCustomerRequest(email=email)
+        )
+        return from_customer(self._call(self._ingest.GetCustomer, req).customer)
+
+    def delete_customer(self, customer_id: str) -> None:
+        self._call(self._ingest.DeleteCustomer, ingest_pb2.DeleteCustomerRequest(customer_id=customer_id))
+
+    def record_orders(self, orders: Iterable[Mapping[str, Any]]) -> OrdersResult:
+        """Orders as dicts: order_id, customer_id, placed_at (datetime), amount_minor (cents),
+        promotion, categories, brands."""
+        msgs = []
+        for o in orders:
+            msgs.append(
+                customer_pb2.Order(
+                    order_id=o["order_id"],
+                    customer_id=o["customer_id"],
+                    placed_at=_timestamp(o["placed_at"]),
+                    amount_minor=o["amount_minor"],
+                    promotion=bool(o.get("promotion", False)),
+                    categories=list(o.get("categories", ())),
+                    brands=list(o.get("brands", ())),
+                )
+            )
+        r = self._call(self._ingest.RecordOrders, ingest_pb2.RecordOrdersRequest(orders=msgs))
+        return OrdersResult(r.applied, r.duplicates, list(r.created_customer_ids))
+
+    # Segments.
+
+    def create_segment(
+        self,
+        segment_id: str,
+        *,
+        rule_text: str = "",
+        name: Optional[str] = None,
+        description: str = "",
+        allow_activities: bool = False,
+        include_customer_ids: Sequence[str] = (),
+        exclude_customer_ids: Sequence[str] = (),
+    ) -> segments_pb2.Segment:
+        segment = segments_pb2.Segment(
+            segment_id=segment_id,
+            name=name or segment_id,
+            description=description,
+            rule_text=rule_text,
+            allow_activities=allow_activities,
+            include_customer_ids=list(include_customer_ids),
+            exclude_customer_ids=list(exclude_customer_ids),
+        )
+        return self._call(self._segments.CreateSegment, segments_pb2.CreateSegmentRequest(segment=segment))
+
+    def update_segment(self, segment_id: str, **fields: Any) -> segments_pb2.Segment:
+        """Replaces the fields given (name, description, rule_text, allow_activities,
+        include_customer_ids, ...), keeping the others."""
+        if not fields:
+            raise ValueError("give at least one field to update")
+        segment = segments_pb2.Segment(segment_id=segment_id, **fields)
+        paths = ["rule" if f == "rule_text" else f for f in fields]
+        return self._call(
+            self._segments.UpdateSegment,
+            segments_pb2.UpdateSegmentRequest(segment=segment, update_mask=field_mask_pb2.FieldMask(paths=paths)),
+        )
+
+    def get_segment(self, segment_id: str) -> segments_pb2.Segment:
+        return self._call(self._segments.GetSegment, segments_pb2.GetSegmentRequest(segment_id=segment_id))
+
+    def list_segments(self) -> List[segments_pb2.Segment]:
+        return list(self._call(self._segments.ListSegments, segments_pb2.ListSegmentsRequest()).segments)
+
+    def delete_segment(self, segment_id: str) -> None:
+        self._call(self._segments.DeleteSegment, segments_pb2.DeleteSegmentRequest(segment_id=segment_id))
+
+    def preview(self, rule_text: str, *, sample_size: int = 0, as_of: Optional[_dt.datetime] = None):
+        """(count, sample customer ids) of the customers `rule_text` matches now (or `as_of`)."""
+        req = segments_pb2.PreviewSegmentRequest(rule_text=rule_text, sample_size=sample_size)
+        if as_of is not None:
+            req.as_of.CopyFrom(_timestamp(as_of))
+        r = self._call(self._segments.PreviewSegment, req)
+        return r.count, list(r.sample_customer_ids)
+
+    def export(self, segment_id: str, fields: Sequence[str] = (), batch_size: int = 1000) -> Iterator[Dict[str, Any]]:
+        """Members of a segment as dicts (customer_id, email, attributes), streamed."""
+        stream = self._segments.ExportSegment(
+            segments_pb2.ExportSegmentRequest(segment_id=segment_id, fields=list(fields), batch_size=batch_size)
+        )
+        try:
+            for msg in stream:
+                for c in msg.customers:
+                    yield from_customer(c)
+        except grpc.RpcError as err:
+            raise _raise(err) from None
+
+    # Admin.
+
+    def stats(self) -> admin_pb2.StatsResponse:
+        return self._call(self._admin.Stats, admin_pb2.StatsRequest())

@@ -1,0 +1,59 @@
+"""A real segmentd on a free loopback port for the tests."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from segmentd import Client, SegmentdError
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+
+
+def _binary() -> str:
+    explicit = os.environ.get("SEGMENTD_BIN")
+    if explicit:
+        return explicit
+    subprocess.run(["cargo", "build", "--bin", "segmentd"], cwd=REPO, check=True)
+    return str(REPO / "target" / "debug" / "segmentd")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_bin() -> str:
+    return _binary()
+
+
+@pytest.fixture
+def client(server_bin):
+    with tempfile.TemporaryDirectory() as data:
+        port = _free_port()
+        proc = subprocess.Popen(
+            [server_bin, "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--fsync", "never"],
+            stderr=subprocess.PIPE,
+        )
+        c = Client(f"127.0.0.1:{port}", timeout=10)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    c.stats()
+                    break
+                except SegmentdError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"segmentd did not start: {proc.stderr.read().decode()}")
+                    time.sleep(0.05)
+            yield c
+        finally:
+            c.close()
+            proc.terminate()
+            proc.wait(timeout=20)

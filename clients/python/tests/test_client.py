@@ -1,0 +1,90 @@
+import datetime as dt
+
+import grpc
+import pytest
+
+from segmentd import SegmentdError
+
+
+def customers(n):
+    for i in range(n):
+        yield {
+            "customer_id": f"C{i}",
+            "email": f"c{i}@example.com",
+            "attributes": {
+                "gender": "F" if i % 2 == 0 else "M",
+                "birth_date": dt.date(1960 + i % 40, 1 + i % 12, 1 + i % 28),
+                "household_size": 1 + i % 5,
+                "tags": ["golf"] if i % 10 == 0 else [],
+                "registered_at": dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc),
+                "vip": i == 7,
+            },
+        }
+
+
+def test_load_segments_membership_and_export(client):
+    result = client.load_customers(customers(2500), batch_size=1000)
+    assert (result.created, result.updated, result.batches) == (2500, 0, 3)
+    assert client.stats().customers == 2500
+
+    c = client.get_customer("C7")
+    assert c["email"] == "c7@example.com"
+    assert c["attributes"]["vip"] is True
+    assert c["attributes"]["birth_date"] == dt.date(1967, 8, 8)
+    assert c["attributes"]["registered_at"] == dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    assert client.get_customer(email="c8@example.com")["customer_id"] == "C8"
+
+    women = client.create_segment("women", rule_text='gender = "F"', name="Women")
+    assert women.size == 1250
+    count, sample = client.preview('gender = "F"', sample_size=3)
+    assert count == 1250 and len(sample) == 3
+    assert client.is_member("C0", "women") and not client.is_member("C1", "women")
+    assert not client.is_member("nobody", "women")  # unknown customers are not an error
+
+    client.create_segment("golfers", name="Golfers", allow_activities=True)
+    r = client.add_to_segment("golfers", ["C1", "C3"], emails=["unknown@example.com"], activity_id="golf-week")
+    assert (r.changed, r.unchanged, r.unknown) == (2, 0, ["unknown@example.com"])
+    assert client.check_memberships("C1", ["women", "golfers"]) == {"women": False, "golfers": True}
+    assert client.customer_segments("C0") == ["women"]
+    client.remove_from_segment("golfers", ["C3"], activity_id="unsubscribe")
+    assert not client.is_member("C3", "golfers")
+
+    exported = list(client.export("golfers", fields=["gender"]))
+    assert exported == [{"customer_id": "C1", "email": "c1@example.com", "attributes": {"gender": "M"}}]
+    assert sum(1 for _ in client.export("women", batch_size=100)) == 1250
+
+    orders = client.record_orders(
+        [
+            {"order_id": "O1", "customer_id": "C1", "placed_at": dt.datetime(2024, 5, 1), "amount_minor": 150_000},
+            {"order_id": "O1", "customer_id": "C1", "placed_at": dt.datetime(2024, 5, 1), "amount_minor": 150_000},
+            {"order_id": "O2", "customer_id": "NEW", "placed_at": dt.datetime(2024, 5, 2), "amount_minor": 500},
+        ]
+    )
+    assert (orders.applied, orders.duplicates, orders.created_customer_ids) == (2, 1, ["NEW"])
+    good = client.create_segment("good", rule_text="total_spent > 1000")
+    assert good.size == 1
+    client.update_segment("good", rule_text="total_spent > 1")
+    assert client.get_segment("good").size == 2
+    assert {s.segment_id for s in client.list_segments()} == {"women", "golfers", "good"}
+    client.delete_segment("good")
+
+
+def test_errors_keep_the_status_code(client):
+    with pytest.raises(SegmentdError) as e:
+        client.is_member("C1", "no-such-segment")
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+
+    with pytest.raises(SegmentdError) as e:
+        client.create_segment("bad", rule_text="age >")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "rule_text" in e.value.details
+
+    bad = [{"customer_id": "X1", "email": "not-an-email"}]
+    with pytest.raises(SegmentdError) as e:
+        client.load_customers(bad)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "email" in e.value.details
+    assert client.stats().customers == 0
+
+    with pytest.raises(TypeError):
+        client.upsert_customers([{"customer_id": "X2", "attributes": {"vip": object()}}])
