@@ -341,10 +341,10 @@ pub async fn customers(channel: Channel, args: LoadArgs) -> Result<()> {
         Ok(())
     };
     // Each row is encoded straight into the bytes of a `Customer` message.
-    let mut scratch = Vec::with_capacity(512);
     let parse = move |row: &Row<'_>| -> Result<Vec<u8>, String> {
         let customer_id = row.required("customer_id")?;
-        let mut w = CustomerWriter::new(&mut scratch, &customer_id);
+        let mut encoded = Vec::with_capacity(256);
+        let mut w = CustomerWriter::new(&mut encoded, &customer_id);
         if let Some(email) = row.text("email")? {
             w.email(&email);
         }
@@ -363,7 +363,7 @@ pub async fn customers(channel: Channel, args: LoadArgs) -> Result<()> {
                 w.attribute(name, &value.map_err(|e| format!("`{name}`: {e}"))?);
             }
         }
-        Ok(scratch.clone())
+        Ok(encoded)
     };
     let Reader {
         batches: mut rx,
@@ -397,10 +397,7 @@ pub async fn customers(channel: Channel, args: LoadArgs) -> Result<()> {
         while let Some(batch) = rx.recv().await {
             lines2.lock().unwrap().push(batch.lines);
             sent2.fetch_add(batch.items.len() as u64, Ordering::Relaxed);
-            let mut msg = EncodedCustomers::with_capacity(batch.items.iter().map(|c| c.len() + 4).sum());
-            for c in &batch.items {
-                msg.push_encoded(c);
-            }
+            let msg = EncodedCustomers::from(batch.items);
             if stream_tx.send(msg).await.is_err() {
                 break;
             }

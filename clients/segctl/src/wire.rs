@@ -1,6 +1,6 @@
-//! `LoadCustomersRequest` as segctl sends it: customers encoded straight from file rows into one
-//! buffer per batch, without building a `Customer` message (and its map) per row. The bytes on
-//! the wire are those of `repeated Customer customers = 1`.
+//! `LoadCustomersRequest` as segctl sends it: each customer encoded straight from its file row,
+//! without building a `Customer` message (and its map) per row. The bytes on the wire are those of
+//! `repeated Customer customers = 1`.
 
 use bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
@@ -10,45 +10,27 @@ use crate::pb;
 
 #[derive(Clone, Default, PartialEq)]
 pub struct EncodedCustomers {
-    buf: Vec<u8>,
-    count: usize,
+    /// One encoded `Customer` each (from [`CustomerWriter`]), written out as field 1.
+    customers: Vec<Vec<u8>>,
 }
 
-impl EncodedCustomers {
-    pub fn with_capacity(bytes: usize) -> Self {
-        EncodedCustomers {
-            buf: Vec::with_capacity(bytes),
-            count: 0,
-        }
-    }
-
-    /// Appends one encoded `Customer` (from [`CustomerWriter`]).
-    pub fn push_encoded(&mut self, customer: &[u8]) {
-        encoding::encode_key(1, WireType::LengthDelimited, &mut self.buf);
-        encoding::encode_varint(customer.len() as u64, &mut self.buf);
-        self.buf.extend_from_slice(customer);
-        self.count += 1;
-    }
-
-    pub fn len(&self) -> usize {
-        self.count
+impl From<Vec<Vec<u8>>> for EncodedCustomers {
+    fn from(customers: Vec<Vec<u8>>) -> Self {
+        EncodedCustomers { customers }
     }
 }
 
 impl std::fmt::Debug for EncodedCustomers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "EncodedCustomers({} customers, {} bytes)",
-            self.count,
-            self.buf.len()
-        )
+        write!(f, "EncodedCustomers({} customers)", self.customers.len())
     }
 }
 
 impl Message for EncodedCustomers {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.buf);
+        for c in &self.customers {
+            encoding::bytes::encode(1, c, buf);
+        }
     }
 
     /// Kept as bytes; segctl never receives this message.
@@ -62,7 +44,7 @@ impl Message for EncodedCustomers {
         if tag == 1 {
             let mut customer = Vec::new();
             encoding::bytes::merge(wire_type, &mut customer, buf, ctx)?;
-            self.push_encoded(&customer);
+            self.customers.push(customer);
             Ok(())
         } else {
             encoding::skip_field(wire_type, tag, buf, ctx)
@@ -70,12 +52,14 @@ impl Message for EncodedCustomers {
     }
 
     fn encoded_len(&self) -> usize {
-        self.buf.len()
+        self.customers
+            .iter()
+            .map(|c| encoding::bytes::encoded_len(1, c))
+            .sum()
     }
 
     fn clear(&mut self) {
-        self.buf.clear();
-        self.count = 0;
+        self.customers.clear();
     }
 }
 
@@ -138,9 +122,7 @@ mod tests {
         w.email("a@b.fr");
         w.attribute("gender", &value);
         assert_eq!(one, c.encode_to_vec());
-        let mut batch = EncodedCustomers::default();
-        batch.push_encoded(&one);
-        batch.push_encoded(&one);
+        let batch = EncodedCustomers::from(vec![one.clone(), one]);
         #[derive(Clone, PartialEq, prost::Message)]
         struct Generic {
             #[prost(message, repeated, tag = "1")]
