@@ -72,12 +72,29 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_EVAL_THREADS", default_value_t = 0)]
     pub eval_threads: usize,
 
+    /// Membership events kept for watchers and history: the newest this many...
+    #[arg(long, env = "SEGMENTD_EVENT_RETENTION_EVENTS", default_value_t = crate::events::DEFAULT_MAX_EVENTS)]
+    pub event_retention_events: u64,
+
+    /// ...and none older than this many seconds (default 30 days).
+    #[arg(long, env = "SEGMENTD_EVENT_RETENTION_SECS", default_value_t = crate::events::DEFAULT_MAX_AGE_SECS)]
+    pub event_retention_secs: u64,
+
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "SEGMENTD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
 }
 
 impl Config {
+    /// How long membership events are kept.
+    pub fn event_retention(&self) -> crate::events::Retention {
+        crate::events::Retention {
+            max_events: self.event_retention_events,
+            max_age_micros: i64::try_from(self.event_retention_secs.saturating_mul(1_000_000))
+                .unwrap_or(i64::MAX),
+        }
+    }
+
     /// The defaults, with `data_dir` set: what tests and embedders start from.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Config {
         Config {
@@ -93,6 +110,8 @@ impl Config {
             no_snapshot_on_shutdown: false,
             wal_segment_bytes: 64 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
+            event_retention_events: crate::events::DEFAULT_MAX_EVENTS,
+            event_retention_secs: crate::events::DEFAULT_MAX_AGE_SECS,
         }
     }
 }

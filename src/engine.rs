@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::events::{Event, Page};
 use crate::segment::ops::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
 use crate::segment::rule::Rule;
@@ -32,15 +33,22 @@ pub struct BatchFailure {
 pub struct Logger<'a> {
     wal: Option<&'a Wal>,
     last: Option<u64>,
+    /// The write's time, which its record carries.
+    time: i64,
 }
 
 impl Logger<'_> {
-    /// Appends the record `op` builds (only called once the change is validated).
-    pub fn append(&mut self, op: impl FnOnce() -> wal::pb::record::Op) -> Result<()> {
-        if let Some(wal) = self.wal {
-            self.last = Some(wal.append(op())?);
+    /// Appends the record `op` builds (only called once the change is validated); returns its
+    /// sequence (0 without a log).
+    pub fn append(&mut self, op: impl FnOnce() -> wal::pb::record::Op) -> Result<u64> {
+        match self.wal {
+            Some(wal) => {
+                let seq = wal.append(op(), self.time)?;
+                self.last = Some(seq);
+                Ok(seq)
+            }
+            None => Ok(0),
         }
-        Ok(())
     }
 }
 
@@ -76,6 +84,8 @@ pub struct Engine {
     data_dir: Arc<OnceLock<PathBuf>>,
     /// One snapshot at a time; holds when the last one finished and the log bytes then.
     snapshots: Arc<tokio::sync::Mutex<(Instant, u64)>>,
+    /// Set when the server begins to shut down: endless streams (watchers) end.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for Engine {
@@ -99,7 +109,19 @@ impl Engine {
             ready: Arc::new(AtomicBool::new(true)),
             data_dir: Arc::new(OnceLock::new()),
             snapshots: Arc::new(tokio::sync::Mutex::new((Instant::now(), 0))),
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Tells endless streams that the server is shutting down.
+    pub fn begin_close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once the server begins to shut down.
+    pub async fn closing(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// An engine that refuses calls until [`Engine::recover`] has run.
@@ -132,14 +154,12 @@ impl Engine {
             }
             None => 0,
         };
+        let events = self.store.events();
+        events.open(&data_dir.join("events"), self.store.now().micros)?;
         let dir = data_dir.join("wal");
         let dir = dir.as_path();
-        let stats = wal::replay(dir, after, |rec| {
-            let op = rec
-                .op
-                .ok_or_else(|| Error::DataLoss(format!("record {} has no operation", rec.sequence)))?;
-            record::apply(&self.store, op)
-        })?;
+        let stats = wal::replay(dir, after, |rec| record::apply(&self.store, rec))?;
+        events.recovered(stats.last_sequence)?;
         let log = Wal::open(dir, stats.last_sequence + 1, segment_bytes, mode)?;
         let _ = self.wal.set(log);
         self.ready.store(true, Ordering::Release);
@@ -188,11 +208,12 @@ impl Engine {
             || (wal_bytes > 0 && since >= wal_bytes)
     }
 
-    /// Syncs the log for a clean shutdown.
+    /// Syncs the logs for a clean shutdown.
     pub fn close(&self) -> Result<()> {
+        let events = self.store.events().sync();
         match self.wal.get() {
-            Some(wal) => wal.close(),
-            None => Ok(()),
+            Some(wal) => wal.close().and(events),
+            None => events,
         }
     }
 
@@ -237,10 +258,21 @@ impl Engine {
         let wal = self.wal.get().cloned();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |s| {
+            let time = s.clock_micros();
             let mut logger = Logger {
                 wal: wal.as_deref(),
                 last: None,
+                time,
             };
+            // One time for the whole write: its rules' "now", its events and its record.
+            struct Reset<'a>(&'a Store);
+            impl Drop for Reset<'_> {
+                fn drop(&mut self) {
+                    self.0.set_write_time(None);
+                }
+            }
+            s.set_write_time(Some(time));
+            let _reset = Reset(s);
             let out = f(s, &mut logger);
             let _ = tx.send((out, logger.last));
         });
@@ -253,9 +285,14 @@ impl Engine {
 
     /// Waits until the log record `sequence` (from [`Engine::apply`]) is durable. The store logs
     /// only once a change is validated, so every logged record is applied.
+    /// Its membership events are published to watchers then.
     pub async fn durable(&self, sequence: Option<u64>) -> Result<()> {
         match (self.wal.get(), sequence) {
-            (Some(wal), Some(seq)) => wal.durable(seq).await,
+            (Some(wal), Some(seq)) => {
+                wal.durable(seq).await?;
+                self.store.events().durable(seq);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -371,14 +408,17 @@ impl Engine {
         self.blocking(move |s| s.overlap(&ids)).await?
     }
 
+    /// Puts customers on a segment's include (`add`) or exclude list, for the marketing
+    /// activity `activity` or a member load (`None`).
     pub async fn set_listed(
         &self,
         segment_id: String,
         keys: Vec<CustomerKey>,
         add: bool,
-        activity: bool,
+        activity: Option<String>,
     ) -> Result<ListOutcome> {
         self.write(move |s, log| {
+            let activity = activity.as_deref();
             s.set_listed(&segment_id, &keys, add, activity, &mut || {
                 log.append(|| record::set_listed(&segment_id, &keys, add, activity))
             })
@@ -399,6 +439,47 @@ impl Engine {
 
     pub fn explain(&self, customer_id: &str, segment_id: &str) -> Result<Explanation> {
         self.store.explain(customer_id, segment_id)
+    }
+
+    /// Membership events after `after` for segments `filter` (all when empty); see
+    /// [`EventLog::read`](crate::events::EventLog::read).
+    pub fn read_events(&self, after: u64, filter: &[String], max: usize, max_scan: usize) -> Result<Page> {
+        let store = &self.store;
+        store
+            .events()
+            .read(after, filter, max, max_scan, &|ord| store.id_at(ord))
+    }
+
+    /// Waits until an event after `after` is published.
+    pub async fn events_after(&self, after: u64) {
+        self.store.events().wait_after(after).await
+    }
+
+    /// A customer's retained membership events (in `segment_id` only, when given), oldest first,
+    /// with the oldest sequence retained.
+    pub async fn membership_history(
+        &self,
+        customer_id: String,
+        segment_id: Option<String>,
+    ) -> Result<(Vec<Event>, u64)> {
+        self.blocking(move |s| {
+            let events = s.events();
+            if let Some(id) = &segment_id
+                && s.registry().slot(id).is_none()
+                && !events.knows_segment(id)
+            {
+                return Err(Error::NotFound(format!("segment `{id}` not found")));
+            }
+            let ord = s.ordinal_of_id(&customer_id);
+            let history = events.history(&customer_id, ord, segment_id.as_deref(), &|o| s.id_at(o));
+            if ord.is_none() && history.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "customer `{customer_id}` not found (and no retained event names it)"
+                )));
+            }
+            Ok((history, events.oldest()))
+        })
+        .await?
     }
 }
 
@@ -445,5 +526,39 @@ mod tests {
         assert!(again.store().ordinal_of_id("before").is_some());
         assert!(again.store().ordinal_of_id("after").is_some());
         assert!(again.store().ordinal_of_id("refused").is_none());
+    }
+
+    /// Events the process never wrote out are made again from the log on restart, with the
+    /// same sequences, customers and times.
+    #[tokio::test]
+    async fn lost_events_are_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::recovering();
+        engine.recover(dir.path(), FsyncMode::Always, 1 << 20).unwrap();
+        let def = SegmentDef {
+            id: "women".into(),
+            name: "women".into(),
+            rule: Some(crate::segment::text::parse(r#"gender = "F""#).unwrap()),
+            ..SegmentDef::default()
+        };
+        engine.create_segment(def, vec![], vec![]).await.unwrap();
+        engine.upsert(vec![patch("a"), patch("b")]).await.unwrap();
+        engine.delete(CustomerKey::Id("a".into())).await.unwrap();
+        let before = engine.read_events(0, &[], 100, 100).unwrap().events;
+        assert_eq!(before.len(), 3);
+        engine.close().unwrap();
+        // As if the process died before the event log reached the disk.
+        for f in std::fs::read_dir(dir.path().join("events")).unwrap() {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(f.unwrap().path())
+                .unwrap();
+            f.set_len(8).unwrap();
+        }
+        let again = Engine::recovering();
+        again.recover(dir.path(), FsyncMode::Always, 1 << 20).unwrap();
+        let after = again.read_events(0, &[], 100, 100).unwrap().events;
+        assert_eq!(after, before);
+        assert_eq!(&*after[2].customer_id, "a", "the erased customer keeps its id");
     }
 }

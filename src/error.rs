@@ -15,6 +15,9 @@ pub enum Error {
     /// The request is valid but the current state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A position outside the range that exists (an event sequence no longer retained).
+    #[error("{0}")]
+    OutOfRange(String),
     /// A limit was reached; the caller may retry later or with less.
     #[error("{0}")]
     ResourceExhausted(String),

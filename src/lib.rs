@@ -23,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod segment;
 pub mod server;

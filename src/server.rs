@@ -59,6 +59,7 @@ pub async fn run(
     let _lock = lock_data_dir(&config)?;
     let engine = Engine::recovering();
     engine.store().set_eval_threads(config.eval_threads);
+    engine.store().events().set_retention(config.event_retention());
     let limits = Limits {
         max_batch: config.max_batch,
     };
@@ -144,12 +145,15 @@ pub async fn run(
             }
         })
     };
+    let closing = engine.clone();
     let shutdown = async move {
         // A recovery that succeeds drops the sender: only a sent failure stops the server.
         tokio::select! {
             () = shutdown => {},
             Ok(()) = failed_rx => {},
         }
+        // Watch streams never end by themselves: tell them, so the graceful stop can finish.
+        closing.begin_close();
     };
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -563,7 +563,7 @@ fn take_with(
     let root = snapshots_dir(data_dir);
     fs::create_dir_all(&root)
         .map_err(|e| Error::Unavailable(format!("snapshot: {}: {e}", root.display())))?;
-    let sequence = store.begin_cut(|| wal.map_or(0, |w| w.last_sequence()));
+    let sequence = store.begin_cut(|| wal.map_or(0, |w| w.last_sequence()))?;
     // Always end the cut, or writers would keep copying shards.
     struct EndCut<'a>(&'a Store);
     impl Drop for EndCut<'_> {

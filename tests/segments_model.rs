@@ -286,6 +286,9 @@ proptest! {
         let schema = store.schema();
         let mut model: HashMap<usize, Attrs> = HashMap::new();
         let mut segs: Vec<(String, ModelSegment)> = Vec::new();
+        // Memberships rebuilt from the event stream alone, and the last event read.
+        let mut followed: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut seen = 0;
         for op in &ops {
             match op {
                 Op::Upsert(i, attrs) => {
@@ -366,7 +369,7 @@ proptest! {
                 }
                 Op::Activity(s, c, add) => {
                     if *s < segs.len() {
-                        let out = store.set_listed(&segs[*s].0, &[CustomerKey::Id(cid(*c))], *add, true, &mut no_log).unwrap();
+                        let out = store.set_listed(&segs[*s].0, &[CustomerKey::Id(cid(*c))], *add, Some("act"), &mut no_log).unwrap();
                         if model.contains_key(c) {
                             let m = &mut segs[*s].1;
                             if *add { m.include.insert(*c); m.exclude.remove(c); } else { m.exclude.insert(*c); m.include.remove(c); }
@@ -385,6 +388,21 @@ proptest! {
                     prop_assert_eq!(got, model.contains_key(&i).then_some(want), "segment {} customer {} after {:?}", sid, i, op);
                 }
                 prop_assert_eq!(store.segment_info(sid, 100).unwrap().size, size, "size of {}", sid);
+            }
+            // Every change is one event: folding them gives the memberships.
+            let page = store.events().read(seen, &[], usize::MAX, usize::MAX, &|o| store.id_at(o)).unwrap();
+            for e in page.events {
+                prop_assert_eq!(e.sequence, seen + 1, "no gaps");
+                seen = e.sequence;
+                let key = (e.segment_id.to_string(), e.customer_id.to_string());
+                prop_assert_eq!(followed.contains(&key), !e.entered, "{:?} repeats the state, after {:?}", e, op);
+                if e.entered { followed.insert(key); } else { followed.remove(&key); }
+            }
+            for (sid, s) in &segs {
+                for i in 0..IDS {
+                    let want = model.contains_key(&i) && member(s, &segs, i, &model);
+                    prop_assert_eq!(followed.contains(&(sid.clone(), cid(i))), want, "events of {} for {} after {:?}", sid, i, op);
+                }
             }
         }
     }

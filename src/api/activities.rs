@@ -62,7 +62,7 @@ impl ActivitiesApi {
         let keys = member_keys(&self.limits, customer_ids, emails)?;
         let out = self
             .engine
-            .set_listed(segment_id.clone(), keys, add, true)
+            .set_listed(segment_id.clone(), keys, add, Some(activity_id.clone()))
             .await?;
         tracing::info!(
             segment = %segment_id,

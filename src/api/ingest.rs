@@ -187,7 +187,7 @@ impl Ingest for IngestApi {
                     }
                 };
                 let keys = crate::api::activities::member_keys(&self.limits, customer_ids, emails)?;
-                self.engine.set_listed(segment_id, keys, add, false).await
+                self.engine.set_listed(segment_id, keys, add, None).await
             }
             .await;
             match result {

@@ -10,6 +10,7 @@ use crate::api::pb::{self, segments_server::Segments};
 use crate::api::{convert, rules};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::events::{Cause, Event};
 use crate::segment::ops::{Decision, SegmentUpdate};
 use crate::segment::registry::check_segment_id;
 
@@ -20,6 +21,15 @@ const MAX_OVERLAP: usize = 100;
 /// Default and largest export batch.
 const EXPORT_BATCH: u32 = 1000;
 const MAX_EXPORT_BATCH: u32 = 10_000;
+/// Most segments a watcher may filter on.
+const MAX_WATCH_SEGMENTS: usize = 1000;
+/// Most events in one watch message, and most looked at per read of the event log.
+const WATCH_BATCH: usize = 1000;
+const WATCH_SCAN: usize = 65_536;
+/// Messages buffered for one watcher.
+const WATCH_BUFFER: usize = 4;
+/// How often a filtered watch reports its position when no event passes the filter.
+const WATCH_PROGRESS: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct SegmentsApi {
     engine: Engine,
@@ -325,5 +335,127 @@ impl Segments for SegmentsApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchMembershipsStream = Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::WatchMembershipsResponse, Status>> + Send + 'static>,
+    >;
+
+    /// Reads the shared event log at the watcher's own pace: a watcher that does not read holds
+    /// a cursor and at most `WATCH_BUFFER` messages, and writers never wait for it. One that falls
+    /// behind the retention window is told, with OUT_OF_RANGE, where the retained events begin.
+    async fn watch_memberships(
+        &self,
+        request: Request<pb::WatchMembershipsRequest>,
+    ) -> Result<Response<Self::WatchMembershipsStream>, Status> {
+        let pb::WatchMembershipsRequest {
+            from_sequence,
+            segment_ids,
+        } = request.into_inner();
+        if segment_ids.len() > MAX_WATCH_SEGMENTS {
+            return Err(
+                Error::invalid("segment_ids", format!("at most {MAX_WATCH_SEGMENTS} segments")).into(),
+            );
+        }
+        for (i, id) in segment_ids.iter().enumerate() {
+            segment_id(id).map_err(|e| e.within_field(&format!("segment_ids[{i}]")))?;
+        }
+        // Refuse a position outside the retained range before the stream starts.
+        self.engine.read_events(from_sequence, &segment_ids, 0, 0)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let mut after = from_sequence;
+            let mut reported = from_sequence;
+            let mut last_report = std::time::Instant::now();
+            loop {
+                let page = match engine.read_events(after, &segment_ids, WATCH_BATCH, WATCH_SCAN) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let caught_up = page.last == after;
+                // Events, or (filtered out) the position moving on, at most once a second.
+                let report = !page.events.is_empty()
+                    || (page.last > reported && last_report.elapsed() >= WATCH_PROGRESS);
+                if report {
+                    let msg = pb::WatchMembershipsResponse {
+                        events: page.events.iter().map(event_out).collect(),
+                        last_sequence: page.last,
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return; // the watcher went away
+                    }
+                    reported = page.last;
+                    last_report = std::time::Instant::now();
+                }
+                after = page.last;
+                if caught_up {
+                    tokio::select! {
+                        () = engine.events_after(after) => {}
+                        () = tokio::time::sleep(WATCH_PROGRESS), if reported < after => {}
+                        () = tx.closed() => return,
+                        () = engine.closing() => {
+                            let _ = tx
+                                .send(Err(Status::unavailable(format!(
+                                    "segmentd is shutting down; resume with from_sequence {after}"
+                                ))))
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_membership_history(
+        &self,
+        request: Request<pb::GetMembershipHistoryRequest>,
+    ) -> Result<Response<pb::GetMembershipHistoryResponse>, Status> {
+        let pb::GetMembershipHistoryRequest {
+            customer_id,
+            segment_id: segment,
+        } = request.into_inner();
+        crate::store::input::check_customer_id(&customer_id)?;
+        let segment = (!segment.is_empty()).then_some(segment);
+        if let Some(id) = &segment {
+            segment_id(id)?;
+        }
+        let (events, oldest) = self.engine.membership_history(customer_id, segment).await?;
+        Ok(Response::new(pb::GetMembershipHistoryResponse {
+            events: events.iter().map(event_out).collect(),
+            oldest_retained_sequence: oldest,
+        }))
+    }
+}
+
+fn cause_out(c: Cause) -> pb::MembershipCause {
+    use pb::MembershipCause as C;
+    match c {
+        Cause::Rule => C::Rule,
+        Cause::Time => C::Time,
+        Cause::Include => C::Include,
+        Cause::Exclude => C::Exclude,
+        Cause::Account => C::Account,
+        Cause::Activity => C::Activity,
+        Cause::MemberLoad => C::MemberLoad,
+        Cause::Reclassification => C::Reclassification,
+        Cause::Deletion => C::Deletion,
+    }
+}
+
+fn event_out(e: &Event) -> pb::MembershipEvent {
+    pb::MembershipEvent {
+        sequence: e.sequence,
+        time: Some(convert::timestamp_out(e.time_micros)),
+        segment_id: e.segment_id.to_string(),
+        customer_id: e.customer_id.to_string(),
+        entered: e.entered,
+        cause: cause_out(e.cause) as i32,
+        activity_id: e.activity_id.as_deref().unwrap_or_default().to_string(),
     }
 }

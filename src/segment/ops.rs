@@ -11,6 +11,7 @@ use parking_lot::RwLock;
 use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
+use crate::events::{Cause, Change};
 use crate::segment::compile::{Compiled, Expr, compile};
 use crate::segment::eval::{BoundExpr, Now, bind, eval_one, eval_shard, shard_part};
 use crate::segment::registry::{Registry, SegmentDef, SegmentEntry};
@@ -161,9 +162,22 @@ fn is_member_decision(d: Decision) -> bool {
     )
 }
 
+/// The cause of a membership change made by a customer's write, from what decided it.
+fn cause_of(d: Decision) -> Cause {
+    match d {
+        Decision::ExcludedCustomer => Cause::Exclude,
+        Decision::IncludedCustomer => Cause::Include,
+        Decision::ExcludedByActivity | Decision::IncludedByActivity => Cause::Activity,
+        Decision::ExcludedAccount | Decision::IncludedAccount => Cause::Account,
+        Decision::Rule | Decision::NoMatch => Cause::Rule,
+    }
+}
+
 /// Re-evaluates, for customer `ord` of shard `s`, every segment `changed` can affect (and the
 /// segments reading those through `in segment`), in dependency order. Called under the shard's
-/// write lock by every write. Returns the slots whose membership changed.
+/// write lock by every write. Notes each membership change in `noted`, with the cause that
+/// decided it, or `direct` for the segment whose lists changed (`Changed::Lists`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn refresh_customer(
     reg: &Registry,
     schema: &Schema,
@@ -171,10 +185,12 @@ pub(crate) fn refresh_customer(
     ord: u32,
     changed: Changed<'_>,
     now: Now,
-) -> Vec<u32> {
+    noted: &mut Vec<Change>,
+    direct: Option<Cause>,
+) {
     let mut moved: Vec<u32> = Vec::new();
     if reg.is_empty() {
-        return moved;
+        return;
     }
     for e in reg.in_order() {
         let affected = match changed {
@@ -185,7 +201,8 @@ pub(crate) fn refresh_customer(
         if !affected {
             continue;
         }
-        let member = is_member_decision(decide(e, s, ord, schema, now).0);
+        let decision = decide(e, s, ord, schema, now).0;
+        let member = is_member_decision(decision);
         let seg = s.segment_mut(e.slot);
         if seg.members.contains(ord) != member {
             if member {
@@ -194,9 +211,18 @@ pub(crate) fn refresh_customer(
                 seg.members.remove(ord);
             }
             moved.push(e.slot);
+            let cause = match (changed, direct) {
+                (Changed::Lists(slot), Some(c)) if slot == e.slot => c,
+                _ => cause_of(decision),
+            };
+            noted.push(Change {
+                ord,
+                slot: e.slot,
+                entered: member,
+                cause,
+            });
         }
     }
-    moved
 }
 
 /// Runs `f` on every shard, spread over `threads` threads (0: one per core).
@@ -258,19 +284,78 @@ fn shard_members(
     m
 }
 
+/// The changes between a shard's `old` members of segment `slot` and its current ones, each with
+/// the list, account or rule that made it.
+fn membership_changes(
+    s: &Shard,
+    slot: u32,
+    old: &RoaringBitmap,
+    accounts: &(AttrId, Vec<u32>, Vec<u32>),
+) -> Vec<Change> {
+    let Some(seg) = s.segment(slot) else {
+        return Vec::new();
+    };
+    if seg.members == *old {
+        return Vec::new();
+    }
+    let (attr, incl, excl) = accounts;
+    let in_accounts = |codes: &[u32]| (!codes.is_empty()).then(|| keyword_bitmap(s, *attr, codes));
+    let (acc_in, acc_out) = (in_accounts(incl), in_accounts(excl));
+    let mut out = Vec::new();
+    for ord in &seg.members - old {
+        let cause = if seg.include.contains(ord) {
+            if seg.by_activity.contains(ord) {
+                Cause::Activity
+            } else {
+                Cause::Include
+            }
+        } else if acc_in.as_ref().is_some_and(|b| b.contains(ord)) {
+            Cause::Account
+        } else {
+            Cause::Rule
+        };
+        out.push((ord, true, cause));
+    }
+    for ord in old - &seg.members {
+        let cause = if seg.exclude.contains(ord) {
+            if seg.by_activity.contains(ord) {
+                Cause::Activity
+            } else {
+                Cause::Exclude
+            }
+        } else if acc_out.as_ref().is_some_and(|b| b.contains(ord)) {
+            Cause::Account
+        } else {
+            Cause::Rule
+        };
+        out.push((ord, false, cause));
+    }
+    out.sort_unstable_by_key(|c| c.0);
+    out.into_iter()
+        .map(|(ord, entered, cause)| Change {
+            ord,
+            slot,
+            entered,
+            cause,
+        })
+        .collect()
+}
+
 impl Store {
     /// Evaluates `entry` over every shard and installs the members (and, when given, new
-    /// include/exclude lists). Called with the writer lock held.
+    /// include/exclude lists). Called with the writer lock held. Returns the membership changes,
+    /// in ordinal order.
     fn evaluate_segment(
         &self,
         entry: &SegmentEntry,
         lists: Option<(&RoaringBitmap, &RoaringBitmap)>,
         schema: &Schema,
         now: Now,
-    ) {
+    ) -> Vec<Change> {
         let shards = self.shards.snapshot();
         let bound = entry.compiled.as_ref().map(|c| bind(&c.expr, schema, now));
         let accounts = account_codes(entry, schema);
+        let found = parking_lot::Mutex::new(Vec::new());
         for_each_shard(&shards, self.eval_threads.load(Ordering::Relaxed), |i, shard| {
             let base = (i as u32) << SHARD_BITS;
             self.copy_before_write(i);
@@ -282,8 +367,15 @@ impl Store {
                 seg.by_activity &= &(&seg.include | &seg.exclude);
             }
             let members = shard_members(&s, base, entry.slot, bound.as_ref(), &accounts);
-            s.segment_mut(entry.slot).members = members;
+            let old = std::mem::replace(&mut s.segment_mut(entry.slot).members, members);
+            let changes = membership_changes(&s, entry.slot, &old, &accounts);
+            if !changes.is_empty() {
+                found.lock().push((i, changes));
+            }
         });
+        let mut found = found.into_inner();
+        found.sort_unstable_by_key(|f| f.0);
+        found.into_iter().flat_map(|f| f.1).collect()
     }
 
     pub(crate) fn compile_entry(
@@ -336,7 +428,7 @@ impl Store {
         def: SegmentDef,
         include: &[String],
         exclude: &[String],
-        log: &mut dyn FnMut() -> Result<()>,
+        log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<SegmentInfo> {
         let _w = self.writer.lock();
         let schema = self.schema();
@@ -352,10 +444,13 @@ impl Store {
         let include = self.resolve_list("include_customer_ids", include)?;
         let exclude = self.resolve_list("exclude_customer_ids", exclude)?;
         let next = reg.with(entry.clone())?;
-        log()?;
-        self.evaluate_segment(&entry, Some((&include, &exclude)), &schema, self.now());
+        let lsn = log()?;
+        let now = self.now();
+        let mut w = _w;
+        w.noted.changes = self.evaluate_segment(&entry, Some((&include, &exclude)), &schema, now);
         self.segments.store(Arc::new(next));
-        drop(_w);
+        self.commit_events(lsn, now, &mut w.noted, &self.registry());
+        drop(w);
         self.segment_info(&entry.def.id, MAX_LISTED_IDS)
     }
 
@@ -364,7 +459,7 @@ impl Store {
         &self,
         id: &str,
         update: SegmentUpdate,
-        log: &mut dyn FnMut() -> Result<()>,
+        log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<SegmentInfo> {
         let _w = self.writer.lock();
         let schema = self.schema();
@@ -415,10 +510,11 @@ impl Store {
             }
         };
         let next = reg.with(entry.clone())?;
-        log()?;
+        let lsn = log()?;
         let now = self.now();
         let lists_ref = lists.as_ref().map(|(i, e)| (i, e));
-        self.evaluate_segment(&entry, lists_ref, &schema, now);
+        let mut w = _w;
+        let mut changes = self.evaluate_segment(&entry, lists_ref, &schema, now);
         // Segments reading this one change with it.
         for slot in next
             .dependents(entry.slot)
@@ -426,16 +522,18 @@ impl Store {
             .filter(|&s| s != entry.slot)
         {
             if let Some(dep) = next.get(slot) {
-                self.evaluate_segment(dep, None, &schema, now);
+                changes.extend(self.evaluate_segment(dep, None, &schema, now));
             }
         }
         self.segments.store(Arc::new(next));
-        drop(_w);
+        w.noted.changes = changes;
+        self.commit_events(lsn, now, &mut w.noted, &self.registry());
+        drop(w);
         self.segment_info(id, MAX_LISTED_IDS)
     }
 
     /// Deletes a segment; refused while other segments read it.
-    pub fn delete_segment(&self, id: &str, log: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    pub fn delete_segment(&self, id: &str, log: &mut dyn FnMut() -> Result<u64>) -> Result<()> {
         let _w = self.writer.lock();
         let reg = self.registry();
         let slot = reg
@@ -448,14 +546,23 @@ impl Store {
                 readers.join(", ")
             )));
         }
-        log()?;
+        let lsn = log()?;
         self.segments.store(Arc::new(reg.without(slot)));
+        let mut w = _w;
         for i in 0..self.shards.len() {
             let mut s = self.write_shard(i);
             if let Some(seg) = s.segments.get_mut(slot as usize) {
-                *seg = Default::default();
+                let members = std::mem::take(seg).members;
+                w.noted.changes.extend(members.iter().map(|ord| Change {
+                    ord,
+                    slot,
+                    entered: false,
+                    cause: Cause::Deletion,
+                }));
             }
         }
+        // Named by the registry the segment was still in.
+        self.commit_events(lsn, self.now(), &mut w.noted, &reg);
         Ok(())
     }
 
@@ -564,29 +671,36 @@ impl Store {
     }
 
     /// Puts customers on a segment's include list (`add`) or exclude list (`!add`), taking them
-    /// off the other. `activity` refuses segments that do not allow activities.
+    /// off the other: for the marketing activity `activity` (refused by segments that do not
+    /// allow activities), or a member load.
     pub fn set_listed(
         &self,
         segment_id: &str,
         keys: &[CustomerKey],
         add: bool,
-        activity: bool,
-        log: &mut dyn FnMut() -> Result<()>,
+        activity: Option<&str>,
+        log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<ListOutcome> {
-        let _w = self.writer.lock();
+        let mut w = self.writer.lock();
         let reg = self.registry();
         let e = reg
             .by_id(segment_id)
             .ok_or_else(|| Error::NotFound(format!("segment `{segment_id}` not found")))?;
-        if activity && !e.def.allow_activities {
+        if activity.is_some() && !e.def.allow_activities {
             return Err(Error::FailedPrecondition(format!(
                 "segment `{segment_id}` does not allow activities (allow_activities is false)"
             )));
         }
-        log()?;
+        let lsn = log()?;
         let schema = self.schema();
         let now = self.now();
         let mut out = ListOutcome::default();
+        let cause = if activity.is_some() {
+            Cause::Activity
+        } else {
+            Cause::MemberLoad
+        };
+        w.noted.activity = activity.map(Arc::from);
         for key in keys {
             let Some(ord) = self.resolve(key) else {
                 out.unknown.push(match key {
@@ -601,18 +715,29 @@ impl Store {
             } else {
                 seg.exclude.insert(ord) | seg.include.remove(ord)
             };
-            if activity {
+            if activity.is_some() {
                 seg.by_activity.insert(ord);
             } else {
                 seg.by_activity.remove(ord);
             }
             if changed {
                 out.changed += 1;
-                refresh_customer(&reg, &schema, &mut s, ord, Changed::Lists(e.slot), now);
+                let lists = Changed::Lists(e.slot);
+                refresh_customer(
+                    &reg,
+                    &schema,
+                    &mut s,
+                    ord,
+                    lists,
+                    now,
+                    &mut w.noted.changes,
+                    Some(cause),
+                );
             } else {
                 out.unchanged += 1;
             }
         }
+        self.commit_events(lsn, now, &mut w.noted, &reg);
         Ok(out)
     }
 

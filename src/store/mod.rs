@@ -28,6 +28,7 @@ use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
+use crate::events::{Cause, Change, EventLog, Noted};
 use crate::segment::SegShard;
 use crate::segment::eval::Now;
 use crate::segment::ops::{Changed, refresh_customer};
@@ -114,9 +115,10 @@ impl Shard {
     }
 }
 
-/// The logger of a write that needs no logging (replay, tests, embedders without a log).
-pub fn no_log() -> Result<()> {
-    Ok(())
+/// The logger of a write that needs no logging (tests, embedders without a log): no log
+/// sequence, so its events are published at once.
+pub fn no_log() -> Result<u64> {
+    Ok(0)
 }
 
 /// A customer as read back.
@@ -193,6 +195,8 @@ pub(crate) struct WriterState {
     free: Vec<u32>,
     /// 128-bit hashes of every order id recorded: a retried order is never counted twice.
     orders_seen: HashSet<u128>,
+    /// Membership changes of the write in progress, committed to the event log at its end.
+    pub(crate) noted: Noted,
 }
 
 /// All customers, in sharded columns.
@@ -203,6 +207,11 @@ pub struct Store {
     pub(crate) segments: arc_swap::ArcSwap<Registry>,
     pub(crate) shards: shards::ShardTable,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The time of the write in progress (`i64::MIN` when none is set): the time its log record
+    /// carries, and when replayed, the record's time, so replay makes the same changes and events.
+    write_time: std::sync::atomic::AtomicI64,
+    /// Every membership change, in order.
+    pub(crate) events: Arc<EventLog>,
     /// A snapshot's cut in progress: shards not yet copied are copied before a write changes them.
     pub(crate) cut: Mutex<Option<Cut>>,
     cut_active: std::sync::atomic::AtomicBool,
@@ -233,6 +242,8 @@ impl Store {
             schema: RwLock::new(Arc::new(Schema::builtin())),
             segments: arc_swap::ArcSwap::from_pointee(Registry::default()),
             clock,
+            write_time: std::sync::atomic::AtomicI64::new(i64::MIN),
+            events: Arc::new(EventLog::default()),
             eval_threads: std::sync::atomic::AtomicUsize::new(0),
             cut: Mutex::new(None),
             cut_active: std::sync::atomic::AtomicBool::new(false),
@@ -280,8 +291,10 @@ impl Store {
 
     /// Starts a snapshot cut at log sequence `sequence` (the last record applied). Briefly
     /// holds the writer lock; `log_sequence` reads the log's last sequence under that lock.
-    pub fn begin_cut(&self, log_sequence: impl FnOnce() -> u64) -> u64 {
+    /// The event log is synced first, so it holds the events of every record the cut covers.
+    pub fn begin_cut(&self, log_sequence: impl FnOnce() -> u64) -> Result<u64> {
         let w = self.writer.lock();
+        self.events.sync()?;
         let schema = self.schema();
         let sequence = log_sequence();
         let cut = Cut {
@@ -302,7 +315,7 @@ impl Store {
         };
         *self.cut.lock() = Some(cut);
         self.cut_active.store(true, Ordering::Release);
-        sequence
+        Ok(sequence)
     }
 
     /// The next copied shard of the cut, copying shard `next` under the writer lock if no writer
@@ -462,9 +475,44 @@ impl Store {
         self.eval_threads.store(threads, Ordering::Relaxed);
     }
 
-    /// "Now" for relative-time rules.
+    /// "Now" for relative-time rules: the time of the write in progress, else the clock's.
     pub fn now(&self) -> Now {
-        Now::at(self.clock.now_micros())
+        match self.write_time.load(Ordering::Acquire) {
+            i64::MIN => Now::at(self.clock.now_micros()),
+            t => Now::at(t),
+        }
+    }
+
+    /// The clock's time, in microseconds since the epoch.
+    pub fn clock_micros(&self) -> i64 {
+        self.clock.now_micros()
+    }
+
+    /// Fixes "now" for the write about to run (its log record carries the same time), or for
+    /// the record being replayed; `None` when it is done.
+    pub fn set_write_time(&self, time: Option<i64>) {
+        self.write_time.store(time.unwrap_or(i64::MIN), Ordering::Release);
+    }
+
+    /// The membership event log.
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    /// Commits the changes a write noted as the events of log record `lsn`, naming segments by
+    /// `reg` (the registry they were made under). Called with the writer lock held.
+    pub(crate) fn commit_events(&self, lsn: u64, now: Now, noted: &mut Noted, reg: &Registry) {
+        self.events.commit(lsn, now.micros, noted, &|slot| {
+            reg.get(slot).map(|e| Arc::from(e.def.id.as_str()))
+        });
+    }
+
+    /// The id of the live customer at `ord`.
+    pub fn id_at(&self, ord: u32) -> Option<Arc<str>> {
+        if shard_of(ord) >= self.shards.len() {
+            return None;
+        }
+        self.read_shard(ord, |s| s.ids.get(local(ord)).map(Arc::from))
     }
 
     /// Number of customers.
@@ -559,12 +607,12 @@ impl Store {
     pub fn upsert(
         &self,
         batch: &[CustomerPatch],
-        log: &mut dyn FnMut() -> Result<()>,
+        log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<UpsertOutcome> {
         let mut w = self.writer.lock();
         let schema = self.schema();
         let plan = self.plan_upsert(&schema, batch)?;
-        log()?;
+        let lsn = log()?;
         let reg = self.registry();
         let now = self.now();
         let mut changed: Vec<AttrId> = Vec::new();
@@ -601,7 +649,7 @@ impl Store {
                 } else {
                     Changed::Attrs(&changed)
                 };
-                refresh_customer(&reg, &schema, &mut s, ord, what, now);
+                refresh_customer(&reg, &schema, &mut s, ord, what, now, &mut w.noted.changes, None);
                 // Mapped while the shard is still locked: a reader that finds the customer waits
                 // for the lock and then sees it whole.
                 if new {
@@ -618,6 +666,7 @@ impl Store {
             start = end;
         }
         self.customers.fetch_add(outcome.created, Ordering::AcqRel);
+        self.commit_events(lsn, now, &mut w.noted, &reg);
         Ok(outcome)
     }
 
@@ -705,10 +754,10 @@ impl Store {
     }
 
     /// Erases a customer from every column, index and map; returns its id.
-    pub fn delete(&self, key: &CustomerKey, log: &mut dyn FnMut() -> Result<()>) -> Result<String> {
+    pub fn delete(&self, key: &CustomerKey, log: &mut dyn FnMut() -> Result<u64>) -> Result<String> {
         let mut w = self.writer.lock();
         let ord = self.resolve(key).ok_or_else(|| not_found(key))?;
-        log()?;
+        let lsn = log()?;
         let shard = self.shard(ord);
         let (id, email) = {
             let s = shard.read();
@@ -717,6 +766,8 @@ impl Store {
                 s.emails.get(local(ord)).map(str::to_string),
             )
         };
+        let erased: Arc<str> = Arc::from(id.as_str());
+        self.events.erasing(ord, erased.clone());
         // Unmap first: from here on no reader can reach the customer.
         self.ids.remove(&id, ord);
         if let Some(email) = &email {
@@ -728,8 +779,15 @@ impl Store {
             for col in s.columns.iter_mut().flatten() {
                 col.clear(ord);
             }
-            for seg in &mut s.segments {
-                seg.members.remove(ord);
+            for (slot, seg) in s.segments.iter_mut().enumerate() {
+                if seg.members.remove(ord) {
+                    w.noted.changes.push(Change {
+                        ord,
+                        slot: slot as u32,
+                        entered: false,
+                        cause: Cause::Deletion,
+                    });
+                }
                 seg.include.remove(ord);
                 seg.exclude.remove(ord);
                 seg.by_activity.remove(ord);
@@ -740,6 +798,8 @@ impl Store {
         }
         w.free.push(ord);
         self.customers.fetch_sub(1, Ordering::AcqRel);
+        w.noted.erased.push((ord, erased));
+        self.commit_events(lsn, self.now(), &mut w.noted, &self.registry());
         Ok(id)
     }
 
@@ -748,13 +808,13 @@ impl Store {
     pub fn record_orders(
         &self,
         orders: &[OrderIn],
-        log: &mut dyn FnMut() -> Result<()>,
+        log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<OrdersOutcome> {
         for (i, order) in orders.iter().enumerate() {
             order.check().map_err(|e| e.within(&format!("orders[{i}]")))?;
         }
         let mut w = self.writer.lock();
-        log()?;
+        let lsn = log()?;
         let schema = self.schema();
         let reg = self.registry();
         let now = self.now();
@@ -786,10 +846,11 @@ impl Store {
             } else {
                 Changed::Attrs(&purchase::ALL)
             };
-            refresh_customer(&reg, &schema, &mut s, ord, what, now);
+            refresh_customer(&reg, &schema, &mut s, ord, what, now, &mut w.noted.changes, None);
             outcome.applied += 1;
         }
         self.orders.fetch_add(outcome.applied, Ordering::AcqRel);
+        self.commit_events(lsn, now, &mut w.noted, &reg);
         Ok(outcome)
     }
 
@@ -799,7 +860,7 @@ impl Store {
         name: &str,
         ty: AttrType,
         description: &str,
-        log: &mut dyn FnMut() -> Result<()>,
+        log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<Arc<Schema>> {
         let _w = self.writer.lock();
         let mut schema = self.schema.write();

@@ -213,9 +213,9 @@ impl Wal {
         Ok(wal)
     }
 
-    /// Appends one operation; returns its sequence. Called under the store's writer lock, after
-    /// the change is validated and before it is applied.
-    pub fn append(&self, op: pb::record::Op) -> Result<u64> {
+    /// Appends one operation accepted at `time_micros`; returns its sequence. Called under the
+    /// store's writer lock, after the change is validated and before it is applied.
+    pub fn append(&self, op: pb::record::Op, time_micros: i64) -> Result<u64> {
         let mut w = self.writer.lock();
         if let Some(why) = &w.failed {
             return Err(Error::Unavailable(format!("write-ahead log unavailable: {why}")));
@@ -223,7 +223,7 @@ impl Wal {
         let sequence = w.next_sequence;
         let record = pb::Record {
             sequence,
-            time_micros: crate::time::now_micros(),
+            time_micros,
             op: Some(op),
         };
         // Encode behind room for the length and checksum, then fill them in: one buffer, no copy.
@@ -574,7 +574,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path(), 1, 100, FsyncMode::Never).unwrap();
         for i in 0..20 {
-            assert_eq!(wal.append(op(&format!("s{i}"))).unwrap(), i + 1);
+            assert_eq!(wal.append(op(&format!("s{i}")), 0).unwrap(), i + 1);
         }
         wal.sync().unwrap();
         assert!(files(dir.path()).unwrap().len() > 3, "rotated");
@@ -590,7 +590,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path(), 1, 1 << 20, FsyncMode::Never).unwrap();
         for i in 0..5 {
-            wal.append(op(&format!("s{i}"))).unwrap();
+            wal.append(op(&format!("s{i}")), 0).unwrap();
         }
         drop(wal);
         let (_, path) = files(dir.path()).unwrap().pop().unwrap();

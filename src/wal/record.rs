@@ -7,10 +7,10 @@ use crate::error::{Error, Result};
 use crate::segment::ops::SegmentUpdate;
 use crate::segment::registry::SegmentDef;
 use crate::segment::text;
+use crate::store::Store;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrType, Schema};
 use crate::store::value::Value;
-use crate::store::{Store, no_log};
 use crate::wal::pb::{self, record::Op};
 
 fn value_out(v: &Value) -> pb::Value {
@@ -164,12 +164,13 @@ pub fn delete_segment(id: &str) -> Op {
     Op::DeleteSegment(pb::DeleteSegment { id: id.into() })
 }
 
-pub fn set_listed(segment_id: &str, keys: &[CustomerKey], add: bool, activity: bool) -> Op {
+pub fn set_listed(segment_id: &str, keys: &[CustomerKey], add: bool, activity: Option<&str>) -> Op {
     Op::SetListed(pb::SetListed {
         segment_id: segment_id.into(),
         keys: keys.iter().map(key_out).collect(),
         add,
-        activity,
+        activity: activity.is_some(),
+        activity_id: activity.unwrap_or_default().into(),
     })
 }
 
@@ -182,8 +183,20 @@ fn rule_in(rule_text: Option<String>) -> Result<Option<crate::segment::rule::Rul
     rule_text.as_deref().map(text::parse).transpose()
 }
 
-/// Applies one logged operation to the store, exactly as when it was first accepted.
-pub fn apply(store: &Store, op: Op) -> Result<()> {
+/// Applies one logged record to the store, exactly as when it was first accepted: at the
+/// record's time, making the same membership changes and events.
+pub fn apply(store: &Store, record: pb::Record) -> Result<()> {
+    let op = record
+        .op
+        .ok_or_else(|| Error::DataLoss(format!("record {} has no operation", record.sequence)))?;
+    let sequence = record.sequence;
+    store.set_write_time(Some(record.time_micros));
+    let result = apply_op(store, op, &mut || Ok(sequence));
+    store.set_write_time(None);
+    result
+}
+
+fn apply_op(store: &Store, op: Op, log: &mut dyn FnMut() -> Result<u64>) -> Result<()> {
     match op {
         Op::Upsert(u) => {
             let schema = store.schema();
@@ -207,7 +220,7 @@ pub fn apply(store: &Store, op: Op) -> Result<()> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            store.upsert(&batch, &mut no_log)?;
+            store.upsert(&batch, log)?;
         }
         Op::Orders(o) => {
             let orders: Vec<OrderIn> = o
@@ -223,17 +236,17 @@ pub fn apply(store: &Store, op: Op) -> Result<()> {
                     brands: o.brands,
                 })
                 .collect();
-            store.record_orders(&orders, &mut no_log)?;
+            store.record_orders(&orders, log)?;
         }
         Op::Delete(d) => {
             let key = key_in(
                 d.key
                     .ok_or_else(|| Error::DataLoss("log delete without a key".into()))?,
             )?;
-            store.delete(&key, &mut no_log)?;
+            store.delete(&key, log)?;
         }
         Op::DefineAttribute(a) => {
-            store.define_attribute(&a.name, parse_type(&a.r#type)?, &a.description, &mut no_log)?;
+            store.define_attribute(&a.name, parse_type(&a.r#type)?, &a.description, log)?;
         }
         Op::CreateSegment(c) => {
             let d = c
@@ -248,7 +261,7 @@ pub fn apply(store: &Store, op: Op) -> Result<()> {
                 exclude_accounts: d.exclude_accounts,
                 allow_activities: d.allow_activities,
             };
-            store.create_segment(def, &c.include_ids, &c.exclude_ids, &mut no_log)?;
+            store.create_segment(def, &c.include_ids, &c.exclude_ids, log)?;
         }
         Op::UpdateSegment(u) => {
             let update = SegmentUpdate {
@@ -261,12 +274,13 @@ pub fn apply(store: &Store, op: Op) -> Result<()> {
                 exclude_accounts: u.exclude_accounts.map(|s| s.values),
                 allow_activities: u.allow_activities,
             };
-            store.update_segment(&u.id, update, &mut no_log)?;
+            store.update_segment(&u.id, update, log)?;
         }
-        Op::DeleteSegment(d) => store.delete_segment(&d.id, &mut no_log)?,
+        Op::DeleteSegment(d) => store.delete_segment(&d.id, log)?,
         Op::SetListed(s) => {
             let keys = s.keys.into_iter().map(key_in).collect::<Result<Vec<_>>>()?;
-            store.set_listed(&s.segment_id, &keys, s.add, s.activity, &mut no_log)?;
+            let activity = s.activity.then_some(s.activity_id.as_str());
+            store.set_listed(&s.segment_id, &keys, s.add, activity, log)?;
         }
     }
     Ok(())

@@ -1,0 +1,311 @@
+//! The membership event stream against a real server: causes, order, resuming without gaps or
+//! duplicates across a restart, retention, history, and a stalled watcher.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use segmentd::api::pb::{self, MembershipCause as C};
+use tonic::Code;
+
+type Stream = tonic::Streaming<pb::WatchMembershipsResponse>;
+
+async fn watch(server: &TestServer, from: u64, segments: &[&str]) -> Result<Stream, tonic::Status> {
+    Ok(server
+        .segments()
+        .await
+        .watch_memberships(pb::WatchMembershipsRequest {
+            from_sequence: from,
+            segment_ids: segments.iter().map(|s| s.to_string()).collect(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Reads events until `n` have arrived (within 10 s).
+async fn take(stream: &mut Stream, n: usize) -> Vec<pb::MembershipEvent> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        let msg = tokio::time::timeout_at(deadline.into(), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} events arrived: {out:?}", out.len()))
+            .expect("stream ok")
+            .expect("stream open");
+        out.extend(msg.events);
+    }
+    out
+}
+
+/// (segment, customer, entered, cause) of each event.
+fn brief(events: &[pb::MembershipEvent]) -> Vec<(String, String, bool, C)> {
+    events
+        .iter()
+        .map(|e| (e.segment_id.clone(), e.customer_id.clone(), e.entered, e.cause()))
+        .collect()
+}
+
+fn ev(segment: &str, customer: &str, entered: bool, cause: C) -> (String, String, bool, C) {
+    (segment.into(), customer.into(), entered, cause)
+}
+
+fn assert_contiguous(events: &[pb::MembershipEvent], first: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.sequence,
+            first + i as u64,
+            "sequences run without gaps: {events:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_change_is_an_event_with_its_cause() {
+    let server = TestServer::start().await;
+    upsert(
+        &server,
+        vec![
+            customer(
+                "c1",
+                Some("c1@example.com"),
+                &[("gender", s("M")), ("account_id", s("acme"))],
+            ),
+            customer("c2", None, &[("gender", s("F"))]),
+        ],
+    )
+    .await;
+    let mut stream = watch(&server, 0, &[]).await.unwrap();
+    create(&server, text_segment("men", r#"gender = "M""#))
+        .await
+        .unwrap();
+    let mut golfers = text_segment("golfers", "");
+    golfers.allow_activities = true;
+    golfers.include_account_ids = vec!["acme".into()];
+    create(&server, golfers).await.unwrap();
+    // The rule: c2 becomes a man.
+    upsert(&server, vec![customer("c2", None, &[("gender", s("M"))])]).await;
+    // A marketing activity, then a member load.
+    server
+        .activities()
+        .await
+        .add_to_segment(pb::AddToSegmentRequest {
+            segment_id: "golfers".into(),
+            customer_ids: vec!["c2".into()],
+            activity_id: "mail-7".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server
+        .ingest()
+        .await
+        .load_segment_members(tokio_stream::iter([pb::LoadSegmentMembersRequest {
+            segment_id: "golfers".into(),
+            emails: vec!["c1@example.com".into()],
+            mode: pb::MemberMode::Exclude as i32,
+            ..Default::default()
+        }]))
+        .await
+        .unwrap();
+    // An exclude list through UpdateSegment, then the erasure of c2.
+    server
+        .segments()
+        .await
+        .update_segment(pb::UpdateSegmentRequest {
+            segment: Some(pb::Segment {
+                segment_id: "men".into(),
+                exclude_customer_ids: vec!["c1".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["exclude_customer_ids".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    server
+        .ingest()
+        .await
+        .delete_customer(delete_id("c2"))
+        .await
+        .unwrap();
+
+    let events = take(&mut stream, 8).await;
+    assert_contiguous(&events, 1);
+    assert_eq!(
+        brief(&events),
+        vec![
+            ev("men", "c1", true, C::Rule),
+            ev("golfers", "c1", true, C::Account),
+            ev("men", "c2", true, C::Rule),
+            ev("golfers", "c2", true, C::Activity),
+            ev("golfers", "c1", false, C::MemberLoad),
+            ev("men", "c1", false, C::Exclude),
+            ev("men", "c2", false, C::Deletion),
+            ev("golfers", "c2", false, C::Deletion),
+        ]
+    );
+    assert_eq!(events[3].activity_id, "mail-7");
+    assert!(events.iter().all(|e| e.time.is_some()));
+
+    // History: the erased c2 still has its retained history, by segment or all of it.
+    let history = |customer: &str, segment: &str| {
+        let server = &server;
+        let (customer, segment) = (customer.to_string(), segment.to_string());
+        async move {
+            server
+                .segments()
+                .await
+                .get_membership_history(pb::GetMembershipHistoryRequest {
+                    customer_id: customer,
+                    segment_id: segment,
+                })
+                .await
+        }
+    };
+    let h = history("c2", "golfers").await.unwrap().into_inner();
+    assert_eq!(
+        brief(&h.events),
+        vec![
+            ev("golfers", "c2", true, C::Activity),
+            ev("golfers", "c2", false, C::Deletion)
+        ]
+    );
+    assert_eq!(h.oldest_retained_sequence, 1);
+    assert_eq!(history("c1", "").await.unwrap().into_inner().events.len(), 4);
+    assert_eq!(history("nobody", "").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(history("c1", "no-such").await.unwrap_err().code(), Code::NotFound);
+    let bad = history("", "").await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("customer_id"), "{}", bad.message());
+
+    // A filtered watch from the start sees only its segment's events.
+    let mut men = watch(&server, 0, &["men"]).await.unwrap();
+    let only = take(&mut men, 4).await;
+    assert_eq!(
+        only.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![1, 3, 6, 7]
+    );
+}
+
+#[tokio::test]
+async fn resuming_from_the_last_sequence_has_no_gaps_or_duplicates_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(data.clone(), |c| c.fsync = segmentd::wal::FsyncMode::Always).await;
+    create(&server, text_segment("vip", "vip")).await.unwrap();
+    let batch = |from: usize, to: usize, vip: bool| {
+        (from..to)
+            .map(|i| customer(&format!("c{i}"), None, &[("vip", b(vip))]))
+            .collect::<Vec<_>>()
+    };
+    upsert(&server, batch(0, 50, true)).await;
+    let mut stream = watch(&server, 0, &[]).await.unwrap();
+    let first = take(&mut stream, 30).await;
+    let last_seen = first[29].sequence;
+    drop(stream);
+    upsert(&server, batch(0, 20, false)).await;
+    // A snapshot in between: its cut must not lose events the log covered.
+    server
+        .admin()
+        .await
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .unwrap();
+    upsert(&server, batch(50, 60, true)).await;
+    server.stop().await.unwrap();
+
+    let server = TestServer::start_at(data.clone(), |_| {}).await;
+    upsert(&server, batch(60, 65, true)).await;
+    let mut stream = watch(&server, last_seen, &[]).await.unwrap();
+    let rest = take(&mut stream, 50 - 30 + 20 + 10 + 5).await;
+    assert_contiguous(&rest, last_seen + 1);
+    let mut all = first[..30].to_vec();
+    all.extend(rest);
+    // Folding every event gives exactly the current members.
+    let mut members = std::collections::BTreeSet::new();
+    for e in &all {
+        assert_eq!(
+            members.insert(e.customer_id.clone()),
+            e.entered,
+            "{e:?} repeats the state"
+        );
+        if !e.entered {
+            members.remove(&e.customer_id);
+        }
+    }
+    assert_eq!(members.len() as u64, size(&server, "vip").await);
+    assert_eq!(members.len(), 50 - 20 + 10 + 5);
+    // Nothing more is waiting.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.message())
+            .await
+            .is_err()
+    );
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_sequence_past_retention_is_out_of_range_naming_the_oldest() {
+    let server = TestServer::start_with(|c| c.event_retention_events = 10).await;
+    create(&server, text_segment("vip", "vip")).await.unwrap();
+    let many: Vec<_> = (0..25)
+        .map(|i| customer(&format!("c{i}"), None, &[("vip", b(true))]))
+        .collect();
+    upsert(&server, many).await;
+    let err = watch(&server, 3, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(
+        err.message().contains("oldest retained is 16"),
+        "{}",
+        err.message()
+    );
+    let err = watch(&server, 99, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    // From 0: everything retained; from just before the oldest: the same.
+    let mut all = watch(&server, 0, &[]).await.unwrap();
+    assert_eq!(take(&mut all, 10).await[0].sequence, 16);
+    let mut edge = watch(&server, 15, &[]).await.unwrap();
+    assert_eq!(take(&mut edge, 10).await[9].sequence, 25);
+    let bad = watch(&server, 0, &["not valid!"]).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("segment_ids[0]"), "{}", bad.message());
+}
+
+/// Writes `rounds` flips of `n` customers between in and out of `vip` (2·n events a round) and
+/// returns how long they took.
+async fn flip(server: &TestServer, n: usize, rounds: usize) -> Duration {
+    let started = Instant::now();
+    for r in 0..rounds {
+        let batch: Vec<_> = (0..n)
+            .map(|i| customer(&format!("c{i}"), None, &[("vip", b(r % 2 == 0))]))
+            .collect();
+        upsert(server, batch).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_stalled_watcher_does_not_slow_writers_and_resumes_without_gaps() {
+    let server = TestServer::start().await;
+    create(&server, text_segment("vip", "vip")).await.unwrap();
+    // Warm up, then time writes with nobody watching.
+    flip(&server, 5000, 2).await;
+    let alone = flip(&server, 5000, 20).await;
+    // A watcher that reads one message and stops; the writes make far more events than its
+    // buffer and the HTTP/2 window hold (100,000 events, several MB).
+    let mut stalled = watch(&server, 0, &[]).await.unwrap();
+    let first = stalled.message().await.unwrap().unwrap();
+    let watched = flip(&server, 5000, 20).await;
+    assert!(
+        watched < alone * 3 + Duration::from_secs(1),
+        "writes took {watched:?} with a stalled watcher, {alone:?} without"
+    );
+    // Reading again, it gets every event in order.
+    let total = 5000 * 42;
+    let mut got = first.events;
+    got.extend(take(&mut stalled, total - got.len()).await);
+    assert_eq!(got.len(), total);
+    assert_contiguous(&got, 1);
+}
