@@ -80,6 +80,16 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_EVENT_RETENTION_SECS", default_value_t = crate::events::DEFAULT_MAX_AGE_SECS)]
     pub event_retention_secs: u64,
 
+    /// Milliseconds between applications of time flips (a relative-time rule such as
+    /// `last_order_at within 90d` changing its answer as the clock moves). A flip is applied at
+    /// most this long after its instant.
+    #[arg(long, env = "SEGMENTD_TIME_TICK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub time_tick_ms: u64,
+
+    /// The clock relative-time rules read (tests set a manual one); the system clock otherwise.
+    #[arg(skip)]
+    pub clock: Option<std::sync::Arc<dyn crate::time::Clock>>,
+
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "SEGMENTD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -110,6 +120,8 @@ impl Config {
             no_snapshot_on_shutdown: false,
             wal_segment_bytes: 64 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
+            time_tick_ms: 1000,
+            clock: None,
             event_retention_events: crate::events::DEFAULT_MAX_EVENTS,
             event_retention_secs: crate::events::DEFAULT_MAX_AGE_SECS,
         }

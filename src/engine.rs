@@ -16,6 +16,7 @@ use crate::events::{Event, Page};
 use crate::segment::ops::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
 use crate::segment::rule::Rule;
+use crate::segment::timing::Advance;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrId, AttrType, Schema};
@@ -126,7 +127,12 @@ impl Engine {
 
     /// An engine that refuses calls until [`Engine::recover`] has run.
     pub fn recovering() -> Engine {
-        let e = Engine::new();
+        Engine::recovering_with(Arc::new(Store::new()))
+    }
+
+    /// [`Engine::recovering`] over `store` (one with its own clock, say).
+    pub fn recovering_with(store: Arc<Store>) -> Engine {
+        let e = Engine::with_store(store);
         e.ready.store(false, Ordering::Release);
         e
     }
@@ -353,6 +359,17 @@ impl Engine {
             s.define_attribute(&name, ty, &description, &mut || {
                 log.append(|| record::define_attribute(&name, ty, &description))
             })
+        })
+        .await
+    }
+
+    /// Applies the time flips due since the last advance (every customer's, the first time
+    /// after a start); returns the number of membership changes.
+    pub async fn advance_time(&self) -> Result<u64> {
+        self.write(|s, log| {
+            let since = s.time_applied();
+            let how = since.map_or(Advance::Full, Advance::Since);
+            s.advance_time(Some(how), &mut || log.append(|| record::advance_time(since)))
         })
         .await
     }

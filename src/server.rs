@@ -57,7 +57,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let _lock = lock_data_dir(&config)?;
-    let engine = Engine::recovering();
+    let engine = match &config.clock {
+        Some(clock) => Engine::recovering_with(Arc::new(crate::store::Store::with_clock(clock.clone()))),
+        None => Engine::recovering(),
+    };
     engine.store().set_eval_threads(config.eval_threads);
     engine.store().events().set_retention(config.event_retention());
     let limits = Limits {
@@ -146,6 +149,23 @@ pub async fn run(
         })
     };
     let closing = engine.clone();
+    // Time flips: relative-time rules change their answer as the clock moves.
+    let ticker = {
+        let engine = engine.clone();
+        let every = Duration::from_millis(config.time_tick_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if engine.is_ready()
+                    && let Err(e) = engine.advance_time().await
+                {
+                    tracing::error!(error = %e, "applying time flips failed");
+                }
+            }
+        })
+    };
     let shutdown = async move {
         // A recovery that succeeds drops the sender: only a sent failure stops the server.
         tokio::select! {
@@ -187,6 +207,7 @@ pub async fn run(
         m.abort();
     }
     snapshots.abort();
+    ticker.abort();
     if let Some(e) = failure.lock().take() {
         return Err(ServerError::Recovery(e));
     }

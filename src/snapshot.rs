@@ -715,7 +715,7 @@ fn read_one(path: &Path) -> Result<Restored> {
     }
     enum Part {
         Meta(Box<Restored>),
-        Shard(usize, Shard),
+        Shard(usize, Box<Shard>),
     }
     let read_part = |(name, bytes, crc): &(String, String, String)| -> Result<Part> {
         let file = path.join(name);
@@ -736,7 +736,7 @@ fn read_one(path: &Path) -> Result<Restored> {
             .and_then(|n| n.strip_suffix(".bin"))
             .and_then(|n| n.parse::<usize>().ok())
         {
-            Ok(Part::Shard(i, decode_shard(&fname, &data, i)?))
+            Ok(Part::Shard(i, Box::new(decode_shard(&fname, &data, i)?)))
         } else {
             Err(bad(&format!("unknown file `{name}`")))
         }
@@ -764,7 +764,7 @@ fn read_one(path: &Path) -> Result<Restored> {
     for part in parts.into_inner() {
         match part? {
             Part::Meta(m) => meta = Some(*m),
-            Part::Shard(i, s) => shards.push((i, s)),
+            Part::Shard(i, s) => shards.push((i, *s)),
         }
     }
     let mut out: Restored = meta.ok_or_else(|| bad("no meta.bin"))?;

@@ -309,3 +309,67 @@ async fn a_stalled_watcher_does_not_slow_writers_and_resumes_without_gaps() {
     assert_eq!(got.len(), total);
     assert_contiguous(&got, 1);
 }
+
+#[tokio::test]
+async fn time_moves_customers_in_and_out_with_time_events() {
+    use segmentd::time::{Clock, ManualClock, days_from_civil};
+    const DAY: i64 = 86_400;
+    // 2026-03-10 12:00 UTC.
+    let t0 = i64::from(days_from_civil(2026, 3, 10).unwrap()) * DAY + 12 * 3600;
+    let clock = std::sync::Arc::new(ManualClock::new(t0 * 1_000_000));
+    let server = TestServer::start_with(|c| {
+        c.clock = Some(clock.clone());
+        c.time_tick_ms = 50;
+    })
+    .await;
+    // c1 last ordered 89 days ago; c2's birthday is in 3 days.
+    server
+        .ingest()
+        .await
+        .record_orders(pb::RecordOrdersRequest {
+            orders: vec![order("o1", "c1", t0 - 89 * DAY, 5000, false, &[])],
+        })
+        .await
+        .unwrap();
+    upsert(
+        &server,
+        vec![customer("c2", None, &[("birth_date", date(1990, 3, 13))])],
+    )
+    .await;
+    create(&server, text_segment("recent", "last_order_at within 90 days"))
+        .await
+        .unwrap();
+    create(&server, text_segment("birthday", "birthday within 2 days"))
+        .await
+        .unwrap();
+    assert_eq!(is_member(&server, "c1", "recent").await, (true, true));
+    assert_eq!(is_member(&server, "c2", "birthday").await, (false, true));
+    let mut stream = watch(&server, 0, &[]).await.unwrap();
+    assert_eq!(
+        brief(&take(&mut stream, 1).await),
+        vec![ev("recent", "c1", true, C::Rule)]
+    );
+
+    // Day 90 passes for c1; c2's birthday comes within 2 days.
+    clock.advance((DAY + 1) * 1_000_000);
+    let moved = take(&mut stream, 2).await;
+    assert_eq!(
+        brief(&moved),
+        vec![
+            ev("recent", "c1", false, C::Time),
+            ev("birthday", "c2", true, C::Time)
+        ]
+    );
+    assert!(moved.iter().all(|e| e.time.as_ref().unwrap().seconds >= t0 + DAY));
+    assert_eq!(is_member(&server, "c1", "recent").await, (false, true));
+    assert_eq!(is_member(&server, "c2", "birthday").await, (true, true));
+
+    // The birthday passes: the window closes.
+    clock.advance(3 * DAY * 1_000_000);
+    assert_eq!(
+        brief(&take(&mut stream, 1).await),
+        vec![ev("birthday", "c2", false, C::Time)]
+    );
+    assert_eq!(is_member(&server, "c2", "birthday").await, (false, true));
+    assert!(clock.now_micros() > t0 * 1_000_000);
+}

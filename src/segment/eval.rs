@@ -204,7 +204,8 @@ pub fn bind(expr: &Expr, schema: &Schema, now: Now) -> BoundExpr {
     }
 }
 
-fn bind_relative(rel: &Relative, now: Now) -> Bound {
+/// A relative-time leaf bound to `now`.
+pub(crate) fn bind_relative(rel: &Relative, now: Now) -> Bound {
     match rel {
         Relative::TimestampWithin { attr, micros } => Bound::I64 {
             attr: *attr,

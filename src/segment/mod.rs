@@ -6,6 +6,7 @@ pub mod compile;
 pub mod eval;
 pub mod rule;
 pub mod text;
+pub mod timing;
 
 /// One segment's state in one shard.
 #[derive(Debug, Default, Clone, PartialEq)]

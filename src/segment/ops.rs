@@ -29,6 +29,8 @@ pub enum Changed<'a> {
     Attrs(&'a [AttrId]),
     /// The include/exclude lists of this segment.
     Lists(u32),
+    /// The clock moved: the segments whose rules read it.
+    Time,
 }
 
 /// Most customer ids returned in a segment's include or exclude list by `segment_info`.
@@ -197,6 +199,7 @@ pub(crate) fn refresh_customer(
             Changed::All => true,
             Changed::Attrs(attrs) => e.attrs.iter().any(|a| attrs.contains(a)),
             Changed::Lists(slot) => e.slot == slot,
+            Changed::Time => e.compiled.as_ref().is_some_and(|c| c.time_dependent),
         } || e.segments.iter().any(|d| moved.contains(d));
         if !affected {
             continue;
@@ -213,6 +216,7 @@ pub(crate) fn refresh_customer(
             moved.push(e.slot);
             let cause = match (changed, direct) {
                 (Changed::Lists(slot), Some(c)) if slot == e.slot => c,
+                (Changed::Time, _) => Cause::Time,
                 _ => cause_of(decision),
             };
             noted.push(Change {
@@ -345,7 +349,7 @@ impl Store {
     /// Evaluates `entry` over every shard and installs the members (and, when given, new
     /// include/exclude lists). Called with the writer lock held. Returns the membership changes,
     /// in ordinal order.
-    fn evaluate_segment(
+    pub(crate) fn evaluate_segment(
         &self,
         entry: &SegmentEntry,
         lists: Option<(&RoaringBitmap, &RoaringBitmap)>,
@@ -449,6 +453,7 @@ impl Store {
         let mut w = _w;
         w.noted.changes = self.evaluate_segment(&entry, Some((&include, &exclude)), &schema, now);
         self.segments.store(Arc::new(next));
+        self.sync_time_indexes(&self.registry());
         self.commit_events(lsn, now, &mut w.noted, &self.registry());
         drop(w);
         self.segment_info(&entry.def.id, MAX_LISTED_IDS)
@@ -526,6 +531,7 @@ impl Store {
             }
         }
         self.segments.store(Arc::new(next));
+        self.sync_time_indexes(&self.registry());
         w.noted.changes = changes;
         self.commit_events(lsn, now, &mut w.noted, &self.registry());
         drop(w);
@@ -548,6 +554,7 @@ impl Store {
         }
         let lsn = log()?;
         self.segments.store(Arc::new(reg.without(slot)));
+        self.sync_time_indexes(&self.registry());
         let mut w = _w;
         for i in 0..self.shards.len() {
             let mut s = self.write_shard(i);

@@ -396,13 +396,31 @@ impl Parser {
         Ok(out)
     }
 
+    /// `90d`, `12h`, `2w`, or spelled out: `90 days`, `1 week`.
     fn duration(&mut self) -> Result<i64> {
         match self.peek().tok {
             Tok::Duration(d) => {
                 self.next();
                 Ok(d)
             }
-            _ => Err(self.expected("a duration such as 90d, 12h, 2w")),
+            Tok::Int(n) if n >= 0 => {
+                self.next();
+                let secs = match &self.peek().tok {
+                    Tok::Ident(unit) => match unit.to_ascii_lowercase().as_str() {
+                        "second" | "seconds" => 1,
+                        "minute" | "minutes" => 60,
+                        "hour" | "hours" => 3600,
+                        "day" | "days" => 86_400,
+                        "week" | "weeks" => 7 * 86_400,
+                        _ => return Err(self.expected("a unit: seconds, minutes, hours, days or weeks")),
+                    },
+                    _ => return Err(self.expected("a unit: seconds, minutes, hours, days or weeks")),
+                };
+                self.next();
+                n.checked_mul(secs * 1_000_000)
+                    .ok_or_else(|| self.expected("a shorter duration"))
+            }
+            _ => Err(self.expected("a duration such as 90d, 12h, 2w or 7 days")),
         }
     }
 

@@ -33,6 +33,7 @@ use crate::segment::SegShard;
 use crate::segment::eval::Now;
 use crate::segment::ops::{Changed, refresh_customer};
 use crate::segment::registry::Registry;
+use crate::segment::timing::TimeIndex;
 use crate::time::{Clock, SystemClock};
 use column::Column;
 use index::{IdIndex, KeyCase};
@@ -69,6 +70,9 @@ pub struct Shard {
     pub columns: Vec<Option<Column>>,
     /// Segment members and lists in this shard, indexed by segment slot.
     pub segments: Vec<SegShard>,
+    /// Customers by day of each date or timestamp that a relative-time rule reads
+    /// (see [`crate::segment::timing`]); rebuilt after a restore.
+    pub timed: Vec<TimeIndex>,
 }
 
 impl Shard {
@@ -212,6 +216,8 @@ pub struct Store {
     write_time: std::sync::atomic::AtomicI64,
     /// Every membership change, in order.
     pub(crate) events: Arc<EventLog>,
+    /// The instant up to which time flips are applied (`i64::MIN`: not yet since the start).
+    pub(crate) time_applied: std::sync::atomic::AtomicI64,
     /// A snapshot's cut in progress: shards not yet copied are copied before a write changes them.
     pub(crate) cut: Mutex<Option<Cut>>,
     cut_active: std::sync::atomic::AtomicBool,
@@ -244,6 +250,7 @@ impl Store {
             clock,
             write_time: std::sync::atomic::AtomicI64::new(i64::MIN),
             events: Arc::new(EventLog::default()),
+            time_applied: std::sync::atomic::AtomicI64::new(i64::MIN),
             eval_threads: std::sync::atomic::AtomicUsize::new(0),
             cut: Mutex::new(None),
             cut_active: std::sync::atomic::AtomicBool::new(false),
@@ -394,6 +401,7 @@ impl Store {
             reg = reg.with(entry).map_err(|e| bad(e.to_string()))?;
         }
         self.segments.store(Arc::new(reg));
+        self.sync_time_indexes(&self.registry());
         let mut w = _w;
         w.next_ordinal = r.next_ordinal;
         w.free = r.free;
@@ -749,6 +757,10 @@ impl Store {
         w.next_ordinal = ord.checked_add(1).expect("fewer than 2^32 customers");
         if local(ord) == 0 {
             self.shards.ensure(shard_of(ord));
+            let wanted = crate::segment::timing::timed_attrs(&self.registry(), &self.schema());
+            if !wanted.is_empty() {
+                self.shards.get(shard_of(ord)).write().set_time_indexes(&wanted);
+            }
         }
         ord
     }
@@ -776,6 +788,7 @@ impl Store {
         {
             let mut s = self.write_shard(shard_of(ord));
             let i = local(ord);
+            s.untime(ord);
             for col in s.columns.iter_mut().flatten() {
                 col.clear(ord);
             }
@@ -929,6 +942,8 @@ fn apply_patch(s: &mut Shard, schema: &Schema, ord: u32, new: bool, patch: &Cust
     }
     for (attr, value) in &patch.attrs {
         let def = schema.attr(*attr);
+        let timed = !s.timed.is_empty();
+        let old = if timed { s.time_day(*attr, ord) } else { None };
         match value {
             Some(v) => s.column_mut(*attr, def.ty).set(ord, v, def.dict.as_deref()),
             None => {
@@ -936,6 +951,9 @@ fn apply_patch(s: &mut Shard, schema: &Schema, ord: u32, new: bool, patch: &Cust
                     col.clear(ord);
                 }
             }
+        }
+        if timed {
+            s.retime(*attr, ord, old);
         }
     }
 }
@@ -974,7 +992,15 @@ fn apply_order(s: &mut Shard, schema: &Schema, ord: u32, order: &OrderIn) {
         (purchase::FIRST_ORDER_AT, first),
         (purchase::LAST_ORDER_AT, last),
     ] {
+        let old = if s.timed.is_empty() {
+            None
+        } else {
+            s.time_day(attr, ord)
+        };
         s.column_mut(attr, schema.attr(attr).ty).set_i64(ord, x);
+        if !s.timed.is_empty() {
+            s.retime(attr, ord, old);
+        }
     }
     for (attr, items) in [
         (purchase::CATEGORIES_BOUGHT, &order.categories),

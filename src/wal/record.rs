@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::segment::ops::SegmentUpdate;
 use crate::segment::registry::SegmentDef;
 use crate::segment::text;
+use crate::segment::timing::Advance;
 use crate::store::Store;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrType, Schema};
@@ -174,6 +175,10 @@ pub fn set_listed(segment_id: &str, keys: &[CustomerKey], add: bool, activity: O
     })
 }
 
+pub fn advance_time(since: Option<i64>) -> Op {
+    Op::AdvanceTime(pb::AdvanceTime { since_micros: since })
+}
+
 fn parse_type(name: &str) -> Result<AttrType> {
     AttrType::from_name(name)
         .ok_or_else(|| Error::DataLoss(format!("unknown attribute type `{name}` in the log")))
@@ -281,6 +286,10 @@ fn apply_op(store: &Store, op: Op, log: &mut dyn FnMut() -> Result<u64>) -> Resu
             let keys = s.keys.into_iter().map(key_in).collect::<Result<Vec<_>>>()?;
             let activity = s.activity.then_some(s.activity_id.as_str());
             store.set_listed(&s.segment_id, &keys, s.add, activity, log)?;
+        }
+        Op::AdvanceTime(t) => {
+            let how = t.since_micros.map_or(Advance::Full, Advance::Since);
+            store.advance_time(Some(how), log)?;
         }
     }
     Ok(())
