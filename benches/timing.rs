@@ -101,7 +101,11 @@ fn main() {
     let changed = store.advance_time(None, &mut no_log).unwrap();
     runs.push(started.elapsed());
     let after = store.segment_info("recent", 0).unwrap().size;
-    assert_eq!((before, after, changed), (n as u64, 0, n as u64), "every customer expired");
+    assert_eq!(
+        (before, after, changed),
+        (n as u64, 0, n as u64),
+        "every customer expired"
+    );
     println!(
         "time expiries: {changed} customers due in the same second applied in {:.3} s (target: within 1 s)",
         runs[0].as_secs_f64()

@@ -1,4 +1,5 @@
 import datetime as dt
+import itertools
 
 import grpc
 import pytest
@@ -88,3 +89,24 @@ def test_errors_keep_the_status_code(client):
 
     with pytest.raises(TypeError):
         client.upsert_customers([{"customer_id": "X2", "attributes": {"vip": object()}}])
+
+
+def test_watch_replays_resumes_and_history(client):
+    client.load_customers(customers(20))
+    client.create_segment("women", rule_text='gender = "F"')
+    events = list(itertools.islice(client.watch(0), 10))
+    assert [e.sequence for e in events] == list(range(1, 11))
+    assert all(e.entered and e.cause == "rule" and e.segment_id == "women" for e in events)
+    assert events[0].time.tzinfo is not None
+
+    client.create_segment("golfers", allow_activities=True)
+    client.add_to_segment("golfers", ["C1"], activity_id="golf-week")
+    resumed = next(client.watch(events[-1].sequence, segment_ids=["golfers"]))
+    assert (resumed.sequence, resumed.customer_id, resumed.cause) == (11, "C1", "activity")
+    assert resumed.activity_id == "golf-week"
+
+    history = client.membership_history("C1")
+    assert [(h.segment_id, h.entered, h.cause) for h in history] == [("golfers", True, "activity")]
+    with pytest.raises(SegmentdError) as e:
+        next(client.watch(999))
+    assert e.value.code == grpc.StatusCode.OUT_OF_RANGE

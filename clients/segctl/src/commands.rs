@@ -10,8 +10,8 @@ use crate::pb::{
 };
 use crate::values::{self, Failure, Result, fail};
 use crate::{
-    ActivityArgs, ActivityCommand, Cli, Command, CustomerCommand, ExportFormat, LoadCommand, SegmentArgs,
-    SegmentCommand,
+    ActivityArgs, ActivityCommand, Cli, Command, CustomerCommand, EventFormat, ExportFormat, LoadCommand,
+    SegmentArgs, SegmentCommand,
 };
 
 async fn connect(server: &str) -> Result<Channel> {
@@ -66,6 +66,37 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Watch {
+            from,
+            segments,
+            limit,
+            format,
+        } => watch(channel, from, segments, limit, format).await,
+        Command::History {
+            customer_id,
+            segment,
+            format,
+        } => {
+            let reply = SegmentsClient::new(channel)
+                .get_membership_history(pb::GetMembershipHistoryRequest {
+                    customer_id,
+                    segment_id: segment.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            for e in &reply.events {
+                print_event(&mut out, e, format)?;
+            }
+            if format == EventFormat::Text {
+                eprintln!(
+                    "{} events (history before sequence {} is no longer retained)",
+                    reply.events.len(),
+                    reply.oldest_retained_sequence
+                );
+            }
+            Ok(())
+        }
         Command::Customer(cmd) => customer(channel, cmd).await,
         Command::Activity(cmd) => activity(channel, cmd).await,
         Command::Snapshot => {
@@ -93,6 +124,107 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn cause_name(cause: i32) -> &'static str {
+    use pb::MembershipCause as C;
+    match C::try_from(cause).unwrap_or(C::Unspecified) {
+        C::Rule => "rule",
+        C::Time => "time",
+        C::Include => "include",
+        C::Exclude => "exclude",
+        C::Account => "account",
+        C::Activity => "activity",
+        C::MemberLoad => "member_load",
+        C::Reclassification => "reclassification",
+        C::Deletion => "deletion",
+        C::Unspecified => "unknown",
+    }
+}
+
+fn print_event(out: &mut impl Write, e: &pb::MembershipEvent, format: EventFormat) -> Result<()> {
+    let time = e.time.as_ref().map(values::format_timestamp).unwrap_or_default();
+    let what = if e.entered { "entered" } else { "exited" };
+    match format {
+        EventFormat::Text => {
+            write!(
+                out,
+                "{}\t{time}\t{}\t{}\t{what}\t{}",
+                e.sequence,
+                e.segment_id,
+                e.customer_id,
+                cause_name(e.cause)
+            )?;
+            if !e.activity_id.is_empty() {
+                write!(out, "\t{}", e.activity_id)?;
+            }
+            writeln!(out)?;
+        }
+        EventFormat::Jsonl => {
+            let mut obj = serde_json::json!({
+                "sequence": e.sequence,
+                "time": time,
+                "segment_id": e.segment_id,
+                "customer_id": e.customer_id,
+                "entered": e.entered,
+                "cause": cause_name(e.cause),
+            });
+            if !e.activity_id.is_empty() {
+                obj["activity_id"] = e.activity_id.clone().into();
+            }
+            writeln!(out, "{obj}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints events as they arrive; an interrupted or failed stream says where to resume.
+async fn watch(
+    channel: Channel,
+    from: u64,
+    segments: Vec<String>,
+    limit: Option<u64>,
+    format: EventFormat,
+) -> Result<()> {
+    let mut stream = SegmentsClient::new(channel)
+        .watch_memberships(pb::WatchMembershipsRequest {
+            from_sequence: from,
+            segment_ids: segments,
+        })
+        .await?
+        .into_inner();
+    let mut last = from;
+    let mut printed = 0u64;
+    let resume = |last: u64| format!("resume with --from {last}");
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted; {}", resume(last));
+                return Ok(());
+            }
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => return fail(format!("the server ended the stream; {}", resume(last))),
+            Err(status) => {
+                let why = Failure::from(status);
+                return fail(format!("{why}; {}", resume(last)));
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        for e in &msg.events {
+            print_event(&mut out, e, format)?;
+            last = e.sequence;
+            printed += 1;
+            if limit.is_some_and(|l| printed >= l) {
+                out.flush()?;
+                return Ok(());
+            }
+        }
+        out.flush()?;
+        last = last.max(msg.last_sequence);
     }
 }
 

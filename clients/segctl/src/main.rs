@@ -59,6 +59,37 @@ enum Command {
     /// Add customers to or remove them from a segment, as a marketing activity.
     #[command(subcommand)]
     Activity(ActivityCommand),
+    /// Follow segment entries and exits as they happen, one line each.
+    #[command(
+        after_help = "Lines are: sequence, time, segment, customer, entered|exited, cause (and activity).\n\
+Resume after an interruption with --from and the last sequence printed: no duplicates, no gaps.\n\n\
+Examples:\n  segctl watch\n  segctl watch --segment golfers --segment vip --from 1200\n  segctl watch --format jsonl --limit 1000 > events.jsonl"
+    )]
+    Watch {
+        /// Start after this sequence (0: everything the server retains).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Only these segments (repeatable; all when absent).
+        #[arg(long = "segment")]
+        segments: Vec<String>,
+        /// Stop after this many events (default: follow until interrupted).
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long, value_enum, default_value_t = EventFormat::Text)]
+        format: EventFormat,
+    },
+    /// A customer's entries into and exits from segments, oldest first.
+    #[command(
+        after_help = "Examples:\n  segctl history C000000042\n  segctl history C000000042 --segment golfers"
+    )]
+    History {
+        customer_id: String,
+        /// Only this segment.
+        #[arg(long)]
+        segment: Option<String>,
+        #[arg(long, value_enum, default_value_t = EventFormat::Text)]
+        format: EventFormat,
+    },
     /// Write a snapshot of the server's state now.
     #[command(after_help = "Example:\n  segctl snapshot")]
     Snapshot,
@@ -237,6 +268,14 @@ enum CustomerCommand {
         #[arg(long)]
         email: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventFormat {
+    /// Tab-separated lines.
+    Text,
+    /// One JSON object a line.
+    Jsonl,
 }
 
 #[derive(Subcommand)]

@@ -35,6 +35,7 @@ impl From<tonic::Status> for Failure {
             Code::PermissionDenied => "permission denied",
             Code::ResourceExhausted => "server busy or over a limit",
             Code::DeadlineExceeded => "timed out",
+            Code::OutOfRange => "out of range",
             _ => "server error",
         };
         Failure(format!("{what}: {}", s.message()))

@@ -248,3 +248,49 @@ fn jsonl_members_and_plain_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach segmentd"));
 }
+
+#[test]
+fn watch_and_history_show_entries_and_exits_and_resume() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.csv",
+        "customer_id,email,gender\nW1,w1@example.com,M\nW2,w2@example.com,F\n",
+    );
+    server.ok(&["load", "customers", &file]);
+    server.ok(&["segment", "create", "men", "--rule", "gender = \"M\""]);
+    server.ok(&["segment", "create", "golfers", "--allow-activities"]);
+    server.ok(&["activity", "add", "golfers", "--activity", "golf-week", "W2"]);
+    server.ok(&["customer", "delete", "W1"]);
+
+    let lines = server.ok(&["watch", "--limit", "3"]);
+    let rows: Vec<Vec<&str>> = lines.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 3, "{lines}");
+    assert_eq!(&rows[0][2..], ["men", "W1", "entered", "rule"]);
+    assert_eq!(
+        &rows[1][2..],
+        ["golfers", "W2", "entered", "activity", "golf-week"]
+    );
+    assert_eq!(&rows[2][2..], ["men", "W1", "exited", "deletion"]);
+    assert!(rows[0][1].ends_with('Z'), "RFC 3339 time: {}", rows[0][1]);
+
+    // Resuming after the first: the rest, nothing twice; JSON lines on request.
+    let rest = server.ok(&["watch", "--from", rows[0][0], "--limit", "2", "--format", "jsonl"]);
+    let events: Vec<serde_json::Value> = rest.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0]["sequence"], 2);
+    assert_eq!(events[0]["activity_id"], "golf-week");
+    assert_eq!(events[1]["cause"], "deletion");
+    let filtered = server.ok(&["watch", "--segment", "golfers", "--limit", "1"]);
+    assert!(filtered.contains("\tgolfers\tW2\tentered\t"), "{filtered}");
+
+    let history = server.ok(&["history", "W1"]);
+    assert_eq!(history.lines().count(), 2, "{history}");
+    let out = server.segctl(&["watch", "--from", "99"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("out of range"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

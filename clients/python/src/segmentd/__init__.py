@@ -4,8 +4,9 @@ from segmentd.client import (
     ActivityResult,
     Client,
     LoadResult,
+    MembershipEvent,
     OrdersResult,
     SegmentdError,
 )
 
-__all__ = ["ActivityResult", "Client", "LoadResult", "OrdersResult", "SegmentdError"]
+__all__ = ["ActivityResult", "Client", "LoadResult", "MembershipEvent", "OrdersResult", "SegmentdError"]

@@ -59,6 +59,33 @@ class ActivityResult:
     unknown: List[str]
 
 
+@dataclass(frozen=True)
+class MembershipEvent:
+    """A customer entering (`entered`) or leaving a segment, and why (`cause`: "rule", "time",
+    "include", "exclude", "account", "activity", "member_load", "reclassification", "deletion")."""
+
+    sequence: int
+    time: _dt.datetime
+    segment_id: str
+    customer_id: str
+    entered: bool
+    cause: str
+    activity_id: Optional[str]
+
+
+def _event(e: segments_pb2.MembershipEvent) -> MembershipEvent:
+    name = segments_pb2.MembershipCause.Name(e.cause).removeprefix("MEMBERSHIP_CAUSE_").lower()
+    return MembershipEvent(
+        sequence=e.sequence,
+        time=e.time.ToDatetime(tzinfo=_dt.timezone.utc),
+        segment_id=e.segment_id,
+        customer_id=e.customer_id,
+        entered=e.entered,
+        cause=name,
+        activity_id=e.activity_id or None,
+    )
+
+
 def _raise(err: grpc.RpcError) -> SegmentdError:
     return SegmentdError(err.code(), err.details() or "")
 
@@ -350,6 +377,31 @@ class Client:
                     yield from_customer(c)
         except grpc.RpcError as err:
             raise _raise(err) from None
+
+    def watch(self, from_sequence: int = 0, segment_ids: Sequence[str] = ()) -> Iterator[MembershipEvent]:
+        """Membership events after `from_sequence` (0: everything retained), in order, then new
+        ones as they happen; endless until the caller stops iterating. To resume after an
+        interruption, pass the last `sequence` received: no duplicates, no gaps. A sequence older
+        than the server's retention raises SegmentdError with code OUT_OF_RANGE."""
+        stream = self._segments.WatchMemberships(
+            segments_pb2.WatchMembershipsRequest(from_sequence=from_sequence, segment_ids=list(segment_ids))
+        )
+        try:
+            for msg in stream:
+                for e in msg.events:
+                    yield _event(e)
+        except grpc.RpcError as err:
+            raise _raise(err) from None
+        finally:
+            stream.cancel()
+
+    def membership_history(self, customer_id: str, segment_id: str = "") -> List[MembershipEvent]:
+        """A customer's entries into and exits from segments (one, or all), oldest first."""
+        r = self._call(
+            self._segments.GetMembershipHistory,
+            segments_pb2.GetMembershipHistoryRequest(customer_id=customer_id, segment_id=segment_id),
+        )
+        return [_event(e) for e in r.events]
 
     # Admin.
 
