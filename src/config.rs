@@ -86,6 +86,11 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_TIME_TICK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub time_tick_ms: u64,
 
+    /// Hours between scheduled RFM reclassifications (0: on demand only). The first runs as soon
+    /// as orders exist; `Segments.Reclassify` runs one at any time.
+    #[arg(long, env = "SEGMENTD_RECLASSIFY_INTERVAL_HOURS", default_value_t = 720)]
+    pub reclassify_interval_hours: u64,
+
     /// The clock relative-time rules read (tests set a manual one); the system clock otherwise.
     #[arg(skip)]
     pub clock: Option<std::sync::Arc<dyn crate::time::Clock>>,
@@ -121,6 +126,7 @@ impl Config {
             wal_segment_bytes: 64 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
             time_tick_ms: 1000,
+            reclassify_interval_hours: 720,
             clock: None,
             event_retention_events: crate::events::DEFAULT_MAX_EVENTS,
             event_retention_secs: crate::events::DEFAULT_MAX_AGE_SECS,

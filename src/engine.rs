@@ -13,8 +13,10 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, Page};
+use crate::segment::family::{Family, FamilyInfo};
 use crate::segment::ops::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
+use crate::segment::rfm::Reclassified;
 use crate::segment::rule::Rule;
 use crate::segment::timing::Advance;
 use crate::snapshot::{self, SnapshotInfo};
@@ -87,6 +89,8 @@ pub struct Engine {
     snapshots: Arc<tokio::sync::Mutex<(Instant, u64)>>,
     /// Set when the server begins to shut down: endless streams (watchers) end.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// When this server first saw orders with no RFM yet: the first scheduled run counts from it.
+    schedule_anchor: Arc<parking_lot::Mutex<Option<i64>>>,
 }
 
 impl Default for Engine {
@@ -111,6 +115,7 @@ impl Engine {
             data_dir: Arc::new(OnceLock::new()),
             snapshots: Arc::new(tokio::sync::Mutex::new((Instant::now(), 0))),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            schedule_anchor: Arc::default(),
         }
     }
 
@@ -372,6 +377,55 @@ impl Engine {
             s.advance_time(Some(how), &mut || log.append(|| record::advance_time(since)))
         })
         .await
+    }
+
+    pub async fn create_family(&self, family: Family) -> Result<FamilyInfo> {
+        self.write(move |s, log| {
+            let mut op = Some(record::create_family(&family));
+            s.create_family(family, &mut || log.append(|| op.take().expect("logged once")))
+        })
+        .await
+    }
+
+    pub async fn delete_family(&self, id: String) -> Result<()> {
+        self.write(move |s, log| s.delete_family(&id, &mut || log.append(|| record::delete_family(&id))))
+            .await
+    }
+
+    pub async fn list_families(&self) -> Result<Vec<FamilyInfo>> {
+        self.blocking(|s| s.list_families()).await
+    }
+
+    /// Scores RFM as of `as_of` (now when `None`) and re-evaluates what reads the scores.
+    pub async fn reclassify(&self, as_of: Option<i64>) -> Result<Reclassified> {
+        self.write(move |s, log| {
+            let as_of = as_of.unwrap_or_else(|| s.now().micros);
+            s.reclassify(as_of, &mut || log.append(|| record::reclassify(as_of)))
+        })
+        .await
+    }
+
+    /// Whether a scheduled reclassification is due: `every` passed since the last one, or, before
+    /// the first, since this server first saw orders; never when `every` is zero.
+    pub fn reclassify_due(&self, every: std::time::Duration) -> bool {
+        if every.is_zero() {
+            return false;
+        }
+        let now = self.store.now().micros;
+        let since = match self.reclassified_at() {
+            Some(at) => at,
+            None if self.store.orders_recorded() == 0 => return false,
+            None => *self.schedule_anchor.lock().get_or_insert(now),
+        };
+        now.saturating_sub(since) >= every.as_micros() as i64
+    }
+
+    /// When the RFM family was last reclassified; `None` before the first time.
+    pub fn reclassified_at(&self) -> Option<i64> {
+        self.store
+            .registry()
+            .family(crate::segment::family::RFM_FAMILY)
+            .and_then(|f| f.reclassified_at)
     }
 
     pub async fn stats(&self) -> Result<StoreStats> {

@@ -77,6 +77,20 @@ pub struct Change {
     pub slot: u32,
     pub entered: bool,
     pub cause: Cause,
+    /// A move within a family: the member segment the customer left for `slot`.
+    pub from_slot: Option<u32>,
+}
+
+impl Change {
+    pub fn new(ord: u32, slot: u32, entered: bool, cause: Cause) -> Change {
+        Change {
+            ord,
+            slot,
+            entered,
+            cause,
+            from_slot: None,
+        }
+    }
 }
 
 /// What one write noted, committed together as one batch.
@@ -111,6 +125,9 @@ pub struct Event {
     pub entered: bool,
     pub cause: Cause,
     pub activity_id: Option<Arc<str>>,
+    /// A move within a family: the member segment the customer left (the event stands for that
+    /// exit and the entry into `segment_id`).
+    pub from_segment_id: Option<Arc<str>>,
 }
 
 /// How long events are kept: the newest `max_events`, none older than `max_age_micros`.
@@ -135,12 +152,29 @@ struct Stored {
     time: i64,
     ord: u32,
     segment: u32,
-    activity: u32,
+    /// The activity of an activity event, or the segment left by a move.
+    aux: u32,
     flags: u8,
 }
 
-fn flags(entered: bool, cause: Cause) -> u8 {
-    u8::from(entered) | ((cause as u8) << 1)
+const MOVE: u8 = 1 << 5;
+
+fn flags(entered: bool, cause: Cause, moved: bool) -> u8 {
+    u8::from(entered) | ((cause as u8) << 1) | if moved { MOVE } else { 0 }
+}
+
+fn cause_of(flags: u8) -> Cause {
+    Cause::from_u8((flags >> 1) & 0x0f).unwrap_or(Cause::Rule)
+}
+
+impl Stored {
+    fn moved_from(&self) -> Option<u32> {
+        (self.flags & MOVE != 0).then_some(self.aux)
+    }
+
+    fn touches(&self, segments: &[u32]) -> bool {
+        segments.contains(&self.segment) || self.moved_from().is_some_and(|s| segments.contains(&s))
+    }
 }
 
 /// Interned names (segment ids, activity ids); number 0 is "none".
@@ -284,14 +318,18 @@ impl Inner {
     }
 
     fn event(&self, sequence: u64, e: &Stored, current: &dyn Fn(u32) -> Option<Arc<str>>) -> Event {
+        let cause = cause_of(e.flags);
+        let moved = e.moved_from();
         Event {
             sequence,
             time_micros: e.time,
             segment_id: self.segments.get(e.segment),
             customer_id: self.customer_id(e.ord, sequence, current),
             entered: e.flags & 1 == 1,
-            cause: Cause::from_u8(e.flags >> 1).unwrap_or(Cause::Rule),
-            activity_id: (e.activity != 0).then(|| self.activities.get(e.activity)),
+            cause,
+            activity_id: (moved.is_none() && cause == Cause::Activity && e.aux != 0)
+                .then(|| self.activities.get(e.aux)),
+            from_segment_id: moved.map(|s| self.segments.get(s)),
         }
     }
 }
@@ -510,22 +548,32 @@ impl EventLog {
         }
         let time = batch.time_micros;
         let activity = batch.activity_ref;
-        let stored = batch
+        let mut moved_from = batch.moved_from.iter();
+        let mut stored = Vec::with_capacity(batch.ordinals.len());
+        for ((&ord, &segment), &flags) in batch
             .ordinals
             .iter()
             .zip(&batch.segment_refs)
             .zip(batch.flags.iter())
-            .map(|((&ord, &segment), &flags)| Stored {
+        {
+            let aux = if flags & MOVE != 0 {
+                *moved_from
+                    .next()
+                    .ok_or_else(|| Error::DataLoss("event log: a move without the segment it left".into()))?
+            } else if cause_of(flags) == Cause::Activity {
+                activity
+            } else {
+                0
+            };
+            stored.push(Stored {
                 time,
                 ord,
                 segment,
-                activity: if flags >> 1 == Cause::Activity as u8 {
-                    activity
-                } else {
-                    0
-                },
+                aux,
                 flags,
             });
+        }
+        let stored = stored.into_iter();
         let erased = batch
             .erased
             .iter()
@@ -669,36 +717,46 @@ impl EventLog {
         batch.activity_ref = activity;
         // Slots to segment numbers, looked up once per slot.
         let mut numbers: HashMap<u32, u32> = HashMap::default();
+        let mut number = |inner: &mut Inner, batch: &mut EventBatch, slot: u32| -> u32 {
+            if let Some(&n) = numbers.get(&slot) {
+                return n;
+            }
+            let id = segment_id(slot).unwrap_or_else(|| Arc::from(""));
+            let (n, new) = inner.segments.intern(&id);
+            if new {
+                batch.segments.push(Name {
+                    number: n,
+                    value: id.to_string(),
+                });
+            }
+            numbers.insert(slot, n);
+            n
+        };
         let record = writer.as_ref().is_some_and(|w| w.failed.is_none());
         let mut stored = Vec::with_capacity(noted.changes.len());
         for c in &noted.changes {
-            let segment = match numbers.get(&c.slot) {
-                Some(&n) => n,
-                None => {
-                    let id = segment_id(c.slot).unwrap_or_else(|| Arc::from(""));
-                    let (n, new) = inner.segments.intern(&id);
-                    if new {
-                        batch.segments.push(Name {
-                            number: n,
-                            value: id.to_string(),
-                        });
-                    }
-                    numbers.insert(c.slot, n);
-                    n
-                }
+            let segment = number(&mut inner, &mut batch, c.slot);
+            let from = c.from_slot.map(|s| number(&mut inner, &mut batch, s));
+            let f = flags(c.entered, c.cause, from.is_some());
+            let aux = match from {
+                Some(s) => s,
+                None if c.cause == Cause::Activity => activity,
+                None => 0,
             };
-            let f = flags(c.entered, c.cause);
             stored.push(Stored {
                 time,
                 ord: c.ord,
                 segment,
-                activity: if c.cause == Cause::Activity { activity } else { 0 },
+                aux,
                 flags: f,
             });
             if record {
                 batch.ordinals.push(c.ord);
                 batch.segment_refs.push(segment);
                 batch.flags.push(f);
+                if let Some(s) = from {
+                    batch.moved_from.push(s);
+                }
             }
         }
         batch.erased = noted
@@ -854,7 +912,7 @@ impl EventLog {
         let end = inner.published.min(after.saturating_add(max_scan as u64));
         while seq <= end && page.events.len() < max {
             let e = &inner.events[(seq - inner.first) as usize];
-            if wanted.as_ref().is_none_or(|w| w.contains(&e.segment)) {
+            if wanted.as_ref().is_none_or(|w| e.touches(w)) {
                 page.events.push(inner.event(seq, e, current));
             }
             page.last = seq;
@@ -908,7 +966,7 @@ impl EventLog {
             if seq > inner.published {
                 break;
             }
-            if segment.is_some_and(|s| s != e.segment) {
+            if segment.is_some_and(|s| !e.touches(&[s])) {
                 continue;
             }
             if spans
@@ -936,12 +994,7 @@ mod tests {
     }
 
     fn change(ord: u32, slot: u32, entered: bool) -> Change {
-        Change {
-            ord,
-            slot,
-            entered,
-            cause: Cause::Rule,
-        }
+        Change::new(ord, slot, entered, Cause::Rule)
     }
 
     #[test]

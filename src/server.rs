@@ -153,15 +153,37 @@ pub async fn run(
     let ticker = {
         let engine = engine.clone();
         let every = Duration::from_millis(config.time_tick_ms);
+        let reclassify_every = Duration::from_secs(config.reclassify_interval_hours.saturating_mul(3600));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failed_at = None;
             loop {
                 tick.tick().await;
-                if engine.is_ready()
-                    && let Err(e) = engine.advance_time().await
-                {
+                if !engine.is_ready() {
+                    continue;
+                }
+                if let Err(e) = engine.advance_time().await {
                     tracing::error!(error = %e, "applying time flips failed");
+                }
+                // A failed run is retried an hour later, not every tick.
+                let retry =
+                    failed_at.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(3600));
+                if retry && engine.reclassify_due(reclassify_every) {
+                    match engine.reclassify(None).await {
+                        Ok(r) => {
+                            failed_at = None;
+                            tracing::info!(
+                                scored = r.scored,
+                                changes = r.changes,
+                                "scheduled RFM reclassification"
+                            );
+                        }
+                        Err(e) => {
+                            failed_at = Some(std::time::Instant::now());
+                            tracing::error!(error = %e, "scheduled RFM reclassification failed; retrying in an hour");
+                        }
+                    }
                 }
             }
         })

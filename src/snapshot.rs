@@ -31,6 +31,7 @@ use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
 use crate::segment::SegShard;
+use crate::segment::family::{Family, FamilyMember};
 use crate::segment::registry::SegmentDef;
 use crate::segment::text;
 use crate::store::column::{Codes, Column, ColumnData};
@@ -66,6 +67,8 @@ pub struct Restored {
     pub dicts: Vec<(AttrId, Vec<String>)>,
     /// Segment definitions in dependency order, with their slots.
     pub segments: Vec<(u32, SegmentDef)>,
+    /// Families (their members are among `segments`), with their last reclassification.
+    pub families: Vec<(Family, Option<i64>)>,
     pub shards: Vec<Shard>,
 }
 
@@ -447,6 +450,24 @@ fn encode_meta(cut: &Cut) -> Vec<u8> {
         o.strs(&d.exclude_accounts);
         o.u8(u8::from(d.allow_activities));
     }
+    // Families, after the segments (a snapshot without this section has none).
+    let families = cut.registry.families();
+    o.len(families.len());
+    for fe in families {
+        let f = &fe.family;
+        o.str(&f.id);
+        o.str(&f.name);
+        o.str(&f.description);
+        o.u8(u8::from(f.builtin));
+        o.u8(u8::from(fe.reclassified_at.is_some()));
+        o.u64(fe.reclassified_at.unwrap_or(0) as u64);
+        o.len(f.members.len());
+        for m in &f.members {
+            o.str(&m.segment_id);
+            o.str(&m.name);
+            o.opt_str(m.rule.as_ref().map(text::print).as_deref());
+        }
+    }
     o.0
 }
 
@@ -504,6 +525,40 @@ fn decode_meta(file: &str, data: &[u8]) -> Result<Restored> {
                 allow_activities: r.u8()? == 1,
             },
         ));
+    }
+    if r.pos < data.len() {
+        let n = r.len()?;
+        for _ in 0..n {
+            let id = r.str()?;
+            let name = r.str()?;
+            let description = r.str()?;
+            let builtin = r.u8()? == 1;
+            let reclassified = r.u8()? == 1;
+            let at = r.u64()? as i64;
+            let members = r.len()?;
+            let mut family = Family {
+                id,
+                name,
+                description,
+                members: Vec::with_capacity(members),
+                builtin,
+            };
+            for _ in 0..members {
+                let segment_id = r.str()?;
+                let name = r.str()?;
+                let rule = r
+                    .opt_str()?
+                    .map(|t| text::parse(&t))
+                    .transpose()
+                    .map_err(|e| r.bad(&e.to_string()))?;
+                family.members.push(FamilyMember {
+                    segment_id,
+                    name,
+                    rule,
+                });
+            }
+            out.families.push((family, reclassified.then_some(at)));
+        }
     }
     if r.pos != data.len() {
         return Err(r.bad("trailing bytes"));

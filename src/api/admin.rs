@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use crate::api::convert;
 use crate::api::pb::{self, admin_server::Admin};
 use crate::engine::Engine;
+use crate::error::Error;
 
 pub struct AdminApi {
     engine: Engine,
@@ -38,6 +39,13 @@ impl Admin for AdminApi {
             description,
         } = request.into_inner();
         let ty = convert::attr_type_in(r#type)?;
+        if crate::store::schema::RFM_SCORES.contains(&name.as_str()) {
+            return Err(Error::invalid(
+                "name",
+                format!("`{name}` is reserved: the RFM scores are defined by Segments.Reclassify"),
+            )
+            .into());
+        }
         let schema = self
             .engine
             .define_attribute(name.clone(), ty, description)

@@ -3,6 +3,7 @@
 use crate::api::convert::{self, date_out, timestamp_out};
 use crate::api::pb::{self, rule::Node, value::Kind};
 use crate::error::{Error, Result};
+use crate::segment::family::{Family, FamilyInfo, FamilyMember};
 use crate::segment::ops::SegmentInfo;
 use crate::segment::registry::SegmentDef;
 use crate::segment::rule::{CmpOp, Literal, MAX_RULE_DEPTH, MAX_RULE_NODES, Pred, PredOp, Rule, TextOp};
@@ -314,6 +315,7 @@ pub fn segment_in(s: pb::Segment) -> Result<(SegmentDef, Vec<String>, Vec<String
         size: _,
         include_customer_count: _,
         exclude_customer_count: _,
+        family_id: _,
     } = s;
     let def = SegmentDef {
         id: segment_id,
@@ -337,6 +339,7 @@ pub fn segment_out(info: SegmentInfo) -> pb::Segment {
         exclude_ids,
         include_count,
         exclude_count,
+        family,
     } = info;
     let SegmentDef {
         id,
@@ -361,6 +364,77 @@ pub fn segment_out(info: SegmentInfo) -> pb::Segment {
         size,
         include_customer_count: include_count,
         exclude_customer_count: exclude_count,
+        family_id: family.unwrap_or_default(),
+    }
+}
+
+/// A family message as a definition: members with rules, then the catch-all.
+pub fn family_in(f: pb::Family) -> Result<Family> {
+    let pb::Family {
+        family_id,
+        name,
+        description,
+        members,
+        catch_all,
+        ..
+    } = f;
+    let mut out = Vec::with_capacity(members.len() + 1);
+    for (i, m) in members.into_iter().enumerate() {
+        let field = format!("members[{i}]");
+        let rule = either_rule(m.rule, &m.rule_text)
+            .map_err(|e| e.within(&field))?
+            .ok_or_else(|| Error::invalid(format!("{field}.rule_text"), "a member needs a rule"))?;
+        out.push(FamilyMember {
+            segment_id: m.segment_id,
+            name: m.name,
+            rule: Some(rule),
+        });
+    }
+    let catch_all = catch_all.ok_or_else(|| Error::invalid("catch_all", "is required"))?;
+    out.push(FamilyMember {
+        segment_id: catch_all.segment_id,
+        name: catch_all.name,
+        rule: None,
+    });
+    let family = Family {
+        id: family_id,
+        name,
+        description,
+        members: out,
+        builtin: false,
+    };
+    family.check()?;
+    Ok(family)
+}
+
+/// A family with its members' sizes.
+pub fn family_out(info: FamilyInfo) -> pb::Family {
+    let FamilyInfo {
+        family,
+        sizes,
+        reclassified_at,
+    } = info;
+    let mut members: Vec<pb::FamilyMember> = family
+        .members
+        .iter()
+        .zip(sizes)
+        .map(|(m, size)| pb::FamilyMember {
+            segment_id: m.segment_id.clone(),
+            name: m.name.clone(),
+            rule_text: m.rule.as_ref().map(text::print).unwrap_or_default(),
+            rule: m.rule.as_ref().map(rule_out),
+            size,
+        })
+        .collect();
+    let catch_all = members.pop();
+    pb::Family {
+        family_id: family.id,
+        name: family.name,
+        description: family.description,
+        members,
+        catch_all,
+        builtin: family.builtin,
+        reclassified_at: reclassified_at.map(crate::api::convert::timestamp_out),
     }
 }
 

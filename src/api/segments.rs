@@ -112,6 +112,7 @@ impl Segments for SegmentsApi {
             size: _,
             include_customer_count: _,
             exclude_customer_count: _,
+            family_id: _,
         } = segment;
         let update = SegmentUpdate {
             name: want("name").then_some(name),
@@ -162,12 +163,16 @@ impl Segments for SegmentsApi {
         &self,
         _request: Request<pb::ListSegmentsRequest>,
     ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let reg = self.engine.store().registry();
         let segments = self
             .engine
             .list_segments()
             .await?
             .into_iter()
             .map(|(def, size)| {
+                let family = reg
+                    .by_id(&def.id)
+                    .and_then(|e| e.family.as_deref().map(str::to_string));
                 rules::segment_out(crate::segment::ops::SegmentInfo {
                     def,
                     size,
@@ -175,6 +180,7 @@ impl Segments for SegmentsApi {
                     exclude_ids: vec![],
                     include_count: 0,
                     exclude_count: 0,
+                    family,
                 })
             })
             .collect();
@@ -412,6 +418,73 @@ impl Segments for SegmentsApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn create_family(
+        &self,
+        request: Request<pb::CreateFamilyRequest>,
+    ) -> Result<Response<pb::Family>, Status> {
+        let pb::CreateFamilyRequest { family } = request.into_inner();
+        let family = family.ok_or_else(|| Error::invalid("family", "is required"))?;
+        let family = rules::family_in(family).map_err(|e| e.within("family"))?;
+        let info = self
+            .engine
+            .create_family(family)
+            .await
+            .map_err(|e| e.within("family"))?;
+        tracing::info!(family = %info.family.id, members = info.sizes.len(), "family created");
+        Ok(Response::new(rules::family_out(info)))
+    }
+
+    async fn list_families(
+        &self,
+        _request: Request<pb::ListFamiliesRequest>,
+    ) -> Result<Response<pb::ListFamiliesResponse>, Status> {
+        let families = self.engine.list_families().await?;
+        Ok(Response::new(pb::ListFamiliesResponse {
+            families: families.into_iter().map(rules::family_out).collect(),
+        }))
+    }
+
+    async fn delete_family(
+        &self,
+        request: Request<pb::DeleteFamilyRequest>,
+    ) -> Result<Response<pb::DeleteFamilyResponse>, Status> {
+        let pb::DeleteFamilyRequest { family_id } = request.into_inner();
+        check_segment_id(&family_id).map_err(|e| e.within_field("family_id"))?;
+        self.engine.delete_family(family_id.clone()).await?;
+        tracing::info!(family = %family_id, "family deleted");
+        Ok(Response::new(pb::DeleteFamilyResponse {}))
+    }
+
+    async fn reclassify(
+        &self,
+        request: Request<pb::ReclassifyRequest>,
+    ) -> Result<Response<pb::ReclassifyResponse>, Status> {
+        let pb::ReclassifyRequest { as_of } = request.into_inner();
+        let as_of = as_of
+            .map(|t| convert::timestamp_in(&t).map_err(|e| e.within_field("as_of")))
+            .transpose()?;
+        let started = std::time::Instant::now();
+        let r = self.engine.reclassify(as_of).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            scored = r.scored,
+            changes = r.changes,
+            seconds,
+            "RFM reclassified"
+        );
+        Ok(Response::new(pb::ReclassifyResponse {
+            scored: r.scored,
+            changes: r.changes,
+            thresholds: (r.scored > 0).then(|| pb::RfmThresholds {
+                recency_days: r.thresholds[0].to_vec(),
+                frequency: r.thresholds[1].to_vec(),
+                monetary_minor: r.thresholds[2].to_vec(),
+            }),
+            as_of: Some(convert::timestamp_out(r.as_of)),
+            seconds,
+        }))
+    }
+
     async fn get_membership_history(
         &self,
         request: Request<pb::GetMembershipHistoryRequest>,
@@ -457,5 +530,6 @@ fn event_out(e: &Event) -> pb::MembershipEvent {
         entered: e.entered,
         cause: cause_out(e.cause) as i32,
         activity_id: e.activity_id.as_deref().unwrap_or_default().to_string(),
+        from_segment_id: e.from_segment_id.as_deref().unwrap_or_default().to_string(),
     }
 }

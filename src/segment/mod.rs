@@ -4,6 +4,7 @@ use roaring::RoaringBitmap;
 
 pub mod compile;
 pub mod eval;
+pub mod family;
 pub mod rule;
 pub mod text;
 pub mod timing;
@@ -22,3 +23,4 @@ pub struct SegShard {
 }
 pub mod ops;
 pub mod registry;
+pub mod rfm;

@@ -45,6 +45,8 @@ pub struct SegmentInfo {
     pub exclude_ids: Vec<String>,
     pub include_count: u64,
     pub exclude_count: u64,
+    /// The family the segment is a member of.
+    pub family: Option<String>,
 }
 
 /// Changes to a segment; `None` leaves a field as it is.
@@ -194,6 +196,7 @@ pub(crate) fn refresh_customer(
     if reg.is_empty() {
         return;
     }
+    let start = noted.len();
     for e in reg.in_order() {
         let affected = match changed {
             Changed::All => true,
@@ -219,18 +222,45 @@ pub(crate) fn refresh_customer(
                 (Changed::Time, _) => Cause::Time,
                 _ => cause_of(decision),
             };
-            noted.push(Change {
-                ord,
-                slot: e.slot,
-                entered: member,
-                cause,
-            });
+            noted.push(Change::new(ord, e.slot, member, cause));
         }
+    }
+    if !reg.families().is_empty() && noted.len() - start >= 2 {
+        pair_moves(reg, noted, start);
+    }
+}
+
+/// Joins a customer's exit from one member of a family and entry into another (noted from
+/// `start` on) into one move.
+fn pair_moves(reg: &Registry, noted: &mut Vec<Change>, start: usize) {
+    let family = |slot: u32| reg.get(slot).and_then(|e| e.family.clone());
+    let mut k = start;
+    while k < noted.len() {
+        let c = noted[k];
+        if c.entered
+            && c.from_slot.is_none()
+            && let Some(f) = family(c.slot)
+            && let Some(j) = (start..noted.len()).find(|&j| {
+                let x = noted[j];
+                !x.entered && x.ord == c.ord && family(x.slot).as_deref() == Some(&*f)
+            })
+        {
+            noted[k].from_slot = Some(noted[j].slot);
+            noted.remove(j);
+            if j < k {
+                k -= 1;
+            }
+        }
+        k += 1;
     }
 }
 
 /// Runs `f` on every shard, spread over `threads` threads (0: one per core).
-fn for_each_shard(shards: &[Arc<RwLock<Shard>>], threads: usize, f: impl Fn(usize, &RwLock<Shard>) + Sync) {
+pub(crate) fn for_each_shard(
+    shards: &[Arc<RwLock<Shard>>],
+    threads: usize,
+    f: impl Fn(usize, &RwLock<Shard>) + Sync,
+) {
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -336,12 +366,7 @@ fn membership_changes(
     }
     out.sort_unstable_by_key(|c| c.0);
     out.into_iter()
-        .map(|(ord, entered, cause)| Change {
-            ord,
-            slot,
-            entered,
-            cause,
-        })
+        .map(|(ord, entered, cause)| Change::new(ord, slot, entered, cause))
         .collect()
 }
 
@@ -410,6 +435,7 @@ impl Store {
             compiled,
             attrs,
             segments,
+            family: None,
         })
     }
 
@@ -473,6 +499,7 @@ impl Store {
             .by_id(id)
             .ok_or_else(|| Error::NotFound(format!("segment `{id}` not found")))?
             .clone();
+        crate::segment::family::refuse_member(&old)?;
         let SegmentUpdate {
             name,
             description,
@@ -521,15 +548,12 @@ impl Store {
         let mut w = _w;
         let mut changes = self.evaluate_segment(&entry, lists_ref, &schema, now);
         // Segments reading this one change with it.
-        for slot in next
+        let dependents: Vec<u32> = next
             .dependents(entry.slot)
             .into_iter()
             .filter(|&s| s != entry.slot)
-        {
-            if let Some(dep) = next.get(slot) {
-                changes.extend(self.evaluate_segment(dep, None, &schema, now));
-            }
-        }
+            .collect();
+        changes.extend(self.evaluate_slots(&next, &dependents, &schema, now, None));
         self.segments.store(Arc::new(next));
         self.sync_time_indexes(&self.registry());
         w.noted.changes = changes;
@@ -545,6 +569,9 @@ impl Store {
         let slot = reg
             .slot(id)
             .ok_or_else(|| Error::NotFound(format!("segment `{id}` not found")))?;
+        if let Some(e) = reg.get(slot) {
+            crate::segment::family::refuse_member(e)?;
+        }
         let readers = reg.readers_of(slot);
         if !readers.is_empty() {
             return Err(Error::FailedPrecondition(format!(
@@ -560,12 +587,11 @@ impl Store {
             let mut s = self.write_shard(i);
             if let Some(seg) = s.segments.get_mut(slot as usize) {
                 let members = std::mem::take(seg).members;
-                w.noted.changes.extend(members.iter().map(|ord| Change {
-                    ord,
-                    slot,
-                    entered: false,
-                    cause: Cause::Deletion,
-                }));
+                w.noted.changes.extend(
+                    members
+                        .iter()
+                        .map(|ord| Change::new(ord, slot, false, Cause::Deletion)),
+                );
             }
         }
         // Named by the registry the segment was still in.
@@ -619,6 +645,7 @@ impl Store {
             exclude_ids,
             include_count,
             exclude_count,
+            family: e.family.as_deref().map(str::to_string),
         })
     }
 
@@ -693,6 +720,7 @@ impl Store {
         let e = reg
             .by_id(segment_id)
             .ok_or_else(|| Error::NotFound(format!("segment `{segment_id}` not found")))?;
+        crate::segment::family::refuse_member(e)?;
         if activity.is_some() && !e.def.allow_activities {
             return Err(Error::FailedPrecondition(format!(
                 "segment `{segment_id}` does not allow activities (allow_activities is false)"

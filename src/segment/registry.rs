@@ -7,6 +7,7 @@ use foldhash::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::segment::compile::Compiled;
+use crate::segment::family::Family;
 use crate::segment::rule::Rule;
 use crate::store::schema::AttrId;
 
@@ -43,6 +44,20 @@ pub struct SegmentEntry {
     pub attrs: Vec<AttrId>,
     /// Slots of the segments read through `in segment`.
     pub segments: Vec<u32>,
+    /// The family this segment is a member of.
+    pub family: Option<Arc<str>>,
+}
+
+/// A defined family, compiled.
+#[derive(Debug, Clone)]
+pub struct FamilyEntry {
+    pub family: Family,
+    /// The members' segment slots, in order.
+    pub slots: Vec<u32>,
+    /// The members' own rules, compiled (`None` for the catch-all).
+    pub rules: Vec<Option<Compiled>>,
+    /// When the family was last reclassified (RFM), microseconds since the epoch.
+    pub reclassified_at: Option<i64>,
 }
 
 /// Every defined segment, by id and by slot, with an evaluation order.
@@ -52,6 +67,7 @@ pub struct Registry {
     slots: Vec<Option<Arc<SegmentEntry>>>,
     /// Slots ordered so that every segment comes after the segments it reads.
     order: Vec<u32>,
+    families: Vec<Arc<FamilyEntry>>,
 }
 
 impl Registry {
@@ -70,6 +86,35 @@ impl Registry {
     /// Every segment, dependencies first.
     pub fn in_order(&self) -> impl Iterator<Item = &Arc<SegmentEntry>> {
         self.order.iter().filter_map(|&s| self.get(s))
+    }
+
+    /// Every family, in definition order.
+    pub fn families(&self) -> &[Arc<FamilyEntry>] {
+        &self.families
+    }
+
+    pub fn family(&self, id: &str) -> Option<&Arc<FamilyEntry>> {
+        self.families.iter().find(|f| f.family.id == id)
+    }
+
+    /// A registry with family `entry` added or replaced (its member segments are added apart).
+    pub fn with_family(&self, entry: FamilyEntry) -> Registry {
+        let mut next = self.clone();
+        next.families.retain(|f| f.family.id != entry.family.id);
+        next.families.push(Arc::new(entry));
+        next
+    }
+
+    /// A registry without family `id` and its member segments.
+    pub fn without_family(&self, id: &str) -> Registry {
+        let mut next = self.clone();
+        if let Some(f) = self.family(id) {
+            for &slot in &f.slots {
+                next = next.without(slot);
+            }
+        }
+        next.families.retain(|f| f.family.id != id);
+        next
     }
 
     pub fn len(&self) -> usize {

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use roaring::RoaringBitmap;
 
 use crate::error::Result;
-use crate::events::{Cause, Change};
+use crate::events::Cause;
 use crate::segment::compile::{Expr, Leaf, Relative};
 use crate::segment::eval::{Bound, Now, bind_relative};
 use crate::segment::ops::{Changed, refresh_customer};
@@ -389,19 +389,8 @@ impl Store {
             }
             Advance::Full => {
                 let lsn = log()?;
-                let mut changes: Vec<Change> = Vec::new();
-                for e in &affected {
-                    changes.extend(self.evaluate_segment(e, None, &schema, now).into_iter().map(|c| {
-                        if c.cause == Cause::Rule {
-                            Change {
-                                cause: Cause::Time,
-                                ..c
-                            }
-                        } else {
-                            c
-                        }
-                    }));
-                }
+                let slots: Vec<u32> = affected.iter().map(|e| e.slot).collect();
+                let changes = self.evaluate_slots(&reg, &slots, &schema, now, Some(Cause::Time));
                 (changes, lsn)
             }
         };

@@ -95,7 +95,7 @@ impl Shard {
         &mut self.segments[i]
     }
 
-    fn column_mut(&mut self, attr: AttrId, ty: AttrType) -> &mut Column {
+    pub(crate) fn column_mut(&mut self, attr: AttrId, ty: AttrType) -> &mut Column {
         let i = usize::from(attr);
         if self.columns.len() <= i {
             self.columns.resize_with(i + 1, || None);
@@ -267,6 +267,11 @@ impl Store {
         self.schema.read().clone()
     }
 
+    /// The schema, for a writer replacing it (with the writer lock held).
+    pub(crate) fn schema_mut(&self) -> parking_lot::RwLockWriteGuard<'_, Arc<Schema>> {
+        self.schema.write()
+    }
+
     /// The defined segments.
     pub fn registry(&self) -> Arc<Registry> {
         self.segments.load_full()
@@ -400,6 +405,36 @@ impl Store {
                 .map_err(|e| bad(e.to_string()))?;
             reg = reg.with(entry).map_err(|e| bad(e.to_string()))?;
         }
+        for (family, reclassified_at) in r.families {
+            let id: Arc<str> = Arc::from(family.id.as_str());
+            let mut slots = Vec::with_capacity(family.members.len());
+            let mut rules = Vec::with_capacity(family.members.len());
+            for m in &family.members {
+                let e = reg.by_id(&m.segment_id).ok_or_else(|| {
+                    bad(format!(
+                        "family `{id}` names a missing segment `{}`",
+                        m.segment_id
+                    ))
+                })?;
+                let mut entry = (**e).clone();
+                entry.family = Some(id.clone());
+                slots.push(entry.slot);
+                reg = reg.with(entry).map_err(|e| bad(e.to_string()))?;
+                rules.push(
+                    m.rule
+                        .as_ref()
+                        .map(|rule| crate::segment::compile::compile(rule, &schema, &|s| reg.slot(s)))
+                        .transpose()
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+            }
+            reg = reg.with_family(crate::segment::registry::FamilyEntry {
+                family,
+                slots,
+                rules,
+                reclassified_at,
+            });
+        }
         self.segments.store(Arc::new(reg));
         self.sync_time_indexes(&self.registry());
         let mut w = _w;
@@ -521,6 +556,11 @@ impl Store {
             return None;
         }
         self.read_shard(ord, |s| s.ids.get(local(ord)).map(Arc::from))
+    }
+
+    /// Orders recorded (duplicates not counted).
+    pub fn orders_recorded(&self) -> u64 {
+        self.orders.load(Ordering::Acquire)
     }
 
     /// Number of customers.
@@ -794,12 +834,9 @@ impl Store {
             }
             for (slot, seg) in s.segments.iter_mut().enumerate() {
                 if seg.members.remove(ord) {
-                    w.noted.changes.push(Change {
-                        ord,
-                        slot: slot as u32,
-                        entered: false,
-                        cause: Cause::Deletion,
-                    });
+                    w.noted
+                        .changes
+                        .push(Change::new(ord, slot as u32, false, Cause::Deletion));
                 }
                 seg.include.remove(ord);
                 seg.exclude.remove(ord);

@@ -301,7 +301,8 @@ impl Schema {
             return Err(Error::invalid("description", "longer than 1024 bytes"));
         }
         let mut next = self.clone();
-        next.push(name, ty, description, false, false)?;
+        // RFM scores are written by reclassification only.
+        next.push(name, ty, description, false, RFM_SCORES.contains(&name))?;
         Ok(next)
     }
 
@@ -325,6 +326,9 @@ impl Schema {
         self.attrs.is_empty()
     }
 }
+
+/// The RFM scores (1 to 5), defined by the first reclassification and written only by it.
+pub const RFM_SCORES: [&str; 3] = ["rfm_r", "rfm_f", "rfm_m"];
 
 /// Checks a custom attribute name: `[a-z][a-z0-9_]*`, at most 64 bytes, not a reserved word.
 pub fn validate_attr_name(name: &str) -> Result<()> {

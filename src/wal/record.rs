@@ -4,6 +4,7 @@
 //! so a record means the same thing whatever ids the schema or registry hands out on replay.
 
 use crate::error::{Error, Result};
+use crate::segment::family::{Family, FamilyMember};
 use crate::segment::ops::SegmentUpdate;
 use crate::segment::registry::SegmentDef;
 use crate::segment::text;
@@ -175,6 +176,31 @@ pub fn set_listed(segment_id: &str, keys: &[CustomerKey], add: bool, activity: O
     })
 }
 
+pub fn create_family(f: &Family) -> Op {
+    Op::CreateFamily(pb::CreateFamily {
+        id: f.id.clone(),
+        name: f.name.clone(),
+        description: f.description.clone(),
+        members: f
+            .members
+            .iter()
+            .map(|m| pb::FamilyMember {
+                segment_id: m.segment_id.clone(),
+                name: m.name.clone(),
+                rule_text: m.rule.as_ref().map(text::print),
+            })
+            .collect(),
+    })
+}
+
+pub fn delete_family(id: &str) -> Op {
+    Op::DeleteFamily(pb::DeleteFamily { id: id.into() })
+}
+
+pub fn reclassify(as_of: i64) -> Op {
+    Op::Reclassify(pb::Reclassify { as_of_micros: as_of })
+}
+
 pub fn advance_time(since: Option<i64>) -> Op {
     Op::AdvanceTime(pb::AdvanceTime { since_micros: since })
 }
@@ -286,6 +312,30 @@ fn apply_op(store: &Store, op: Op, log: &mut dyn FnMut() -> Result<u64>) -> Resu
             let keys = s.keys.into_iter().map(key_in).collect::<Result<Vec<_>>>()?;
             let activity = s.activity.then_some(s.activity_id.as_str());
             store.set_listed(&s.segment_id, &keys, s.add, activity, log)?;
+        }
+        Op::CreateFamily(f) => {
+            let family = Family {
+                id: f.id,
+                name: f.name,
+                description: f.description,
+                members: f
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        Ok(FamilyMember {
+                            segment_id: m.segment_id,
+                            name: m.name,
+                            rule: rule_in(m.rule_text)?,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                builtin: false,
+            };
+            store.create_family(family, log)?;
+        }
+        Op::DeleteFamily(d) => store.delete_family(&d.id, log)?,
+        Op::Reclassify(r) => {
+            store.reclassify(r.as_of_micros, log)?;
         }
         Op::AdvanceTime(t) => {
             let how = t.since_micros.map_or(Advance::Full, Advance::Since);

@@ -1,0 +1,286 @@
+//! RFM reclassification: recency, frequency and monetary value scored 1 to 5 by quintiles over the
+//! customers with at least one order, written to `rfm_r`, `rfm_f`, `rfm_m`, then the built-in `rfm`
+//! family (and every segment reading the scores) re-evaluated, each move an event.
+//!
+//! R ranks days since the last order (fewer scores higher), F `order_count`, M `total_spent`.
+//! **Tie rule:** a value's score is `1 + floor(5 * s / N)`, where `s` is the number of scored
+//! customers with a strictly smaller value (for R, a strictly longer time since the last order) and
+//! `N` the number scored. Equal values always share a score, so a tie never splits across
+//! quintiles: it stays whole in the quintile where its first customer falls, and the quintiles
+//! after it are smaller by as much. Computed from four order statistics per measure (selection,
+//! not a sort), so one pass scores tens of millions of customers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::events::Cause;
+use crate::segment::compile::compile;
+use crate::segment::family::{RFM_FAMILY, rfm_family};
+use crate::segment::ops::for_each_shard;
+use crate::segment::registry::{FamilyEntry, Registry};
+use crate::store::column::ColumnData;
+use crate::store::schema::{AttrId, AttrType, RFM_SCORES, Schema, purchase};
+use crate::store::{Shard, Store, local};
+use crate::time::MICROS_PER_DAY;
+
+/// What a reclassification did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reclassified {
+    /// Customers with at least one order, scored.
+    pub scored: u64,
+    /// Membership changes in the family (moves between members, and first placements).
+    pub changes: u64,
+    /// Per measure (R in days since the last order, F in orders, M in minor units): the four
+    /// values at which the score steps up, lowest score first.
+    pub thresholds: [[i64; 4]; 3],
+    pub as_of: i64,
+}
+
+/// The score of `v`: `1 + #{k : v > s_k}` for the order statistics `s`.
+fn score(v: i64, s: &[i64; 4]) -> i64 {
+    1 + s.iter().filter(|&&t| v > t).count() as i64
+}
+
+/// The values at sorted positions `ceil(k·n/5) - 1` for k = 1..4 (selection, in place).
+fn order_statistics(values: &mut [i64]) -> [i64; 4] {
+    let n = values.len();
+    let mut out = [i64::MAX; 4];
+    if n == 0 {
+        return out;
+    }
+    let mut lo = 0;
+    for (k, o) in out.iter_mut().enumerate() {
+        let pos = ((k + 1) * n).div_ceil(5) - 1;
+        let (_, v, _) = values[lo..].select_nth_unstable(pos - lo);
+        *o = *v;
+        lo = pos;
+    }
+    out
+}
+
+fn get(s: &Shard, attr: AttrId, ord: u32) -> Option<i64> {
+    let col = s.column(attr)?;
+    match &col.data {
+        ColumnData::I64(v) if col.present.contains(ord) => v.get(local(ord)).copied(),
+        _ => None,
+    }
+}
+
+/// Recency as a value where larger is better: minus whole days since the last order.
+fn recency(as_of: i64, last: i64) -> i64 {
+    -(as_of - last).div_euclid(MICROS_PER_DAY)
+}
+
+impl Store {
+    /// Scores every customer with orders as of `as_of` and re-evaluates the RFM family (created
+    /// with its score attributes on the first run) and the segments reading the scores.
+    pub fn reclassify(&self, as_of: i64, log: &mut dyn FnMut() -> Result<u64>) -> Result<Reclassified> {
+        let mut w = self.writer.lock();
+        let reg = self.registry();
+        // What the first run adds: the score attributes and the family.
+        let family = rfm_family();
+        if reg.family(RFM_FAMILY).is_none()
+            && let Some(taken) = family.members.iter().find(|m| reg.slot(&m.segment_id).is_some())
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "segment `{}` exists: the RFM family needs its id",
+                taken.segment_id
+            )));
+        }
+        let mut schema = (*self.schema()).clone();
+        for name in RFM_SCORES {
+            match schema.get(name) {
+                Some(def) if def.ty != AttrType::Int => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "attribute `{name}` is a {}, the RFM score needs an int",
+                        def.ty.name()
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let what = match name {
+                        "rfm_r" => "recency",
+                        "rfm_f" => "frequency",
+                        _ => "monetary value",
+                    };
+                    schema = schema.with_attribute(
+                        name,
+                        AttrType::Int,
+                        &format!("RFM {what} score, 1 to 5 (Segments.Reclassify)"),
+                    )?;
+                }
+            }
+        }
+        let lsn = log()?;
+        let schema = Arc::new(schema);
+        *self.schema_mut() = schema.clone();
+        let reg = match reg.family(RFM_FAMILY) {
+            Some(_) => reg,
+            None => Arc::new(self.install_family(&reg, &schema, family)?),
+        };
+        let ids = RFM_SCORES.map(|n| schema.get(n).expect("defined above").id);
+        let shards = self.shards.snapshot();
+        let threads = self.eval_threads.load(Ordering::Relaxed);
+
+        // The three measures of every customer with an order.
+        let gathered = parking_lot::Mutex::new(Vec::new());
+        for_each_shard(&shards, threads, |i, shard| {
+            let s = shard.read();
+            let mut v: [Vec<i64>; 3] = Default::default();
+            for ord in &s.live {
+                let (Some(count), Some(last)) = (
+                    get(&s, purchase::ORDER_COUNT, ord),
+                    get(&s, purchase::LAST_ORDER_AT, ord),
+                ) else {
+                    continue;
+                };
+                if count < 1 {
+                    continue;
+                }
+                v[0].push(recency(as_of, last));
+                v[1].push(count);
+                v[2].push(get(&s, purchase::TOTAL_SPENT, ord).unwrap_or(0));
+            }
+            gathered.lock().push((i, v));
+        });
+        let mut all: [Vec<i64>; 3] = Default::default();
+        for (_, v) in gathered.into_inner() {
+            for (a, b) in all.iter_mut().zip(v) {
+                a.extend(b);
+            }
+        }
+        let scored = all[0].len() as u64;
+        let stats: [[i64; 4]; 3] = [
+            order_statistics(&mut all[0]),
+            order_statistics(&mut all[1]),
+            order_statistics(&mut all[2]),
+        ];
+        drop(all);
+
+        // Write the scores.
+        for_each_shard(&shards, threads, |i, shard| {
+            self.copy_before_write(i);
+            let mut s = shard.write();
+            let live = s.live.clone();
+            for ord in &live {
+                let measures = match (
+                    get(&s, purchase::ORDER_COUNT, ord),
+                    get(&s, purchase::LAST_ORDER_AT, ord),
+                ) {
+                    (Some(count), Some(last)) if count >= 1 => Some([
+                        recency(as_of, last),
+                        count,
+                        get(&s, purchase::TOTAL_SPENT, ord).unwrap_or(0),
+                    ]),
+                    _ => None,
+                };
+                for (m, &attr) in ids.iter().enumerate() {
+                    let col = s.column_mut(attr, AttrType::Int);
+                    match measures {
+                        Some(v) => col.set_i64(ord, score(v[m], &stats[m])),
+                        None if col.present.contains(ord) => col.clear(ord),
+                        None => {}
+                    }
+                }
+            }
+        });
+
+        // The family, and the other segments reading the scores (with their readers).
+        let fe = reg.family(RFM_FAMILY).expect("installed above").clone();
+        let now = self.now();
+        let mut changes = self.evaluate_family(&fe, &schema, now, Cause::Reclassification);
+        let readers: Vec<u32> = {
+            let mut hit: Vec<u32> = fe.slots.clone();
+            let mut out = Vec::new();
+            for e in reg.in_order() {
+                if fe.slots.contains(&e.slot) {
+                    continue;
+                }
+                if e.attrs.iter().any(|a| ids.contains(a)) || e.segments.iter().any(|s| hit.contains(s)) {
+                    hit.push(e.slot);
+                    out.push(e.slot);
+                }
+            }
+            out
+        };
+        changes.extend(self.evaluate_slots(&reg, &readers, &schema, now, Some(Cause::Reclassification)));
+        let family_changes = changes.len() as u64;
+        let mut entry = (*fe).clone();
+        entry.reclassified_at = Some(as_of);
+        let next = reg.with_family(entry);
+        self.segments.store(Arc::new(next));
+        w.noted.changes = changes;
+        self.commit_events(lsn, now, &mut w.noted, &self.registry());
+        Ok(Reclassified {
+            scored,
+            changes: family_changes,
+            thresholds: [
+                // Back to days since the last order, ascending scores.
+                stats[0].map(|v| -v),
+                stats[1],
+                stats[2],
+            ],
+            as_of,
+        })
+    }
+
+    /// A registry with `family` and its member segments added (no evaluation, no log). Called with
+    /// the writer lock held.
+    fn install_family(
+        &self,
+        reg: &Registry,
+        schema: &Schema,
+        family: crate::segment::family::Family,
+    ) -> Result<Registry> {
+        let rules = family
+            .members
+            .iter()
+            .map(|m| {
+                m.rule
+                    .as_ref()
+                    .map(|r| compile(r, schema, &|id| reg.slot(id)))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut next = reg.clone();
+        let mut slots = Vec::new();
+        let id: Arc<str> = Arc::from(family.id.as_str());
+        for k in 0..family.members.len() {
+            let slot = next.free_slot()?;
+            let mut entry = self.compile_entry(&next, schema, slot, family.member_def(k))?;
+            entry.family = Some(id.clone());
+            next = next.with(entry)?;
+            slots.push(slot);
+        }
+        Ok(next.with_family(FamilyEntry {
+            family,
+            slots,
+            rules,
+            reclassified_at: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ties_share_a_score_and_quintiles_follow_the_rule() {
+        // 10 values; the tie of 3s spans positions 2..6.
+        let values = [1, 2, 3, 3, 3, 3, 3, 8, 9, 10];
+        let mut v = values.to_vec();
+        let s = order_statistics(&mut v);
+        let n = values.len() as i64;
+        for &x in &values {
+            let smaller = values.iter().filter(|&&y| y < x).count() as i64;
+            assert_eq!(score(x, &s), 1 + 5 * smaller / n, "value {x}");
+        }
+        assert_eq!(score(3, &s), 2);
+        assert_eq!(score(1, &s), 1);
+        assert_eq!(score(10, &s), 5);
+        assert_eq!(order_statistics(&mut []), [i64::MAX; 4]);
+        assert_eq!(recency(10 * MICROS_PER_DAY, MICROS_PER_DAY + 1), -8);
+    }
+}
