@@ -93,6 +93,16 @@ impl Change {
     }
 }
 
+/// Per-shard change lists (in shard order) as one list, allocated once: growing a list of
+/// millions by doubling spends most of its time faulting in fresh pages.
+pub fn concat_changes(parts: Vec<(usize, Vec<Change>)>) -> Vec<Change> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
+    for (_, p) in parts {
+        out.extend_from_slice(&p);
+    }
+    out
+}
+
 /// What one write noted, committed together as one batch.
 #[derive(Debug, Default)]
 pub struct Noted {
@@ -109,6 +119,10 @@ impl Noted {
     }
 
     pub fn clear(&mut self) {
+        // A whole-segment write can note millions: give that memory back.
+        if self.changes.capacity() > 1 << 16 {
+            self.changes = Vec::new();
+        }
         self.changes.clear();
         self.erased.clear();
         self.activity = None;
@@ -715,10 +729,10 @@ impl EventLog {
             None => 0,
         };
         batch.activity_ref = activity;
-        // Slots to segment numbers, looked up once per slot.
-        let mut numbers: HashMap<u32, u32> = HashMap::default();
+        // Slots to segment numbers, looked up once per slot (slots are small and dense).
+        let mut numbers: Vec<u32> = Vec::new();
         let mut number = |inner: &mut Inner, batch: &mut EventBatch, slot: u32| -> u32 {
-            if let Some(&n) = numbers.get(&slot) {
+            if let Some(&n) = numbers.get(slot as usize).filter(|&&n| n != u32::MAX) {
                 return n;
             }
             let id = segment_id(slot).unwrap_or_else(|| Arc::from(""));
@@ -729,11 +743,15 @@ impl EventLog {
                     value: id.to_string(),
                 });
             }
-            numbers.insert(slot, n);
+            if numbers.len() <= slot as usize {
+                numbers.resize(slot as usize + 1, u32::MAX);
+            }
+            numbers[slot as usize] = n;
             n
         };
         let record = writer.as_ref().is_some_and(|w| w.failed.is_none());
-        let mut stored = Vec::with_capacity(noted.changes.len());
+        // Straight into the retained events (one allocation, no intermediate copy).
+        inner.events.reserve(noted.changes.len());
         for c in &noted.changes {
             let segment = number(&mut inner, &mut batch, c.slot);
             let from = c.from_slot.map(|s| number(&mut inner, &mut batch, s));
@@ -743,7 +761,7 @@ impl EventLog {
                 None if c.cause == Cause::Activity => activity,
                 None => 0,
             };
-            stored.push(Stored {
+            inner.events.push_back(Stored {
                 time,
                 ord: c.ord,
                 segment,
@@ -777,7 +795,7 @@ impl EventLog {
         for (ord, _) in &noted.erased {
             inner.erasing.remove(ord);
         }
-        inner.push_batch(time, stored.into_iter(), std::mem::take(&mut noted.erased));
+        inner.push_batch(time, std::iter::empty(), std::mem::take(&mut noted.erased));
         inner.last_log_sequence = inner.last_log_sequence.max(log_sequence);
         let last = inner.next() - 1;
         if log_sequence == 0 {

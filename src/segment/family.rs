@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
-use crate::events::{Cause, Change};
+use crate::events::{Cause, Change, concat_changes};
 use crate::segment::compile::compile;
 use crate::segment::eval::{BoundExpr, Now, bind, eval_shard};
 use crate::segment::ops::for_each_shard;
@@ -22,7 +22,7 @@ use crate::segment::registry::{
 };
 use crate::segment::rule::Rule;
 use crate::store::schema::Schema;
-use crate::store::{SHARD_BITS, Store};
+use crate::store::{SHARD_BITS, SHARD_SIZE, Store, local};
 
 /// Most members in a family, catch-all included.
 pub const MAX_FAMILY_MEMBERS: usize = 50;
@@ -243,27 +243,42 @@ impl Store {
                 .zip(news)
                 .map(|(&slot, new)| std::mem::replace(&mut s.segment_mut(slot).members, new))
                 .collect();
+            // The member each customer was in, by local ordinal (u8::MAX: none).
+            let mut was = vec![
+                u8::MAX;
+                if olds.iter().all(RoaringBitmap::is_empty) {
+                    0
+                } else {
+                    SHARD_SIZE
+                }
+            ];
+            for (j, old) in olds.iter().enumerate() {
+                for ord in old {
+                    was[local(ord)] = j as u8;
+                }
+            }
+            // Member by member (ordinal order within each): deterministic, so replay agrees.
             let mut changes = Vec::new();
             for (k, &slot) in fe.slots.iter().enumerate() {
                 let Some(seg) = s.segment(slot) else { continue };
                 for ord in &seg.members - &olds[k] {
-                    let from = (0..olds.len())
-                        .find(|&j| j != k && olds[j].contains(ord))
-                        .map(|j| fe.slots[j]);
+                    let from = was
+                        .get(local(ord))
+                        .filter(|&&j| j != u8::MAX)
+                        .map(|&j| fe.slots[usize::from(j)]);
                     changes.push(Change {
                         from_slot: from,
                         ..Change::new(ord, slot, true, cause)
                     });
                 }
             }
-            changes.sort_unstable_by_key(|c| c.ord);
             if !changes.is_empty() {
                 found.lock().push((i, changes));
             }
         });
         let mut found = found.into_inner();
         found.sort_unstable_by_key(|f| f.0);
-        found.into_iter().flat_map(|f| f.1).collect()
+        concat_changes(found)
     }
 
     /// Defines a family: its members become segments, evaluated before returning.

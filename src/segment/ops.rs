@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
-use crate::events::{Cause, Change};
+use crate::events::{Cause, Change, concat_changes};
 use crate::segment::compile::{Compiled, Expr, compile};
 use crate::segment::eval::{BoundExpr, Now, bind, eval_one, eval_shard, shard_part};
 use crate::segment::registry::{Registry, SegmentDef, SegmentEntry};
@@ -404,7 +404,7 @@ impl Store {
         });
         let mut found = found.into_inner();
         found.sort_unstable_by_key(|f| f.0);
-        found.into_iter().flat_map(|f| f.1).collect()
+        concat_changes(found)
     }
 
     pub(crate) fn compile_entry(

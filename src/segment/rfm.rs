@@ -21,6 +21,8 @@ use crate::segment::ops::for_each_shard;
 use crate::segment::registry::{FamilyEntry, Registry};
 use crate::store::column::ColumnData;
 use crate::store::schema::{AttrId, AttrType, RFM_SCORES, Schema, purchase};
+use roaring::RoaringBitmap;
+
 use crate::store::{Shard, Store, local};
 use crate::time::MICROS_PER_DAY;
 
@@ -59,12 +61,47 @@ fn order_statistics(values: &mut [i64]) -> [i64; 4] {
     out
 }
 
-fn get(s: &Shard, attr: AttrId, ord: u32) -> Option<i64> {
+/// The raw values and presence of a number column in one shard.
+fn numbers(s: &Shard, attr: AttrId) -> Option<(&[i64], &RoaringBitmap)> {
     let col = s.column(attr)?;
     match &col.data {
-        ColumnData::I64(v) if col.present.contains(ord) => v.get(local(ord)).copied(),
+        ColumnData::I64(v) => Some((v, &col.present)),
         _ => None,
     }
+}
+
+/// Customers of one shard and their recency, frequency and monetary values, in ordinal order.
+type Measures = (RoaringBitmap, [Vec<i64>; 3]);
+
+/// The customers of a shard with at least one order (live, with a last order time), and their
+/// recency, frequency and monetary values in ordinal order.
+fn measures(s: &Shard, as_of: i64) -> Measures {
+    let (Some((counts, has_count)), Some((lasts, has_last))) = (
+        numbers(s, purchase::ORDER_COUNT),
+        numbers(s, purchase::LAST_ORDER_AT),
+    ) else {
+        return Default::default();
+    };
+    let spent = numbers(s, purchase::TOTAL_SPENT);
+    let mut present = has_count & has_last;
+    present &= &s.live;
+    let mut values: [Vec<i64>; 3] = Default::default();
+    let mut none = RoaringBitmap::new();
+    for v in values.iter_mut() {
+        v.reserve(present.len() as usize);
+    }
+    for ord in &present {
+        let l = local(ord);
+        if counts[l] < 1 {
+            none.insert(ord);
+            continue;
+        }
+        values[0].push(recency(as_of, lasts[l]));
+        values[1].push(counts[l]);
+        values[2].push(spent.and_then(|(v, _)| v.get(l).copied()).unwrap_or(0));
+    }
+    present -= none;
+    (present, values)
 }
 
 /// Recency as a value where larger is better: minus whole days since the last order.
@@ -123,66 +160,42 @@ impl Store {
         let shards = self.shards.snapshot();
         let threads = self.eval_threads.load(Ordering::Relaxed);
 
-        // The three measures of every customer with an order.
+        // The three measures of every customer with an order, per shard in ordinal order.
         let gathered = parking_lot::Mutex::new(Vec::new());
         for_each_shard(&shards, threads, |i, shard| {
             let s = shard.read();
-            let mut v: [Vec<i64>; 3] = Default::default();
-            for ord in &s.live {
-                let (Some(count), Some(last)) = (
-                    get(&s, purchase::ORDER_COUNT, ord),
-                    get(&s, purchase::LAST_ORDER_AT, ord),
-                ) else {
-                    continue;
-                };
-                if count < 1 {
-                    continue;
-                }
-                v[0].push(recency(as_of, last));
-                v[1].push(count);
-                v[2].push(get(&s, purchase::TOTAL_SPENT, ord).unwrap_or(0));
-            }
-            gathered.lock().push((i, v));
+            let m = measures(&s, as_of);
+            gathered.lock().push((i, m));
         });
-        let mut all: [Vec<i64>; 3] = Default::default();
-        for (_, v) in gathered.into_inner() {
-            for (a, b) in all.iter_mut().zip(v) {
-                a.extend(b);
+        let mut gathered = gathered.into_inner();
+        gathered.sort_unstable_by_key(|g| g.0);
+        let scored: u64 = gathered.iter().map(|(_, (b, _))| b.len()).sum();
+        let mut stats = [[i64::MAX; 4]; 3];
+        for (m, st) in stats.iter_mut().enumerate() {
+            let mut all: Vec<i64> = Vec::with_capacity(scored as usize);
+            for (_, (_, v)) in &gathered {
+                all.extend_from_slice(&v[m]);
             }
+            *st = order_statistics(&mut all);
         }
-        let scored = all[0].len() as u64;
-        let stats: [[i64; 4]; 3] = [
-            order_statistics(&mut all[0]),
-            order_statistics(&mut all[1]),
-            order_statistics(&mut all[2]),
-        ];
-        drop(all);
 
-        // Write the scores.
+        // Write the scores: each score column replaced whole, shard by shard.
+        let gathered: Vec<parking_lot::Mutex<Option<Measures>>> = {
+            let mut by_shard: Vec<_> = (0..shards.len()).map(|_| parking_lot::Mutex::new(None)).collect();
+            for (i, g) in gathered {
+                by_shard[i] = parking_lot::Mutex::new(Some(g));
+            }
+            by_shard
+        };
         for_each_shard(&shards, threads, |i, shard| {
+            let Some((present, values)) = gathered[i].lock().take() else {
+                return;
+            };
             self.copy_before_write(i);
             let mut s = shard.write();
-            let live = s.live.clone();
-            for ord in &live {
-                let measures = match (
-                    get(&s, purchase::ORDER_COUNT, ord),
-                    get(&s, purchase::LAST_ORDER_AT, ord),
-                ) {
-                    (Some(count), Some(last)) if count >= 1 => Some([
-                        recency(as_of, last),
-                        count,
-                        get(&s, purchase::TOTAL_SPENT, ord).unwrap_or(0),
-                    ]),
-                    _ => None,
-                };
-                for (m, &attr) in ids.iter().enumerate() {
-                    let col = s.column_mut(attr, AttrType::Int);
-                    match measures {
-                        Some(v) => col.set_i64(ord, score(v[m], &stats[m])),
-                        None if col.present.contains(ord) => col.clear(ord),
-                        None => {}
-                    }
-                }
+            for (m, &attr) in ids.iter().enumerate() {
+                let col = s.column_mut(attr, AttrType::Int);
+                col.replace_i64(present.clone(), values[m].iter().map(|&v| score(v, &stats[m])));
             }
         });
 

@@ -259,6 +259,20 @@ impl Column {
         }
     }
 
+    /// Replaces a whole number column of one shard: `values` for the ordinals of `present`, in
+    /// order; every other value becomes absent.
+    pub fn replace_i64(&mut self, present: RoaringBitmap, values: impl IntoIterator<Item = i64>) {
+        if let ColumnData::I64(v) = &mut self.data {
+            if let Some(max) = present.max() {
+                slot(v, local(max));
+            }
+            for (ord, x) in present.iter().zip(values) {
+                v[local(ord)] = x;
+            }
+            self.present = present;
+        }
+    }
+
     /// The value of `ord` as a typed [`Value`].
     pub fn get(&self, ord: u32, ty: AttrType, dict: Option<&Dict>) -> Option<Value> {
         if !self.present.contains(ord) {
