@@ -10,8 +10,8 @@ use crate::pb::{
 };
 use crate::values::{self, Failure, Result, fail};
 use crate::{
-    ActivityArgs, ActivityCommand, Cli, Command, CustomerCommand, EventFormat, ExportFormat, LoadCommand,
-    SegmentArgs, SegmentCommand,
+    ActivityArgs, ActivityCommand, Cli, Command, CustomerCommand, EventFormat, ExportFormat, FamilyCommand,
+    LoadCommand, SegmentArgs, SegmentCommand,
 };
 
 async fn connect(server: &str) -> Result<Channel> {
@@ -47,6 +47,33 @@ pub async fn run(cli: Cli) -> Result<()> {
             mode,
         }) => crate::load::members(channel, segment, args, by, mode).await,
         Command::Segment(cmd) => segment(channel, cmd).await,
+        Command::Family(cmd) => family(channel, cmd).await,
+        Command::Reclassify { as_of } => {
+            let as_of = as_of
+                .map(|t| values::parse_timestamp(&t).map_err(|e| Failure(format!("--as-of: {e}"))))
+                .transpose()?;
+            let r = SegmentsClient::new(channel)
+                .reclassify(pb::ReclassifyRequest { as_of })
+                .await?
+                .into_inner();
+            println!(
+                "{} customers scored, {} membership changes in {:.2} s",
+                r.scored, r.changes, r.seconds
+            );
+            if let Some(t) = r.thresholds {
+                let join = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(" ");
+                println!(
+                    "recency: score steps below {} days since the last order",
+                    join(&t.recency_days)
+                );
+                println!("frequency: score steps above {} orders", join(&t.frequency));
+                println!(
+                    "monetary: score steps above {} (minor units)",
+                    join(&t.monetary_minor)
+                );
+            }
+            Ok(())
+        }
         Command::Check {
             customer_id,
             segments,
@@ -127,6 +154,91 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+async fn family(channel: Channel, cmd: FamilyCommand) -> Result<()> {
+    let mut client = SegmentsClient::new(channel);
+    match cmd {
+        FamilyCommand::List => {
+            let families = client
+                .list_families(pb::ListFamiliesRequest {})
+                .await?
+                .into_inner()
+                .families;
+            for f in families {
+                let when = f
+                    .reclassified_at
+                    .as_ref()
+                    .map(|t| format!(", reclassified {}", values::format_timestamp(t)))
+                    .unwrap_or_default();
+                println!(
+                    "{}\t{}{}{when}",
+                    f.family_id,
+                    f.name,
+                    if f.builtin { " (built in)" } else { "" }
+                );
+                for m in f.members.iter().chain(f.catch_all.iter()) {
+                    let rule = if m.rule_text.is_empty() {
+                        "(catch-all)"
+                    } else {
+                        &m.rule_text
+                    };
+                    println!("  {}\t{}\t{rule}", m.segment_id, m.size);
+                }
+            }
+        }
+        FamilyCommand::Create {
+            family_id,
+            name,
+            description,
+            members,
+            catch_all,
+        } => {
+            let members = members
+                .iter()
+                .map(|m| {
+                    let (id, rule) = m
+                        .split_once('=')
+                        .ok_or_else(|| Failure(format!("--member `{m}`: expected SEGMENT_ID=RULE")))?;
+                    Ok(pb::FamilyMember {
+                        segment_id: id.trim().to_string(),
+                        name: id.trim().to_string(),
+                        rule_text: rule.trim().to_string(),
+                        ..Default::default()
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let f = client
+                .create_family(pb::CreateFamilyRequest {
+                    family: Some(pb::Family {
+                        name: name.unwrap_or_else(|| family_id.clone()),
+                        family_id,
+                        description,
+                        members,
+                        catch_all: Some(pb::FamilyMember {
+                            name: catch_all.clone(),
+                            segment_id: catch_all,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            for m in f.members.iter().chain(f.catch_all.iter()) {
+                println!("{}\t{}", m.segment_id, m.size);
+            }
+        }
+        FamilyCommand::Delete { family_id } => {
+            client
+                .delete_family(pb::DeleteFamilyRequest {
+                    family_id: family_id.clone(),
+                })
+                .await?;
+            eprintln!("family `{family_id}` deleted");
+        }
+    }
+    Ok(())
+}
+
 fn cause_name(cause: i32) -> &'static str {
     use pb::MembershipCause as C;
     match C::try_from(cause).unwrap_or(C::Unspecified) {
@@ -159,6 +271,9 @@ fn print_event(out: &mut impl Write, e: &pb::MembershipEvent, format: EventForma
             if !e.activity_id.is_empty() {
                 write!(out, "\t{}", e.activity_id)?;
             }
+            if !e.from_segment_id.is_empty() {
+                write!(out, "\tfrom {}", e.from_segment_id)?;
+            }
             writeln!(out)?;
         }
         EventFormat::Jsonl => {
@@ -172,6 +287,9 @@ fn print_event(out: &mut impl Write, e: &pb::MembershipEvent, format: EventForma
             });
             if !e.activity_id.is_empty() {
                 obj["activity_id"] = e.activity_id.clone().into();
+            }
+            if !e.from_segment_id.is_empty() {
+                obj["from_segment_id"] = e.from_segment_id.clone().into();
             }
             writeln!(out, "{obj}")?;
         }

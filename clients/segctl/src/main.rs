@@ -46,6 +46,18 @@ enum Command {
     /// Define, inspect and export segments.
     #[command(subcommand)]
     Segment(SegmentCommand),
+    /// Define and inspect families: member segments that partition the customers (RFM included).
+    #[command(subcommand)]
+    Family(FamilyCommand),
+    /// Score RFM now and move customers between the RFM family's members.
+    #[command(
+        after_help = "Prints how many customers were scored and the score thresholds.\n\nExamples:\n  segctl reclassify\n  segctl reclassify --as-of 2026-01-01"
+    )]
+    Reclassify {
+        /// "Now" for recency (RFC 3339 or YYYY-MM-DD); the server's clock by default.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
     /// Check one customer against segments (yes/no per segment; exit code 0 either way).
     #[command(after_help = "Example:\n  segctl check C000000042 good men-over-40 golfers")]
     Check {
@@ -268,6 +280,34 @@ enum CustomerCommand {
         #[arg(long)]
         email: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum FamilyCommand {
+    /// Every family with its members, their rules and sizes.
+    #[command(after_help = "Example:\n  segctl family list")]
+    List,
+    /// Define a family: members in order (first match wins), then the catch-all.
+    #[command(
+        after_help = "Example:\n  segctl family create value --name 'Value tiers' \\\n    --member 'value.big=total_spent >= 1000' --member 'value.mid=total_spent >= 100' \\\n    --catch-all value.small"
+    )]
+    Create {
+        family_id: String,
+        /// Display name (the id by default).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A member as SEGMENT_ID=RULE, in order (repeatable).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// The segment id of the catch-all member.
+        #[arg(long)]
+        catch_all: String,
+    },
+    /// Delete a family and its member segments.
+    #[command(after_help = "Example:\n  segctl family delete value")]
+    Delete { family_id: String },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -294,3 +294,53 @@ fn watch_and_history_show_entries_and_exits_and_resume() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn families_and_reclassification_from_the_command_line() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let orders = write(
+        dir.path(),
+        "orders.csv",
+        "order_id,customer_id,placed_at,amount\n\
+         o1,F1,2026-01-05,20.00\no2,F1,2026-02-05,1500.00\no3,F2,2026-02-01,50.00\no4,F3,2025-06-01,5.00\n",
+    );
+    server.ok(&["load", "orders", &orders]);
+    let created = server.ok(&[
+        "family",
+        "create",
+        "value",
+        "--member",
+        "value.big=total_spent >= 1000",
+        "--member",
+        "value.mid=total_spent >= 10",
+        "--catch-all",
+        "value.small",
+    ]);
+    assert_eq!(created, "value.big\t1\nvalue.mid\t1\nvalue.small\t1\n");
+    let out = server.segctl(&[
+        "family",
+        "create",
+        "bad",
+        "--member",
+        "no rule here",
+        "--catch-all",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SEGMENT_ID=RULE"));
+
+    let scored = server.ok(&["reclassify", "--as-of", "2026-03-01"]);
+    assert!(scored.starts_with("3 customers scored"), "{scored}");
+    let list = server.ok(&["family", "list"]);
+    assert!(
+        list.contains("rfm\tRFM (built in), reclassified 2026-03-01"),
+        "{list}"
+    );
+    assert!(list.contains("  value.big\t1\ttotal_spent >= 1000"), "{list}");
+    assert!(list.contains("  rfm.unscored\t0\t(catch-all)"), "{list}");
+    let out = server.segctl(&["family", "delete", "rfm"]);
+    assert!(!out.status.success());
+    server.ok(&["family", "delete", "value"]);
+    assert!(!server.ok(&["family", "list"]).contains("value"));
+}
