@@ -149,13 +149,14 @@ impl Store {
                 }
             }
         }
-        let lsn = log()?;
         let schema = Arc::new(schema);
-        *self.schema_mut() = schema.clone();
+        // Everything that can fail comes before the log: a logged record always replays.
         let reg = match reg.family(RFM_FAMILY) {
             Some(_) => reg,
             None => Arc::new(self.install_family(&reg, &schema, family)?),
         };
+        let lsn = log()?;
+        *self.schema_mut() = schema.clone();
         let ids = RFM_SCORES.map(|n| schema.get(n).expect("defined above").id);
         let shards = self.shards.snapshot();
         let threads = self.eval_threads.load(Ordering::Relaxed);

@@ -110,3 +110,19 @@ def test_watch_replays_resumes_and_history(client):
     with pytest.raises(SegmentdError) as e:
         next(client.watch(999))
     assert e.value.code == grpc.StatusCode.OUT_OF_RANGE
+
+
+def test_families_and_rfm(client):
+    client.record_orders(
+        [
+            {"order_id": f"O{i}", "customer_id": f"C{i}", "placed_at": dt.datetime(2026, 1, 1 + i), "amount_minor": 1000 * (i + 1)}
+            for i in range(10)
+        ]
+    )
+    family = client.create_family("tiers", [("tiers.top", "total_spent >= 50"), ("tiers.mid", "total_spent >= 20")], "tiers.rest")
+    assert [m.size for m in family.members] + [family.catch_all.size] == [6, 3, 1]
+    assert client.is_member("C9", "tiers.top") and client.is_member("C0", "tiers.rest")
+    r = client.reclassify(as_of=dt.datetime(2026, 2, 1))
+    assert r.scored == 10 and len(r.thresholds.frequency) == 4
+    rfm = [f for f in client.list_families() if f.family_id == "rfm"][0]
+    assert rfm.builtin and sum(m.size for m in rfm.members) == 10

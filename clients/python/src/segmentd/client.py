@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
@@ -71,6 +71,8 @@ class MembershipEvent:
     entered: bool
     cause: str
     activity_id: Optional[str]
+    #: A move within a family (RFM): the member segment the customer left.
+    from_segment_id: Optional[str] = None
 
 
 def _event(e: segments_pb2.MembershipEvent) -> MembershipEvent:
@@ -83,6 +85,7 @@ def _event(e: segments_pb2.MembershipEvent) -> MembershipEvent:
         entered=e.entered,
         cause=name,
         activity_id=e.activity_id or None,
+        from_segment_id=e.from_segment_id or None,
     )
 
 
@@ -336,6 +339,36 @@ class Client:
             exclude_customer_ids=list(exclude_customer_ids),
         )
         return self._call(self._segments.CreateSegment, segments_pb2.CreateSegmentRequest(segment=segment))
+
+    def create_family(
+        self,
+        family_id: str,
+        members: Sequence[Tuple[str, str]],
+        catch_all: str,
+        *,
+        name: Optional[str] = None,
+        description: str = "",
+    ) -> segments_pb2.Family:
+        """A family: `members` as (segment_id, rule_text) in order (first match wins), then the
+        catch-all segment id. Each member becomes a segment."""
+        family = segments_pb2.Family(
+            family_id=family_id,
+            name=name or family_id,
+            description=description,
+            members=[segments_pb2.FamilyMember(segment_id=i, name=i, rule_text=r) for i, r in members],
+            catch_all=segments_pb2.FamilyMember(segment_id=catch_all, name=catch_all),
+        )
+        return self._call(self._segments.CreateFamily, segments_pb2.CreateFamilyRequest(family=family))
+
+    def list_families(self) -> List[segments_pb2.Family]:
+        return list(self._call(self._segments.ListFamilies, segments_pb2.ListFamiliesRequest()).families)
+
+    def reclassify(self, as_of: Optional[_dt.datetime] = None) -> segments_pb2.ReclassifyResponse:
+        """Scores RFM now (or as of `as_of`) and moves customers between the RFM members."""
+        request = segments_pb2.ReclassifyRequest()
+        if as_of is not None:
+            request.as_of.CopyFrom(_timestamp(as_of))
+        return self._call(self._segments.Reclassify, request)
 
     def update_segment(self, segment_id: str, **fields: Any) -> segments_pb2.Segment:
         """Replaces the fields given (name, description, rule_text, allow_activities,
