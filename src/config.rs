@@ -80,6 +80,11 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_EVENT_RETENTION_SECS", default_value_t = crate::events::DEFAULT_MAX_AGE_SECS)]
     pub event_retention_secs: u64,
 
+    /// Seconds a watcher (WatchMemberships) may leave its buffer full before its stream ends with
+    /// ABORTED naming the sequence to resume from.
+    #[arg(long, env = "SEGMENTD_WATCH_STALL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch_stall_secs: u64,
+
     /// Milliseconds between applications of time flips (a relative-time rule such as
     /// `last_order_at within 90d` changing its answer as the clock moves). A flip is applied at
     /// most this long after its instant.
@@ -126,6 +131,7 @@ impl Config {
             wal_segment_bytes: 64 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
             time_tick_ms: 1000,
+            watch_stall_secs: 60,
             reclassify_interval_hours: 720,
             clock: None,
             event_retention_events: crate::events::DEFAULT_MAX_EVENTS,

@@ -88,7 +88,8 @@ pub async fn run(
     let admin = AdminServer::new(AdminApi::new(engine.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let segments = SegmentsServer::new(SegmentsApi::new(engine.clone()))
+    let watch_stall = Duration::from_secs(config.watch_stall_secs);
+    let segments = SegmentsServer::new(SegmentsApi::with_watch_stall(engine.clone(), watch_stall))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let membership = MembershipServer::new(MembershipApi::new(engine.clone()));

@@ -373,3 +373,37 @@ async fn time_moves_customers_in_and_out_with_time_events() {
     assert_eq!(is_member(&server, "c2", "birthday").await, (false, true));
     assert!(clock.now_micros() > t0 * 1_000_000);
 }
+
+#[tokio::test]
+async fn a_watcher_that_stops_reading_is_told_where_to_resume() {
+    let server = TestServer::start_with(|c| c.watch_stall_secs = 1).await;
+    create(&server, text_segment("vip", "vip")).await.unwrap();
+    let mut stalled = watch(&server, 0, &[]).await.unwrap();
+    // 100,000 events: far more than the watcher's buffer and HTTP/2 window hold.
+    flip(&server, 5000, 20).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Reading again: what was buffered, in order, then ABORTED naming the last sequence read.
+    let mut last = 0;
+    let err = loop {
+        match stalled.message().await {
+            Ok(Some(m)) => {
+                for e in &m.events {
+                    assert_eq!(e.sequence, last + 1);
+                    last = e.sequence;
+                }
+            }
+            Ok(None) => panic!("the stream ended without saying where to resume"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(err.code(), Code::Aborted);
+    assert!(
+        err.message()
+            .contains(&format!("resume with from_sequence {last}")),
+        "{} (last read {last})",
+        err.message()
+    );
+    assert!(last < 100_000, "the server kept a bounded buffer ({last} events)");
+    let mut resumed = watch(&server, last, &[]).await.unwrap();
+    assert_eq!(take(&mut resumed, 1).await[0].sequence, last + 1);
+}

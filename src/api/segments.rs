@@ -33,13 +33,22 @@ const WATCH_PROGRESS: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct SegmentsApi {
     engine: Engine,
+    /// How long a watcher may leave its buffer full before it is told to resume later.
+    watch_stall: std::time::Duration,
 }
 
 impl SegmentsApi {
     pub fn new(engine: Engine) -> Self {
-        SegmentsApi { engine }
+        SegmentsApi::with_watch_stall(engine, DEFAULT_WATCH_STALL)
+    }
+
+    pub fn with_watch_stall(engine: Engine, watch_stall: std::time::Duration) -> Self {
+        SegmentsApi { engine, watch_stall }
     }
 }
+
+/// How long a watcher may stop reading before its stream ends, by default.
+pub const DEFAULT_WATCH_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn segment_id(id: &str) -> Result<()> {
     check_segment_id(id)
@@ -348,8 +357,10 @@ impl Segments for SegmentsApi {
     >;
 
     /// Reads the shared event log at the watcher's own pace: a watcher that does not read holds
-    /// a cursor and at most `WATCH_BUFFER` messages, and writers never wait for it. One that falls
-    /// behind the retention window is told, with OUT_OF_RANGE, where the retained events begin.
+    /// a cursor and at most `WATCH_BUFFER` messages (plus the HTTP/2 window), and writers never
+    /// wait for it. One that leaves its buffer full for `watch_stall` gets, after what was
+    /// buffered, ABORTED naming the sequence to resume from; one whose position fell out of
+    /// the retention window is told, with OUT_OF_RANGE, where the retained events begin.
     async fn watch_memberships(
         &self,
         request: Request<pb::WatchMembershipsRequest>,
@@ -370,6 +381,7 @@ impl Segments for SegmentsApi {
         self.engine.read_events(from_sequence, &segment_ids, 0, 0)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let engine = self.engine.clone();
+        let stall = self.watch_stall;
         tokio::spawn(async move {
             let mut after = from_sequence;
             let mut reported = from_sequence;
@@ -391,8 +403,21 @@ impl Segments for SegmentsApi {
                         events: page.events.iter().map(event_out).collect(),
                         last_sequence: page.last,
                     };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return; // the watcher went away
+                    match tokio::time::timeout(stall, tx.reserve()).await {
+                        Ok(Ok(permit)) => permit.send(Ok(msg)),
+                        Ok(Err(_)) => return, // the watcher went away
+                        Err(_) => {
+                            // Stalled with a full buffer: after what is buffered, it learns
+                            // where to resume, and the server keeps nothing more for it.
+                            let _ = tx
+                                .send(Err(Status::aborted(format!(
+                                    "the watcher read nothing for {} s and fell behind; resume with \
+                                     from_sequence {reported}",
+                                    stall.as_secs_f64()
+                                ))))
+                                .await;
+                            return;
+                        }
                     }
                     reported = page.last;
                     last_report = std::time::Instant::now();
