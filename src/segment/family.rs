@@ -293,6 +293,23 @@ impl Store {
                 family.id
             )));
         }
+        let id = family.id.clone();
+        let next = self.install_family(&reg, &schema, family)?;
+        let lsn = log()?;
+        let now = self.now();
+        let fe = next.family(&id).expect("just added").clone();
+        w.noted.changes = self.evaluate_family(&fe, &schema, now, Cause::Rule);
+        self.segments.store(Arc::new(next));
+        let reg = self.registry();
+        self.sync_time_indexes(&reg);
+        self.commit_events(lsn, now, &mut w.noted, &reg);
+        drop(w);
+        self.family_info(&id)
+    }
+
+    /// A registry with `family` and its member segments added (compiled, not evaluated). Called
+    /// with the writer lock held; errors name the member.
+    pub(crate) fn install_family(&self, reg: &Registry, schema: &Schema, family: Family) -> Result<Registry> {
         let last = family.catch_all();
         let field = |i: usize| {
             if i == last {
@@ -317,40 +334,29 @@ impl Store {
             .map(|(i, m)| {
                 m.rule
                     .as_ref()
-                    .map(|r| compile(r, &schema, &|id| reg.slot(id)))
+                    .map(|r| compile(r, schema, &|id| reg.slot(id)))
                     .transpose()
                     .map_err(|e| e.within(&field(i)))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut next = (*reg).clone();
+        let mut next = reg.clone();
         let mut slots = Vec::with_capacity(family.members.len());
         let family_id: Arc<str> = Arc::from(family.id.as_str());
         for k in 0..family.members.len() {
             let slot = next.free_slot()?;
             let mut entry = self
-                .compile_entry(&next, &schema, slot, family.member_def(k))
+                .compile_entry(&next, schema, slot, family.member_def(k))
                 .map_err(|e| e.within(&field(k)))?;
             entry.family = Some(family_id.clone());
             next = next.with(entry)?;
             slots.push(slot);
         }
-        let id = family.id.clone();
-        let next = next.with_family(FamilyEntry {
+        Ok(next.with_family(FamilyEntry {
             family,
             slots,
             rules,
             reclassified_at: None,
-        });
-        let lsn = log()?;
-        let now = self.now();
-        let fe = next.family(&id).expect("just added").clone();
-        w.noted.changes = self.evaluate_family(&fe, &schema, now, Cause::Rule);
-        self.segments.store(Arc::new(next));
-        let reg = self.registry();
-        self.sync_time_indexes(&reg);
-        self.commit_events(lsn, now, &mut w.noted, &reg);
-        drop(w);
-        self.family_info(&id)
+        }))
     }
 
     /// Deletes a family and its member segments; refused for the built-in one and while other
@@ -384,19 +390,7 @@ impl Store {
         let lsn = log()?;
         self.segments.store(Arc::new(reg.without_family(id)));
         self.sync_time_indexes(&self.registry());
-        for i in 0..self.shards.len() {
-            let mut s = self.write_shard(i);
-            for &slot in &fe.slots {
-                if let Some(seg) = s.segments.get_mut(slot as usize) {
-                    let members = std::mem::take(seg).members;
-                    w.noted.changes.extend(
-                        members
-                            .iter()
-                            .map(|ord| Change::new(ord, slot, false, Cause::Deletion)),
-                    );
-                }
-            }
-        }
+        self.clear_segments(&fe.slots, &mut w.noted.changes);
         self.commit_events(lsn, self.now(), &mut w.noted, &reg);
         Ok(())
     }

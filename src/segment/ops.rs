@@ -583,20 +583,28 @@ impl Store {
         self.segments.store(Arc::new(reg.without(slot)));
         self.sync_time_indexes(&self.registry());
         let mut w = _w;
-        for i in 0..self.shards.len() {
-            let mut s = self.write_shard(i);
-            if let Some(seg) = s.segments.get_mut(slot as usize) {
-                let members = std::mem::take(seg).members;
-                w.noted.changes.extend(
-                    members
-                        .iter()
-                        .map(|ord| Change::new(ord, slot, false, Cause::Deletion)),
-                );
-            }
-        }
+        self.clear_segments(&[slot], &mut w.noted.changes);
         // Named by the registry the segment was still in.
         self.commit_events(lsn, self.now(), &mut w.noted, &reg);
         Ok(())
+    }
+
+    /// Empties deleted segments' state in every shard, noting each member's exit. Called with the
+    /// writer lock held.
+    pub(crate) fn clear_segments(&self, slots: &[u32], noted: &mut Vec<Change>) {
+        for i in 0..self.shards.len() {
+            let mut s = self.write_shard(i);
+            for &slot in slots {
+                if let Some(seg) = s.segments.get_mut(slot as usize) {
+                    let members = std::mem::take(seg).members;
+                    noted.extend(
+                        members
+                            .iter()
+                            .map(|ord| Change::new(ord, slot, false, Cause::Deletion)),
+                    );
+                }
+            }
+        }
     }
 
     /// Members of segment `slot` in every shard, counted.

@@ -15,12 +15,10 @@ use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
 use crate::events::Cause;
-use crate::segment::compile::compile;
 use crate::segment::family::{RFM_FAMILY, rfm_family};
 use crate::segment::ops::for_each_shard;
-use crate::segment::registry::{FamilyEntry, Registry};
 use crate::store::column::ColumnData;
-use crate::store::schema::{AttrId, AttrType, RFM_SCORES, Schema, purchase};
+use crate::store::schema::{AttrId, AttrType, RFM_SCORES, purchase};
 use roaring::RoaringBitmap;
 
 use crate::store::{Shard, Store, local};
@@ -237,42 +235,6 @@ impl Store {
             ],
             as_of,
         })
-    }
-
-    /// A registry with `family` and its member segments added (no evaluation, no log). Called with
-    /// the writer lock held.
-    fn install_family(
-        &self,
-        reg: &Registry,
-        schema: &Schema,
-        family: crate::segment::family::Family,
-    ) -> Result<Registry> {
-        let rules = family
-            .members
-            .iter()
-            .map(|m| {
-                m.rule
-                    .as_ref()
-                    .map(|r| compile(r, schema, &|id| reg.slot(id)))
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut next = reg.clone();
-        let mut slots = Vec::new();
-        let id: Arc<str> = Arc::from(family.id.as_str());
-        for k in 0..family.members.len() {
-            let slot = next.free_slot()?;
-            let mut entry = self.compile_entry(&next, schema, slot, family.member_def(k))?;
-            entry.family = Some(id.clone());
-            next = next.with(entry)?;
-            slots.push(slot);
-        }
-        Ok(next.with_family(FamilyEntry {
-            family,
-            slots,
-            rules,
-            reclassified_at: None,
-        }))
     }
 }
 
