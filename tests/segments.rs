@@ -794,3 +794,57 @@ async fn tree_spelling_preview_explain_overlap_export() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn batch_checks_answer_every_customer_against_every_segment() {
+    let server = TestServer::start().await;
+    upsert(
+        &server,
+        vec![
+            customer("b1", None, &[("gender", s("M")), ("vip", b(true))]),
+            customer("b2", None, &[("gender", s("F"))]),
+        ],
+    )
+    .await;
+    create(&server, text_segment("men", r#"gender = "M""#))
+        .await
+        .unwrap();
+    create(&server, text_segment("vips", "vip")).await.unwrap();
+    let mut membership = server.membership().await;
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let r = membership
+        .batch_check_memberships(pb::BatchCheckMembershipsRequest {
+            customer_ids: ids(&["b1", "nobody", "b2"]),
+            segment_ids: ids(&["men", "vips"]),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.member, vec![true, true, false, false, false, false]);
+    assert_eq!(r.known_customer, vec![true, false, true]);
+    let err = membership
+        .batch_check_memberships(pb::BatchCheckMembershipsRequest {
+            customer_ids: ids(&["b1"]),
+            segment_ids: ids(&["men", "nope"]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = membership
+        .batch_check_memberships(pb::BatchCheckMembershipsRequest {
+            customer_ids: (0..10_001).map(|i| format!("c{i}")).collect(),
+            segment_ids: ids(&["men"]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("customer_ids"), "{}", err.message());
+    let err = membership
+        .batch_check_memberships(pb::BatchCheckMembershipsRequest {
+            customer_ids: ids(&["b1", ""]),
+            segment_ids: ids(&["men"]),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("customer_ids[1]"), "{}", err.message());
+}

@@ -10,6 +10,9 @@ use crate::segment::registry::check_segment_id;
 
 /// Most segments in one CheckMemberships call.
 const MAX_CHECK: usize = 1000;
+/// Most customers, and checks, in one BatchCheckMemberships call.
+const MAX_BATCH_CUSTOMERS: usize = 10_000;
+const MAX_BATCH_CHECKS: usize = 100_000;
 
 pub struct MembershipApi {
     engine: Engine,
@@ -65,6 +68,46 @@ impl Membership for MembershipApi {
         Ok(Response::new(pb::CheckMembershipsResponse {
             known_customer: members.is_some(),
             member: members.unwrap_or_else(|| vec![false; segment_ids.len()]),
+        }))
+    }
+
+    async fn batch_check_memberships(
+        &self,
+        request: Request<pb::BatchCheckMembershipsRequest>,
+    ) -> Result<Response<pb::BatchCheckMembershipsResponse>, Status> {
+        let pb::BatchCheckMembershipsRequest {
+            customer_ids,
+            segment_ids,
+        } = request.get_ref();
+        if customer_ids.len() > MAX_BATCH_CUSTOMERS {
+            return Err(
+                Error::invalid("customer_ids", format!("at most {MAX_BATCH_CUSTOMERS} customers")).into(),
+            );
+        }
+        if segment_ids.len() > MAX_CHECK {
+            return Err(Error::invalid("segment_ids", format!("at most {MAX_CHECK} segments")).into());
+        }
+        if customer_ids.len() * segment_ids.len() > MAX_BATCH_CHECKS {
+            return Err(Error::invalid(
+                "customer_ids",
+                format!(
+                    "{} customers × {} segments is more than {MAX_BATCH_CHECKS} checks",
+                    customer_ids.len(),
+                    segment_ids.len()
+                ),
+            )
+            .into());
+        }
+        for (i, id) in customer_ids.iter().enumerate() {
+            customer_id(id).map_err(|e| e.within_field(&format!("customer_ids[{i}]")))?;
+        }
+        for (i, id) in segment_ids.iter().enumerate() {
+            check_segment_id(id).map_err(|e| e.within_field(&format!("segment_ids[{i}]")))?;
+        }
+        let (member, known_customer) = self.engine.store().batch_check(customer_ids, segment_ids)?;
+        Ok(Response::new(pb::BatchCheckMembershipsResponse {
+            member,
+            known_customer,
         }))
     }
 

@@ -697,6 +697,36 @@ impl Store {
         }))
     }
 
+    /// Every customer against every segment: the answers customer by customer, and which
+    /// customers are known.
+    pub fn batch_check(
+        &self,
+        customer_ids: &[String],
+        segment_ids: &[String],
+    ) -> Result<(Vec<bool>, Vec<bool>)> {
+        let reg = self.segments.load();
+        let slots = segment_ids
+            .iter()
+            .map(|id| Self::slot_of(&reg, id))
+            .collect::<Result<Vec<_>>>()?;
+        let mut member = Vec::with_capacity(customer_ids.len() * slots.len());
+        let mut known = Vec::with_capacity(customer_ids.len());
+        for id in customer_ids {
+            let found = self.with_customer(id, |s, ord| {
+                member.extend(
+                    slots
+                        .iter()
+                        .map(|&slot| s.segment(slot).is_some_and(|seg| seg.members.contains(ord))),
+                );
+            });
+            if found.is_none() {
+                member.extend(std::iter::repeat_n(false, slots.len()));
+            }
+            known.push(found.is_some());
+        }
+        Ok((member, known))
+    }
+
     /// Ids of every segment the customer is in, sorted; `None` for an unknown customer.
     pub fn customer_segments(&self, customer_id: &str) -> Option<Vec<String>> {
         let reg = self.segments.load();
