@@ -11,7 +11,6 @@ use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::api::activities::ActivitiesApi;
@@ -209,6 +208,10 @@ pub async fn run(
         .build_v1alpha()?;
 
     let addr = listener.local_addr().ok();
+    // Nagle off on every accepted connection (the builder's tcp_nodelay only covers listeners it
+    // binds itself): a response written in more than one segment otherwise waited for the
+    // client's delayed ACK, 40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(addr = ?addr, data_dir = %config.data_dir.display(), "segmentd serving");
     let result = Server::builder()
         .tcp_nodelay(true)
@@ -224,7 +227,7 @@ pub async fn run(
         .add_service(InterceptedService::new(segments, ready.clone()))
         .add_service(InterceptedService::new(membership, ready.clone()))
         .add_service(InterceptedService::new(activities, ready))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     if let Some(m) = metrics {
         m.abort();
