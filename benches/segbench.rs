@@ -420,30 +420,33 @@ async fn start_redis() -> RedisServer {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (benches/compare.sh installs it)");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = RedisServer {
+        child: Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (benches/compare.sh installs it)"),
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+    };
     for _ in 0..100 {
-        if let Ok(mut c) = Resp::connect(addr).await {
+        if let Ok(mut c) = Resp::connect(server.addr).await {
             c.command(&[b"PING"]);
             if c.flush(1).await.is_ok() {
-                return RedisServer { child, addr };
+                return server;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(server);
     panic!("redis-server did not answer");
 }
 
@@ -585,7 +588,7 @@ fn rule_comparison(n: usize) -> (f64, f64, u64) {
     let row = |i: usize| {
         let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         x ^= x >> 31;
-        let gender = if x % 2 == 0 { "F" } else { "M" };
+        let gender = if x.is_multiple_of(2) { "F" } else { "M" };
         let birth = today - 18 * 365 - ((x >> 8) % (60 * 365)) as i32;
         let spent = ((x >> 24) % 200_000) as i64; // cents
         (gender, birth, spent)
