@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, Page};
+use crate::metrics::requests::RequestMetrics;
 use crate::segment::family::{Family, FamilyInfo};
 use crate::segment::ops::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
@@ -91,6 +92,26 @@ pub struct Engine {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// When this server first saw orders with no RFM yet: the first scheduled run counts from it.
     schedule_anchor: Arc<parking_lot::Mutex<Option<i64>>>,
+    /// Calls by method and status (recorded by the server's layer).
+    requests: Arc<RequestMetrics>,
+    /// The last snapshot written: when, how long it took, its bytes.
+    last_snapshot: Arc<parking_lot::Mutex<Option<(Instant, f64, u64)>>>,
+    /// Each connected watcher's position (the last sequence handed to it).
+    watchers: Arc<dashmap::DashMap<u64, Arc<std::sync::atomic::AtomicU64>>>,
+    next_watcher: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A watcher's registration: its position, removed when the watch ends.
+pub struct WatcherSlot {
+    engine: Engine,
+    id: u64,
+    pub position: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.engine.watchers.remove(&self.id);
+    }
 }
 
 impl Default for Engine {
@@ -116,7 +137,47 @@ impl Engine {
             snapshots: Arc::new(tokio::sync::Mutex::new((Instant::now(), 0))),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
             schedule_anchor: Arc::default(),
+            requests: Arc::default(),
+            last_snapshot: Arc::default(),
+            watchers: Arc::default(),
+            next_watcher: Arc::default(),
         }
+    }
+
+    /// Calls by method and status, for the server's recording layer and `/metrics`.
+    pub fn request_metrics(&self) -> &Arc<RequestMetrics> {
+        &self.requests
+    }
+
+    /// The last snapshot written by this process: (when, seconds it took, bytes).
+    pub fn last_snapshot(&self) -> Option<(Instant, f64, u64)> {
+        *self.last_snapshot.lock()
+    }
+
+    /// Registers a watcher starting at `position`; it is forgotten when the slot is dropped.
+    pub fn watcher(&self, position: u64) -> WatcherSlot {
+        let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
+        let position = Arc::new(std::sync::atomic::AtomicU64::new(position));
+        self.watchers.insert(id, position.clone());
+        WatcherSlot {
+            engine: self.clone(),
+            id,
+            position,
+        }
+    }
+
+    /// Connected watchers, and how many published events the furthest behind has yet to get.
+    pub fn watcher_lag(&self) -> (usize, u64) {
+        let published = self.store.events().published();
+        let min = self
+            .watchers
+            .iter()
+            .map(|w| w.value().load(Ordering::Relaxed))
+            .min();
+        (
+            self.watchers.len(),
+            min.map_or(0, |m| published.saturating_sub(m)),
+        )
     }
 
     /// Tells endless streams that the server is shutting down.
@@ -199,6 +260,7 @@ impl Engine {
             .await
             .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
         *last = (Instant::now(), self.wal.get().map_or(0, |w| w.bytes_written()));
+        *self.last_snapshot.lock() = Some((Instant::now(), info.duration.as_secs_f64(), info.bytes));
         tracing::info!(
             sequence = info.sequence,
             bytes = info.bytes,

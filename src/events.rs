@@ -867,6 +867,19 @@ impl EventLog {
         self.inner.read().published
     }
 
+    /// Heap bytes of the retained events (24 an event) and their names.
+    pub fn heap_bytes(&self) -> usize {
+        let inner = self.inner.read();
+        inner.events.capacity() * std::mem::size_of::<Stored>()
+            + inner
+                .segments
+                .list
+                .iter()
+                .chain(&inner.activities.list)
+                .map(|n| n.len() + 32)
+                .sum::<usize>()
+    }
+
     /// Whether an event ever named segment `id` (it may be deleted since).
     pub fn knows_segment(&self, id: &str) -> bool {
         self.inner.read().segments.index.contains_key(id)

@@ -214,6 +214,9 @@ pub async fn run(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(addr = ?addr, data_dir = %config.data_dir.display(), "segmentd serving");
     let result = Server::builder()
+        .layer(crate::metrics::requests::RecordLayer(
+            engine.request_metrics().clone(),
+        ))
         .tcp_nodelay(true)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_stream_window_size(STREAM_WINDOW)

@@ -100,3 +100,94 @@ async fn metrics_endpoint_serves_prometheus_text() {
     assert!(body.contains("\nsegmentd_customers 2\n"), "{body}");
     assert!(body.contains("# TYPE segmentd_bytes_used gauge"), "{body}");
 }
+
+/// Scrapes `/metrics` and parses every sample line (`name{labels} value`).
+async fn scrape(addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    let mut out = std::collections::BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line}"));
+        assert!(out.insert(name.to_string(), value).is_none(), "{name} twice");
+    }
+    out
+}
+
+#[tokio::test]
+async fn metrics_cover_requests_segments_events_log_and_snapshots() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = probe.local_addr().unwrap();
+    drop(probe);
+    let server = TestServer::start_with(|c| {
+        c.metrics_addr = Some(metrics_addr);
+        c.fsync = segmentd::wal::FsyncMode::Always;
+    })
+    .await;
+    upsert(
+        &server,
+        vec![
+            customer("m1", None, &[("vip", b(true))]),
+            customer("m2", None, &[]),
+        ],
+    )
+    .await;
+    create(&server, text_segment("vips", "vip")).await.unwrap();
+    assert_eq!(is_member(&server, "m1", "vips").await, (true, true));
+    let missing = server
+        .membership()
+        .await
+        .is_member(segmentd::api::pb::IsMemberRequest {
+            customer_id: "m1".into(),
+            segment_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let mut watch = server
+        .segments()
+        .await
+        .watch_memberships(segmentd::api::pb::WatchMembershipsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    server
+        .admin()
+        .await
+        .snapshot(segmentd::api::pb::SnapshotRequest {})
+        .await
+        .unwrap();
+
+    let m = scrape(metrics_addr).await;
+    let get = |k: &str| {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("no {k} in {:#?}", m.keys().collect::<Vec<_>>()))
+    };
+    let call = |method: &str, code: &str| {
+        format!("segmentd_request_seconds_count{{method=\"/segmentd.v1.{method}\",code=\"{code}\"}}")
+    };
+    assert_eq!(get(&call("Ingest/UpsertCustomers", "OK")), 1.0);
+    assert_eq!(get(&call("Membership/IsMember", "OK")), 1.0);
+    assert_eq!(get(&call("Membership/IsMember", "NOT_FOUND")), 1.0);
+    let bucket = "segmentd_request_seconds_bucket{method=\"/segmentd.v1.Membership/IsMember\",code=\"OK\",le=\"+Inf\"}";
+    assert_eq!(get(bucket), 1.0);
+    assert_eq!(get("segmentd_segments"), 1.0);
+    assert_eq!(get("segmentd_segment_members{segment=\"vips\"}"), 1.0);
+    assert_eq!(get("segmentd_events_last_sequence"), 1.0);
+    assert_eq!(get("segmentd_watchers"), 1.0);
+    assert_eq!(get("segmentd_watcher_lag_events"), 0.0);
+    assert!(get("segmentd_wal_bytes_written") > 0.0);
+    assert!(get("segmentd_wal_fsync_seconds_count") >= 1.0);
+    assert!(get("segmentd_evaluation_seconds_count") >= 1.0);
+    assert!(get("segmentd_snapshot_age_seconds") >= 0.0);
+    assert!(get("segmentd_snapshot_bytes") > 0.0);
+    assert_eq!(get("segmentd_time_flips_total"), 0.0);
+    drop(watch);
+}

@@ -382,7 +382,9 @@ impl Segments for SegmentsApi {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let engine = self.engine.clone();
         let stall = self.watch_stall;
+        let slot = self.engine.watcher(from_sequence);
         tokio::spawn(async move {
+            let _slot = &slot;
             let mut after = from_sequence;
             let mut reported = from_sequence;
             let mut last_report = std::time::Instant::now();
@@ -423,6 +425,8 @@ impl Segments for SegmentsApi {
                     last_report = std::time::Instant::now();
                 }
                 after = page.last;
+                slot.position
+                    .store(reported, std::sync::atomic::Ordering::Relaxed);
                 if caught_up {
                     tokio::select! {
                         () = engine.events_after(after) => {}

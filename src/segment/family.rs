@@ -212,6 +212,7 @@ impl Store {
         now: Now,
         cause: Cause,
     ) -> Vec<Change> {
+        let started = std::time::Instant::now();
         let shards = self.shards.snapshot();
         let bound: Vec<Option<BoundExpr>> = fe
             .rules
@@ -278,6 +279,7 @@ impl Store {
         });
         let mut found = found.into_inner();
         found.sort_unstable_by_key(|f| f.0);
+        self.eval_seconds.record(started.elapsed().as_secs_f64());
         concat_changes(found)
     }
 

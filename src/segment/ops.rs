@@ -381,6 +381,7 @@ impl Store {
         schema: &Schema,
         now: Now,
     ) -> Vec<Change> {
+        let started = std::time::Instant::now();
         let shards = self.shards.snapshot();
         let bound = entry.compiled.as_ref().map(|c| bind(&c.expr, schema, now));
         let accounts = account_codes(entry, schema);
@@ -404,6 +405,7 @@ impl Store {
         });
         let mut found = found.into_inner();
         found.sort_unstable_by_key(|f| f.0);
+        self.eval_seconds.record(started.elapsed().as_secs_f64());
         concat_changes(found)
     }
 

@@ -395,6 +395,7 @@ impl Store {
             }
         };
         let changed = changes.len() as u64;
+        self.time_flips.fetch_add(changed, Ordering::Relaxed);
         w.noted.changes = changes;
         self.time_applied.store(now.micros, Ordering::Release);
         self.commit_events(lsn, now, &mut w.noted, &reg);

@@ -216,6 +216,10 @@ pub struct Store {
     write_time: std::sync::atomic::AtomicI64,
     /// Every membership change, in order.
     pub(crate) events: Arc<EventLog>,
+    /// How long whole-segment and whole-family evaluations took.
+    pub eval_seconds: crate::metrics::requests::Histogram,
+    /// Membership changes applied by time flips, in all.
+    pub time_flips: AtomicU64,
     /// The instant up to which time flips are applied (`i64::MIN`: not yet since the start).
     pub(crate) time_applied: std::sync::atomic::AtomicI64,
     /// A snapshot's cut in progress: shards not yet copied are copied before a write changes them.
@@ -251,6 +255,8 @@ impl Store {
             write_time: std::sync::atomic::AtomicI64::new(i64::MIN),
             events: Arc::new(EventLog::default()),
             time_applied: std::sync::atomic::AtomicI64::new(i64::MIN),
+            eval_seconds: Default::default(),
+            time_flips: AtomicU64::new(0),
             eval_threads: std::sync::atomic::AtomicUsize::new(0),
             cut: Mutex::new(None),
             cut_active: std::sync::atomic::AtomicBool::new(false),
@@ -941,6 +947,7 @@ impl Store {
             ("emails".into(), m.emails as u64),
             ("order_dedup".into(), order_dedup as u64),
             ("shards".into(), m.shards as u64),
+            ("event_log".into(), self.events.heap_bytes() as u64),
         ];
         for def in schema.attrs() {
             let columns = m.attrs.get(usize::from(def.id)).copied().unwrap_or(0);

@@ -121,6 +121,8 @@ pub struct Wal {
     wake: (Mutex<bool>, Condvar),
     /// Appends to fail as if the disk refused them (fault injection for tests and drills).
     fail_appends: std::sync::atomic::AtomicU32,
+    /// How long each fdatasync took.
+    pub fsync: crate::metrics::requests::Histogram,
 }
 
 fn file_name(first_sequence: u64) -> String {
@@ -202,6 +204,7 @@ impl Wal {
             }),
             wake: (Mutex::new(false), Condvar::new()),
             fail_appends: std::sync::atomic::AtomicU32::new(0),
+            fsync: Default::default(),
         });
         if mode != FsyncMode::Never {
             let weak = Arc::downgrade(&wal);
@@ -315,7 +318,10 @@ impl Wal {
                 w.path.clone(),
             )
         };
-        match file.sync_data() {
+        let started = std::time::Instant::now();
+        let synced = file.sync_data();
+        self.fsync.record(started.elapsed().as_secs_f64());
+        match synced {
             Ok(()) => {
                 self.synced.send_modify(|s| s.sequence = s.sequence.max(upto));
                 Ok(())
