@@ -36,6 +36,22 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// File of `role token` lines (roles: reader, activity, loader, admin; a token may be given
+    /// as `sha256:<hex>`), read again on SIGHUP. Without tokens every call is open and the server
+    /// listens on loopback only.
+    #[arg(long, env = "SEGMENTD_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Tokens as `role token` pairs separated by commas, from the environment (on the command
+    /// line they would show in process lists).
+    #[arg(long, env = "SEGMENTD_TOKENS", hide_env_values = true, hide = true)]
+    pub tokens: Option<String>,
+
+    /// Allow listening on a non-loopback address without tokens (every call open to anyone who
+    /// can reach it).
+    #[arg(long, env = "SEGMENTD_INSECURE")]
+    pub insecure: bool,
+
     /// Address of the Prometheus metrics endpoint (HTTP GET /metrics); off when not given.
     #[arg(long, env = "SEGMENTD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -122,6 +138,9 @@ impl Config {
             data_dir: data_dir.into(),
             log_format: LogFormat::Text,
             metrics_addr: None,
+            tokens_file: None,
+            tokens: None,
+            insecure: false,
             max_batch: 10_000,
             eval_threads: 0,
             fsync: FsyncMode::Always,

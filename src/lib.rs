@@ -20,6 +20,7 @@
 //! - [`time`]: calendar arithmetic for dates and timestamps.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -22,6 +22,7 @@ use crate::api::pb::membership_server::MembershipServer;
 use crate::api::pb::segments_server::SegmentsServer;
 use crate::api::segments::SegmentsApi;
 use crate::api::{FILE_DESCRIPTOR_SET, Limits, admin::AdminApi, ingest::IngestApi};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::engine::Engine;
 
@@ -39,6 +40,12 @@ pub enum ServerError {
     DataDir { path: String, source: std::io::Error },
     #[error("data directory {0} is in use by another segmentd")]
     DataDirLocked(String),
+    #[error("tokens: {0}")]
+    Tokens(crate::error::Error),
+    #[error(
+        "{0} is not a loopback address and no tokens are configured: give --tokens-file (or SEGMENTD_TOKENS), or --insecure to serve it open"
+    )]
+    Insecure(String),
     #[error("metrics address {addr}: {source}")]
     Metrics { addr: String, source: std::io::Error },
     #[error("recovery failed: {0}")]
@@ -80,7 +87,39 @@ pub async fn run(
         None => None,
     };
 
-    let ready = ready_check(engine.clone());
+    // Tokens: without them, only loopback (unless told otherwise).
+    let auth = Arc::new(
+        Auth::load(config.tokens_file.as_deref(), config.tokens.clone()).map_err(ServerError::Tokens)?,
+    );
+    let loopback = listener
+        .local_addr()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false);
+    if !auth.enabled() {
+        if !loopback && !config.insecure {
+            return Err(ServerError::Insecure(
+                listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            ));
+        }
+        tracing::warn!(
+            "no tokens (--tokens-file, SEGMENTD_TOKENS): every call is open to whoever reaches the server"
+        );
+    }
+    #[cfg(unix)]
+    let reloader = {
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match auth.reload() {
+                    Ok(n) => tracing::info!(tokens = n, "tokens reloaded"),
+                    Err(e) => tracing::error!(error = %e, "tokens not reloaded; the previous ones stay"),
+                }
+            }
+        })
+    };
     let ingest = IngestServer::new(IngestApi::new(engine.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -225,11 +264,26 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InterceptedService::new(ingest, ready.clone()))
-        .add_service(InterceptedService::new(admin, ready.clone()))
-        .add_service(InterceptedService::new(segments, ready.clone()))
-        .add_service(InterceptedService::new(membership, ready.clone()))
-        .add_service(InterceptedService::new(activities, ready))
+        .add_service(InterceptedService::new(
+            ingest,
+            guard(engine.clone(), auth.clone(), SERVICES[0]),
+        ))
+        .add_service(InterceptedService::new(
+            admin,
+            guard(engine.clone(), auth.clone(), SERVICES[1]),
+        ))
+        .add_service(InterceptedService::new(
+            segments,
+            guard(engine.clone(), auth.clone(), SERVICES[2]),
+        ))
+        .add_service(InterceptedService::new(
+            membership,
+            guard(engine.clone(), auth.clone(), SERVICES[3]),
+        ))
+        .add_service(InterceptedService::new(
+            activities,
+            guard(engine.clone(), auth, SERVICES[4]),
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     if let Some(m) = metrics {
@@ -237,6 +291,8 @@ pub async fn run(
     }
     snapshots.abort();
     ticker.abort();
+    #[cfg(unix)]
+    reloader.abort();
     if let Some(e) = failure.lock().take() {
         return Err(ServerError::Recovery(e));
     }
@@ -263,8 +319,14 @@ const SERVICES: [&str; 5] = [
 ];
 
 /// Refuses calls with UNAVAILABLE until recovery is done.
-fn ready_check(engine: Engine) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+/// Checks the caller's token for `service`, then that recovery is done.
+fn guard(
+    engine: Engine,
+    auth: Arc<Auth>,
+    service: &'static str,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request| {
+        auth.check(service, &request)?;
         if engine.is_ready() {
             Ok(request)
         } else {

@@ -1,5 +1,6 @@
 """A real segmentd on a free loopback port for the tests."""
 
+import contextlib
 import os
 import pathlib
 import socket
@@ -33,15 +34,16 @@ def server_bin() -> str:
     return _binary()
 
 
-@pytest.fixture
-def client(server_bin):
+@contextlib.contextmanager
+def _server(server_bin, extra=(), token=None):
+    """A segmentd on a free port with a temporary data directory; yields a ready client."""
     with tempfile.TemporaryDirectory() as data:
         port = _free_port()
         proc = subprocess.Popen(
-            [server_bin, "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--fsync", "never"],
+            [server_bin, "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--fsync", "never", *extra],
             stderr=subprocess.PIPE,
         )
-        c = Client(f"127.0.0.1:{port}", timeout=10)
+        c = Client(f"127.0.0.1:{port}", timeout=10, token=token)
         try:
             deadline = time.monotonic() + 20
             while True:
@@ -52,8 +54,26 @@ def client(server_bin):
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"segmentd did not start: {proc.stderr.read().decode()}")
                     time.sleep(0.05)
-            yield c
+            yield c, port
         finally:
             c.close()
             proc.terminate()
             proc.wait(timeout=20)
+
+
+@pytest.fixture
+def client(server_bin):
+    with _server(server_bin) as (c, _):
+        yield c
+
+
+ADMIN_TOKEN = "admin-token-0123456789"
+
+
+@pytest.fixture
+def secured(server_bin, tmp_path):
+    """A server with roles; yields (admin client, port)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"admin {ADMIN_TOKEN}\nreader reader-token-0123456789\n")
+    with _server(server_bin, ["--tokens-file", str(tokens)], token=ADMIN_TOKEN) as (c, port):
+        yield c, port

@@ -4,7 +4,7 @@ import itertools
 import grpc
 import pytest
 
-from segmentd import SegmentdError
+from segmentd import Client, SegmentdError
 
 
 def customers(n):
@@ -126,3 +126,20 @@ def test_families_and_rfm(client):
     assert r.scored == 10 and len(r.thresholds.frequency) == 4
     rfm = [f for f in client.list_families() if f.family_id == "rfm"][0]
     assert rfm.builtin and sum(m.size for m in rfm.members) == 10
+
+
+def test_tokens(secured):
+    admin, port = secured
+    result = admin.load_customers(customers(10))
+    assert result.created == 10
+    admin.create_segment("women", rule_text='gender = "F"')
+    assert next(admin.watch(0)).segment_id == "women"
+    with Client(f"127.0.0.1:{port}") as anonymous:
+        with pytest.raises(SegmentdError) as e:
+            anonymous.is_member("C0", "women")
+        assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with Client(f"127.0.0.1:{port}", token="reader-token-0123456789") as reader:
+        assert reader.is_member("C0", "women")
+        with pytest.raises(SegmentdError) as e:
+            reader.get_customer("C0")
+        assert e.value.code == grpc.StatusCode.PERMISSION_DENIED

@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use crate::Ch;
 
 use crate::pb::{
     self, activities_client::ActivitiesClient, admin_client::AdminClient, ingest_client::IngestClient,
@@ -14,7 +16,7 @@ use crate::{
     LoadCommand, SegmentArgs, SegmentCommand,
 };
 
-async fn connect(server: &str) -> Result<Channel> {
+async fn connect(server: &str, token: Option<String>) -> Result<Ch> {
     let uri = if server.contains("://") {
         server.to_string()
     } else {
@@ -25,17 +27,29 @@ async fn connect(server: &str) -> Result<Channel> {
         .initial_connection_window_size(16 << 20)
         .initial_stream_window_size(4 << 20)
         .connect_timeout(std::time::Duration::from_secs(5));
-    endpoint
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| Failure(format!("cannot reach segmentd at {uri}: {e}")))
+        .map_err(|e| Failure(format!("cannot reach segmentd at {uri}: {e}")))?;
+    let bearer = match token {
+        Some(t) => Some(
+            format!("Bearer {}", t.trim())
+                .parse()
+                .map_err(|_| Failure("the token holds characters a header cannot carry".into()))?,
+        ),
+        None => None,
+    };
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        crate::Bearer(bearer),
+    ))
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Gen { customers, seed, out } = &cli.command {
         return crate::synth::write(*customers, *seed, out);
     }
-    let channel = connect(&cli.server).await?;
+    let channel = connect(&cli.server, cli.token.clone()).await?;
     match cli.command {
         Command::Gen { .. } => unreachable!("handled above"),
         Command::Load(LoadCommand::Customers(args)) => crate::load::customers(channel, args).await,
@@ -154,7 +168,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn family(channel: Channel, cmd: FamilyCommand) -> Result<()> {
+async fn family(channel: Ch, cmd: FamilyCommand) -> Result<()> {
     let mut client = SegmentsClient::new(channel);
     match cmd {
         FamilyCommand::List => {
@@ -299,7 +313,7 @@ fn print_event(out: &mut impl Write, e: &pb::MembershipEvent, format: EventForma
 
 /// Prints events as they arrive; an interrupted or failed stream says where to resume.
 async fn watch(
-    channel: Channel,
+    channel: Ch,
     from: u64,
     segments: Vec<String>,
     limit: Option<u64>,
@@ -346,7 +360,7 @@ async fn watch(
     }
 }
 
-async fn customer(channel: Channel, cmd: CustomerCommand) -> Result<()> {
+async fn customer(channel: Ch, cmd: CustomerCommand) -> Result<()> {
     let mut ingest = IngestClient::new(channel);
     match cmd {
         CustomerCommand::Get { key, email } => {
@@ -385,7 +399,7 @@ async fn customer(channel: Channel, cmd: CustomerCommand) -> Result<()> {
     Ok(())
 }
 
-async fn activity(channel: Channel, cmd: ActivityCommand) -> Result<()> {
+async fn activity(channel: Ch, cmd: ActivityCommand) -> Result<()> {
     let mut client = ActivitiesClient::new(channel);
     let (add, args) = match cmd {
         ActivityCommand::Add(a) => (true, a),
@@ -478,7 +492,7 @@ fn print_segment(s: &pb::Segment) {
     println!("excluded\t{}", s.exclude_customer_count);
 }
 
-async fn segment(channel: Channel, cmd: SegmentCommand) -> Result<()> {
+async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
     let mut segments = SegmentsClient::new(channel);
     match cmd {
         SegmentCommand::Create(args) => {

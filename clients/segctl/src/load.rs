@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::Ch;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use crate::pb::{self, admin_client::AdminClient, ingest_client::IngestClient};
 use crate::progress::Progress;
@@ -282,7 +282,7 @@ fn spawn_reader<T: Send + 'static>(
 }
 
 /// The schema: attribute name → type.
-async fn schema(channel: &Channel) -> Result<HashMap<String, (Ty, bool)>> {
+async fn schema(channel: &Ch) -> Result<HashMap<String, (Ty, bool)>> {
     let reply = AdminClient::new(channel.clone())
         .get_schema(pb::GetSchemaRequest {})
         .await?
@@ -315,7 +315,7 @@ fn summary(label: &str, rows: u64, bad: u64, secs: f64, detail: &str) {
     );
 }
 
-pub async fn customers(channel: Channel, args: LoadArgs) -> Result<()> {
+pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
     let schema = schema(&channel).await?;
     let header_schema = schema.clone();
     let check_header = move |header: &[String]| -> Result<()> {
@@ -447,7 +447,7 @@ pub async fn customers(channel: Channel, args: LoadArgs) -> Result<()> {
     }
 }
 
-pub async fn orders(channel: Channel, args: LoadArgs) -> Result<()> {
+pub async fn orders(channel: Ch, args: LoadArgs) -> Result<()> {
     let check_header = |header: &[String]| -> Result<()> {
         for need in ["order_id", "customer_id", "placed_at"] {
             if !header.iter().any(|h| h == need) {
@@ -554,7 +554,7 @@ pub async fn orders(channel: Channel, args: LoadArgs) -> Result<()> {
 }
 
 pub async fn members(
-    channel: Channel,
+    channel: Ch,
     segment: String,
     args: LoadArgs,
     by: MemberKey,

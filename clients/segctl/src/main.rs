@@ -34,8 +34,28 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
+    /// Bearer token for a server with roles (`--tokens-file`); prefer the variable, as a flag
+    /// value shows in process lists.
+    #[arg(long, global = true, env = "SEGMENTD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A connection to segmentd that sends the bearer token, if any, with every call.
+pub type Ch = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
 }
 
 #[derive(Subcommand)]

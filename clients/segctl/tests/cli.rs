@@ -14,6 +14,11 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(|_| {}, None)
+    }
+
+    /// A server `tune` adjusts, answering `token` (when given) as its readiness probe.
+    fn start_with(tune: impl FnOnce(&mut Config), token: Option<&str>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -26,6 +31,7 @@ impl Server {
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let mut config = Config::with_data_dir(dir.path().join("data"));
         config.fsync = segmentd::wal::FsyncMode::Never;
+        tune(&mut config);
         runtime.spawn(segmentd::server::run(listener, config, std::future::pending()));
         let server = Server {
             addr,
@@ -34,7 +40,11 @@ impl Server {
         };
         // Ready once stats answers (recovery done).
         for _ in 0..200 {
-            if server.segctl(&["stats"]).status.success() {
+            let probe = match token {
+                Some(t) => server.segctl(&["stats", "--token", t]),
+                None => server.segctl(&["stats"]),
+            };
+            if probe.status.success() {
                 return server;
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
@@ -343,4 +353,31 @@ fn families_and_reclassification_from_the_command_line() {
     assert!(!out.status.success());
     server.ok(&["family", "delete", "value"]);
     assert!(!server.ok(&["family", "list"]).contains("value"));
+}
+
+#[test]
+fn tokens_from_the_environment_or_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write(
+        dir.path(),
+        "tokens",
+        "admin admin-token-0123456789\nreader reader-token-0123456789\n",
+    );
+    let server = Server::start_with(
+        |c| c.tokens_file = Some(tokens.into()),
+        Some("admin-token-0123456789"),
+    );
+    let out = server.segctl(&["stats"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not authenticated"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_segctl"))
+        .args(["stats"])
+        .env("SEGMENTD_ADDR", &server.addr)
+        .env("SEGMENTD_TOKEN", "admin-token-0123456789")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.segctl(&["stats", "--token", "reader-token-0123456789"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import itertools
 from dataclasses import dataclass
@@ -156,20 +157,60 @@ def from_customer(c: customer_pb2.Customer) -> Dict[str, Any]:
     }
 
 
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, d):
+        metadata = list(d.metadata or []) + [self._header]
+        return _CallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
 class Client:
     """segmentd over one gRPC channel. `target` is `host:port`; `timeout` (seconds) applies to
-    every unary call. Use as a context manager or call `close()`."""
+    every unary call; `token` is sent as a bearer token to a server with roles. Use as a context
+    manager or call `close()`."""
 
     def __init__(
         self,
         target: str = "127.0.0.1:50051",
         *,
         timeout: Optional[float] = 30.0,
+        token: Optional[str] = None,
         channel: Optional[grpc.Channel] = None,
     ):
-        self._channel = channel or grpc.insecure_channel(
+        self._raw_channel = channel or grpc.insecure_channel(
             target,
             options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)],
+        )
+        self._channel = (
+            grpc.intercept_channel(self._raw_channel, _Bearer(token)) if token else self._raw_channel
         )
         self._timeout = timeout
         self._membership = membership_pb2_grpc.MembershipStub(self._channel)
@@ -179,7 +220,7 @@ class Client:
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> "Client":
         return self

@@ -1,0 +1,285 @@
+//! Bearer tokens mapped to roles.
+//!
+//! Each service needs a role: `reader` calls `Membership`, `activity` calls `Activities`, `loader`
+//! calls `Ingest`, and `admin` calls everything (`Segments` and `Admin` only admin). A call carries
+//! `authorization: Bearer <token>`. Tokens come from a file (`--tokens-file`) or the environment
+//! (`SEGMENTD_TOKENS`), one `role token` pair a line (or comma-separated in the variable); a token
+//! may be given as `sha256:<64 hex digits>` so the file holds no secret. Tokens are kept only as
+//! SHA-256 digests and a presented token is compared with every one in constant time. The file is
+//! read again on SIGHUP. Missing or wrong token: UNAUTHENTICATED; right token, wrong role:
+//! PERMISSION_DENIED; neither says which tokens exist. Health and reflection stay open.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+use crate::error::{Error, Result};
+
+/// What a token may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Reader,
+    Activity,
+    Loader,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "reader" => Role::Reader,
+            "activity" => Role::Activity,
+            "loader" => Role::Loader,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Activity => "activity",
+            Role::Loader => "loader",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The role each service needs besides `admin`, by service name.
+pub fn role_for(service: &str) -> Option<Role> {
+    match service {
+        "segmentd.v1.Membership" => Some(Role::Reader),
+        "segmentd.v1.Activities" => Some(Role::Activity),
+        "segmentd.v1.Ingest" => Some(Role::Loader),
+        _ => None, // Segments, Admin: admin only
+    }
+}
+
+/// The accepted tokens, as SHA-256 digests with their roles.
+#[derive(Debug, Default, Clone)]
+pub struct Tokens {
+    entries: Vec<([u8; 32], Role)>,
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+/// Equal in time independent of where the bytes differ.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    /// Parses `role token` (or `role sha256:<hex>`) lines; `#` starts a comment. `source` names
+    /// where they come from in errors (which never repeat a token).
+    pub fn parse(text: &str, source: &str) -> Result<Tokens> {
+        let mut entries = Vec::new();
+        for (n, line) in text.lines().flat_map(|l| l.split(',')).enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |why: &str| Error::invalid("tokens", format!("{source}: entry {}: {why}", n + 1));
+            let mut words = line.split_whitespace();
+            let (Some(role), Some(token), None) = (words.next(), words.next(), words.next()) else {
+                return Err(bad("expected `role token`"));
+            };
+            let role =
+                Role::parse(role).ok_or_else(|| bad("the role is reader, activity, loader or admin"))?;
+            let hash = match token.strip_prefix("sha256:") {
+                Some(hex) => decode_hex(hex).ok_or_else(|| bad("sha256: needs 64 hex digits"))?,
+                None if token.len() < 16 => return Err(bad("a token needs at least 16 characters")),
+                None => digest(token.as_bytes()),
+            };
+            entries.push((hash, role));
+        }
+        Ok(Tokens { entries })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The role of `token`, comparing with every entry (no early exit).
+    pub fn role(&self, token: &str) -> Option<Role> {
+        let hash = digest(token.as_bytes());
+        let mut found = None;
+        for (h, role) in &self.entries {
+            if ct_eq(h, &hash) && found.is_none() {
+                found = Some(*role);
+            }
+        }
+        found
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The tokens in force, replaced whole on reload.
+#[derive(Debug)]
+pub struct Auth {
+    tokens: ArcSwap<Tokens>,
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+impl Auth {
+    /// Tokens from `file` and the `env` text; both may be absent (then every call is open).
+    pub fn load(file: Option<&Path>, env: Option<String>) -> Result<Auth> {
+        let auth = Auth {
+            tokens: ArcSwap::from_pointee(Tokens::default()),
+            file: file.map(Path::to_path_buf),
+            env,
+        };
+        auth.reload()?;
+        Ok(auth)
+    }
+
+    /// Reads the file (and the environment) again; on error the tokens in force stay.
+    pub fn reload(&self) -> Result<usize> {
+        let mut tokens = match &self.env {
+            Some(text) => Tokens::parse(text, "SEGMENTD_TOKENS")?,
+            None => Tokens::default(),
+        };
+        if let Some(path) = &self.file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::invalid("tokens_file", format!("{}: {e}", path.display())))?;
+            tokens
+                .entries
+                .extend(Tokens::parse(&text, &path.display().to_string())?.entries);
+        }
+        let n = tokens.len();
+        self.tokens.store(Arc::new(tokens));
+        Ok(n)
+    }
+
+    /// Whether any token is configured (calls are checked).
+    pub fn enabled(&self) -> bool {
+        !self.tokens.load().is_empty()
+    }
+
+    /// Checks the call's bearer token against what `service` needs.
+    pub fn check<T>(&self, service: &str, request: &Request<T>) -> Result<(), Status> {
+        let tokens = self.tokens.load();
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        let Some(role) = presented.and_then(|t| tokens.role(t)) else {
+            return Err(Status::unauthenticated(
+                "missing or invalid bearer token (authorization: Bearer <token>)",
+            ));
+        };
+        if role == Role::Admin || role_for(service) == Some(role) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "the `{}` role may not call {service}",
+                role.name()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_hashed_tokens_and_refuses_bad_lines() {
+        let hashed = format!("{:x}", Sha256::digest(b"reader-token-0123456789"));
+        let t = Tokens::parse(
+            &format!("# roles\nadmin admin-token-0123456789\nreader sha256:{hashed}  # hashed\n\n"),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(t.role("admin-token-0123456789"), Some(Role::Admin));
+        assert_eq!(t.role("reader-token-0123456789"), Some(Role::Reader));
+        assert_eq!(t.role("admin-token-012345678"), None);
+        let both = Tokens::parse(
+            "loader l-token-0123456789abc, activity a-token-0123456789abc",
+            "env",
+        )
+        .unwrap();
+        assert_eq!(both.len(), 2);
+        for bad in [
+            "root x-token-0123456789",
+            "admin",
+            "admin short",
+            "reader sha256:abc",
+            "a b c",
+        ] {
+            let e = Tokens::parse(bad, "f").unwrap_err().to_string();
+            assert!(e.contains("f: entry 1"), "{bad}: {e}");
+            assert!(!e.contains("0123456789"), "never repeats the token: {e}");
+        }
+    }
+
+    #[test]
+    fn roles_reach_their_services_only() {
+        let auth = Auth {
+            tokens: ArcSwap::from_pointee(
+                Tokens::parse(
+                    "reader r-token-0123456789ab\nadmin a-token-0123456789ab\nloader l-token-0123456789ab",
+                    "t",
+                )
+                .unwrap(),
+            ),
+            file: None,
+            env: None,
+        };
+        let call = |token: Option<&str>| {
+            let mut r = Request::new(());
+            if let Some(t) = token {
+                r.metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            r
+        };
+        let code =
+            |service: &str, token: Option<&str>| auth.check(service, &call(token)).map_err(|s| s.code());
+        assert_eq!(
+            code("segmentd.v1.Membership", Some("r-token-0123456789ab")),
+            Ok(())
+        );
+        assert_eq!(
+            code("segmentd.v1.Ingest", Some("r-token-0123456789ab")),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(code("segmentd.v1.Segments", Some("a-token-0123456789ab")), Ok(()));
+        assert_eq!(
+            code("segmentd.v1.Segments", Some("l-token-0123456789ab")),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(
+            code("segmentd.v1.Ingest", Some("wrong")),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            code("segmentd.v1.Membership", None),
+            Err(tonic::Code::Unauthenticated)
+        );
+    }
+}
