@@ -56,6 +56,15 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Writes that may wait for the writer thread; past it, writes are refused at once with
+    /// RESOURCE_EXHAUSTED (load shedding) instead of queuing without bound.
+    #[arg(long, env = "SEGMENTD_MAX_QUEUED_WRITES", default_value_t = crate::engine::DEFAULT_MAX_QUEUED_WRITES)]
+    pub max_queued_writes: usize,
+
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    #[arg(long, env = "SEGMENTD_MAX_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+
     /// Most items (customers, orders) accepted in one message.
     #[arg(long, env = "SEGMENTD_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
@@ -142,6 +151,8 @@ impl Config {
             tokens: None,
             insecure: false,
             max_batch: 10_000,
+            max_queued_writes: crate::engine::DEFAULT_MAX_QUEUED_WRITES,
+            max_concurrent_streams: 1024,
             eval_threads: 0,
             fsync: FsyncMode::Always,
             snapshot_interval_secs: 3600,

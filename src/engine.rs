@@ -56,6 +56,10 @@ impl Logger<'_> {
     }
 }
 
+/// Writes that may wait for the writer thread by default; more are refused with
+/// RESOURCE_EXHAUSTED.
+pub const DEFAULT_MAX_QUEUED_WRITES: usize = 256;
+
 /// A write to run on the writer thread.
 type Job = Box<dyn FnOnce(&Store) + Send>;
 
@@ -94,6 +98,9 @@ pub struct Engine {
     schedule_anchor: Arc<parking_lot::Mutex<Option<i64>>>,
     /// Calls by method and status (recorded by the server's layer).
     requests: Arc<RequestMetrics>,
+    /// Writes queued for or running on the writer thread, and the most allowed.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    max_queued: Arc<std::sync::atomic::AtomicUsize>,
     /// The last snapshot written: when, how long it took, its bytes.
     last_snapshot: Arc<parking_lot::Mutex<Option<(Instant, f64, u64)>>>,
     /// Each connected watcher's position (the last sequence handed to it).
@@ -138,10 +145,22 @@ impl Engine {
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
             schedule_anchor: Arc::default(),
             requests: Arc::default(),
+            queued: Arc::default(),
+            max_queued: Arc::new(std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_QUEUED_WRITES)),
             last_snapshot: Arc::default(),
             watchers: Arc::default(),
             next_watcher: Arc::default(),
         }
+    }
+
+    /// Sets how many writes may wait for the writer thread before more are refused.
+    pub fn set_max_queued_writes(&self, n: usize) {
+        self.max_queued.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Writes queued for or running on the writer thread.
+    pub fn queued_writes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Calls by method and status, for the server's recording layer and `/metrics`.
@@ -328,9 +347,36 @@ impl Engine {
         &self,
         f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
     ) -> Result<(Result<T>, Option<u64>)> {
+        self.apply_queued(f, true).await
+    }
+
+    /// [`Engine::apply`], refused at once when `bounded` and the queue is full (callers' writes);
+    /// the server's own (time flips) always queue.
+    async fn apply_queued<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
+        bounded: bool,
+    ) -> Result<(Result<T>, Option<u64>)> {
+        // Bounded queue: under overload a write is refused at once rather than waiting behind
+        // an ever longer line.
+        let max = self.max_queued.load(Ordering::Relaxed);
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= max && bounded {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::ResourceExhausted(format!(
+                "the server is busy: {max} writes are queued; retry with backoff"
+            )));
+        }
+        struct Dequeue(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Dequeue {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let dequeue = Dequeue(self.queued.clone());
         let wal = self.wal.get().cloned();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |s| {
+            let _dequeue = dequeue;
             let time = s.clock_micros();
             let mut logger = Logger {
                 wal: wal.as_deref(),
@@ -433,12 +479,18 @@ impl Engine {
     /// Applies the time flips due since the last advance (every customer's, the first time
     /// after a start); returns the number of membership changes.
     pub async fn advance_time(&self) -> Result<u64> {
-        self.write(|s, log| {
-            let since = s.time_applied();
-            let how = since.map_or(Advance::Full, Advance::Since);
-            s.advance_time(Some(how), &mut || log.append(|| record::advance_time(since)))
-        })
-        .await
+        let (out, last) = self
+            .apply_queued(
+                |s, log| {
+                    let since = s.time_applied();
+                    let how = since.map_or(Advance::Full, Advance::Since);
+                    s.advance_time(Some(how), &mut || log.append(|| record::advance_time(since)))
+                },
+                false,
+            )
+            .await?;
+        self.durable(last).await?;
+        out
     }
 
     pub async fn create_family(&self, family: Family) -> Result<FamilyInfo> {

@@ -69,6 +69,7 @@ pub async fn run(
     };
     engine.store().set_eval_threads(config.eval_threads);
     engine.store().events().set_retention(config.event_retention());
+    engine.set_max_queued_writes(config.max_queued_writes);
     let limits = Limits {
         max_batch: config.max_batch,
     };
@@ -259,6 +260,7 @@ pub async fn run(
         .tcp_nodelay(true)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_stream_window_size(STREAM_WINDOW)
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)

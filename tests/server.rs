@@ -191,3 +191,52 @@ async fn metrics_cover_requests_segments_events_log_and_snapshots() {
     assert_eq!(get("segmentd_time_flips_total"), 0.0);
     drop(watch);
 }
+
+#[tokio::test]
+async fn overload_is_refused_fast_with_resource_exhausted_and_the_server_recovers() {
+    let server = TestServer::start_with(|c| c.max_queued_writes = 2).await;
+    // Forty callers at once, each with 5,000 customers: far more than two queued writes.
+    let mut calls = Vec::new();
+    for k in 0..40 {
+        let mut ingest = server.ingest().await;
+        calls.push(tokio::spawn(async move {
+            let batch: Vec<_> = (0..5000)
+                .map(|i| customer(&format!("o{k}-{i}"), None, &[]))
+                .collect();
+            let started = std::time::Instant::now();
+            let r = ingest
+                .upsert_customers(segmentd::api::pb::UpsertCustomersRequest::new(batch))
+                .await;
+            (r.map(drop).map_err(|s| s.code()), started.elapsed())
+        }));
+    }
+    let mut ok = 0;
+    let mut refused = Vec::new();
+    for c in calls {
+        match c.await.unwrap() {
+            (Ok(()), _) => ok += 1,
+            (Err(tonic::Code::ResourceExhausted), took) => refused.push(took),
+            (Err(other), _) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        ok >= 1 && !refused.is_empty(),
+        "{ok} applied, {} refused",
+        refused.len()
+    );
+    // A refusal does not wait for the queue (each accepted write takes milliseconds).
+    refused.sort();
+    assert!(
+        refused[refused.len() / 2] < std::time::Duration::from_millis(500),
+        "median refusal took {:?}",
+        refused[refused.len() / 2]
+    );
+    assert_eq!(
+        customer_count(&server).await,
+        ok * 5000,
+        "refused batches applied nothing"
+    );
+    // Once the load is gone, writes go through again.
+    upsert(&server, vec![customer("after", None, &[])]).await;
+    assert_eq!(customer_count(&server).await, ok * 5000 + 1);
+}
