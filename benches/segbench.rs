@@ -21,6 +21,9 @@
 //! `cargo bench --bench segbench -- [--customers N] [--seconds S] [--redis] [--duckdb]`;
 //! `benches/compare.sh` installs Redis and DuckDB and runs everything.
 
+#[path = "support/gen.rs"]
+mod generator;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -76,6 +79,10 @@ struct Args {
     /// Customers for the rule comparison.
     #[arg(long, default_value_t = 10_000_000)]
     rule_customers: usize,
+    /// Also measure IsMember (1 in flight) idle and while this many new customers stream in
+    /// through LoadCustomers (0: skip).
+    #[arg(long, default_value_t = 0)]
+    during_load: usize,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -571,6 +578,66 @@ async fn connect(addr: SocketAddr, n: usize) -> Vec<Channel> {
     out
 }
 
+/// IsMember latency idle, then while `n` new customers (with attributes) stream in.
+async fn during_load(addr: SocketAddr, channels: &[Channel], n: usize, customers: usize) {
+    let batches: Vec<pb::LoadCustomersRequest> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(1000)
+        .map(|c| {
+            pb::LoadCustomersRequest::new(
+                c.iter()
+                    .map(|&i| generator::customer(i as u64 + 10_000_000, 7))
+                    .collect(),
+            )
+        })
+        .collect();
+    let idle = grpc(channels, Workload::IsMember, 1, 3.0, customers).await;
+    let load_channel = connect(addr, 1).await.remove(0);
+    let started = Instant::now();
+    let load = tokio::spawn(async move {
+        IngestClient::new(load_channel)
+            .max_encoding_message_size(64 << 20)
+            .load_customers(tokio_stream::iter(batches))
+            .await
+            .unwrap();
+        Instant::now()
+    });
+    // Measure while the load runs (stopping when it ends).
+    let mut busy = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut client = MembershipClient::new(channels[0].clone());
+    let mut rng = Rng(42);
+    while !load.is_finished() {
+        let t0 = Instant::now();
+        client
+            .is_member(pb::IsMemberRequest {
+                customer_id: cid(rng.below(customers)),
+                segment_id: sid(rng.below(SEGMENTS)),
+            })
+            .await
+            .unwrap();
+        busy.record((t0.elapsed().as_micros() as u64).max(1)).unwrap();
+    }
+    let ended = load.await.unwrap();
+    let secs = (ended - started).as_secs_f64();
+    println!();
+    println!("| IsMember, 1 in flight | calls | p50 µs | p90 µs | p99 µs | p99.9 µs |");
+    println!("|---|---|---|---|---|---|");
+    for (label, h) in [("idle", &idle.latency), ("during the load", &busy)] {
+        println!(
+            "| {label} | {} | {} | {} | {} | {} |",
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999)
+        );
+    }
+    println!(
+        "| load: {n} customers through LoadCustomers in {secs:.1} s ({:.0}/s) | | | | | |",
+        n as f64 / secs
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The rule comparison
 
@@ -787,6 +854,9 @@ fn main() {
                     theirs.latency.value_at_quantile(0.5) as f64 / ours.latency.value_at_quantile(0.5) as f64
                 );
             }
+        }
+        if args.during_load > 0 {
+            during_load(seg_addr, &seg_channels, args.during_load, args.customers).await;
         }
     });
     drop(client_rt);

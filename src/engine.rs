@@ -70,6 +70,7 @@ fn writer_thread(store: Arc<Store>) -> std::sync::mpsc::Sender<Job> {
     std::thread::Builder::new()
         .name("writer".into())
         .spawn(move || {
+            crate::priority::bulk_thread();
             // Ends when every engine handle (and so every sender) is gone.
             while let Ok(job) = rx.recv() {
                 // A bug in one write must not stop every later one; its caller gets an error.

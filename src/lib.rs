@@ -26,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod priority;
 pub mod segment;
 pub mod server;
 pub mod snapshot;

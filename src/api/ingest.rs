@@ -15,6 +15,9 @@ const GROUP_CUSTOMERS: usize = 4096;
 /// Converted batches queued between the stream reader and the writer.
 const STREAM_QUEUE: usize = 64;
 
+/// Customers in a streamed batch from which parsing moves off the async workers.
+const OFFLOAD_BATCH: usize = 64;
+
 pub struct IngestApi {
     engine: Engine,
     limits: Limits,
@@ -98,7 +101,20 @@ impl Ingest for IngestApi {
                     break;
                 }
             };
-            match msg.patches(&schema, &self.limits) {
+            // Big batches are parsed off the async workers, at bulk priority, so request-time
+            // calls keep their workers and their latency.
+            let parsed = if msg.len() >= OFFLOAD_BATCH {
+                let (schema, limits) = (schema.clone(), self.limits);
+                tokio::task::spawn_blocking(move || {
+                    crate::priority::bulk_thread();
+                    msg.patches(&schema, &limits)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?
+            } else {
+                msg.patches(&schema, &self.limits)
+            };
+            match parsed {
                 Ok(patches) => {
                     if tx.send((number, patches)).await.is_err() {
                         break; // the writer stopped at a failed batch
