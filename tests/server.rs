@@ -240,3 +240,42 @@ async fn overload_is_refused_fast_with_resource_exhausted_and_the_server_recover
     upsert(&server, vec![customer("after", None, &[])]).await;
     assert_eq!(customer_count(&server).await, ok * 5000 + 1);
 }
+
+#[tokio::test]
+async fn every_call_has_a_request_id_in_its_reply() {
+    let server = TestServer::start().await;
+    let mut request = tonic::Request::new(segmentd::api::pb::StatsRequest {});
+    request
+        .metadata_mut()
+        .insert("x-request-id", "checkout-42".parse().unwrap());
+    let reply = server.admin().await.stats(request).await.unwrap();
+    assert_eq!(reply.metadata().get("x-request-id").unwrap(), "checkout-42");
+    let reply = server
+        .admin()
+        .await
+        .stats(segmentd::api::pb::StatsRequest {})
+        .await
+        .unwrap();
+    let id = reply
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    // Refusals carry it too.
+    let err = server
+        .membership()
+        .await
+        .is_member(segmentd::api::pb::IsMemberRequest {
+            customer_id: "c".into(),
+            segment_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.metadata().get("x-request-id").is_some());
+}

@@ -135,7 +135,29 @@ impl RequestMetrics {
     }
 }
 
-/// The layer that records every call into [`RequestMetrics`].
+/// The header carrying a call's request id, both ways.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A new request id: 16 hex digits, unique within the process and unlikely to repeat across
+/// restarts.
+fn new_request_id() -> String {
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    });
+    let n = next.fetch_add(1, Ordering::Relaxed);
+    // Spread consecutive ids so they do not read as a counter.
+    let mut x = n;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    format!("{x:016x}")
+}
+
+/// The layer that records every call into [`RequestMetrics`] and gives it a request id.
 #[derive(Debug, Clone)]
 pub struct RecordLayer(pub Arc<RequestMetrics>);
 
@@ -172,10 +194,26 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = self.metrics.method(request.uri().path());
+        // The caller's request id (x-request-id), or a new one: in every log line of the call
+        // and in the reply's headers.
+        let id = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        let span = tracing::info_span!("call", request_id = %id, method = %request.uri().path());
         let started = Instant::now();
-        let future = self.inner.call(request);
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
         Box::pin(async move {
-            let response = future.await;
+            let mut response = tracing::Instrument::instrument(future, span).await;
+            if let (Ok(r), Ok(v)) = (&mut response, http::HeaderValue::from_str(&id)) {
+                r.headers_mut().insert(REQUEST_ID, v);
+            }
             // Health and reflection calls are counted too: they are calls like any other.
             let code = match &response {
                 Ok(r) => r
