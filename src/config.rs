@@ -47,6 +47,18 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_TOKENS", hide_env_values = true, hide = true)]
     pub tokens: Option<String>,
 
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "SEGMENTD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "SEGMENTD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: clients must present a certificate signed by one (mutual TLS).
+    #[arg(long, env = "SEGMENTD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Allow listening on a non-loopback address without tokens (every call open to anyone who
     /// can reach it).
     #[arg(long, env = "SEGMENTD_INSECURE")]
@@ -148,6 +160,9 @@ impl Config {
             log_format: LogFormat::Text,
             metrics_addr: None,
             tokens_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             tokens: None,
             insecure: false,
             max_batch: 10_000,

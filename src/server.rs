@@ -40,6 +40,8 @@ pub enum ServerError {
     DataDir { path: String, source: std::io::Error },
     #[error("data directory {0} is in use by another segmentd")]
     DataDirLocked(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("tokens: {0}")]
     Tokens(crate::error::Error),
     #[error(
@@ -96,7 +98,9 @@ pub async fn run(
         .local_addr()
         .map(|a| a.ip().is_loopback())
         .unwrap_or(false);
-    if !auth.enabled() {
+    let tls = tls_config(&config)?;
+    // Client certificates verified against a CA authenticate callers too.
+    if !auth.enabled() && config.tls_client_ca.is_none() {
         if !loopback && !config.insecure {
             return Err(ServerError::Insecure(
                 listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -253,7 +257,13 @@ pub async fn run(
     // client's delayed ACK, 40 ms.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(addr = ?addr, data_dir = %config.data_dir.display(), "segmentd serving");
-    let result = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+    }
+    let result = builder
         .layer(crate::metrics::requests::RecordLayer(
             engine.request_metrics().clone(),
         ))
@@ -321,6 +331,21 @@ const SERVICES: [&str; 5] = [
 ];
 
 /// Refuses calls with UNAVAILABLE until recovery is done.
+/// The server's TLS settings from `--tls-cert`, `--tls-key` and `--tls-client-ca`, if given.
+fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read =
+        |p: &std::path::Path| fs::read(p).map_err(|e| ServerError::Tls(format!("{}: {e}", p.display())));
+    let mut tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
+
 /// Checks the caller's token for `service`, then that recovery is done.
 fn guard(
     engine: Engine,

@@ -35,7 +35,7 @@ def server_bin() -> str:
 
 
 @contextlib.contextmanager
-def _server(server_bin, extra=(), token=None):
+def _server(server_bin, extra=(), token=None, **client_args):
     """A segmentd on a free port with a temporary data directory; yields a ready client."""
     with tempfile.TemporaryDirectory() as data:
         port = _free_port()
@@ -43,7 +43,8 @@ def _server(server_bin, extra=(), token=None):
             [server_bin, "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--fsync", "never", *extra],
             stderr=subprocess.PIPE,
         )
-        c = Client(f"127.0.0.1:{port}", timeout=10, token=token)
+        host = "localhost" if client_args.get("tls_ca") else "127.0.0.1"
+        c = Client(f"{host}:{port}", timeout=10, token=token, **client_args)
         try:
             deadline = time.monotonic() + 20
             while True:
@@ -76,4 +77,20 @@ def secured(server_bin, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"admin {ADMIN_TOKEN}\nreader reader-token-0123456789\n")
     with _server(server_bin, ["--tokens-file", str(tokens)], token=ADMIN_TOKEN) as (c, port):
+        yield c, port
+
+
+TLS = REPO / "tests" / "fixtures" / "tls"
+
+
+@pytest.fixture
+def tls_server(server_bin):
+    """A server with mutual TLS (test certificates); yields (client with a certificate, port)."""
+    extra = [
+        "--tls-cert", str(TLS / "server.pem"),
+        "--tls-key", str(TLS / "server.key"),
+        "--tls-client-ca", str(TLS / "ca.pem"),
+    ]
+    identity = {"tls_ca": str(TLS / "ca.pem"), "tls_cert": str(TLS / "client.pem"), "tls_key": str(TLS / "client.key")}
+    with _server(server_bin, extra, **identity) as (c, port):
         yield c, port

@@ -143,3 +143,15 @@ def test_tokens(secured):
         with pytest.raises(SegmentdError) as e:
             reader.get_customer("C0")
         assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_mutual_tls(tls_server):
+    from conftest import TLS
+
+    client, port = tls_server
+    assert client.load_customers(customers(3)).created == 3
+    # A client without a certificate is refused at the handshake.
+    with Client(f"localhost:{port}", timeout=5, tls_ca=str(TLS / "ca.pem")) as anonymous:
+        with pytest.raises(SegmentdError) as e:
+            anonymous.stats()
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE

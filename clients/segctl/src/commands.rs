@@ -16,21 +16,41 @@ use crate::{
     LoadCommand, SegmentArgs, SegmentCommand,
 };
 
-async fn connect(server: &str, token: Option<String>) -> Result<Ch> {
-    let uri = if server.contains("://") {
-        server.to_string()
-    } else {
-        format!("http://{server}")
+async fn connect(cli: &Cli) -> Result<Ch> {
+    let (server, token) = (&cli.server, cli.token.clone());
+    let tls = cli.tls_ca.is_some();
+    let uri = match server.split_once("://") {
+        Some((_, rest)) if tls => format!("https://{rest}"),
+        Some(_) => server.to_string(),
+        None if tls => format!("https://{server}"),
+        None => format!("http://{server}"),
     };
-    let endpoint = Endpoint::from_shared(uri.clone())
+    let mut endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|e| Failure(format!("bad server address `{server}`: {e}")))?
         .initial_connection_window_size(16 << 20)
         .initial_stream_window_size(4 << 20)
         .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(ca) = &cli.tls_ca {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| Failure(format!("{}: {e}", p.display())));
+        let domain = match &cli.tls_domain {
+            Some(d) => d.clone(),
+            None => endpoint.uri().host().unwrap_or("localhost").to_string(),
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?))
+            .domain_name(domain);
+        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+            config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| Failure(format!("TLS settings: {e}")))?;
+    }
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| Failure(format!("cannot reach segmentd at {uri}: {e}")))?;
+        .map_err(|e| Failure(format!("cannot reach segmentd at {uri}: {}", causes(&e))))?;
     let bearer = match token {
         Some(t) => Some(
             format!("Bearer {}", t.trim())
@@ -45,11 +65,23 @@ async fn connect(server: &str, token: Option<String>) -> Result<Ch> {
     ))
 }
 
+/// An error and its causes, joined: transport errors say little at the top.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Gen { customers, seed, out } = &cli.command {
         return crate::synth::write(*customers, *seed, out);
     }
-    let channel = connect(&cli.server, cli.token.clone()).await?;
+    let channel = connect(&cli).await?;
     match cli.command {
         Command::Gen { .. } => unreachable!("handled above"),
         Command::Load(LoadCommand::Customers(args)) => crate::load::customers(channel, args).await,

@@ -38,6 +38,17 @@ struct Cli {
     /// value shows in process lists.
     #[arg(long, global = true, env = "SEGMENTD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificate to verify a TLS server with (TLS is used when given).
+    #[arg(long, global = true, env = "SEGMENTD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate and key, for a server that verifies clients (mutual TLS).
+    #[arg(long, global = true, env = "SEGMENTD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "SEGMENTD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --server).
+    #[arg(long, global = true, env = "SEGMENTD_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     command: Command,
 }

@@ -14,11 +14,11 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        Server::start_with(|_| {}, None)
+        Server::start_with(|_| {}, &[])
     }
 
-    /// A server `tune` adjusts, answering `token` (when given) as its readiness probe.
-    fn start_with(tune: impl FnOnce(&mut Config), token: Option<&str>) -> Server {
+    /// A server `tune` adjusts; `segctl stats` with `probe` arguments is its readiness probe.
+    fn start_with(tune: impl FnOnce(&mut Config), probe: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -40,11 +40,8 @@ impl Server {
         };
         // Ready once stats answers (recovery done).
         for _ in 0..200 {
-            let probe = match token {
-                Some(t) => server.segctl(&["stats", "--token", t]),
-                None => server.segctl(&["stats"]),
-            };
-            if probe.status.success() {
+            let args: Vec<&str> = ["stats"].iter().chain(probe).copied().collect();
+            if server.segctl(&args).status.success() {
                 return server;
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
@@ -365,7 +362,7 @@ fn tokens_from_the_environment_or_the_flag() {
     );
     let server = Server::start_with(
         |c| c.tokens_file = Some(tokens.into()),
-        Some("admin-token-0123456789"),
+        &["--token", "admin-token-0123456789"],
     );
     let out = server.segctl(&["stats"]);
     assert!(!out.status.success());
@@ -380,4 +377,29 @@ fn tokens_from_the_environment_or_the_flag() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = server.segctl(&["stats", "--token", "reader-token-0123456789"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tls");
+    let (ca, cert, key) = (
+        format!("{tls}/ca.pem"),
+        format!("{tls}/client.pem"),
+        format!("{tls}/client.key"),
+    );
+    let with_identity = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    let server = Server::start_with(
+        |c| {
+            c.tls_cert = Some(format!("{tls}/server.pem").into());
+            c.tls_key = Some(format!("{tls}/server.key").into());
+            c.tls_client_ca = Some(format!("{tls}/ca.pem").into());
+        },
+        &with_identity,
+    );
+    let stats: Vec<&str> = ["stats"].iter().chain(&with_identity).copied().collect();
+    assert_eq!(stat(&server.ok(&stats), "customers"), 0);
+    // Without a client certificate the handshake is refused, and plain text gets nowhere.
+    let out = server.segctl(&["stats", "--tls-ca", &ca]);
+    assert!(!out.status.success());
+    assert!(!server.segctl(&["stats"]).status.success());
 }

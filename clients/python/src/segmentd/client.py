@@ -157,6 +157,14 @@ def from_customer(c: customer_pb2.Customer) -> Dict[str, Any]:
     }
 
 
+def _pem(v: Union[str, bytes]) -> bytes:
+    """PEM bytes, from bytes or a file path."""
+    if isinstance(v, bytes):
+        return v
+    with open(v, "rb") as f:
+        return f.read()
+
+
 class _CallDetails(
     collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
     grpc.ClientCallDetails,
@@ -194,8 +202,9 @@ class _Bearer(
 
 class Client:
     """segmentd over one gRPC channel. `target` is `host:port`; `timeout` (seconds) applies to
-    every unary call; `token` is sent as a bearer token to a server with roles. Use as a context
-    manager or call `close()`."""
+    every unary call; `token` is sent as a bearer token to a server with roles; `tls_ca` (a PEM
+    path or bytes) switches to TLS, with `tls_cert` and `tls_key` for a server that verifies
+    clients. Use as a context manager or call `close()`."""
 
     def __init__(
         self,
@@ -203,12 +212,27 @@ class Client:
         *,
         timeout: Optional[float] = 30.0,
         token: Optional[str] = None,
+        tls_ca: Optional[Union[str, bytes]] = None,
+        tls_cert: Optional[Union[str, bytes]] = None,
+        tls_key: Optional[Union[str, bytes]] = None,
+        tls_domain: Optional[str] = None,
         channel: Optional[grpc.Channel] = None,
     ):
-        self._raw_channel = channel or grpc.insecure_channel(
-            target,
-            options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)],
-        )
+        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        if channel is not None:
+            self._raw_channel = channel
+        elif tls_ca is not None:
+            # TLS: the server's CA (a PEM path or bytes), and for mutual TLS a client certificate.
+            if tls_domain:
+                options.append(("grpc.ssl_target_name_override", tls_domain))
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(tls_ca),
+                private_key=_pem(tls_key) if tls_key is not None else None,
+                certificate_chain=_pem(tls_cert) if tls_cert is not None else None,
+            )
+            self._raw_channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._raw_channel = grpc.insecure_channel(target, options=options)
         self._channel = (
             grpc.intercept_channel(self._raw_channel, _Bearer(token)) if token else self._raw_channel
         )
