@@ -25,6 +25,8 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod priority;
 pub mod segment;

@@ -84,6 +84,23 @@ fn pred_in(p: pb::Predicate, path: &str) -> Result<Pred> {
     } = p;
     let op = O::try_from(operator).unwrap_or(O::Unspecified);
     let field = |f: &str| format!("{path}.{f}");
+    // Attribute names are identifiers (as in the text form, which every rule is logged in).
+    let identifier = attribute.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && attribute
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if attribute == "birthday" && op != O::Within {
+        return Err(Error::invalid(
+            field("operator"),
+            "`birthday` takes only OPERATOR_WITHIN (birthday within N days)",
+        ));
+    }
+    if op != O::InSegment && !identifier {
+        return Err(Error::invalid(
+            field("attribute"),
+            format!("{attribute:?} is not an attribute name (see Admin.GetSchema)"),
+        ));
+    }
     let given = values.len();
     let count = |n: std::ops::RangeInclusive<usize>| -> Result<()> {
         if n.contains(&given) {

@@ -620,7 +620,9 @@ pub fn literal_text(l: &Literal) -> String {
         Literal::Int(i) => i.to_string(),
         Literal::Float(f) => {
             let s = format!("{f:?}");
-            if s.contains(['e', 'E']) { format!("{f}") } else { s }
+            let s = if s.contains(['e', 'E']) { format!("{f}") } else { s };
+            // Keep it a float when read back: `5909973711006583000` would read as an int.
+            if s.contains('.') { s } else { format!("{s}.0") }
         }
         Literal::Bool(b) => b.to_string(),
         Literal::Date(d) => {
