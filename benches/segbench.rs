@@ -51,6 +51,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SEGMENTS: usize = 20;
 const BATCH_CUSTOMERS: usize = 500;
+/// Alternating rounds per workload and system (the floor and segmentd).
+const ROUNDS: usize = 5;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -221,6 +223,12 @@ struct Measured {
 }
 
 impl Measured {
+    fn merge(&mut self, other: Measured) {
+        self.calls += other.calls;
+        self.seconds += other.seconds;
+        self.latency.add(other.latency).unwrap();
+    }
+
     fn per_second(&self) -> f64 {
         self.calls as f64 / self.seconds
     }
@@ -831,8 +839,15 @@ fn main() {
             (Workload::Batch, 4),
         ];
         for (w, inflight) in runs {
-            let floor = grpc(&floor_channels, w, inflight, args.seconds, args.customers).await;
-            let ours = grpc(&seg_channels, w, inflight, args.seconds, args.customers).await;
+            // Alternate short rounds of the floor and segmentd, so that the machine's drift
+            // (it is shared and noisy) falls on both alike.
+            let round = args.seconds / ROUNDS as f64;
+            let mut floor = grpc(&floor_channels, w, inflight, round, args.customers).await;
+            let mut ours = grpc(&seg_channels, w, inflight, round, args.customers).await;
+            for _ in 1..ROUNDS {
+                floor.merge(grpc(&floor_channels, w, inflight, round, args.customers).await);
+                ours.merge(grpc(&seg_channels, w, inflight, round, args.customers).await);
+            }
             let checks = w.checks_per_call();
             row(w.name(), inflight, "floor (bare tonic)", &floor, checks, None);
             let vs_floor = if inflight == 1 {
