@@ -30,6 +30,20 @@ fn customer_id(id: &str) -> Result<()> {
     crate::store::input::check_customer_id(id)
 }
 
+/// Checks at most `MAX_CHECK` segment ids, naming the first bad one.
+fn segment_ids_ok(segment_ids: &[String]) -> Result<()> {
+    if segment_ids.len() > MAX_CHECK {
+        return Err(Error::invalid(
+            "segment_ids",
+            format!("at most {MAX_CHECK} segments"),
+        ));
+    }
+    for (i, id) in segment_ids.iter().enumerate() {
+        check_segment_id(id).map_err(|e| e.within_field(&format!("segment_ids[{i}]")))?;
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl Membership for MembershipApi {
     async fn is_member(
@@ -58,12 +72,7 @@ impl Membership for MembershipApi {
             segment_ids,
         } = request.get_ref();
         customer_id(cid)?;
-        if segment_ids.len() > MAX_CHECK {
-            return Err(Error::invalid("segment_ids", format!("at most {MAX_CHECK} segments")).into());
-        }
-        for (i, id) in segment_ids.iter().enumerate() {
-            check_segment_id(id).map_err(|e| e.within_field(&format!("segment_ids[{i}]")))?;
-        }
+        segment_ids_ok(segment_ids)?;
         let members = self.engine.store().check_memberships(cid, segment_ids)?;
         Ok(Response::new(pb::CheckMembershipsResponse {
             known_customer: members.is_some(),
@@ -84,9 +93,7 @@ impl Membership for MembershipApi {
                 Error::invalid("customer_ids", format!("at most {MAX_BATCH_CUSTOMERS} customers")).into(),
             );
         }
-        if segment_ids.len() > MAX_CHECK {
-            return Err(Error::invalid("segment_ids", format!("at most {MAX_CHECK} segments")).into());
-        }
+        segment_ids_ok(segment_ids)?;
         if customer_ids.len() * segment_ids.len() > MAX_BATCH_CHECKS {
             return Err(Error::invalid(
                 "customer_ids",
@@ -100,9 +107,6 @@ impl Membership for MembershipApi {
         }
         for (i, id) in customer_ids.iter().enumerate() {
             customer_id(id).map_err(|e| e.within_field(&format!("customer_ids[{i}]")))?;
-        }
-        for (i, id) in segment_ids.iter().enumerate() {
-            check_segment_id(id).map_err(|e| e.within_field(&format!("segment_ids[{i}]")))?;
         }
         let (member, known_customer) = self.engine.store().batch_check(customer_ids, segment_ids)?;
         Ok(Response::new(pb::BatchCheckMembershipsResponse {

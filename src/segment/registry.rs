@@ -175,11 +175,16 @@ impl Registry {
 
     /// `slot` and every segment that reads it, directly or not, in evaluation order.
     pub fn dependents(&self, slot: u32) -> Vec<u32> {
+        self.closure(|e| e.slot == slot)
+    }
+
+    /// The segments `seed` picks and every segment that reads one of them, directly or not,
+    /// in evaluation order.
+    pub fn closure(&self, seed: impl Fn(&SegmentEntry) -> bool) -> Vec<u32> {
         let mut hit: HashSet<u32> = HashSet::default();
-        hit.insert(slot);
         let mut out = Vec::new();
         for e in self.in_order() {
-            if e.slot == slot || e.segments.iter().any(|s| hit.contains(s)) {
+            if seed(e) || e.segments.iter().any(|s| hit.contains(s)) {
                 hit.insert(e.slot);
                 out.push(e.slot);
             }

@@ -202,20 +202,11 @@ impl Store {
         let fe = reg.family(RFM_FAMILY).expect("installed above").clone();
         let now = self.now();
         let mut changes = self.evaluate_family(&fe, &schema, now, Cause::Reclassification);
-        let readers: Vec<u32> = {
-            let mut hit: Vec<u32> = fe.slots.clone();
-            let mut out = Vec::new();
-            for e in reg.in_order() {
-                if fe.slots.contains(&e.slot) {
-                    continue;
-                }
-                if e.attrs.iter().any(|a| ids.contains(a)) || e.segments.iter().any(|s| hit.contains(s)) {
-                    hit.push(e.slot);
-                    out.push(e.slot);
-                }
-            }
-            out
-        };
+        let readers: Vec<u32> = reg
+            .closure(|e| fe.slots.contains(&e.slot) || e.attrs.iter().any(|a| ids.contains(a)))
+            .into_iter()
+            .filter(|s| !fe.slots.contains(s))
+            .collect();
         changes.extend(self.evaluate_slots(&reg, &readers, &schema, now, Some(Cause::Reclassification)));
         let family_changes = changes.len() as u64;
         let mut entry = (*fe).clone();

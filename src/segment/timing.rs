@@ -19,7 +19,6 @@
 //! started from; replay repeats it at the record's time and makes the same changes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use roaring::RoaringBitmap;
@@ -29,7 +28,7 @@ use crate::events::Cause;
 use crate::segment::compile::{Expr, Leaf, Relative};
 use crate::segment::eval::{Bound, Now, bind_relative};
 use crate::segment::ops::{Changed, refresh_customer};
-use crate::segment::registry::{Registry, SegmentEntry};
+use crate::segment::registry::Registry;
 use crate::store::column::ColumnData;
 use crate::store::schema::{AttrId, AttrType, Schema};
 use crate::store::{Shard, Store};
@@ -294,20 +293,6 @@ fn other_attr(b: &Bound) -> AttrId {
     }
 }
 
-/// Whether `e` answers with the clock: its rule reads it, or it reads a segment that does.
-fn affected_by_time(reg: &Registry) -> Vec<Arc<SegmentEntry>> {
-    let mut hit: Vec<u32> = Vec::new();
-    let mut out = Vec::new();
-    for e in reg.in_order() {
-        let timed = e.compiled.as_ref().is_some_and(|c| c.time_dependent);
-        if timed || e.segments.iter().any(|s| hit.contains(s)) {
-            hit.push(e.slot);
-            out.push(e.clone());
-        }
-    }
-    out
-}
-
 impl Store {
     /// Keeps each shard's time indexes in step with the attributes `reg`'s rules read relatively.
     /// Called with the writer lock held, whenever the registry changes.
@@ -346,7 +331,8 @@ impl Store {
             Some(t) => Advance::Since(t),
             None => Advance::Full,
         });
-        let affected = affected_by_time(&reg);
+        // Segments that answer with the clock: their rule reads it, or they read one that does.
+        let affected = reg.closure(|e| e.compiled.as_ref().is_some_and(|c| c.time_dependent));
         if affected.is_empty() {
             self.time_applied.store(now.micros, Ordering::Release);
             return Ok(0);
@@ -356,7 +342,7 @@ impl Store {
             Advance::Since(from) => {
                 let from = Now::at(from);
                 let mut leaves = Vec::new();
-                for e in &affected {
+                for e in affected.iter().filter_map(|&slot| reg.get(slot)) {
                     if let Some(c) = e.compiled.as_ref().filter(|c| c.time_dependent) {
                         relative_leaves(&c.expr, &mut leaves);
                     }
@@ -389,8 +375,7 @@ impl Store {
             }
             Advance::Full => {
                 let lsn = log()?;
-                let slots: Vec<u32> = affected.iter().map(|e| e.slot).collect();
-                let changes = self.evaluate_slots(&reg, &slots, &schema, now, Some(Cause::Time));
+                let changes = self.evaluate_slots(&reg, &affected, &schema, now, Some(Cause::Time));
                 (changes, lsn)
             }
         };
