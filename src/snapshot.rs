@@ -203,14 +203,14 @@ fn encode_shard(index: usize, s: &mut Shard) -> Vec<u8> {
     o.u32(VERSION);
     o.u32(index as u32);
     o.bitmap(&s.live);
-    for strings in [&mut s.ids, &mut s.emails] {
+    for strings in [&s.ids, &s.emails] {
         let (starts, bytes) = strings.raw_parts();
         o.len(starts.len());
         starts
             .iter()
             .for_each(|x| o.0.extend_from_slice(&x.to_le_bytes()));
         o.len(bytes.len());
-        o.0.extend_from_slice(bytes);
+        o.0.extend_from_slice(&bytes);
     }
     let columns: Vec<(usize, &Column)> = s
         .columns

@@ -1,19 +1,32 @@
-//! A shard's column of strings (customer ids, e-mails, text attributes): one byte buffer holding
+//! A shard's column of strings (customer ids, e-mails, text attributes): byte chunks holding
 //! each string behind a varint length, and one start offset per ordinal. Reading a string touches
 //! the offset and then one run of bytes (two cache lines at most for ids), which keeps the
-//! request-time id check cheap. A replaced or erased string is zeroed at once (an erased
-//! customer's e-mail does not linger in memory) and the buffer is compacted when half is garbage.
+//! request-time id check cheap. Bytes live in chunks of at most 64 KiB that are never moved, so
+//! a shard's strings grow without copying what is already written and with no more slack than the
+//! last chunk's free tail. A replaced or erased string is zeroed at once (an erased customer's
+//! e-mail does not linger in memory) and the column is compacted when half is garbage.
 
 /// Marks an ordinal with no string.
 const NONE: u32 = u32::MAX;
-/// Largest growth of the byte buffer at once.
-const GROW_STEP: usize = 64 * 1024;
+/// A start offset is `chunk << CHUNK_BITS | offset in the chunk`.
+const CHUNK_BITS: u32 = 16;
+/// Most bytes of one chunk; a string and its length always fit in one.
+const CHUNK: usize = 1 << CHUNK_BITS;
+/// The first chunk starts this small and doubles up to [`CHUNK`], so a sparse column stays small.
+const FIRST_CHUNK: usize = 4096;
 
-/// Strings of one shard, indexed by local ordinal. Each string is at most 65,535 bytes.
+/// Longest string a column holds, in bytes (text values are at most 4,096).
+pub const MAX_STRING: usize = CHUNK - 3;
+const _: () =
+    assert!(crate::store::input::MAX_TEXT <= MAX_STRING && crate::store::input::MAX_EMAIL <= MAX_STRING);
+
+/// Strings of one shard, indexed by local ordinal. Each string is at most [`MAX_STRING`] bytes.
 #[derive(Debug, Default, Clone)]
 pub struct StrColumn {
     starts: Vec<u32>,
-    bytes: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+    /// Bytes written to the chunks, and how many of them belong to erased strings.
+    used: usize,
     garbage: usize,
 }
 
@@ -65,6 +78,13 @@ fn try_get_len(bytes: &[u8]) -> Option<(usize, usize)> {
 }
 
 impl StrColumn {
+    /// The bytes from `start` to the end of its chunk.
+    #[inline]
+    fn at(&self, start: u32) -> &[u8] {
+        let chunk = &self.chunks[(start >> CHUNK_BITS) as usize];
+        &chunk[(start as usize) & (CHUNK - 1)..]
+    }
+
     /// The string at `local`, or `None` when absent.
     #[inline]
     pub fn get(&self, local: usize) -> Option<&str> {
@@ -72,7 +92,7 @@ impl StrColumn {
         if start == NONE {
             return None;
         }
-        let at = &self.bytes[start as usize..];
+        let at = self.at(start);
         let (len, used) = get_len(at);
         // Only valid UTF-8 is ever written, so this cannot fail.
         std::str::from_utf8(&at[used..used + len]).ok()
@@ -87,7 +107,7 @@ impl StrColumn {
         if start == NONE {
             return false;
         }
-        let at = &self.bytes[start as usize..];
+        let at = self.at(start);
         let (len, used) = get_len(at);
         len == key.len() && &at[used..used + len] == key.as_bytes()
     }
@@ -103,16 +123,35 @@ impl StrColumn {
             self.starts.reserve_exact(len - self.starts.len());
             self.starts.resize(len, NONE);
         }
-        // Grow in steps of at most 64 KiB rather than doubling: a shard's strings reach a few MiB
-        // and doubling would leave up to half of that unused.
+        self.starts[local] = self.push(value);
+    }
+
+    /// Writes `value` behind its length where it fits; returns its start.
+    fn push(&mut self, value: &str) -> u32 {
+        assert!(value.len() <= MAX_STRING, "a string longer than a column holds");
         let needed = value.len() + 3;
-        if self.bytes.capacity() - self.bytes.len() < needed {
-            let step = (self.bytes.len() / 2).clamp(4096, GROW_STEP).max(needed);
-            self.bytes.reserve_exact(step);
+        let fits = self.chunks.last().is_some_and(|c| c.len() + needed <= CHUNK);
+        if !fits {
+            let size = if self.chunks.is_empty() {
+                FIRST_CHUNK.max(needed)
+            } else {
+                CHUNK
+            };
+            self.chunks.push(Vec::with_capacity(size));
         }
-        self.starts[local] = self.bytes.len() as u32;
-        put_len(&mut self.bytes, value.len());
-        self.bytes.extend_from_slice(value.as_bytes());
+        let index = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[index];
+        if chunk.capacity() - chunk.len() < needed {
+            // Only the first chunk grows (doubling up to a full chunk); later ones are made full.
+            let target = (chunk.capacity() * 2).max(chunk.len() + needed).min(CHUNK);
+            chunk.reserve_exact(target - chunk.len());
+        }
+        let start = (index << CHUNK_BITS | chunk.len()) as u32;
+        let before = chunk.len();
+        put_len(chunk, value.len());
+        chunk.extend_from_slice(value.as_bytes());
+        self.used += chunk.len() - before;
+        start
     }
 
     /// Erases the string at `local`, zeroing its bytes.
@@ -123,63 +162,96 @@ impl StrColumn {
         if *start == NONE {
             return;
         }
-        let s = *start as usize;
+        let s = *start;
         *start = NONE;
-        let (len, used) = get_len(&self.bytes[s..]);
-        self.bytes[s..s + used + len].fill(0);
+        let chunk = &mut self.chunks[(s >> CHUNK_BITS) as usize];
+        let at = (s as usize) & (CHUNK - 1);
+        let (len, used) = get_len(&chunk[at..]);
+        chunk[at..at + used + len].fill(0);
         self.garbage += used + len;
-        if self.garbage > 64 * 1024 && self.garbage * 2 > self.bytes.len() {
+        if self.garbage > 64 * 1024 && self.garbage * 2 > self.used {
             self.compact();
         }
     }
 
+    /// Rewrites the live strings into fresh chunks, in ordinal order.
     fn compact(&mut self) {
-        let mut bytes = Vec::with_capacity(self.bytes.len() - self.garbage);
-        for start in self.starts.iter_mut().filter(|s| **s != NONE) {
-            let s = *start as usize;
-            let (len, used) = get_len(&self.bytes[s..]);
-            *start = bytes.len() as u32;
-            bytes.extend_from_slice(&self.bytes[s..s + used + len]);
-        }
-        self.bytes = bytes;
+        let old = std::mem::take(&mut self.chunks);
+        self.used = 0;
         self.garbage = 0;
+        for i in 0..self.starts.len() {
+            let start = self.starts[i];
+            if start == NONE {
+                continue;
+            }
+            let chunk = &old[(start >> CHUNK_BITS) as usize];
+            let at = (start as usize) & (CHUNK - 1);
+            let (len, used) = get_len(&chunk[at..]);
+            let value =
+                std::str::from_utf8(&chunk[at + used..at + used + len]).expect("only UTF-8 is written");
+            self.starts[i] = self.push(value);
+        }
     }
 
-    /// The raw parts (offsets and bytes), compacted first so no erased bytes are written out.
-    pub fn raw_parts(&mut self) -> (&[u32], &[u8]) {
-        if self.garbage > 0 {
-            self.compact();
-        }
-        (&self.starts, &self.bytes)
+    /// The column as one run of bytes and offsets into it (what snapshots hold), with no erased
+    /// bytes in it.
+    pub fn raw_parts(&self) -> (Vec<u32>, Vec<u8>) {
+        let mut bytes = Vec::with_capacity(self.used - self.garbage);
+        let starts = self
+            .starts
+            .iter()
+            .map(|&start| {
+                if start == NONE {
+                    return NONE;
+                }
+                let at = self.at(start);
+                let (len, used) = get_len(at);
+                let flat = bytes.len() as u32;
+                bytes.extend_from_slice(&at[..used + len]);
+                flat
+            })
+            .collect();
+        (starts, bytes)
     }
 
     /// A column from parts written by [`StrColumn::raw_parts`], checking every offset and length
     /// stays inside the bytes and every string is UTF-8.
     pub fn from_raw_parts(starts: Vec<u32>, bytes: Vec<u8>) -> Result<StrColumn, String> {
+        let mut column = StrColumn {
+            starts: vec![NONE; starts.len()],
+            ..StrColumn::default()
+        };
         for (i, &start) in starts.iter().enumerate() {
             if start == NONE {
                 continue;
             }
-            let ok = bytes.get(start as usize..).is_some_and(|rest| {
-                try_get_len(rest).is_some_and(|(len, used)| {
-                    rest.get(used..used + len)
-                        .is_some_and(|b| std::str::from_utf8(b).is_ok())
-                })
+            let value = bytes.get(start as usize..).and_then(|rest| {
+                let (len, used) = try_get_len(rest)?;
+                std::str::from_utf8(rest.get(used..used + len)?).ok()
             });
-            if !ok {
-                return Err(format!("string {i} lies outside its column"));
+            match value {
+                Some(value) if value.len() > MAX_STRING => {
+                    return Err(format!("string {i} is longer than {MAX_STRING} bytes"));
+                }
+                Some("") => {}
+                Some(value) => column.starts[i] = column.push(value),
+                None => return Err(format!("string {i} lies outside its column")),
             }
         }
-        Ok(StrColumn {
-            starts,
-            bytes,
-            garbage: 0,
-        })
+        Ok(column)
     }
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.starts.capacity() * 4 + self.bytes.capacity()
+        self.starts.capacity() * 4
+            + self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()
+            + self.chunks.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    /// Every byte of the chunks (tests: erased strings are zeroed).
+    #[cfg(test)]
+    fn all_bytes(&self) -> Vec<u8> {
+        self.chunks.concat()
     }
 }
 
@@ -196,7 +268,10 @@ mod tests {
         assert_eq!(c.get(100_000), None);
         c.set(3, "world!");
         assert_eq!(c.get(3), Some("world!"));
-        assert!(!c.bytes.windows(5).any(|w| w == b"hello"), "old bytes are zeroed");
+        assert!(
+            !c.all_bytes().windows(5).any(|w| w == b"hello"),
+            "old bytes are zeroed"
+        );
         let big = "x".repeat(60_000);
         for i in 0..10 {
             c.set(i, &big);
@@ -204,7 +279,7 @@ mod tests {
         for i in 0..9 {
             c.clear(i);
         }
-        assert!(c.bytes.len() < 200_000, "compacted after half became garbage");
+        assert!(c.used < 200_000, "compacted after half became garbage");
         assert_eq!(c.get(9), Some(big.as_str()));
         assert_eq!(c.get(3), None);
     }
@@ -218,7 +293,6 @@ mod tests {
         c.clear(0);
         let long = "é".repeat(100);
         let (starts, bytes) = c.raw_parts();
-        let (starts, bytes) = (starts.to_vec(), bytes.to_vec());
         assert!(
             !bytes.windows(4).any(|w| w == b"gone"),
             "erased strings are not written out"
@@ -239,6 +313,34 @@ mod tests {
             StrColumn::from_raw_parts(vec![0], vec![2, 0xff, 0xfe]).is_err(),
             "not UTF-8"
         );
+    }
+
+    #[test]
+    fn many_chunks_keep_every_string() {
+        let mut c = StrColumn::default();
+        let value = |i: usize| format!("customer-{i}-{}", "x".repeat(i % 97));
+        for i in 0..20_000 {
+            c.set(i, &value(i));
+        }
+        assert!(c.chunks.len() > 5, "spread over chunks");
+        assert!(c.chunks.iter().all(|ch| ch.len() <= CHUNK));
+        for i in (0..20_000).step_by(7) {
+            c.set(i, &value(i + 1));
+        }
+        let (starts, bytes) = c.raw_parts();
+        let copy = StrColumn::from_raw_parts(starts, bytes).unwrap();
+        for i in 0..20_000 {
+            let want = if i % 7 == 0 { value(i + 1) } else { value(i) };
+            assert_eq!(c.get(i), Some(want.as_str()));
+            assert_eq!(copy.get(i), Some(want.as_str()));
+            assert!(copy.is(i, &want));
+        }
+        // Erasing most of it compacts.
+        for i in 0..19_000 {
+            c.clear(i);
+        }
+        assert!(c.used - c.garbage < 100_000 && c.garbage * 2 <= c.used);
+        assert_eq!(c.get(19_500), Some(value(19_500).as_str()));
     }
 
     #[test]
