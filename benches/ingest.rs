@@ -2,7 +2,11 @@
 //! - `decode/generic`: decoding the request into `Customer` messages, then converting each to a
 //!   patch (what generated code would do);
 //! - `decode/wire`: what the server does, reading each encoded customer straight into a patch;
-//! - `apply/new`: `Store::upsert` of 1,000 new customers, no segments, no log.
+//! - `apply/new`: `Store::upsert` of 1,000 new customers into an empty store, no segments, no log;
+//! - `apply/steady`: the same into a store already holding 200,000 customers, as during a bulk
+//!   load (dictionaries warm, shards filling): what the writer thread does per batch;
+//! - `prepare/record` and `prepare/codes`: encoding the batch's write-ahead log record and looking
+//!   up its dictionary codes, done where the batch is parsed rather than on the writer thread.
 //!
 //! `cargo bench --bench ingest`
 
@@ -76,6 +80,38 @@ fn apply(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         )
+    });
+    let store = Store::new();
+    let mut next = 0u64;
+    let patches_from = |from: u64| {
+        pb::LoadCustomersRequest::new(batch(from))
+            .patches(&schema, &limits)
+            .unwrap()
+    };
+    while next < 200_000 {
+        store.upsert(&patches_from(next), &mut no_log).unwrap();
+        next += BATCH;
+    }
+    group.bench_function("steady", |b| {
+        b.iter_batched(
+            || {
+                next += BATCH;
+                patches_from(next - BATCH)
+            },
+            |patches| {
+                store.upsert(&patches, &mut no_log).unwrap();
+                patches
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+    let mut group = c.benchmark_group("prepare");
+    group.bench_function("record", |b| {
+        b.iter(|| black_box(segmentd::wal::record::encode_upsert(&schema, black_box(&patches))))
+    });
+    group.bench_function("codes", |b| {
+        b.iter(|| black_box(segmentd::store::known_codes(&store.schema(), black_box(&patches))))
     });
     group.finish();
 }

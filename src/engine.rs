@@ -54,11 +54,63 @@ impl Logger<'_> {
             None => Ok(0),
         }
     }
+
+    /// [`Logger::append`] of a record encoded beforehand.
+    pub fn append_encoded(&mut self, op: &wal::EncodedOp) -> Result<u64> {
+        match self.wal {
+            Some(wal) => {
+                let seq = wal.append_encoded(op, self.time)?;
+                self.last = Some(seq);
+                Ok(seq)
+            }
+            None => Ok(0),
+        }
+    }
+}
+
+/// A batch of customers made ready for the writer thread: its patches, and its log record
+/// encoded where the batch was parsed, so the one writer thread only appends it.
+pub struct UpsertBatch {
+    pub patches: Vec<CustomerPatch>,
+    record: wal::EncodedOp,
+    /// Dictionary codes of the batch's keyword strings, looked up where it was parsed.
+    known: Vec<u32>,
+}
+
+impl UpsertBatch {
+    /// `patches` were checked against `schema` (which only grows, so their attribute ids and the
+    /// names the record gives them stay right).
+    pub fn new(schema: &Schema, patches: Vec<CustomerPatch>) -> UpsertBatch {
+        let record = record::encode_upsert(schema, &patches);
+        let known = crate::store::known_codes(schema, &patches);
+        UpsertBatch {
+            patches,
+            record,
+            known,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.patches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patches.is_empty()
+    }
 }
 
 /// Writes that may wait for the writer thread by default; more are refused with
 /// RESOURCE_EXHAUSTED.
 pub const DEFAULT_MAX_QUEUED_WRITES: usize = 256;
+
+/// A write's place in the writer's queue, given back when dropped.
+pub struct WritePermit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for WritePermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A write to run on the writer thread.
 type Job = Box<dyn FnOnce(&Store) + Send>;
@@ -348,36 +400,45 @@ impl Engine {
         &self,
         f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
     ) -> Result<(Result<T>, Option<u64>)> {
-        self.apply_queued(f, true).await
+        let permit = self.admit()?;
+        self.apply_queued(f, permit).await
     }
 
-    /// [`Engine::apply`], refused at once when `bounded` and the queue is full (callers' writes);
-    /// the server's own (time flips) always queue.
-    async fn apply_queued<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
-        bounded: bool,
-    ) -> Result<(Result<T>, Option<u64>)> {
-        // Bounded queue: under overload a write is refused at once rather than waiting behind
-        // an ever longer line.
+    /// A place among the writes the server takes on at once, or RESOURCE_EXHAUSTED when they
+    /// are all taken: under overload a write is refused at once rather than waiting behind an
+    /// ever longer line. Taken before a request's batch is even parsed, so a refusal costs next
+    /// to nothing.
+    pub fn admit(&self) -> Result<WritePermit> {
         let max = self.max_queued.load(Ordering::Relaxed);
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= max && bounded {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        let permit = self.admit_always();
+        if permit.0.load(Ordering::Acquire) > max {
             return Err(Error::ResourceExhausted(format!(
                 "the server is busy: {max} writes are queued; retry with backoff"
             )));
         }
-        struct Dequeue(Arc<std::sync::atomic::AtomicUsize>);
-        impl Drop for Dequeue {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        let dequeue = Dequeue(self.queued.clone());
+        Ok(permit)
+    }
+
+    /// A place among the writes whatever the load (the server's own writes: time flips).
+    fn admit_always(&self) -> WritePermit {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        WritePermit(self.queued.clone())
+    }
+
+    /// Queues a write on the writer thread. A write whose caller has gone by the time its turn
+    /// comes (the request was cancelled or its deadline passed) is dropped unapplied: nobody
+    /// would be told it happened.
+    async fn apply_queued<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
+        permit: WritePermit,
+    ) -> Result<(Result<T>, Option<u64>)> {
         let wal = self.wal.get().cloned();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |s| {
-            let _dequeue = dequeue;
+            if tx.is_closed() {
+                return;
+            }
             let time = s.clock_micros();
             let mut logger = Logger {
                 wal: wal.as_deref(),
@@ -394,6 +455,8 @@ impl Engine {
             s.set_write_time(Some(time));
             let _reset = Reset(s);
             let out = f(s, &mut logger);
+            // The place is free once the write is done, before its caller hears of it.
+            drop(permit);
             let _ = tx.send((out, logger.last));
         });
         self.writer
@@ -419,8 +482,24 @@ impl Engine {
 
     /// Upserts one batch, all or nothing.
     pub async fn upsert(&self, batch: Vec<CustomerPatch>) -> Result<UpsertOutcome> {
-        self.write(move |s, log| s.upsert(&batch, &mut || log.append(|| record::upsert(&s.schema(), &batch))))
+        self.upsert_admitted(self.admit()?, UpsertBatch::new(&self.schema(), batch))
             .await
+    }
+
+    /// [`Engine::upsert`] of a batch prepared after taking its place with [`Engine::admit`].
+    pub async fn upsert_admitted(&self, permit: WritePermit, batch: UpsertBatch) -> Result<UpsertOutcome> {
+        let (out, last) = self
+            .apply_queued(
+                move |s, log| {
+                    s.upsert_known(&batch.patches, &batch.known, &mut || {
+                        log.append_encoded(&batch.record)
+                    })
+                },
+                permit,
+            )
+            .await?;
+        self.durable(last).await?;
+        out
     }
 
     /// Upserts several batches in order, each all or nothing, stopping at the first that fails.
@@ -428,13 +507,15 @@ impl Engine {
     /// and the log sequence to pass to [`Engine::durable`] before acknowledging them.
     pub async fn upsert_batches(
         &self,
-        batches: Vec<Vec<CustomerPatch>>,
+        batches: Vec<UpsertBatch>,
     ) -> Result<(UpsertOutcome, Option<BatchFailure>, Option<u64>)> {
         let (out, last) = self
             .apply(move |s, log| {
                 let mut total = UpsertOutcome::default();
                 for (index, batch) in batches.iter().enumerate() {
-                    match s.upsert(batch, &mut || log.append(|| record::upsert(&s.schema(), batch))) {
+                    match s.upsert_known(&batch.patches, &batch.known, &mut || {
+                        log.append_encoded(&batch.record)
+                    }) {
                         Ok(o) => {
                             total.created += o.created;
                             total.updated += o.updated;
@@ -487,7 +568,7 @@ impl Engine {
                     let how = since.map_or(Advance::Full, Advance::Since);
                     s.advance_time(Some(how), &mut || log.append(|| record::advance_time(since)))
                 },
-                false,
+                self.admit_always(),
             )
             .await?;
         self.durable(last).await?;
@@ -680,6 +761,34 @@ mod tests {
             email: None,
             attrs: vec![(3, Some(Value::Keyword("F".into())))],
         }
+    }
+
+    /// A queued write whose caller has gone (cancelled, or past its deadline) is not applied, and
+    /// gives its place back.
+    #[tokio::test]
+    async fn a_write_whose_caller_has_gone_is_dropped() {
+        let engine = Engine::new();
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        engine
+            .writer
+            .send(Box::new(move |_| {
+                let _ = blocked.recv();
+            }))
+            .unwrap();
+        let queued = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.upsert(vec![patch("gone")]).await })
+        };
+        while engine.queued_writes() == 0 {
+            tokio::task::yield_now().await;
+        }
+        queued.abort();
+        assert!(queued.await.unwrap_err().is_cancelled());
+        release.send(()).unwrap();
+        engine.upsert(vec![patch("after")]).await.unwrap();
+        assert!(engine.store().ordinal_of_id("gone").is_none());
+        assert!(engine.store().ordinal_of_id("after").is_some());
+        assert_eq!(engine.queued_writes(), 0);
     }
 
     /// A full disk refuses the write with UNAVAILABLE, applies nothing, leaves the log readable,

@@ -1,14 +1,18 @@
 //! `segmentd.v1.Ingest`: customers and orders in, customers out.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::pb::{self, ingest_server::Ingest};
+use crate::api::wire::CustomerBatch;
 use crate::api::{Limits, convert};
-use crate::engine::{BatchFailure, Engine};
+use crate::engine::{BatchFailure, Engine, UpsertBatch};
 use crate::error::{Error, Result};
 use crate::store::UpsertOutcome;
-use crate::store::input::CustomerPatch;
+use crate::store::schema::Schema;
 
 /// Customers applied together at most, when a stream's batches queue up faster than they apply.
 const GROUP_CUSTOMERS: usize = 4096;
@@ -17,6 +21,14 @@ const STREAM_QUEUE: usize = 64;
 
 /// Customers in a streamed batch from which parsing moves off the async workers.
 const OFFLOAD_BATCH: usize = 64;
+/// Streamed batches parsed at once on the blocking pool.
+const MAX_PARSING: usize = 3;
+
+/// A streamed batch being made ready for the writer.
+enum Parse {
+    Done(Result<UpsertBatch>),
+    Running(tokio::task::JoinHandle<Result<UpsertBatch>>),
+}
 
 pub struct IngestApi {
     engine: Engine,
@@ -29,16 +41,39 @@ impl IngestApi {
     }
 }
 
+/// Parses a request's customers against `schema` and prepares them for the writer.
+fn parse(schema: &Schema, limits: &Limits, msg: &CustomerBatch) -> Result<UpsertBatch> {
+    Ok(UpsertBatch::new(schema, msg.patches(schema, limits)?))
+}
+
+/// [`parse`] of a request, where it should run: big batches are parsed off the
+/// async workers, at bulk priority, so request-time calls keep their workers and their latency.
+async fn prepare(
+    schema: Arc<Schema>,
+    limits: Limits,
+    msg: pb::UpsertCustomersRequest,
+) -> Result<UpsertBatch> {
+    if msg.len() < OFFLOAD_BATCH {
+        return parse(&schema, &limits, &msg);
+    }
+    tokio::task::spawn_blocking(move || {
+        crate::priority::bulk_thread();
+        parse(&schema, &limits, &msg)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?
+}
+
 #[tonic::async_trait]
 impl Ingest for IngestApi {
     async fn upsert_customers(
         &self,
         request: Request<pb::UpsertCustomersRequest>,
     ) -> Result<Response<pb::UpsertCustomersResponse>, Status> {
-        let patches = request
-            .into_inner()
-            .patches(&self.engine.schema(), &self.limits)?;
-        let UpsertOutcome { created, updated } = self.engine.upsert(patches).await?;
+        // Refused before parsing when the server is overloaded.
+        let permit = self.engine.admit()?;
+        let batch = prepare(self.engine.schema(), self.limits, request.into_inner()).await?;
+        let UpsertOutcome { created, updated } = self.engine.upsert_admitted(permit, batch).await?;
         Ok(Response::new(pb::UpsertCustomersResponse { created, updated }))
     }
 
@@ -49,7 +84,7 @@ impl Ingest for IngestApi {
         request: Request<Streaming<pb::LoadCustomersRequest>>,
     ) -> Result<Response<pb::LoadCustomersResponse>, Status> {
         let mut stream = request.into_inner();
-        let (tx, mut rx) = mpsc::channel::<(u64, Vec<CustomerPatch>)>(STREAM_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<(u64, UpsertBatch)>(STREAM_QUEUE);
         let engine = self.engine.clone();
         // Applies groups one after another without waiting for each to be synced: the log syncs
         // group k while group k+1 applies, and the reply waits for the last record to be durable.
@@ -92,39 +127,68 @@ impl Ingest for IngestApi {
         let mut read_error: Option<Status> = None;
         let mut number = 0u64;
         let schema = self.engine.schema();
-        loop {
-            let msg = match stream.message().await {
-                Ok(Some(msg)) => msg,
-                Ok(None) => break,
-                Err(status) => {
-                    read_error = Some(status);
-                    break;
-                }
-            };
-            // Big batches are parsed off the async workers, at bulk priority, so request-time
-            // calls keep their workers and their latency.
-            let parsed = if msg.len() >= OFFLOAD_BATCH {
-                let (schema, limits) = (schema.clone(), self.limits);
-                tokio::task::spawn_blocking(move || {
-                    crate::priority::bulk_thread();
-                    msg.patches(&schema, &limits)
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?
-            } else {
-                msg.patches(&schema, &self.limits)
-            };
-            match parsed {
-                Ok(patches) => {
-                    if tx.send((number, patches)).await.is_err() {
-                        break; // the writer stopped at a failed batch
+        // Batches being parsed, oldest first: the next messages are read while earlier ones
+        // parse, and batches reach the writer in stream order.
+        let mut parsing: VecDeque<(u64, Parse)> = VecDeque::new();
+        let mut reading = true;
+        while reading || !parsing.is_empty() {
+            // Hand over every finished parse at the front; wait for the oldest when the
+            // stream has ended or enough are under way.
+            while let Some((n, front)) = parsing.pop_front() {
+                let parsed = match front {
+                    Parse::Done(parsed) => parsed,
+                    Parse::Running(task)
+                        if !reading || parsing.len() + 1 >= MAX_PARSING || task.is_finished() =>
+                    {
+                        task.await
+                            .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?
+                    }
+                    running => {
+                        parsing.push_front((n, running));
+                        break;
+                    }
+                };
+                match parsed {
+                    Ok(batch) => {
+                        if tx.send((n, batch)).await.is_err() {
+                            // The writer stopped at a failed batch.
+                            reading = false;
+                            parsing.clear();
+                        }
+                    }
+                    Err(e) => {
+                        read_error = Some(e.within(&format!("batch[{n}]")).into());
+                        reading = false;
+                        parsing.clear();
                     }
                 }
-                Err(e) => {
-                    read_error = Some(e.within(&format!("batch[{number}]")).into());
-                    break;
-                }
             }
+            if !reading {
+                continue;
+            }
+            let msg = match stream.message().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    reading = false;
+                    continue;
+                }
+                Err(status) => {
+                    // Batches read before the broken one are still applied.
+                    read_error = Some(status);
+                    reading = false;
+                    continue;
+                }
+            };
+            let parse = if msg.len() >= OFFLOAD_BATCH {
+                let (schema, limits) = (schema.clone(), self.limits);
+                Parse::Running(tokio::task::spawn_blocking(move || {
+                    crate::priority::bulk_thread();
+                    parse(&schema, &limits, &msg)
+                }))
+            } else {
+                Parse::Done(parse(&schema, &self.limits, &msg))
+            };
+            parsing.push_back((number, parse));
             number += 1;
         }
         drop(tx);

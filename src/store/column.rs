@@ -10,7 +10,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use roaring::RoaringBitmap;
 
-use crate::store::dict::Dict;
+use crate::store::dict::{Dict, NO_CODE};
 use crate::store::schema::AttrType;
 use crate::store::strings::StrColumn;
 use crate::store::value::Value;
@@ -127,6 +127,17 @@ impl Column {
     /// Sets the value of ordinal `ord`. The value's type matches the column (checked on input);
     /// `dict` is the attribute's dictionary for keyword types.
     pub fn set(&mut self, ord: u32, value: &Value, dict: Option<&Dict>) {
+        self.set_known(ord, value, dict, &[]);
+    }
+
+    /// [`Column::set`] with the dictionary codes of the value's strings (one for a `keyword`, one
+    /// per item for `keywords`) looked up beforehand, off the writer thread: [`NO_CODE`] for a
+    /// string that had none then, and an empty slice when nothing was looked up.
+    pub fn set_known(&mut self, ord: u32, value: &Value, dict: Option<&Dict>, known: &[u32]) {
+        let code_of = |k: usize, s: &str, dict: &Dict| match known.get(k) {
+            Some(&code) if code != NO_CODE => code,
+            _ => dict.intern(s),
+        };
         let i = local(ord);
         match (&mut self.data, value) {
             (ColumnData::Bool(trues), Value::Bool(b)) => {
@@ -141,7 +152,7 @@ impl Column {
             (ColumnData::I32(v), Value::Date(x)) => *slot(v, i) = *x,
             (ColumnData::Keyword { codes, by_value }, Value::Keyword(s)) => {
                 let dict = dict.expect("keyword column has a dictionary");
-                let code = dict.intern(s);
+                let code = code_of(0, s, dict);
                 if let Some(old) = codes.get(i) {
                     if old == code {
                         return;
@@ -163,8 +174,8 @@ impl Column {
                     self.present.remove(ord);
                     return;
                 }
-                for s in items {
-                    by_value.entry(dict.intern(s)).or_default().insert(ord);
+                for (k, s) in items.iter().enumerate() {
+                    by_value.entry(code_of(k, s, dict)).or_default().insert(ord);
                 }
             }
             (ColumnData::Text(strings), Value::Text(s)) => {

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+/// Stands for a value that had no code when it was looked up.
+pub const NO_CODE: u32 = u32::MAX;
+
 /// A string ↔ code dictionary. Codes are never reused, so a code read once stays valid.
 #[derive(Debug, Default)]
 pub struct Dict {
@@ -23,6 +26,17 @@ impl Dict {
     /// The code of `value`, if it was ever seen.
     pub fn code(&self, value: &str) -> Option<u32> {
         self.inner.read().codes.get(value).copied()
+    }
+
+    /// Appends the code of each value to `out` ([`NO_CODE`] for a value never seen), under one
+    /// hold of the lock.
+    pub fn lookup_into<'a>(&self, values: impl IntoIterator<Item = &'a str>, out: &mut Vec<u32>) {
+        let inner = self.inner.read();
+        out.extend(
+            values
+                .into_iter()
+                .map(|v| inner.codes.get(v).copied().unwrap_or(NO_CODE)),
+        );
     }
 
     /// The code of `value`, adding it when new.

@@ -663,6 +663,17 @@ impl Store {
         batch: &[CustomerPatch],
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<UpsertOutcome> {
+        self.upsert_known(batch, &[], log)
+    }
+
+    /// [`Store::upsert`] with the batch's dictionary codes looked up beforehand by
+    /// [`known_codes`] (where the batch was parsed), so the writer thread skips those lookups.
+    pub fn upsert_known(
+        &self,
+        batch: &[CustomerPatch],
+        known: &[u32],
+        log: &mut dyn FnMut() -> Result<u64>,
+    ) -> Result<UpsertOutcome> {
         let mut w = self.writer.lock();
         let schema = self.schema();
         let plan = self.plan_upsert(&schema, batch)?;
@@ -685,6 +696,7 @@ impl Store {
             .collect();
         // Apply runs of items in the same shard under one lock hold, bounded so readers of that
         // shard wait at most for `MAX_RUN` customers.
+        let mut known = known;
         let mut start = 0;
         while start < batch.len() {
             let sh = shard_of(ords[start]);
@@ -695,7 +707,7 @@ impl Store {
             let mut s = self.write_shard(sh);
             for k in start..end {
                 let (patch, ord, new) = (&batch[k], ords[k], plan[k].existing.is_none());
-                apply_patch(&mut s, &schema, ord, new, patch);
+                apply_patch(&mut s, &schema, ord, new, patch, &mut known);
                 changed.clear();
                 changed.extend(patch.attrs.iter().map(|(id, _)| *id));
                 let what = if new {
@@ -975,7 +987,46 @@ type Located = Vec<Vec<(u32, u32)>>;
 /// Most customers applied under one hold of a shard's write lock.
 const MAX_RUN: usize = 256;
 
-fn apply_patch(s: &mut Shard, schema: &Schema, ord: u32, new: bool, patch: &CustomerPatch) {
+/// The strings of a value that have dictionary codes: a keyword, or each item of a set.
+fn coded_strings(value: &Value) -> &[String] {
+    match value {
+        Value::Keyword(s) => std::slice::from_ref(s),
+        Value::Keywords(items) => items,
+        _ => &[],
+    }
+}
+
+/// The dictionary code of every keyword string of `batch`, in order ([`dict::NO_CODE`] for
+/// strings not yet in their dictionary), for [`Store::upsert_known`]. Reads the dictionaries
+/// only: a batch refused later leaves them as they were.
+pub fn known_codes(schema: &Schema, batch: &[CustomerPatch]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for patch in batch {
+        for (attr, value) in &patch.attrs {
+            let Some(value) = value else { continue };
+            let strings = coded_strings(value);
+            if strings.is_empty() {
+                continue;
+            }
+            match schema.attr(*attr).dict.as_deref() {
+                Some(dict) => dict.lookup_into(strings.iter().map(String::as_str), &mut out),
+                None => out.extend(std::iter::repeat_n(dict::NO_CODE, strings.len())),
+            }
+        }
+    }
+    out
+}
+
+/// `known` holds the codes of this patch's keyword strings first (or is empty); they are taken
+/// off its front.
+fn apply_patch(
+    s: &mut Shard,
+    schema: &Schema,
+    ord: u32,
+    new: bool,
+    patch: &CustomerPatch,
+    known: &mut &[u32],
+) {
     let i = local(ord);
     if new {
         s.live.insert(ord);
@@ -989,7 +1040,17 @@ fn apply_patch(s: &mut Shard, schema: &Schema, ord: u32, new: bool, patch: &Cust
         let timed = !s.timed.is_empty();
         let old = if timed { s.time_day(*attr, ord) } else { None };
         match value {
-            Some(v) => s.column_mut(*attr, def.ty).set(ord, v, def.dict.as_deref()),
+            Some(v) => {
+                let n = if known.is_empty() {
+                    0
+                } else {
+                    coded_strings(v).len()
+                };
+                let (codes, rest) = known.split_at(n);
+                *known = rest;
+                s.column_mut(*attr, def.ty)
+                    .set_known(ord, v, def.dict.as_deref(), codes);
+            }
             None => {
                 if let Some(Some(col)) = s.columns.get_mut(usize::from(*attr)) {
                     col.clear(ord);

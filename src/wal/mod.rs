@@ -110,6 +110,37 @@ struct Writer {
     failed: Option<Arc<str>>,
 }
 
+/// A record's operation encoded ahead of its append, so the encoding runs where the batch was
+/// parsed rather than on the writer thread.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedOp(Vec<u8>);
+
+impl EncodedOp {
+    pub fn new(op: &pb::record::Op) -> EncodedOp {
+        let mut bytes = Vec::with_capacity(op.encoded_len());
+        op.encode(&mut bytes);
+        EncodedOp(bytes)
+    }
+
+    /// Bytes already encoded as a `Record`'s `op` field.
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> EncodedOp {
+        EncodedOp(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Encoded bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The open log.
 pub struct Wal {
     writer: Mutex<Writer>,
@@ -219,21 +250,33 @@ impl Wal {
     /// Appends one operation accepted at `time_micros`; returns its sequence. Called under the
     /// store's writer lock, after the change is validated and before it is applied.
     pub fn append(&self, op: pb::record::Op, time_micros: i64) -> Result<u64> {
+        self.append_with(time_micros, |frame| op.encode(frame))
+    }
+
+    /// [`Wal::append`] of an operation encoded beforehand (off the writer thread).
+    pub fn append_encoded(&self, op: &EncodedOp, time_micros: i64) -> Result<u64> {
+        self.append_with(time_micros, |frame| frame.extend_from_slice(&op.0))
+    }
+
+    /// Frames a record: its sequence and time, then the `op` field `encode_op` writes.
+    fn append_with(&self, time_micros: i64, encode_op: impl FnOnce(&mut Vec<u8>)) -> Result<u64> {
         let mut w = self.writer.lock();
         if let Some(why) = &w.failed {
             return Err(Error::Unavailable(format!("write-ahead log unavailable: {why}")));
         }
         let sequence = w.next_sequence;
-        let record = pb::Record {
+        // Encode behind room for the length and checksum, then fill them in: one buffer. Field
+        // order is free in protobuf, so the `op` field may come from elsewhere.
+        let header = pb::Record {
             sequence,
             time_micros,
-            op: Some(op),
+            op: None,
         };
-        // Encode behind room for the length and checksum, then fill them in: one buffer, no copy.
-        let len = record.encoded_len();
-        let mut frame = Vec::with_capacity(8 + len);
+        let mut frame = Vec::with_capacity(8 + header.encoded_len() + 64);
         frame.extend_from_slice(&[0; 8]);
-        record.encode(&mut frame).expect("a Vec grows as needed");
+        header.encode(&mut frame).expect("a Vec grows as needed");
+        encode_op(&mut frame);
+        let len = frame.len() - 8;
         let crc = crc32c::crc32c(&frame[8..]);
         frame[0..4].copy_from_slice(&(len as u32).to_le_bytes());
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
