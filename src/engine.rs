@@ -90,6 +90,13 @@ impl UpsertBatch {
         }
     }
 
+    /// Applies the batch on the writer thread, all or nothing, appending its record.
+    fn apply(&self, s: &Store, log: &mut Logger<'_>) -> Result<UpsertOutcome> {
+        s.upsert_known(&self.patches, &self.known, &mut || {
+            log.append_encoded(&self.record)
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.patches.len()
     }
@@ -489,14 +496,7 @@ impl Engine {
     /// [`Engine::upsert`] of a batch prepared after taking its place with [`Engine::admit`].
     pub async fn upsert_admitted(&self, permit: WritePermit, batch: UpsertBatch) -> Result<UpsertOutcome> {
         let (out, last) = self
-            .apply_queued(
-                move |s, log| {
-                    s.upsert_known(&batch.patches, &batch.known, &mut || {
-                        log.append_encoded(&batch.record)
-                    })
-                },
-                permit,
-            )
+            .apply_queued(move |s, log| batch.apply(s, log), permit)
             .await?;
         self.durable(last).await?;
         out
@@ -513,9 +513,7 @@ impl Engine {
             .apply(move |s, log| {
                 let mut total = UpsertOutcome::default();
                 for (index, batch) in batches.iter().enumerate() {
-                    match s.upsert_known(&batch.patches, &batch.known, &mut || {
-                        log.append_encoded(&batch.record)
-                    }) {
+                    match batch.apply(s, log) {
                         Ok(o) => {
                             total.created += o.created;
                             total.updated += o.updated;

@@ -46,22 +46,22 @@ fn parse(schema: &Schema, limits: &Limits, msg: &CustomerBatch) -> Result<Upsert
     Ok(UpsertBatch::new(schema, msg.patches(schema, limits)?))
 }
 
-/// [`parse`] of a request, where it should run: big batches are parsed off the
-/// async workers, at bulk priority, so request-time calls keep their workers and their latency.
-async fn prepare(
+/// [`parse`] off the async workers, at bulk priority, so request-time calls keep their workers
+/// and their latency (for batches of [`OFFLOAD_BATCH`] customers or more).
+fn parse_in_background(
     schema: Arc<Schema>,
     limits: Limits,
-    msg: pb::UpsertCustomersRequest,
-) -> Result<UpsertBatch> {
-    if msg.len() < OFFLOAD_BATCH {
-        return parse(&schema, &limits, &msg);
-    }
+    msg: CustomerBatch,
+) -> tokio::task::JoinHandle<Result<UpsertBatch>> {
     tokio::task::spawn_blocking(move || {
         crate::priority::bulk_thread();
         parse(&schema, &limits, &msg)
     })
-    .await
-    .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?
+}
+
+async fn joined(task: tokio::task::JoinHandle<Result<UpsertBatch>>) -> Result<UpsertBatch> {
+    task.await
+        .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?
 }
 
 #[tonic::async_trait]
@@ -72,7 +72,12 @@ impl Ingest for IngestApi {
     ) -> Result<Response<pb::UpsertCustomersResponse>, Status> {
         // Refused before parsing when the server is overloaded.
         let permit = self.engine.admit()?;
-        let batch = prepare(self.engine.schema(), self.limits, request.into_inner()).await?;
+        let (schema, msg) = (self.engine.schema(), request.into_inner());
+        let batch = if msg.len() < OFFLOAD_BATCH {
+            parse(&schema, &self.limits, &msg)?
+        } else {
+            joined(parse_in_background(schema, self.limits, msg)).await?
+        };
         let UpsertOutcome { created, updated } = self.engine.upsert_admitted(permit, batch).await?;
         Ok(Response::new(pb::UpsertCustomersResponse { created, updated }))
     }
@@ -140,8 +145,7 @@ impl Ingest for IngestApi {
                     Parse::Running(task)
                         if !reading || parsing.len() + 1 >= MAX_PARSING || task.is_finished() =>
                     {
-                        task.await
-                            .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?
+                        joined(task).await
                     }
                     running => {
                         parsing.push_front((n, running));
@@ -180,11 +184,7 @@ impl Ingest for IngestApi {
                 }
             };
             let parse = if msg.len() >= OFFLOAD_BATCH {
-                let (schema, limits) = (schema.clone(), self.limits);
-                Parse::Running(tokio::task::spawn_blocking(move || {
-                    crate::priority::bulk_thread();
-                    parse(&schema, &limits, &msg)
-                }))
+                Parse::Running(parse_in_background(schema.clone(), self.limits, msg))
             } else {
                 Parse::Done(parse(&schema, &self.limits, &msg))
             };
