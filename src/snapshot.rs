@@ -251,7 +251,9 @@ fn encode_shard(index: usize, s: &mut Shard) -> Vec<u8> {
                 o.len(v.len());
                 v.iter().for_each(|x| o.0.extend_from_slice(&x.to_le_bytes()));
             }
-            ColumnData::Keyword { codes, by_value: m } => {
+            ColumnData::Keyword {
+                codes, by_value: m, ..
+            } => {
                 o.u8(4);
                 match codes {
                     Codes::U8(v) => {
@@ -365,9 +367,12 @@ fn decode_shard(file: &str, data: &[u8], expect_index: usize) -> Result<Shard> {
                     4 => Codes::U32(vec_of!(u32, 4)),
                     _ => return Err(r.bad("bad code width")),
                 };
+                let mut common = by_value(&mut r)?;
+                let rare = crate::store::column::Rare::rebuild(&present, &codes, &mut common);
                 ColumnData::Keyword {
                     codes,
-                    by_value: by_value(&mut r)?,
+                    by_value: common,
+                    rare,
                 }
             }
             5 => ColumnData::Keywords {

@@ -6,7 +6,7 @@
 //! value; `keywords` columns hold only a bitmap per value. Bitmaps hold global ordinals, so a
 //! shard's bitmap is one roaring container and shard results combine without rewriting.
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use roaring::RoaringBitmap;
 
@@ -65,6 +65,32 @@ impl Codes {
         }
     }
 
+    /// The ordinals (from `base`, the shard's first) whose code is `code`: one tight pass over
+    /// the codes.
+    fn holding(&self, code: u32, base: u32) -> RoaringBitmap {
+        fn scan<T: Copy + PartialEq>(v: &[T], stored: T, base: u32) -> RoaringBitmap {
+            // Eight codes to a byte of match bits, branch-free, so the compiler vectorizes it.
+            let bits: Vec<u8> = v
+                .chunks(8)
+                .map(|chunk| {
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .fold(0u8, |b, (j, &c)| b | (u8::from(c == stored) << j))
+                })
+                .collect();
+            RoaringBitmap::from_lsb0_bytes(base, &bits)
+        }
+        let stored = code + 1;
+        match self {
+            Codes::U8(v) => u8::try_from(stored).map_or_else(|_| RoaringBitmap::new(), |s| scan(v, s, base)),
+            Codes::U16(v) => {
+                u16::try_from(stored).map_or_else(|_| RoaringBitmap::new(), |s| scan(v, s, base))
+            }
+            Codes::U32(v) => scan(v, stored, base),
+        }
+    }
+
     fn heap_bytes(&self) -> usize {
         match self {
             Codes::U8(v) => v.capacity(),
@@ -84,9 +110,12 @@ pub enum ColumnData {
     F64(Vec<f64>),
     /// `date`: days since the epoch.
     I32(Vec<i32>),
+    /// Values held by at least [`COMMON`] customers of the shard have a bitmap in `by_value`;
+    /// customers with rarer values are in `rare`.
     Keyword {
         codes: Codes,
         by_value: HashMap<u32, RoaringBitmap>,
+        rare: Rare,
     },
     Keywords {
         by_value: HashMap<u32, RoaringBitmap>,
@@ -112,6 +141,7 @@ impl Column {
             AttrType::Keyword => ColumnData::Keyword {
                 codes: Codes::U8(Vec::new()),
                 by_value: HashMap::new(),
+                rare: Rare::default(),
             },
             AttrType::Keywords => ColumnData::Keywords {
                 by_value: HashMap::new(),
@@ -150,17 +180,24 @@ impl Column {
             (ColumnData::I64(v), Value::Int(x) | Value::Money(x) | Value::Timestamp(x)) => *slot(v, i) = *x,
             (ColumnData::F64(v), Value::Float(x)) => *slot(v, i) = *x,
             (ColumnData::I32(v), Value::Date(x)) => *slot(v, i) = *x,
-            (ColumnData::Keyword { codes, by_value }, Value::Keyword(s)) => {
+            (
+                ColumnData::Keyword {
+                    codes,
+                    by_value,
+                    rare,
+                },
+                Value::Keyword(s),
+            ) => {
                 let dict = dict.expect("keyword column has a dictionary");
                 let code = code_of(0, s, dict);
                 if let Some(old) = codes.get(i) {
                     if old == code {
                         return;
                     }
-                    remove_from(by_value, old, ord);
+                    rare.remove(by_value, old, ord);
                 }
                 codes.set(i, Some(code));
-                by_value.entry(code).or_default().insert(ord);
+                rare.add(by_value, codes, code, ord);
             }
             (ColumnData::Keywords { by_value }, Value::Keywords(items)) => {
                 let dict = dict.expect("keywords column has a dictionary");
@@ -216,9 +253,13 @@ impl Column {
             ColumnData::I64(v) => v[i] = 0,
             ColumnData::F64(v) => v[i] = 0.0,
             ColumnData::I32(v) => v[i] = 0,
-            ColumnData::Keyword { codes, by_value } => {
+            ColumnData::Keyword {
+                codes,
+                by_value,
+                rare,
+            } => {
                 if let Some(old) = codes.get(i) {
-                    remove_from(by_value, old, ord);
+                    rare.remove(by_value, old, ord);
                 }
                 codes.set(i, None);
             }
@@ -234,13 +275,24 @@ impl Column {
 
     /// Customers whose value is one of `codes`: the union of their per-value bitmaps (empty for
     /// a column that is not `keyword`).
-    pub fn with_codes(&self, codes: &[u32]) -> RoaringBitmap {
+    pub fn with_codes(&self, wanted: &[u32]) -> RoaringBitmap {
         let mut acc = RoaringBitmap::new();
-        if let ColumnData::Keyword { by_value, .. } = &self.data {
-            for code in codes {
+        if let ColumnData::Keyword {
+            codes,
+            by_value,
+            rare,
+        } = &self.data
+        {
+            let mut rare_wanted = HashSet::default();
+            for code in wanted {
                 if let Some(bm) = by_value.get(code) {
                     acc |= bm;
+                } else if rare.counts.contains_key(code) {
+                    rare_wanted.insert(*code);
                 }
+            }
+            if !rare_wanted.is_empty() {
+                acc |= rare.with_codes(codes, &rare_wanted);
             }
         }
         acc
@@ -326,19 +378,114 @@ impl Column {
                 ColumnData::I64(v) => v.capacity() * 8,
                 ColumnData::F64(v) => v.capacity() * 8,
                 ColumnData::I32(v) => v.capacity() * 4,
-                ColumnData::Keyword { codes, by_value } => codes.heap_bytes() + bitmaps(by_value),
+                ColumnData::Keyword {
+                    codes,
+                    by_value,
+                    rare,
+                } => codes.heap_bytes() + bitmaps(by_value) + rare.heap_bytes(),
                 ColumnData::Keywords { by_value } => bitmaps(by_value),
                 ColumnData::Text(s) => s.heap_bytes(),
             }
     }
 }
 
-fn remove_from(by_value: &mut HashMap<u32, RoaringBitmap>, code: u32, ord: u32) {
-    if let Some(bm) = by_value.get_mut(&code) {
-        bm.remove(ord);
-        if bm.is_empty() {
-            by_value.remove(&code);
+/// Customers of a value need this many in a shard before the value gets a bitmap of its own.
+pub const COMMON: u32 = 32;
+/// Rare values looked up by a pass over the codes for each, rather than over the rare customers.
+const FEW_CODES: usize = 8;
+
+/// The customers of a shard whose `keyword` value is rare there (fewer than [`COMMON`] of them
+/// have it): one bitmap for all of them, found again through their codes, with a count per value.
+/// A bitmap per value cost about 70 bytes a customer for a column like postal codes, where most
+/// values have one or two customers in a shard; this costs about 15.
+#[derive(Debug, Clone, Default)]
+pub struct Rare {
+    members: RoaringBitmap,
+    counts: HashMap<u32, u32>,
+}
+
+impl Rare {
+    /// Indexes customer `ord` under `code`, already stored in `codes`; a value reaching
+    /// [`COMMON`] customers moves to a bitmap of its own.
+    fn add(&mut self, by_value: &mut HashMap<u32, RoaringBitmap>, codes: &Codes, code: u32, ord: u32) {
+        if let Some(bm) = by_value.get_mut(&code) {
+            bm.insert(ord);
+            return;
         }
+        self.members.insert(ord);
+        let count = self.counts.entry(code).or_insert(0);
+        *count += 1;
+        if *count >= COMMON {
+            self.counts.remove(&code);
+            let own = codes.holding(code, ord - local(ord) as u32);
+            self.members -= &own;
+            by_value.insert(code, own);
+        }
+    }
+
+    /// Unindexes customer `ord` from `code`.
+    fn remove(&mut self, by_value: &mut HashMap<u32, RoaringBitmap>, code: u32, ord: u32) {
+        if let Some(bm) = by_value.get_mut(&code) {
+            bm.remove(ord);
+            if bm.is_empty() {
+                by_value.remove(&code);
+            }
+            return;
+        }
+        if !self.members.remove(ord) {
+            return;
+        }
+        if let Some(count) = self.counts.get_mut(&code) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&code);
+            }
+        }
+    }
+
+    /// The rare customers whose code is one of `wanted`: for a few codes, a tight pass over the
+    /// shard's codes for each; for more, one pass over the rare customers.
+    fn with_codes(&self, codes: &Codes, wanted: &HashSet<u32>) -> RoaringBitmap {
+        let Some(first) = self.members.min() else {
+            return RoaringBitmap::new();
+        };
+        if wanted.len() <= FEW_CODES {
+            let base = first - local(first) as u32;
+            return wanted
+                .iter()
+                .map(|&c| codes.holding(c, base))
+                .fold(RoaringBitmap::new(), |a, b| a | b);
+        }
+        let matching = self
+            .members
+            .iter()
+            .filter(|&ord| codes.get(local(ord)).is_some_and(|c| wanted.contains(&c)));
+        RoaringBitmap::from_sorted_iter(matching).expect("a bitmap iterates in order")
+    }
+
+    /// The index of rare values for customers `present` with `codes`, next to the bitmaps of
+    /// `by_value` (snapshots hold only those). Bitmaps of values held by fewer than [`COMMON`]
+    /// customers are folded in.
+    pub fn rebuild(
+        present: &RoaringBitmap,
+        codes: &Codes,
+        by_value: &mut HashMap<u32, RoaringBitmap>,
+    ) -> Rare {
+        by_value.retain(|_, bm| bm.len() >= u64::from(COMMON));
+        let mut rare = Rare::default();
+        for ord in present {
+            if let Some(code) = codes.get(local(ord))
+                && !by_value.contains_key(&code)
+            {
+                rare.members.insert(ord);
+                *rare.counts.entry(code).or_insert(0) += 1;
+            }
+        }
+        rare
+    }
+
+    fn heap_bytes(&self) -> usize {
+        bitmap_bytes(&self.members) + self.counts.capacity() * (8 + 1)
     }
 }
 
@@ -375,13 +522,88 @@ mod tests {
             Some(Value::Keyword("v299".into()))
         );
         col.set(5, &Value::Keyword("v7".into()), Some(&dict));
-        let ColumnData::Keyword { by_value, .. } = &col.data else {
-            unreachable!()
-        };
-        assert_eq!(by_value[&dict.code("v7").unwrap()].len(), 2);
-        assert!(!by_value.contains_key(&dict.code("v5").unwrap()));
+        let code = |v: &str| dict.code(v).unwrap();
+        assert_eq!(col.with_codes(&[code("v7")]).iter().collect::<Vec<_>>(), [5, 7]);
+        assert!(col.with_codes(&[code("v5")]).is_empty());
         col.clear(5);
         assert_eq!(col.get(5, AttrType::Keyword, Some(&dict)), None);
+    }
+
+    /// Values move between the shared index of rare values and bitmaps of their own as they
+    /// gain customers; lookups and a rebuild (as after a snapshot) agree with the codes.
+    #[test]
+    fn rare_values_share_an_index_and_common_ones_get_bitmaps() {
+        let dict = Dict::default();
+        let mut col = Column::new(AttrType::Keyword);
+        let value = |i: u32| {
+            if i.is_multiple_of(3) {
+                "common".to_string()
+            } else {
+                format!("rare{}", i % 50)
+            }
+        };
+        for i in 0..300u32 {
+            col.set(i, &Value::Keyword(value(i)), Some(&dict));
+        }
+        // Some customers change value, some lose it.
+        for i in (0..300u32).step_by(7) {
+            col.set(i, &Value::Keyword("late".into()), Some(&dict));
+        }
+        for i in (0..300u32).step_by(11) {
+            col.clear(i);
+        }
+        let expected = |v: &str| -> Vec<u32> {
+            (0..300u32)
+                .filter(|&i| col.get(i, AttrType::Keyword, Some(&dict)) == Some(Value::Keyword(v.into())))
+                .collect()
+        };
+        let ColumnData::Keyword {
+            codes,
+            by_value,
+            rare,
+        } = &col.data
+        else {
+            unreachable!()
+        };
+        let code = |v: &str| dict.code(v).unwrap();
+        assert!(
+            by_value.contains_key(&code("common")),
+            "common values have a bitmap"
+        );
+        assert!(by_value.contains_key(&code("late")), "promoted at {COMMON}");
+        assert!(!by_value.contains_key(&code("rare1")) && rare.counts.contains_key(&code("rare1")));
+        let mut rebuilt_map = by_value.clone();
+        let rebuilt = Rare::rebuild(&col.present, codes, &mut rebuilt_map);
+        assert_eq!(rebuilt.members, rare.members);
+        let again = Column {
+            present: col.present.clone(),
+            data: ColumnData::Keyword {
+                codes: codes.clone(),
+                by_value: rebuilt_map,
+                rare: rebuilt,
+            },
+        };
+        for v in ["common", "late", "rare1", "rare2", "rare49"] {
+            let want = expected(v);
+            assert_eq!(col.with_codes(&[code(v)]).iter().collect::<Vec<_>>(), want, "{v}");
+            assert_eq!(
+                again.with_codes(&[code(v)]).iter().collect::<Vec<_>>(),
+                want,
+                "{v}"
+            );
+        }
+        let both: Vec<u32> = col.with_codes(&[code("common"), code("rare2")]).iter().collect();
+        let mut want = [expected("common"), expected("rare2")].concat();
+        want.sort_unstable();
+        assert_eq!(both, want);
+        // Emptied values leave nothing behind.
+        for i in 0..300u32 {
+            col.clear(i);
+        }
+        let ColumnData::Keyword { by_value, rare, .. } = &col.data else {
+            unreachable!()
+        };
+        assert!(by_value.is_empty() && rare.members.is_empty() && rare.counts.is_empty());
     }
 
     #[test]
