@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `MANIFEST` | text: `segmentd-snapshot 1`, `sequence <n>`, then `file <name> <bytes> <crc32c hex>` per file |
 //! | `meta.bin` | magic `SEGDMETA`, version; sequence; next ordinal and free ordinals; order count and the 128-bit hashes of every order id; custom attributes; dictionary values in code order; segment definitions (rules as text) in dependency order with their slots |
-//! | `shard-<n>.bin` | magic `SEGDSHRD`, version, shard index; live bitmap; the id and e-mail columns (u32 offsets, then bytes holding each string behind a varint length); each column (presence bitmap, then values: dense vectors, dictionary codes and per-value bitmaps, or strings); each segment's members, include, exclude and activity bitmaps |
+//! | `shard-<n>.bin` | magic `SEGDSHRD`, version, shard index; live bitmap; the id and e-mail columns (u32 offsets, then bytes holding each string behind a varint length); each column (presence bitmap, then values: dense vectors, dictionary codes and the bitmaps of common values (the index of rare values is rebuilt from the codes), or strings); each segment's members, include, exclude and activity bitmaps |
 //!
 //! Integers are little-endian; strings and lists are length-prefixed (u32); bitmaps are in the
 //! portable roaring format, length-prefixed. Reading checks the manifest, every file's size and

@@ -3,7 +3,8 @@
 //! Every column has a presence bitmap (a predicate on a missing value is false). Numbers live in
 //! dense vectors indexed by local ordinal, grown on first write; `keyword` columns hold a
 //! dictionary code per customer (1, 2 or 4 bytes, widened as the dictionary grows) and a bitmap per
-//! value; `keywords` columns hold only a bitmap per value. Bitmaps hold global ordinals, so a
+//! value held by at least [`COMMON`] customers of the shard, rarer values sharing one index;
+//! `keywords` columns hold only a bitmap per value. Bitmaps hold global ordinals, so a
 //! shard's bitmap is one roaring container and shard results combine without rewriting.
 
 use foldhash::{HashMap, HashMapExt, HashSet};
@@ -273,8 +274,8 @@ impl Column {
         }
     }
 
-    /// Customers whose value is one of `codes`: the union of their per-value bitmaps (empty for
-    /// a column that is not `keyword`).
+    /// Customers whose value is one of `wanted`: the union of their per-value bitmaps, and the
+    /// rare customers holding them (empty for a column that is not `keyword`).
     pub fn with_codes(&self, wanted: &[u32]) -> RoaringBitmap {
         let mut acc = RoaringBitmap::new();
         if let ColumnData::Keyword {

@@ -18,7 +18,7 @@ pub enum AttrType {
     Date,
     /// Microseconds since the Unix epoch, UTC.
     Timestamp,
-    /// One dictionary-encoded value, with a bitmap per value.
+    /// One dictionary-encoded value, with a bitmap per common value.
     Keyword,
     /// A set of dictionary-encoded values, with a bitmap per value.
     Keywords,
