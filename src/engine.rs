@@ -473,7 +473,7 @@ impl Engine {
             .map_err(|_| Error::Internal("a write panicked on the writer thread".into()))
     }
 
-    /// Waits until the log record `sequence` (from [`Engine::apply`]) is durable. The store logs
+    /// Waits until the log record `sequence` (from a write applied on the writer thread) is durable. The store logs
     /// only once a change is validated, so every logged record is applied.
     /// Its membership events are published to watchers then.
     pub async fn durable(&self, sequence: Option<u64>) -> Result<()> {
