@@ -371,7 +371,7 @@ impl Column {
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         let bitmaps = |m: &HashMap<u32, RoaringBitmap>| -> usize {
-            m.values().map(bitmap_bytes).sum::<usize>() + m.capacity() * (4 + 24 + 1)
+            m.values().map(bitmap_bytes).sum::<usize>() + crate::store::table_bytes(m.capacity(), 32)
         };
         bitmap_bytes(&self.present)
             + match &self.data {
@@ -486,7 +486,7 @@ impl Rare {
     }
 
     fn heap_bytes(&self) -> usize {
-        bitmap_bytes(&self.members) + self.counts.capacity() * (8 + 1)
+        bitmap_bytes(&self.members) + crate::store::table_bytes(self.counts.capacity(), 8)
     }
 }
 

@@ -82,6 +82,9 @@ impl Dict {
     pub fn heap_bytes(&self) -> usize {
         let inner = self.inner.read();
         // Each value: its bytes, an Arc header, a slot in `values` and one in the map.
-        inner.bytes + inner.values.capacity() * 16 + inner.values.len() * 16 + inner.codes.capacity() * 25
+        inner.bytes
+            + inner.values.capacity() * 16
+            + inner.values.len() * 16
+            + crate::store::table_bytes(inner.codes.capacity(), 24)
     }
 }

@@ -174,7 +174,13 @@ impl IdIndex {
     /// Approximate heap bytes: 8-byte entries plus a control byte per bucket.
     pub fn heap_bytes(&self) -> usize {
         let overflow: usize = self.overflow.iter().map(|e| e.key().len() + 16 + 24 + 1).sum();
-        self.primary.capacity() * 9 + overflow
+        let tables: usize = self
+            .primary
+            .shards()
+            .iter()
+            .map(|shard| crate::store::table_bytes(shard.read().capacity(), 8))
+            .sum();
+        tables + overflow
     }
 }
 

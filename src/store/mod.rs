@@ -950,7 +950,7 @@ impl Store {
         let order_dedup = {
             let w = self.writer.lock();
             m.shards += w.free.capacity() * 4;
-            w.orders_seen.capacity() * 17
+            table_bytes(w.orders_seen.capacity(), 16)
         };
         let mut parts: Vec<(String, u64)> = vec![
             ("id_map".into(), self.ids.heap_bytes() as u64),
@@ -983,6 +983,21 @@ impl Store {
 
 /// `(hash, ordinal)` pairs of one thread, grouped by map shard.
 type Located = Vec<Vec<(u32, u32)>>;
+
+/// Heap bytes of a hash table (hashbrown, as in std, foldhash and dashmap) holding `capacity`
+/// entries of `entry` bytes before it grows: its buckets (capacity is 7/8 of them) with one control
+/// byte each, plus a group of control bytes.
+pub fn table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 7 {
+        capacity + 1
+    } else {
+        capacity / 7 * 8
+    };
+    buckets * (entry + 1) + 16
+}
 
 /// Most customers applied under one hold of a shard's write lock.
 const MAX_RUN: usize = 256;
