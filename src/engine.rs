@@ -45,21 +45,18 @@ impl Logger<'_> {
     /// Appends the record `op` builds (only called once the change is validated); returns its
     /// sequence (0 without a log).
     pub fn append(&mut self, op: impl FnOnce() -> wal::pb::record::Op) -> Result<u64> {
-        match self.wal {
-            Some(wal) => {
-                let seq = wal.append(op(), self.time)?;
-                self.last = Some(seq);
-                Ok(seq)
-            }
-            None => Ok(0),
-        }
+        self.append_with(|wal, time| wal.append(op(), time))
     }
 
     /// [`Logger::append`] of a record encoded beforehand.
     pub fn append_encoded(&mut self, op: &wal::EncodedOp) -> Result<u64> {
+        self.append_with(|wal, time| wal.append_encoded(op, time))
+    }
+
+    fn append_with(&mut self, append: impl FnOnce(&Wal, i64) -> Result<u64>) -> Result<u64> {
         match self.wal {
             Some(wal) => {
-                let seq = wal.append_encoded(op, self.time)?;
+                let seq = append(wal, self.time)?;
                 self.last = Some(seq);
                 Ok(seq)
             }

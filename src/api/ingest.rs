@@ -24,10 +24,42 @@ const OFFLOAD_BATCH: usize = 64;
 /// Streamed batches parsed at once on the blocking pool.
 const MAX_PARSING: usize = 3;
 
-/// A streamed batch being made ready for the writer.
+/// A batch being made ready for the writer.
 enum Parse {
     Done(Result<UpsertBatch>),
     Running(tokio::task::JoinHandle<Result<UpsertBatch>>),
+}
+
+impl Parse {
+    /// Starts parsing a request's customers where it should run: batches of [`OFFLOAD_BATCH`]
+    /// customers or more off the async workers, at bulk priority, so request-time calls keep
+    /// their workers and their latency; smaller ones at once.
+    fn start(schema: &Arc<Schema>, limits: Limits, msg: CustomerBatch) -> Parse {
+        if msg.len() < OFFLOAD_BATCH {
+            return Parse::Done(parse(schema, &limits, &msg));
+        }
+        let schema = schema.clone();
+        Parse::Running(tokio::task::spawn_blocking(move || {
+            crate::priority::bulk_thread();
+            parse(&schema, &limits, &msg)
+        }))
+    }
+
+    async fn finish(self) -> Result<UpsertBatch> {
+        match self {
+            Parse::Done(parsed) => parsed,
+            Parse::Running(task) => task
+                .await
+                .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?,
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        match self {
+            Parse::Done(_) => true,
+            Parse::Running(task) => task.is_finished(),
+        }
+    }
 }
 
 pub struct IngestApi {
@@ -46,24 +78,6 @@ fn parse(schema: &Schema, limits: &Limits, msg: &CustomerBatch) -> Result<Upsert
     Ok(UpsertBatch::new(schema, msg.patches(schema, limits)?))
 }
 
-/// [`parse`] off the async workers, at bulk priority, so request-time calls keep their workers
-/// and their latency (for batches of [`OFFLOAD_BATCH`] customers or more).
-fn parse_in_background(
-    schema: Arc<Schema>,
-    limits: Limits,
-    msg: CustomerBatch,
-) -> tokio::task::JoinHandle<Result<UpsertBatch>> {
-    tokio::task::spawn_blocking(move || {
-        crate::priority::bulk_thread();
-        parse(&schema, &limits, &msg)
-    })
-}
-
-async fn joined(task: tokio::task::JoinHandle<Result<UpsertBatch>>) -> Result<UpsertBatch> {
-    task.await
-        .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?
-}
-
 #[tonic::async_trait]
 impl Ingest for IngestApi {
     async fn upsert_customers(
@@ -72,12 +86,10 @@ impl Ingest for IngestApi {
     ) -> Result<Response<pb::UpsertCustomersResponse>, Status> {
         // Refused before parsing when the server is overloaded.
         let permit = self.engine.admit()?;
-        let (schema, msg) = (self.engine.schema(), request.into_inner());
-        let batch = if msg.len() < OFFLOAD_BATCH {
-            parse(&schema, &self.limits, &msg)?
-        } else {
-            joined(parse_in_background(schema, self.limits, msg)).await?
-        };
+        let schema = self.engine.schema();
+        let batch = Parse::start(&schema, self.limits, request.into_inner())
+            .finish()
+            .await?;
         let UpsertOutcome { created, updated } = self.engine.upsert_admitted(permit, batch).await?;
         Ok(Response::new(pb::UpsertCustomersResponse { created, updated }))
     }
@@ -140,18 +152,11 @@ impl Ingest for IngestApi {
             // Hand over every finished parse at the front; wait for the oldest when the
             // stream has ended or enough are under way.
             while let Some((n, front)) = parsing.pop_front() {
-                let parsed = match front {
-                    Parse::Done(parsed) => parsed,
-                    Parse::Running(task)
-                        if !reading || parsing.len() + 1 >= MAX_PARSING || task.is_finished() =>
-                    {
-                        joined(task).await
-                    }
-                    running => {
-                        parsing.push_front((n, running));
-                        break;
-                    }
-                };
+                if reading && parsing.len() + 1 < MAX_PARSING && !front.is_finished() {
+                    parsing.push_front((n, front));
+                    break;
+                }
+                let parsed = front.finish().await;
                 match parsed {
                     Ok(batch) => {
                         if tx.send((n, batch)).await.is_err() {
@@ -183,12 +188,7 @@ impl Ingest for IngestApi {
                     continue;
                 }
             };
-            let parse = if msg.len() >= OFFLOAD_BATCH {
-                Parse::Running(parse_in_background(schema.clone(), self.limits, msg))
-            } else {
-                Parse::Done(parse(&schema, &self.limits, &msg))
-            };
-            parsing.push_back((number, parse));
+            parsing.push_back((number, Parse::start(&schema, self.limits, msg)));
             number += 1;
         }
         drop(tx);

@@ -112,7 +112,7 @@ struct Writer {
 
 /// A record's operation encoded ahead of its append, so the encoding runs where the batch was
 /// parsed rather than on the writer thread.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct EncodedOp(Vec<u8>);
 
 impl EncodedOp {
@@ -129,15 +129,6 @@ impl EncodedOp {
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
-    }
-
-    /// Encoded bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
