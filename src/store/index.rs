@@ -1,36 +1,15 @@
 //! Concurrent external key → ordinal maps (customer ids, e-mails).
 //!
-//! Each customer costs one 8-byte entry: the map is keyed by a 32-bit hash of the key and holds
-//! the ordinal; the key itself lives once, in the shard's string column, and a lookup confirms the
-//! match there. A key whose 32-bit hash is already taken by another key goes to a small overflow
-//! map keyed by the full string (about `n² / 2³³` keys at `n` customers: ~116 at one million).
+//! Each customer costs one 4-byte entry, its ordinal: the key itself lives once, in the shard's
+//! string column. An entry sits where the hash of its key puts it; a lookup gathers the ordinals
+//! whose hash tag matches and confirms each against the stored key. Growing a table rehashes its
+//! entries from their stored keys, so it only happens in [`IdIndex::reserve`] and
+//! [`IdIndex::bulk_fill`], called by the writer with no shard locked; [`IdIndex::insert`] never
+//! grows.
 
 use std::borrow::Cow;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dashmap::DashMap;
-
-/// Hashes a `u32` that is already a hash: one multiply spreads it over 64 bits, so both dashmap's
-/// shard choice (high bits) and hashbrown's buckets get well-mixed bits.
-#[derive(Default, Clone, Copy)]
-pub struct SpreadHasher(u64);
-
-impl Hasher for SpreadHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type Spread = BuildHasherDefault<SpreadHasher>;
+use dashmap::{DashMap, SharedValue};
 
 /// How keys compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,18 +23,40 @@ pub enum KeyCase {
 /// A concurrent key → ordinal map that stores no key bytes of its own.
 pub struct IdIndex {
     case: KeyCase,
-    primary: DashMap<u32, u32, Spread>,
-    overflow: DashMap<Box<str>, u32>,
-    overflow_len: AtomicUsize,
+    /// Ordinals, in tables placed by the hash of their keys (dashmap's own hashing is unused).
+    map: DashMap<u32, ()>,
+}
+
+/// The ordinals a lookup found under its hash tag, gathered under the table's read lock and
+/// confirmed after it is released (confirming reads a store shard, which must not be locked
+/// while a table is).
+#[derive(Default)]
+struct Candidates {
+    few: [u32; 4],
+    len: usize,
+    more: Vec<u32>,
+}
+
+impl Candidates {
+    fn push(&mut self, ord: u32) {
+        if self.len < self.few.len() {
+            self.few[self.len] = ord;
+            self.len += 1;
+        } else {
+            self.more.push(ord);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.few[..self.len].iter().chain(&self.more).copied()
+    }
 }
 
 impl IdIndex {
     pub fn new(case: KeyCase) -> Self {
         IdIndex {
             case,
-            primary: DashMap::with_hasher(Spread::default()),
-            overflow: DashMap::new(),
-            overflow_len: AtomicUsize::new(0),
+            map: DashMap::new(),
         }
     }
 
@@ -67,120 +68,111 @@ impl IdIndex {
         }
     }
 
-    fn hash(normalized: &str) -> u32 {
-        let h = xxhash_rust::xxh3::xxh3_64(normalized.as_bytes());
-        (h ^ (h >> 32)) as u32
+    /// The hash `key` is placed by (normalized first).
+    pub fn hash(&self, key: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.normalize(key).as_bytes())
+    }
+
+    fn table_of(&self, hash: u64) -> usize {
+        self.map.determine_shard(hash as usize)
     }
 
     /// The ordinal of `key`. `holds(ordinal, normalized_key)` confirms that the ordinal's stored
-    /// key equals the normalized key (the map itself keeps only hashes).
+    /// key equals the normalized key (the map itself keeps only ordinals). It runs with no table
+    /// locked.
     pub fn get(&self, key: &str, mut holds: impl FnMut(u32, &str) -> bool) -> Option<u32> {
         let key = self.normalize(key);
-        let h = Self::hash(&key);
-        if let Some(ord) = self.primary.get(&h).map(|e| *e)
-            && holds(ord, &key)
-        {
-            return Some(ord);
-        }
-        if self.overflow_len.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let ord = self.overflow.get(key.as_ref()).map(|e| *e)?;
-        holds(ord, &key).then_some(ord)
+        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        let mut found = Candidates::default();
+        // An `eq` that never matches visits every entry under the hash's tag.
+        self.map.shards()[self.table_of(h)].read().find(h, |&(ord, _)| {
+            found.push(ord);
+            false
+        });
+        found.iter().find(|&ord| holds(ord, &key))
     }
 
-    /// Maps `key` to `ordinal`. The caller guarantees `key` is not mapped (the store's writer
-    /// checks with [`IdIndex::get`] first and is the only one inserting).
-    pub fn insert(&self, key: &str, ordinal: u32) {
-        let key = self.normalize(key);
-        let h = Self::hash(&key);
-        match self.primary.entry(h) {
-            dashmap::Entry::Vacant(slot) => {
-                slot.insert(ordinal);
-            }
-            dashmap::Entry::Occupied(_) => {
-                self.overflow.insert(Box::from(key.as_ref()), ordinal);
-                self.overflow_len.fetch_add(1, Ordering::Release);
+    /// Makes room for `keys` to be inserted without growing. `rehash(ordinal)` gives the hash of
+    /// an entry already held (from its stored key) when a table must grow; it may read store
+    /// shards, so the caller holds none locked. Writer only.
+    pub fn reserve<'a>(&self, keys: impl IntoIterator<Item = &'a str>, rehash: impl Fn(u32) -> u64) {
+        let shards = self.map.shards();
+        let mut wanted = vec![0usize; shards.len()];
+        for key in keys {
+            wanted[self.table_of(self.hash(key))] += 1;
+        }
+        for (table, n) in shards.iter().zip(wanted) {
+            if n > 0 {
+                table.write().reserve(n, |&(ord, _)| rehash(ord));
             }
         }
+    }
+
+    /// Maps `key` to `ordinal`. The caller guarantees `key` is not mapped and made room with
+    /// [`IdIndex::reserve`] (the store's writer checks with [`IdIndex::get`] first and is the
+    /// only one inserting).
+    pub fn insert(&self, key: &str, ordinal: u32) {
+        let h = self.hash(key);
+        let inserted = self.map.shards()[self.table_of(h)]
+            .write()
+            .try_insert_no_grow(h, (ordinal, SharedValue::new(())));
+        assert!(inserted.is_ok(), "IdIndex::insert without IdIndex::reserve");
     }
 
     /// Removes the mapping `key` → `ordinal`.
     pub fn remove(&self, key: &str, ordinal: u32) {
-        let key = self.normalize(key);
-        let h = Self::hash(&key);
-        if self.primary.remove_if(&h, |_, &o| o == ordinal).is_some() {
-            return;
-        }
-        if self.overflow.remove(key.as_ref()).is_some() {
-            self.overflow_len.fetch_sub(1, Ordering::Release);
-        }
+        let h = self.hash(key);
+        self.map.shards()[self.table_of(h)]
+            .write()
+            .remove_entry(h, |&(o, _)| o == ordinal);
     }
 
-    /// Makes room for `additional` more keys at once (a bulk rebuild), instead of growing and
-    /// rehashing step by step.
-    pub fn reserve(&self, additional: usize) {
-        use std::hash::BuildHasher;
-        let shards = self.primary.shards();
-        let each = additional.div_ceil(shards.len());
-        let hasher = self.primary.hasher();
-        for shard in shards {
-            shard.write().reserve(each, |(key, _)| hasher.hash_one(key));
-        }
+    /// The hash `key` is placed by, and the table holding it (for [`IdIndex::bulk_fill`]).
+    pub fn locate(&self, key: &str) -> (u64, usize) {
+        let h = self.hash(key);
+        (h, self.table_of(h))
     }
 
-    /// The hash `key` is mapped by, and the map shard holding it (for [`IdIndex::bulk_fill`]).
-    pub fn locate(&self, key: &str) -> (u32, usize) {
-        let h = Self::hash(&self.normalize(key));
-        (h, self.primary.determine_map(&h))
+    /// Number of tables.
+    pub fn tables(&self) -> usize {
+        self.map.shards().len()
     }
 
-    /// Number of map shards.
-    pub fn map_shards(&self) -> usize {
-        self.primary.shards().len()
-    }
-
-    /// Fills map shard `shard` with `(hash, ordinal)` pairs located by [`IdIndex::locate`], under
-    /// one lock. Used to rebuild the maps from a snapshot with one thread per map shard (no lock
-    /// contention). Returns the ordinals whose hash was already taken: the caller maps those with
-    /// [`IdIndex::insert`], which puts them in the overflow map.
-    pub fn bulk_fill(&self, shard: usize, pairs: impl IntoIterator<Item = (u32, u32)>) -> Vec<u32> {
-        use std::hash::BuildHasher;
-        let hasher = self.primary.hasher();
-        let mut table = self.primary.shards()[shard].write();
-        let mut taken = Vec::new();
+    /// Fills table `table` with `count` `(hash, ordinal)` pairs located by [`IdIndex::locate`],
+    /// under one lock, sized once. Used to rebuild the maps from a snapshot with one thread per
+    /// table (no lock contention). `rehash` as for [`IdIndex::reserve`], for entries already held.
+    pub fn bulk_fill(
+        &self,
+        table: usize,
+        count: usize,
+        pairs: impl IntoIterator<Item = (u64, u32)>,
+        rehash: impl Fn(u32) -> u64,
+    ) {
+        let mut t = self.map.shards()[table].write();
+        t.reserve(count, |&(ord, _)| rehash(ord));
         for (h, ord) in pairs {
-            let hash = hasher.hash_one(h);
-            if table.find(hash, |(k, _)| *k == h).is_some() {
-                taken.push(ord);
-            } else {
-                table.insert(hash, (h, dashmap::SharedValue::new(ord)), |(k, _)| {
-                    hasher.hash_one(k)
-                });
+            if let Err(entry) = t.try_insert_no_grow(h, (ord, SharedValue::new(()))) {
+                t.insert(h, entry, |&(ord, _)| rehash(ord));
             }
         }
-        taken
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.primary.len() + self.overflow_len.load(Ordering::Acquire)
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Approximate heap bytes: 8-byte entries plus a control byte per bucket.
+    /// Heap bytes: 4-byte entries plus a control byte per bucket.
     pub fn heap_bytes(&self) -> usize {
-        let overflow: usize = self.overflow.iter().map(|e| e.key().len() + 16 + 24 + 1).sum();
-        let tables: usize = self
-            .primary
+        self.map
             .shards()
             .iter()
-            .map(|shard| crate::store::table_bytes(shard.read().capacity(), 8))
-            .sum();
-        tables + overflow
+            .map(|t| crate::store::table_bytes(t.read().capacity(), 4))
+            .sum()
     }
 }
 
@@ -196,69 +188,75 @@ pub fn normalize_email(email: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    #[test]
-    fn colliding_hashes_go_to_overflow_and_stay_reachable() {
-        // Find two keys with the same 32-bit hash by brute force over a small space.
-        let mut seen: HashMap<u32, String> = HashMap::new();
-        let (a, b) = (0u64..)
-            .find_map(|i| {
-                let k = format!("k{i}");
-                let h = IdIndex::hash(&k);
-                seen.insert(h, k.clone()).map(|prev| (prev, k))
-            })
-            .unwrap();
-        let keys = [a.clone(), b.clone()];
-        let holds = |o: u32, k: &str| keys[o as usize] == k;
-        let idx = IdIndex::new(KeyCase::Sensitive);
-        idx.insert(&a, 0);
-        idx.insert(&b, 1);
-        assert_eq!(idx.len(), 2);
-        assert_eq!(idx.get(&a, holds), Some(0));
-        assert_eq!(idx.get(&b, holds), Some(1));
-        idx.remove(&a, 0);
-        assert_eq!(idx.get(&a, holds), None);
-        assert_eq!(idx.get(&b, holds), Some(1));
-        idx.remove(&b, 1);
-        assert!(idx.is_empty());
+    /// An index over `keys` (ordinal = position), filled through `reserve` and `insert`.
+    fn filled(case: KeyCase, keys: &[String]) -> IdIndex {
+        let idx = IdIndex::new(case);
+        for (ord, k) in keys.iter().enumerate() {
+            idx.reserve([k.as_str()], |o| idx.hash(&keys[o as usize]));
+            idx.insert(k, ord as u32);
+        }
+        idx
     }
 
     #[test]
-    fn bulk_fill_hands_back_taken_hashes_for_the_overflow() {
-        let mut seen: HashMap<u32, String> = HashMap::new();
-        let (a, b) = (0u64..)
-            .find_map(|i| {
-                let k = format!("k{i}");
-                seen.insert(IdIndex::hash(&k), k.clone()).map(|prev| (prev, k))
-            })
-            .unwrap();
-        let keys = [a.clone(), b.clone(), "other".to_string()];
-        let idx = IdIndex::new(KeyCase::Sensitive);
-        let mut by_shard: HashMap<usize, Vec<(u32, u32)>> = HashMap::new();
+    fn keys_stay_reachable_through_growth_and_removal() {
+        let keys: Vec<String> = (0..20_000).map(|i| format!("customer-{i}")).collect();
+        let idx = filled(KeyCase::Sensitive, &keys);
+        let holds = |o: u32, k: &str| keys.get(o as usize).is_some_and(|s| s == k);
+        assert_eq!(idx.len(), keys.len());
         for (ord, k) in keys.iter().enumerate() {
-            let (h, shard) = idx.locate(k);
-            by_shard.entry(shard).or_default().push((h, ord as u32));
+            assert_eq!(idx.get(k, holds), Some(ord as u32), "{k}");
         }
-        let mut taken = Vec::new();
-        for (shard, pairs) in by_shard {
-            taken.extend(idx.bulk_fill(shard, pairs));
+        assert_eq!(idx.get("customer-20000", holds), None);
+        for (ord, k) in keys.iter().enumerate().filter(|(o, _)| o % 3 == 0) {
+            idx.remove(k, ord as u32);
         }
-        assert_eq!(taken, vec![1], "the second key of the colliding pair");
-        idx.insert(&b, 1);
+        for (ord, k) in keys.iter().enumerate() {
+            let want = (ord % 3 != 0).then_some(ord as u32);
+            assert_eq!(idx.get(k, holds), want, "{k}");
+        }
+        // Removing with the wrong ordinal leaves the mapping.
+        idx.remove(&keys[1], 2);
+        assert_eq!(idx.get(&keys[1], holds), Some(1));
+    }
+
+    #[test]
+    fn a_lookup_confirms_against_the_stored_key() {
+        let keys = vec!["a".to_string()];
+        let idx = filled(KeyCase::Sensitive, &keys);
+        // The stored key no longer matches (the ordinal was reused): not found.
+        assert_eq!(idx.get("a", |_, _| false), None);
+    }
+
+    #[test]
+    fn bulk_fill_sizes_each_table_once_and_keeps_entries_held() {
+        let keys: Vec<String> = (0..10_000).map(|i| format!("k{i}")).collect();
+        let idx = IdIndex::new(KeyCase::Sensitive);
+        // One key held before the fill: it must survive the table's sizing.
+        idx.reserve([keys[0].as_str()], |o| idx.hash(&keys[o as usize]));
+        idx.insert(&keys[0], 0);
+        let mut by_table = vec![Vec::new(); idx.tables()];
+        for (ord, k) in keys.iter().enumerate().skip(1) {
+            let (h, t) = idx.locate(k);
+            by_table[t].push((h, ord as u32));
+        }
+        for (t, pairs) in by_table.into_iter().enumerate() {
+            idx.bulk_fill(t, pairs.len(), pairs, |o| idx.hash(&keys[o as usize]));
+        }
         let holds = |o: u32, k: &str| keys[o as usize] == k;
-        assert_eq!(idx.get(&a, holds), Some(0));
-        assert_eq!(idx.get(&b, holds), Some(1));
-        assert_eq!(idx.get("other", holds), Some(2));
-        assert_eq!(idx.len(), 3);
+        assert_eq!(idx.len(), keys.len());
+        for (ord, k) in keys.iter().enumerate() {
+            assert_eq!(idx.get(k, holds), Some(ord as u32));
+        }
     }
 
     #[test]
     fn emails_compare_case_insensitively() {
-        let idx = IdIndex::new(KeyCase::Insensitive);
-        idx.insert("Ann@Example.com", 7);
-        let holds = |o: u32, k: &str| o == 7 && k == "ann@example.com";
-        assert_eq!(idx.get("ANN@example.COM", holds), Some(7));
+        let keys = vec!["Ann@Example.com".to_string()];
+        let idx = filled(KeyCase::Insensitive, &keys);
+        let holds = |o: u32, k: &str| o == 0 && k == "ann@example.com";
+        assert_eq!(idx.get("ANN@example.COM", holds), Some(0));
         assert_eq!(idx.get("bob@example.com", holds), None);
     }
 }

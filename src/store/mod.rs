@@ -397,9 +397,7 @@ impl Store {
             self.shards.ensure(r.shards.len() - 1);
         }
         // Install the shards, then rebuild the id and e-mail maps from them on every core (the
-        // maps are concurrent), sized up front.
-        self.ids.reserve(customers as usize);
-        self.emails.reserve(customers as usize);
+        // maps are concurrent).
         for (i, shard) in r.shards.into_iter().enumerate() {
             *self.shards.get(i).write() = shard;
         }
@@ -458,14 +456,14 @@ impl Store {
     fn rebuild_maps(&self) {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         for (index, field) in [(&self.ids, 0), (&self.emails, 1)] {
-            let buckets = index.map_shards();
-            // Per store shard, (hash, ordinal) pairs grouped by map shard.
+            let tables = index.tables();
+            // Per store shard, (hash, ordinal) pairs grouped by map table.
             let next = std::sync::atomic::AtomicUsize::new(0);
             let located: Mutex<Vec<Located>> = Mutex::new(Vec::new());
             std::thread::scope(|scope| {
                 for _ in 0..threads {
                     scope.spawn(|| {
-                        let mut mine = vec![Vec::new(); buckets];
+                        let mut mine = vec![Vec::new(); tables];
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             if i >= self.shards.len() {
@@ -486,31 +484,35 @@ impl Store {
             });
             let located = located.into_inner();
             let next = std::sync::atomic::AtomicUsize::new(0);
-            let taken: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+            let rehash = |ord: u32| self.stored_hash(field, ord);
             std::thread::scope(|scope| {
                 for _ in 0..threads {
                     scope.spawn(|| {
                         loop {
                             let b = next.fetch_add(1, Ordering::Relaxed);
-                            if b >= buckets {
+                            if b >= tables {
                                 break;
                             }
+                            let count = located.iter().map(|per| per[b].len()).sum();
                             let pairs = located.iter().flat_map(|per| per[b].iter().copied());
-                            let mut t = index.bulk_fill(b, pairs);
-                            taken.lock().append(&mut t);
+                            index.bulk_fill(b, count, pairs, rehash);
                         }
                     });
                 }
             });
-            // Keys whose 32-bit hash another key took: the overflow map, through the usual path.
-            for ord in taken.into_inner() {
-                let shard = self.shards.get(shard_of(ord)).read();
-                let strings = if field == 0 { &shard.ids } else { &shard.emails };
-                if let Some(key) = strings.get(local(ord)) {
-                    index.insert(key, ord);
-                }
-            }
         }
+    }
+
+    /// The hash of customer `ord`'s stored id (`field` 0) or e-mail (1), for a growing map.
+    fn stored_hash(&self, field: u8, ord: u32) -> u64 {
+        self.read_shard(ord, |s| {
+            let (index, strings) = if field == 0 {
+                (&self.ids, &s.ids)
+            } else {
+                (&self.emails, &s.emails)
+            };
+            index.hash(strings.get(local(ord)).unwrap_or_default())
+        })
     }
 
     /// Ends the cut; returns its global state (shards were handed out by `take_cut_shard`).
@@ -690,6 +692,19 @@ impl Store {
                 self.emails.remove(&old, ord);
             }
         }
+        // Room in the maps now, while no shard is locked (a growing map rereads stored keys).
+        let created = batch
+            .iter()
+            .zip(&plan)
+            .filter(|(_, step)| step.existing.is_none());
+        self.ids
+            .reserve(created.map(|(p, _)| p.customer_id.as_str()), |o| {
+                self.stored_hash(0, o)
+            });
+        let emails = batch
+            .iter()
+            .filter_map(|p| p.email.as_deref().filter(|e| !e.is_empty()));
+        self.emails.reserve(emails, |o| self.stored_hash(1, o));
         let ords: Vec<u32> = plan
             .iter()
             .map(|step| step.existing.unwrap_or_else(|| self.allocate(&mut w)))
@@ -901,6 +916,8 @@ impl Store {
                         s.live.insert(ord);
                         s.ids.set(local(ord), &order.customer_id);
                     }
+                    self.ids
+                        .reserve([order.customer_id.as_str()], |o| self.stored_hash(0, o));
                     self.ids.insert(&order.customer_id, ord);
                     self.customers.fetch_add(1, Ordering::AcqRel);
                     outcome.created_customer_ids.push(order.customer_id.clone());
@@ -982,7 +999,7 @@ impl Store {
 }
 
 /// `(hash, ordinal)` pairs of one thread, grouped by map shard.
-type Located = Vec<Vec<(u32, u32)>>;
+type Located = Vec<Vec<(u64, u32)>>;
 
 /// Heap bytes of a hash table (hashbrown, as in std, foldhash and dashmap) holding `capacity`
 /// entries of `entry` bytes before it grows: its buckets (capacity is 7/8 of them) with one control
