@@ -95,16 +95,49 @@ impl IdIndex {
     /// Makes room for `keys` to be inserted without growing. `rehash(ordinal)` gives the hash of
     /// an entry already held (from its stored key) when a table must grow; it may read store
     /// shards, so the caller holds none locked. Writer only.
+    ///
+    /// A table that must grow is rebuilt beside the one in use, which readers keep reading
+    /// (only the writer changes tables, and it is busy here), then swapped in under the write
+    /// lock: lookups never wait for a rehash. Its entries are rehashed in ordinal order, so the
+    /// stored keys are read in the order they lie in memory.
     pub fn reserve<'a>(&self, keys: impl IntoIterator<Item = &'a str>, rehash: impl Fn(u32) -> u64) {
-        let shards = self.map.shards();
-        let mut wanted = vec![0usize; shards.len()];
+        let tables = self.map.shards();
+        let mut wanted = vec![0usize; tables.len()];
         for key in keys {
             wanted[self.table_of(self.hash(key))] += 1;
         }
-        for (table, n) in shards.iter().zip(wanted) {
-            if n > 0 {
-                table.write().reserve(n, |&(ord, _)| rehash(ord));
+        for (table, n) in tables.iter().zip(wanted) {
+            let (mut ords, target) = {
+                let t = table.read();
+                if n == 0 || t.capacity() - t.len() >= n {
+                    continue;
+                }
+                // Grown to twice its size (or as much as needed); rebuilt at its size when
+                // erased entries' tombstones are what took the room.
+                let full = t.buckets() / 8 * 7;
+                let target = if t.len() + n <= full / 2 {
+                    full
+                } else {
+                    (t.len() + n).max(2 * full)
+                };
+                // SAFETY: the iterator does not outlive `t`, which keeps the table alive.
+                let ords: Vec<u32> = unsafe { t.iter().map(|b| b.as_ref().0).collect() };
+                (ords, target)
+            };
+            ords.sort_unstable();
+            let mut fresh = empty_like(&*table.read());
+            // An empty table: the hasher is never called.
+            fresh.reserve(target, |_| 0);
+            for ord in ords {
+                if fresh
+                    .try_insert_no_grow(rehash(ord), (ord, SharedValue::new(())))
+                    .is_err()
+                {
+                    unreachable!("a table sized for its entries is full");
+                }
             }
+            std::mem::swap(&mut *table.write(), &mut fresh);
+            // The old table is freed here, with no lock held.
         }
     }
 
@@ -176,6 +209,11 @@ impl IdIndex {
     }
 }
 
+/// A new empty table of the type of `_table` (dashmap does not name its table type).
+fn empty_like<T: Default>(_table: &T) -> T {
+    T::default()
+}
+
 /// Lower-cases an e-mail for comparison, without allocating when it already is.
 pub fn normalize_email(email: &str) -> Cow<'_, str> {
     if email.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
@@ -219,6 +257,44 @@ mod tests {
         // Removing with the wrong ordinal leaves the mapping.
         idx.remove(&keys[1], 2);
         assert_eq!(idx.get(&keys[1], holds), Some(1));
+    }
+
+    #[test]
+    fn lookups_find_every_mapped_key_while_tables_grow() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let keys: Vec<String> = (0..60_000).map(|i| format!("c{i}")).collect();
+        let idx = IdIndex::new(KeyCase::Sensitive);
+        let mapped = AtomicUsize::new(0);
+        let done = AtomicBool::new(false);
+        let holds = |o: u32, k: &str| keys[o as usize] == k;
+        std::thread::scope(|scope| {
+            for r in 0..2u64 {
+                let (idx, keys, mapped, done) = (&idx, &keys, &mapped, &done);
+                scope.spawn(move || {
+                    let mut x = r + 1;
+                    let mut checked = 0;
+                    while !done.load(Ordering::Acquire) || checked < 1000 {
+                        let n = mapped.load(Ordering::Acquire);
+                        if n == 0 {
+                            continue;
+                        }
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let i = (x >> 33) as usize % n;
+                        assert_eq!(idx.get(&keys[i], holds), Some(i as u32), "{}", keys[i]);
+                        checked += 1;
+                    }
+                });
+            }
+            for (ord, k) in keys.iter().enumerate() {
+                idx.reserve([k.as_str()], |o| idx.hash(&keys[o as usize]));
+                idx.insert(k, ord as u32);
+                mapped.store(ord + 1, Ordering::Release);
+            }
+            done.store(true, Ordering::Release);
+        });
+        assert_eq!(idx.len(), keys.len());
     }
 
     #[test]
