@@ -40,6 +40,15 @@ pub enum Codes {
 }
 
 impl Codes {
+    /// Number of codes held (up to the shard's last customer with one).
+    fn len(&self) -> usize {
+        match self {
+            Codes::U8(v) => v.len(),
+            Codes::U16(v) => v.len(),
+            Codes::U32(v) => v.len(),
+        }
+    }
+
     fn get(&self, local: usize) -> Option<u32> {
         let stored = match self {
             Codes::U8(v) => v.get(local).map(|&c| u32::from(c)),
@@ -400,6 +409,11 @@ pub const COMMON: u32 = 32;
 /// Rare values looked up by a pass over the codes for each, rather than over the rare customers.
 const FEW_CODES: usize = 8;
 
+/// A value reaching [`COMMON`] customers finds its holders among the rare customers, rather than
+/// by a pass over the codes, when they are fewer than one in this many codes (a pass over the
+/// codes costs about a sixteenth of picking through the rare customers, per code).
+const SPARSE_RARE: u64 = 16;
+
 /// The customers of a shard whose `keyword` value is rare there (fewer than [`COMMON`] of them
 /// have it): one bitmap for all of them, found again through their codes, with a count per value.
 /// With a bitmap per value, a column like postal codes, where most values have one or two
@@ -423,7 +437,15 @@ impl Rare {
         *count += 1;
         if *count >= COMMON {
             self.counts.remove(&code);
-            let own = codes.holding(code, shard_base(ord));
+            // Its holders are all among the rare customers: when those are few next to the
+            // codes (most values of the column common), picked from them; else one pass over
+            // the codes.
+            let own = if self.members.len() * SPARSE_RARE < codes.len() as u64 {
+                let holders = self.members.iter().filter(|&o| codes.get(local(o)) == Some(code));
+                RoaringBitmap::from_sorted_iter(holders).expect("a bitmap iterates in order")
+            } else {
+                codes.holding(code, shard_base(ord))
+            };
             self.members -= &own;
             by_value.insert(code, own);
         }
@@ -536,6 +558,46 @@ mod tests {
 
     /// Values move between the shared index of rare values and bitmaps of their own as they
     /// gain customers; lookups and a rebuild (as after a snapshot) agree with the codes.
+    #[test]
+    fn a_value_among_few_rare_customers_is_promoted_from_them() {
+        let dict = Dict::default();
+        let mut col = Column::new(AttrType::Keyword);
+        // 3,000 customers, nearly all with one common value: the rare ones are few next to the
+        // codes, so "x" reaching COMMON is picked from them.
+        let xs: Vec<u32> = (0..3000u32).step_by(100).collect();
+        for i in 0..3000u32 {
+            let v = if xs.contains(&i) { "x" } else { "common" };
+            col.set(i, &Value::Keyword(v.into()), Some(&dict));
+        }
+        // One of them moved away before the promotion, one rare customer of another value.
+        col.set(xs[3], &Value::Keyword("common".into()), Some(&dict));
+        col.set(7, &Value::Keyword("y".into()), Some(&dict));
+        let x = dict.code("x").unwrap();
+        for i in [3001, 3002, 3003] {
+            let ColumnData::Keyword { by_value, .. } = &col.data else {
+                unreachable!()
+            };
+            assert!(!by_value.contains_key(&x), "x is still rare");
+            col.set(i, &Value::Keyword("x".into()), Some(&dict));
+        }
+        let want: Vec<u32> = xs
+            .iter()
+            .copied()
+            .filter(|&i| i != xs[3])
+            .chain([3001, 3002, 3003])
+            .collect();
+        assert_eq!(want.len() as u32, COMMON);
+        let ColumnData::Keyword { by_value, rare, .. } = &col.data else {
+            unreachable!()
+        };
+        assert_eq!(by_value[&x].iter().collect::<Vec<_>>(), want);
+        assert_eq!(
+            rare.members.iter().collect::<Vec<_>>(),
+            vec![7],
+            "only y stays rare"
+        );
+    }
+
     #[test]
     fn rare_values_share_an_index_and_common_ones_get_bitmaps() {
         let dict = Dict::default();
