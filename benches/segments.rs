@@ -218,5 +218,32 @@ fn upserts(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, upserts, evaluation);
+/// A predicate on a value held by a handful of customers of each shard (a postal code): such
+/// values share the shard's rare-value index, so the evaluation passes over the shard's codes.
+fn rare_value(c: &mut Criterion) {
+    const N: usize = 1_000_000;
+    let store = Store::new();
+    let postal = store.schema().get("postal_code").unwrap().id;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
+        let patches: Vec<CustomerPatch> = chunk
+            .iter()
+            .map(|&i| CustomerPatch {
+                customer_id: format!("R{i:09}"),
+                email: None,
+                // 20,000 postal codes, each held by about 3 customers of a shard.
+                attrs: vec![(postal, Some(Value::Keyword(format!("P{:05}", i % 20_000))))],
+            })
+            .collect();
+        store.upsert(&patches, &mut no_log).unwrap();
+    }
+    let rule = parse(r#"postal_code = "P01234""#).unwrap();
+    let (count, _) = store.preview(&rule, None, 0).unwrap();
+    assert_eq!(count, (N / 20_000) as u64);
+    store.set_eval_threads(1);
+    c.bench_function("evaluate/rare_value/1000000_customers/1_thread", |b| {
+        b.iter(|| black_box(store.preview(&rule, None, 0).unwrap()))
+    });
+}
+
+criterion_group!(benches, upserts, evaluation, rare_value);
 criterion_main!(benches);
