@@ -7,7 +7,7 @@
 //! `keywords` columns hold only a bitmap per value. Bitmaps hold global ordinals, so a
 //! shard's bitmap is one roaring container and shard results combine without rewriting.
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::{HashMap, HashMapExt};
 
 use roaring::RoaringBitmap;
 
@@ -109,12 +109,69 @@ impl Codes {
         }
     }
 
+    /// The ordinals (from `base`) whose code is in `set`: one pass over the codes, a bitset
+    /// test each.
+    fn holding_any(&self, set: &CodeSet, base: u32) -> RoaringBitmap {
+        fn scan<T: Copy + Into<u32>>(v: &[T], set: &CodeSet, base: u32) -> RoaringBitmap {
+            // Stored codes (0: no value, never in the set) index the bitset directly.
+            let byte = |chunk: &[T]| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u8, |b, (j, &c)| b | (u8::from(set.has_stored(c.into())) << j))
+            };
+            let mut bits: Vec<u8> = Vec::with_capacity(v.len().div_ceil(8));
+            let mut chunks = v.chunks_exact(8);
+            for chunk in &mut chunks {
+                let chunk: &[T; 8] = chunk.try_into().expect("chunks of 8");
+                bits.push(byte(chunk));
+            }
+            if !chunks.remainder().is_empty() {
+                bits.push(byte(chunks.remainder()));
+            }
+            RoaringBitmap::from_lsb0_bytes(base, &bits)
+        }
+        match self {
+            Codes::U8(v) => scan(v, set, base),
+            Codes::U16(v) => scan(v, set, base),
+            Codes::U32(v) => scan(v, set, base),
+        }
+    }
+
     fn heap_bytes(&self) -> usize {
         match self {
             Codes::U8(v) => v.capacity(),
             Codes::U16(v) => v.capacity() * 2,
             Codes::U32(v) => v.capacity() * 4,
         }
+    }
+}
+
+/// A set of dictionary codes as a bitset over their stored form (`code + 1`).
+struct CodeSet {
+    words: Vec<u64>,
+}
+
+impl CodeSet {
+    fn new(codes: &[u32]) -> CodeSet {
+        let top = codes.iter().max().map_or(0, |&c| c as usize + 1);
+        let mut words = vec![0u64; top / 64 + 1];
+        for &c in codes {
+            let stored = c as usize + 1;
+            words[stored / 64] |= 1 << (stored % 64);
+        }
+        CodeSet { words }
+    }
+
+    /// Whether stored code `stored` (0: no value) is in the set.
+    #[inline]
+    fn has_stored(&self, stored: u32) -> bool {
+        let s = stored as usize;
+        self.words.get(s / 64).is_some_and(|w| w >> (s % 64) & 1 == 1)
+    }
+
+    fn contains(&self, code: u32) -> bool {
+        self.has_stored(code + 1)
     }
 }
 
@@ -301,12 +358,12 @@ impl Column {
             rare,
         } = &self.data
         {
-            let mut rare_wanted = HashSet::default();
+            let mut rare_wanted = Vec::new();
             for code in wanted {
                 if let Some(bm) = by_value.get(code) {
                     acc |= bm;
                 } else if rare.counts.contains_key(code) {
-                    rare_wanted.insert(*code);
+                    rare_wanted.push(*code);
                 }
             }
             if !rare_wanted.is_empty() {
@@ -480,8 +537,10 @@ impl Rare {
     }
 
     /// The rare customers whose code is one of `wanted`: for a few codes, a tight pass over the
-    /// shard's codes for each; for more, one pass over the rare customers.
-    fn with_codes(&self, codes: &Codes, wanted: &HashSet<u32>) -> RoaringBitmap {
+    /// shard's codes for each; for more, one pass testing each code against a bitset of the
+    /// wanted ones, over the rare customers when they are few next to the codes, else over all
+    /// the codes.
+    fn with_codes(&self, codes: &Codes, wanted: &[u32]) -> RoaringBitmap {
         let Some(first) = self.members.min() else {
             return RoaringBitmap::new();
         };
@@ -491,11 +550,15 @@ impl Rare {
                 .map(|&c| codes.holding(c, shard_base(first)))
                 .fold(RoaringBitmap::new(), |a, b| a | b);
         }
-        let matching = self
-            .members
-            .iter()
-            .filter(|&ord| codes.get(local(ord)).is_some_and(|c| wanted.contains(&c)));
-        RoaringBitmap::from_sorted_iter(matching).expect("a bitmap iterates in order")
+        let set = CodeSet::new(wanted);
+        if self.members.len() * SPARSE_RARE < codes.len() as u64 {
+            let matching = self
+                .members
+                .iter()
+                .filter(|&ord| codes.get(local(ord)).is_some_and(|c| set.contains(c)));
+            return RoaringBitmap::from_sorted_iter(matching).expect("a bitmap iterates in order");
+        }
+        codes.holding_any(&set, shard_base(first))
     }
 
     /// The index of rare values for customers `present` with `codes`, next to the bitmaps of
@@ -566,6 +629,43 @@ mod tests {
 
     /// Values move between the shared index of rare values and bitmaps of their own as they
     /// gain customers; lookups and a rebuild (as after a snapshot) agree with the codes.
+    #[test]
+    fn many_rare_values_are_found_over_the_codes_or_the_rare_customers() {
+        let dict = Dict::default();
+        // Dense: every customer rare, about 12 to a value (a pass over all codes). Sparse: one
+        // customer in 50 rare, 2 or 3 to a value, the rest common (a pass over the rare ones).
+        for sparse in [false, true] {
+            let mut col = Column::new(AttrType::Keyword);
+            let value = |i: u32| match sparse {
+                false => format!("v{}", i % 400),
+                true if i.is_multiple_of(50) => format!("v{}", (i / 50) % 40),
+                true => "common".to_string(),
+            };
+            for i in 0..5000u32 {
+                col.set(i, &Value::Keyword(value(i)), Some(&dict));
+            }
+            for i in (0..5000u32).step_by(13) {
+                col.clear(i);
+            }
+            let wanted: Vec<String> = (0..20).map(|k| format!("v{}", k * 2)).collect();
+            let codes: Vec<u32> = wanted.iter().map(|v| dict.code(v).unwrap()).collect();
+            let ColumnData::Keyword { by_value, rare, .. } = &col.data else {
+                unreachable!()
+            };
+            assert!(codes.iter().all(|c| !by_value.contains_key(c)), "all rare");
+            assert_eq!(rare.members.len() * SPARSE_RARE < 5000, sparse);
+            let want: Vec<u32> = (0..5000u32)
+                .filter(|&i| {
+                    matches!(col.get(i, AttrType::Keyword, Some(&dict)),
+                        Some(Value::Keyword(v)) if wanted.contains(&v))
+                })
+                .collect();
+            assert!(!want.is_empty());
+            let got: Vec<u32> = col.with_codes(&codes).iter().collect();
+            assert_eq!(got, want, "sparse: {sparse}");
+        }
+    }
+
     #[test]
     fn a_value_among_few_rare_customers_is_promoted_from_them() {
         let dict = Dict::default();
