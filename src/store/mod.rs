@@ -998,7 +998,7 @@ impl Store {
     }
 }
 
-/// `(hash, ordinal)` pairs of one thread, grouped by map shard.
+/// `(hash, ordinal)` pairs of one thread, grouped by map table.
 type Located = Vec<Vec<(u64, u32)>>;
 
 /// Heap bytes of a hash table (hashbrown, as in std, foldhash and dashmap) holding `capacity`
