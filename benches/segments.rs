@@ -243,6 +243,13 @@ fn rare_value(c: &mut Criterion) {
     c.bench_function("evaluate/rare_value/1000000_customers/1_thread", |b| {
         b.iter(|| black_box(store.preview(&rule, None, 0).unwrap()))
     });
+    // A short list: four rare values.
+    let list = parse(r#"postal_code in ("P00001", "P05000", "P10000", "P15000")"#).unwrap();
+    let (count, _) = store.preview(&list, None, 0).unwrap();
+    assert_eq!(count, (4 * N / 20_000) as u64);
+    c.bench_function("evaluate/rare_value_list/1000000_customers/1_thread", |b| {
+        b.iter(|| black_box(store.preview(&list, None, 0).unwrap()))
+    });
     // A prefix: 1,000 rare values at once.
     let prefix = parse(r#"postal_code starts_with "P01""#).unwrap();
     let (count, _) = store.preview(&prefix, None, 0).unwrap();

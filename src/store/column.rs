@@ -456,8 +456,10 @@ fn shard_base(ord: u32) -> u32 {
 
 /// Customers of a value need this many in a shard before the value gets a bitmap of its own.
 pub const COMMON: u32 = 32;
-/// Rare values looked up by a pass over the codes for each, rather than over the rare customers.
-const FEW_CODES: usize = 8;
+/// Rare values looked up by a pass over the codes comparing with each, rather than one pass
+/// testing a bitset of them all: a bitset pass costs about four comparing passes (its lookups do
+/// not vectorize).
+const FEW_CODES: usize = 4;
 
 /// A value reaching [`COMMON`] customers finds its holders among the rare customers, rather than
 /// by a pass over the codes, when they are fewer than one in this many codes (a pass over the
@@ -521,29 +523,28 @@ impl Rare {
         }
     }
 
-    /// The rare customers whose code is one of `wanted`: for a few codes, a tight pass over the
-    /// shard's codes for each; for more, one pass testing each code against a bitset of the
-    /// wanted ones, over the rare customers when they are few next to the codes, else over all
-    /// the codes.
+    /// The rare customers whose code is one of `wanted`: picked from the rare customers when
+    /// they are few next to the codes; else found by passes over the codes, one comparing with
+    /// each code for up to [`FEW_CODES`] of them, or one testing a bitset of them all.
     fn with_codes(&self, codes: &Codes, wanted: &[u32]) -> RoaringBitmap {
         let Some(first) = self.members.min() else {
             return RoaringBitmap::new();
         };
-        if wanted.len() <= FEW_CODES {
-            return wanted
-                .iter()
-                .map(|&c| codes.holding(c, shard_base(first)))
-                .fold(RoaringBitmap::new(), |a, b| a | b);
-        }
-        let set = CodeSet::new(wanted);
         if self.members.len() * SPARSE_RARE < codes.len() as u64 {
+            let set = CodeSet::new(wanted);
             let matching = self
                 .members
                 .iter()
                 .filter(|&ord| codes.get(local(ord)).is_some_and(|c| set.contains(c)));
             return RoaringBitmap::from_sorted_iter(matching).expect("a bitmap iterates in order");
         }
-        codes.holding_any(&set, shard_base(first))
+        if wanted.len() <= FEW_CODES {
+            return wanted
+                .iter()
+                .map(|&c| codes.holding(c, shard_base(first)))
+                .fold(RoaringBitmap::new(), |a, b| a | b);
+        }
+        codes.holding_any(&CodeSet::new(wanted), shard_base(first))
     }
 
     /// The index of rare values for customers `present` with `codes`, next to the bitmaps of
@@ -630,22 +631,25 @@ mod tests {
             for i in (0..5000u32).step_by(13) {
                 col.clear(i);
             }
-            let wanted: Vec<String> = (0..20).map(|k| format!("v{}", k * 2)).collect();
-            let codes: Vec<u32> = wanted.iter().map(|v| dict.code(v).unwrap()).collect();
             let ColumnData::Keyword { by_value, rare, .. } = &col.data else {
                 unreachable!()
             };
-            assert!(codes.iter().all(|c| !by_value.contains_key(c)), "all rare");
             assert_eq!(rare.members.len() * SPARSE_RARE < 5000, sparse);
-            let want: Vec<u32> = (0..5000u32)
-                .filter(|&i| {
-                    matches!(col.get(i, AttrType::Keyword, Some(&dict)),
-                        Some(Value::Keyword(v)) if wanted.contains(&v))
-                })
-                .collect();
-            assert!(!want.is_empty());
-            let got: Vec<u32> = col.with_codes(&codes).iter().collect();
-            assert_eq!(got, want, "sparse: {sparse}");
+            // One value and a few (passes comparing with each), many (a pass testing a bitset).
+            for n in [1, 3, 20] {
+                let wanted: Vec<String> = (0..n).map(|k| format!("v{}", k * 2)).collect();
+                let codes: Vec<u32> = wanted.iter().map(|v| dict.code(v).unwrap()).collect();
+                assert!(codes.iter().all(|c| !by_value.contains_key(c)), "all rare");
+                let want: Vec<u32> = (0..5000u32)
+                    .filter(|&i| {
+                        matches!(col.get(i, AttrType::Keyword, Some(&dict)),
+                            Some(Value::Keyword(v)) if wanted.contains(&v))
+                    })
+                    .collect();
+                assert!(!want.is_empty());
+                let got: Vec<u32> = col.with_codes(&codes).iter().collect();
+                assert_eq!(got, want, "sparse: {sparse}, {n} values");
+            }
         }
     }
 
