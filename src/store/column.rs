@@ -461,9 +461,9 @@ pub const COMMON: u32 = 32;
 /// not vectorize).
 const FEW_CODES: usize = 4;
 
-/// A value reaching [`COMMON`] customers finds its holders among the rare customers, rather than
-/// by a pass over the codes, when they are fewer than one in this many codes (a pass over the
-/// codes costs about a sixteenth of picking through the rare customers, per code).
+/// Rare values' customers are picked from the shard's rare customers, rather than found by a
+/// pass over the codes, when those are fewer than one in this many codes (a pass over the codes
+/// costs about a sixteenth of picking through the rare customers, per code).
 const SPARSE_RARE: u64 = 16;
 
 /// The customers of a shard whose `keyword` value is rare there (fewer than [`COMMON`] of them
@@ -489,15 +489,8 @@ impl Rare {
         *count += 1;
         if *count >= COMMON {
             self.counts.remove(&code);
-            // Its holders are all among the rare customers: when those are few next to the
-            // codes (most values of the column common), picked from them; else one pass over
-            // the codes.
-            let own = if self.members.len() * SPARSE_RARE < codes.len() as u64 {
-                let holders = self.members.iter().filter(|&o| codes.get(local(o)) == Some(code));
-                RoaringBitmap::from_sorted_iter(holders).expect("a bitmap iterates in order")
-            } else {
-                codes.holding(code, shard_base(ord))
-            };
+            // Its holders are all among the rare customers (`ord` with them).
+            let own = self.with_codes(codes, &[code]);
             self.members -= &own;
             by_value.insert(code, own);
         }

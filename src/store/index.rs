@@ -104,7 +104,7 @@ impl IdIndex {
         let tables = self.map.shards();
         let mut wanted = vec![0usize; tables.len()];
         for key in keys {
-            wanted[self.table_of(self.hash(key))] += 1;
+            wanted[self.locate(key).1] += 1;
         }
         for (table, n) in tables.iter().zip(wanted) {
             let (mut ords, target) = {
