@@ -18,7 +18,7 @@
 //! Latencies go into HDR histograms (microseconds); the table gives calls/s, checks/s and
 //! p50/p90/p99/p99.9.
 //!
-//! `cargo bench --bench segbench -- [--customers N] [--seconds S] [--redis] [--duckdb]`;
+//! `cargo bench --bench segbench -- [--customers N] [--seconds S] [--workload NAME] [--redis] [--duckdb]`;
 //! `benches/compare.sh` installs Redis and DuckDB and runs everything.
 
 #[path = "support/gen.rs"]
@@ -85,6 +85,10 @@ struct Args {
     /// through LoadCustomers (0: skip).
     #[arg(long, default_value_t = 0)]
     during_load: usize,
+    /// Run only the workloads whose name starts with this (e.g. `check-20`, `is-member`);
+    /// repeatable. All of them by default.
+    #[arg(long = "workload", value_name = "NAME")]
+    workloads: Vec<String>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -850,7 +854,10 @@ fn main() {
             (Workload::CustomerSegments, args.concurrency),
             (Workload::Batch, 4),
         ];
-        for (w, inflight) in runs {
+        let wanted = |w: Workload| {
+            args.workloads.is_empty() || args.workloads.iter().any(|n| w.name().starts_with(n.as_str()))
+        };
+        for (w, inflight) in runs.into_iter().filter(|&(w, _)| wanted(w)) {
             // Alternate short rounds of the floor and segmentd, so that the machine's drift
             // (it is shared and noisy) falls on both alike.
             let round = args.seconds / ROUNDS as f64;
