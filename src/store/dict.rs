@@ -28,15 +28,15 @@ impl Dict {
         self.inner.read().codes.get(value).copied()
     }
 
-    /// Appends the code of each value to `out` ([`NO_CODE`] for a value never seen), under one
-    /// hold of the lock.
-    pub fn lookup_into<'a>(&self, values: impl IntoIterator<Item = &'a str>, out: &mut Vec<u32>) {
+    /// Calls `found(key, code)` for each `(key, value)` whose value has a code, under one hold
+    /// of the lock.
+    pub fn lookup_each<K: Copy>(&self, values: &[(K, &str)], mut found: impl FnMut(K, u32)) {
         let inner = self.inner.read();
-        out.extend(
-            values
-                .into_iter()
-                .map(|v| inner.codes.get(v).copied().unwrap_or(NO_CODE)),
-        );
+        for &(key, value) in values {
+            if let Some(&code) = inner.codes.get(value) {
+                found(key, code);
+            }
+        }
     }
 
     /// The code of `value`, adding it when new.

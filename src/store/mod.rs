@@ -1032,18 +1032,26 @@ fn coded_strings(value: &Value) -> &[String] {
 /// strings not yet in their dictionary), for [`Store::upsert_known`]. Reads the dictionaries
 /// only: a batch refused later leaves them as they were.
 pub fn known_codes(schema: &Schema, batch: &[CustomerPatch]) -> Vec<u32> {
-    let mut out = Vec::new();
+    // Each dictionary's lock is taken once for the whole batch: the writer thread reads the same
+    // dictionaries, and a lock word passed between cores for every string cost more than the
+    // lookups themselves.
+    let mut wanted: Vec<Vec<(u32, &str)>> = vec![Vec::new(); schema.len()];
+    let mut len = 0u32;
     for patch in batch {
         for (attr, value) in &patch.attrs {
             let Some(value) = value else { continue };
             let strings = coded_strings(value);
-            if strings.is_empty() {
-                continue;
+            if schema.attr(*attr).dict.is_some() {
+                let at = &mut wanted[usize::from(*attr)];
+                at.extend(strings.iter().zip(len..).map(|(s, k)| (k, s.as_str())));
             }
-            match schema.attr(*attr).dict.as_deref() {
-                Some(dict) => dict.lookup_into(strings.iter().map(String::as_str), &mut out),
-                None => out.extend(std::iter::repeat_n(dict::NO_CODE, strings.len())),
-            }
+            len += strings.len() as u32;
+        }
+    }
+    let mut out = vec![dict::NO_CODE; len as usize];
+    for (def, strings) in schema.attrs().iter().zip(&wanted) {
+        if let (Some(dict), false) = (def.dict.as_deref(), strings.is_empty()) {
+            dict.lookup_each(strings, |k, code| out[k as usize] = code);
         }
     }
     out
@@ -1146,5 +1154,67 @@ fn apply_order(s: &mut Shard, schema: &Schema, ord: u32, order: &OrderIn) {
         let def = schema.attr(attr);
         let dict = def.dict.as_deref().expect("keywords attribute has a dictionary");
         s.column_mut(attr, def.ty).add_keywords(ord, items, dict);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch(id: &str, attrs: &[(&str, Value)], schema: &Schema) -> CustomerPatch {
+        CustomerPatch {
+            customer_id: id.into(),
+            email: None,
+            attrs: attrs
+                .iter()
+                .map(|(name, v)| (schema.get(name).unwrap().id, Some(v.clone())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn known_codes_follow_the_batch_order_across_dictionaries() {
+        let store = Store::new();
+        let schema = store.schema();
+        let kw = |s: &str| Value::Keyword(s.into());
+        let kws = |items: &[&str]| Value::Keywords(items.iter().map(|s| s.to_string()).collect());
+        let seen = [patch(
+            "a",
+            &[("city", kw("Paris")), ("tags", kws(&["golf", "ski"]))],
+            &schema,
+        )];
+        store.upsert(&seen, &mut no_log).unwrap();
+        let batch = [
+            patch(
+                "b",
+                &[
+                    ("city", kw("Lyon")),
+                    ("household_size", Value::Int(3)),
+                    ("tags", kws(&["ski", "tennis", "golf"])),
+                ],
+                &schema,
+            ),
+            patch("c", &[("tags", kws(&[])), ("city", kw("Paris"))], &schema),
+        ];
+        let code = |attr: &str, s: &str| {
+            let dict = schema.get(attr).unwrap().dict.clone().unwrap();
+            dict.code(s).unwrap()
+        };
+        // Each patch's attributes in their order, each value's strings in theirs.
+        let mut want = Vec::new();
+        for p in &batch {
+            for (attr, value) in &p.attrs {
+                let def = schema.attr(*attr);
+                for s in coded_strings(value.as_ref().unwrap()) {
+                    want.push(match (def.name.as_ref(), s.as_ref()) {
+                        (_, "Lyon" | "tennis") => dict::NO_CODE,
+                        (name, s) => code(name, s),
+                    });
+                }
+            }
+        }
+        assert_eq!(want.len(), 5);
+        assert!(want.contains(&dict::NO_CODE) && want.iter().any(|&c| c != dict::NO_CODE));
+        assert_eq!(known_codes(&schema, &batch), want);
     }
 }
