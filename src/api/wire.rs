@@ -18,7 +18,7 @@ use prost::{DecodeError, Message};
 use crate::api::{Limits, convert, pb};
 use crate::error::{Error, Result};
 use crate::store::input::{self, CustomerPatch};
-use crate::store::schema::Schema;
+use crate::store::schema::{AttrDef, Schema};
 
 /// `UpsertCustomersRequest` and `LoadCustomersRequest`: a batch of customers.
 ///
@@ -77,8 +77,9 @@ impl CustomerBatch {
             out.push(patch.map_err(|e| e.within(&format!("customers[{i}]")))?);
         }
         let first = self.messages.len();
+        let mut scratch = Scratch::default();
         for (i, bytes) in self.encoded.iter().enumerate() {
-            let patch = customer_patch(schema, bytes);
+            let patch = scratch.customer_patch(schema, bytes);
             out.push(patch.map_err(|e| e.within(&format!("customers[{}]", first + i)))?);
         }
         Ok(out)
@@ -143,67 +144,133 @@ impl Message for CustomerBatch {
 
 /// One encoded `Customer` as a patch checked against `schema`: the same result, and the same
 /// checks, as decoding the message and converting it with [`convert::customer_patch`].
-pub fn customer_patch(schema: &Schema, mut buf: &[u8]) -> Result<CustomerPatch> {
-    let malformed = |e: Malformed| Error::invalid("", format!("malformed Customer message: {e}"));
-    let mut customer_id: &[u8] = b"";
-    let mut email: Option<&[u8]> = None;
-    // (name, encoded Value) in wire order.
-    let mut entries: Vec<(&[u8], &[u8])> = Vec::with_capacity(16);
-    while !buf.is_empty() {
-        let (tag, wire_type) = encoding::decode_key(&mut buf).map_err(|e| malformed(e.into()))?;
-        match tag {
-            1..=3 => {
-                encoding::check_wire_type(WireType::LengthDelimited, wire_type)
-                    .map_err(|e| malformed(e.into()))?;
-                let field = delimited(&mut buf).map_err(malformed)?;
-                match tag {
-                    1 => customer_id = field,
-                    2 => email = Some(field),
-                    _ => entries.push(map_entry(field).map_err(malformed)?),
+pub fn customer_patch(schema: &Schema, buf: &[u8]) -> Result<CustomerPatch> {
+    Scratch::default().customer_patch(schema, buf)
+}
+
+/// What decoding the customers of one batch reuses from one customer to the next: buffers, and
+/// the attributes the previous customer named (a loader sends the same names in the same order,
+/// so a byte comparison usually replaces a lookup by name).
+#[derive(Default)]
+struct Scratch<'a, 's> {
+    /// (name, encoded Value) in wire order.
+    entries: Vec<(&'a [u8], &'a [u8])>,
+    /// Entries with their attribute, sorted by attribute.
+    resolved: Vec<(&'s AttrDef, &'a [u8])>,
+    /// The previous customer's names and their attributes, in wire order.
+    names: Vec<(&'a [u8], &'s AttrDef)>,
+}
+
+impl<'a, 's> Scratch<'a, 's> {
+    fn customer_patch(&mut self, schema: &'s Schema, mut buf: &'a [u8]) -> Result<CustomerPatch> {
+        let malformed = |e: Malformed| Error::invalid("", format!("malformed Customer message: {e}"));
+        let mut customer_id: &[u8] = b"";
+        let mut email: Option<&[u8]> = None;
+        self.entries.clear();
+        while !buf.is_empty() {
+            let (tag, wire_type) = encoding::decode_key(&mut buf).map_err(|e| malformed(e.into()))?;
+            match tag {
+                1..=3 => {
+                    encoding::check_wire_type(WireType::LengthDelimited, wire_type)
+                        .map_err(|e| malformed(e.into()))?;
+                    let field = delimited(&mut buf).map_err(malformed)?;
+                    match tag {
+                        1 => customer_id = field,
+                        2 => email = Some(field),
+                        _ => self.entries.push(map_entry(field).map_err(malformed)?),
+                    }
                 }
+                _ => encoding::skip_field(wire_type, tag, &mut buf, DecodeContext::default())
+                    .map_err(|e| malformed(e.into()))?,
             }
-            _ => encoding::skip_field(wire_type, tag, &mut buf, DecodeContext::default())
-                .map_err(|e| malformed(e.into()))?,
+        }
+        let customer_id = utf8(customer_id, "customer_id")?;
+        input::check_customer_id(customer_id)?;
+        let email = email.map(|e| utf8(e, "email")).transpose()?;
+        if let Some(email) = email.filter(|e| !e.is_empty()) {
+            input::check_email(email)?;
+        }
+        // Resolved names in attribute order, wire order among repeats; a key given again later
+        // wins, as in a decoded map, so only the last of a run is converted.
+        self.resolved.clear();
+        for (k, &(name, value)) in self.entries.iter().enumerate() {
+            let def = match self.names.get(k) {
+                Some(&(before, def)) if before == name => def,
+                _ => {
+                    let name = utf8(name, "attributes")?;
+                    let def = schema.get(name).ok_or_else(|| {
+                        Error::invalid(
+                            format!("attributes[\"{name}\"]"),
+                            "unknown attribute (see Admin.GetSchema)",
+                        )
+                    })?;
+                    self.names.truncate(k);
+                    self.names.push((name.as_bytes(), def));
+                    def
+                }
+            };
+            self.resolved.push((def, value));
+        }
+        self.resolved.sort_by_key(|(def, _)| def.id);
+        let mut attrs = Vec::with_capacity(self.resolved.len());
+        for (k, &(def, value)) in self.resolved.iter().enumerate() {
+            if self
+                .resolved
+                .get(k + 1)
+                .is_some_and(|(next, _)| next.id == def.id)
+            {
+                continue;
+            }
+            let field = || format!("attributes[\"{}\"]", def.name);
+            let value = decode_value(value)
+                .map_err(|e| Error::invalid(field(), format!("malformed Value message: {e}")))?;
+            attrs.push((
+                def.id,
+                convert::value_in(def, value).map_err(|e| e.within(&field()))?,
+            ));
+        }
+        Ok(CustomerPatch {
+            customer_id: customer_id.to_owned(),
+            email: email.map(str::to_owned),
+            attrs,
+        })
+    }
+}
+
+/// An encoded `Value`. One scalar field (the usual message: a bool, an integer, a double or a
+/// string) is read directly; anything else goes through the generated decoder, which applies
+/// protobuf's rules for repeated and merged fields.
+fn decode_value(buf: &[u8]) -> std::result::Result<pb::Value, DecodeError> {
+    use pb::value::Kind;
+    let mut rest = buf;
+    if let Ok((tag, wire_type)) = encoding::decode_key(&mut rest) {
+        let kind = match (tag, wire_type) {
+            (1, WireType::Varint) => encoding::decode_varint(&mut rest)
+                .ok()
+                .map(|v| Kind::BoolValue(v != 0)),
+            (2, WireType::Varint) => encoding::decode_varint(&mut rest)
+                .ok()
+                .map(|v| Kind::IntValue(v as i64)),
+            (3, WireType::SixtyFourBit) if rest.len() >= 8 => {
+                let (bits, after) = rest.split_at(8);
+                rest = after;
+                Some(Kind::DoubleValue(f64::from_le_bytes(
+                    bits.try_into().expect("8 bytes"),
+                )))
+            }
+            (4, WireType::LengthDelimited) => delimited(&mut rest)
+                .ok()
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .map(|s| Kind::StringValue(s.to_owned())),
+            _ => None,
+        };
+        if let Some(kind) = kind
+            && rest.is_empty()
+        {
+            return Ok(pb::Value { kind: Some(kind) });
         }
     }
-    let customer_id = utf8(customer_id, "customer_id")?;
-    input::check_customer_id(customer_id)?;
-    let email = email.map(|e| utf8(e, "email")).transpose()?;
-    if let Some(email) = email.filter(|e| !e.is_empty()) {
-        input::check_email(email)?;
-    }
-    // Resolved names in attribute order, wire order among repeats; a key given again later
-    // wins, as in a decoded map, so only the last of a run is converted.
-    let mut resolved = Vec::with_capacity(entries.len());
-    for (name, value) in entries {
-        let name = utf8(name, "attributes")?;
-        let def = schema.get(name).ok_or_else(|| {
-            Error::invalid(
-                format!("attributes[\"{name}\"]"),
-                "unknown attribute (see Admin.GetSchema)",
-            )
-        })?;
-        resolved.push((def, value));
-    }
-    resolved.sort_by_key(|(def, _)| def.id);
-    let mut attrs = Vec::with_capacity(resolved.len());
-    for (k, &(def, value)) in resolved.iter().enumerate() {
-        if resolved.get(k + 1).is_some_and(|(next, _)| next.id == def.id) {
-            continue;
-        }
-        let field = || format!("attributes[\"{}\"]", def.name);
-        let value = pb::Value::decode(value)
-            .map_err(|e| Error::invalid(field(), format!("malformed Value message: {e}")))?;
-        attrs.push((
-            def.id,
-            convert::value_in(def, value).map_err(|e| e.within(&field()))?,
-        ));
-    }
-    Ok(CustomerPatch {
-        customer_id: customer_id.to_owned(),
-        email: email.map(str::to_owned),
-        attrs,
-    })
+    pb::Value::decode(buf)
 }
 
 /// Why an encoded message could not be read.
@@ -306,6 +373,38 @@ mod tests {
             vec![expected.clone(), expected]
         );
         assert_eq!(received.customers().unwrap(), vec![sample(), sample()]);
+    }
+
+    #[test]
+    fn each_customer_names_its_own_attributes() {
+        // Same position, same length, different attribute: the name is compared, not assumed.
+        let schema = Schema::builtin();
+        let with = |id: &str, name: &str, kind: pb::value::Kind| pb::Customer {
+            customer_id: id.into(),
+            email: None,
+            attributes: BTreeMap::from([(name.to_string(), value(kind))])
+                .into_iter()
+                .collect(),
+        };
+        let customers = vec![
+            with("a", "city", pb::value::Kind::StringValue("Paris".into())),
+            with(
+                "b",
+                "tags",
+                pb::value::Kind::ListValue(pb::StringList {
+                    values: vec!["golf".into()],
+                }),
+            ),
+            with("c", "city", pb::value::Kind::StringValue("Lyon".into())),
+        ];
+        let expected: Vec<CustomerPatch> = customers
+            .iter()
+            .map(|c| convert::customer_patch(&schema, c.clone()).unwrap())
+            .collect();
+        let patches = through_wire(customers)
+            .patches(&schema, &Limits::default())
+            .unwrap();
+        assert_eq!(patches, expected);
     }
 
     #[test]
@@ -421,6 +520,23 @@ mod tests {
                 let schema = Schema::builtin();
                 let wire = customer_patch(&schema, &c.encode_to_vec());
                 let generic = convert::customer_patch(&schema, c);
+                match (wire, generic) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(_), Err(_)) => {}
+                    (a, b) => prop_assert!(false, "wire {a:?} but generic {b:?}"),
+                }
+            }
+
+            #[test]
+            fn batches_agree_with_converting_each(cs in prop::collection::vec(customer(), 1..8)) {
+                // Customers decoded one after another reuse the names the previous one gave.
+                let schema = Schema::builtin();
+                let limits = Limits::default();
+                let wire = through_wire(cs.clone()).patches(&schema, &limits);
+                let generic: Result<Vec<CustomerPatch>> = cs
+                    .into_iter()
+                    .map(|c| convert::customer_patch(&schema, c))
+                    .collect();
                 match (wire, generic) {
                     (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
                     (Err(_), Err(_)) => {}
