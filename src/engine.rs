@@ -23,7 +23,7 @@ use crate::segment::timing::Advance;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrId, AttrType, Schema};
-use crate::store::{CustomerRecord, OrdersOutcome, Store, StoreStats, UpsertOutcome};
+use crate::store::{CustomerRecord, KeyHashes, OrdersOutcome, Store, StoreStats, UpsertOutcome};
 use crate::wal::{self, FsyncMode, ReplayStats, Wal, record};
 
 /// The failure of one batch in a sequence: its index in the sequence and the error.
@@ -72,6 +72,8 @@ pub struct UpsertBatch {
     record: wal::EncodedOp,
     /// Dictionary codes of the batch's keyword strings, looked up where it was parsed.
     known: Vec<u32>,
+    /// Hashes of its ids and e-mails, computed there too.
+    hashes: KeyHashes,
 }
 
 impl UpsertBatch {
@@ -80,16 +82,18 @@ impl UpsertBatch {
     pub fn new(schema: &Schema, patches: Vec<CustomerPatch>) -> UpsertBatch {
         let record = record::encode_upsert(schema, &patches);
         let known = crate::store::known_codes(schema, &patches);
+        let hashes = KeyHashes::of(&patches);
         UpsertBatch {
             patches,
             record,
             known,
+            hashes,
         }
     }
 
     /// Applies the batch on the writer thread, all or nothing, appending its record.
     fn apply(&self, s: &Store, log: &mut Logger<'_>) -> Result<UpsertOutcome> {
-        s.upsert_known(&self.patches, &self.known, &mut || {
+        s.upsert_known(&self.patches, &self.known, &self.hashes, &mut || {
             log.append_encoded(&self.record)
         })
     }
@@ -493,7 +497,14 @@ impl Engine {
     /// [`Engine::upsert`] of a batch prepared after taking its place with [`Engine::admit`].
     pub async fn upsert_admitted(&self, permit: WritePermit, batch: UpsertBatch) -> Result<UpsertOutcome> {
         let (out, last) = self
-            .apply_queued(move |s, log| batch.apply(s, log), permit)
+            .apply_queued(
+                move |s, log| {
+                    let out = batch.apply(s, log);
+                    crate::priority::discard(batch);
+                    out
+                },
+                permit,
+            )
             .await?;
         self.durable(last).await?;
         out
@@ -509,16 +520,21 @@ impl Engine {
         let (out, last) = self
             .apply(move |s, log| {
                 let mut total = UpsertOutcome::default();
+                let mut failure = None;
                 for (index, batch) in batches.iter().enumerate() {
                     match batch.apply(s, log) {
                         Ok(o) => {
                             total.created += o.created;
                             total.updated += o.updated;
                         }
-                        Err(error) => return Ok((total, Some(BatchFailure { index, error }))),
+                        Err(error) => {
+                            failure = Some(BatchFailure { index, error });
+                            break;
+                        }
                     }
                 }
-                Ok((total, None))
+                crate::priority::discard(batches);
+                Ok((total, failure))
             })
             .await?;
         let (total, failure) = out?;

@@ -28,3 +28,30 @@ pub fn bulk_thread() {
         }
     }
 }
+
+/// Frees `value` on a bulk-priority thread of its own rather than the caller's: the writer
+/// thread hands over a batch once applied, so freeing its thousands of strings does not hold up
+/// the next batch. Frees at once if that thread cannot be started.
+pub fn discard<T: Send + 'static>(value: T) {
+    type Garbage = Box<dyn Send>;
+    static RECLAIMER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Garbage>>> =
+        std::sync::OnceLock::new();
+    let sender = RECLAIMER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Garbage>();
+        std::thread::Builder::new()
+            .name("reclaimer".into())
+            .spawn(move || {
+                bulk_thread();
+                // Each value is dropped as it is received.
+                for garbage in rx {
+                    drop(garbage);
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = sender {
+        // A send fails only if the thread is gone; the value then comes back and drops here.
+        let _ = tx.send(Box::new(value));
+    }
+}

@@ -70,7 +70,7 @@ impl IdIndex {
 
     /// The hash `key` is placed by (normalized first).
     pub fn hash(&self, key: &str) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(self.normalize(key).as_bytes())
+        key_hash(self.case, key)
     }
 
     fn table_of(&self, hash: u64) -> usize {
@@ -80,16 +80,26 @@ impl IdIndex {
     /// The ordinal of `key`. `holds(ordinal, normalized_key)` confirms that the ordinal's stored
     /// key equals the normalized key (the map itself keeps only ordinals). It runs with no table
     /// locked.
-    pub fn get(&self, key: &str, mut holds: impl FnMut(u32, &str) -> bool) -> Option<u32> {
+    pub fn get(&self, key: &str, holds: impl FnMut(u32, &str) -> bool) -> Option<u32> {
         let key = self.normalize(key);
         let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        self.get_normalized(&key, h, holds)
+    }
+
+    /// [`IdIndex::get`] of a key whose hash ([`IdIndex::hash`], [`key_hash`]) was computed
+    /// beforehand.
+    pub fn get_hashed(&self, key: &str, hash: u64, holds: impl FnMut(u32, &str) -> bool) -> Option<u32> {
+        self.get_normalized(&self.normalize(key), hash, holds)
+    }
+
+    fn get_normalized(&self, key: &str, h: u64, mut holds: impl FnMut(u32, &str) -> bool) -> Option<u32> {
         let mut found = Candidates::default();
         // An `eq` that never matches visits every entry under the hash's tag.
         self.map.shards()[self.table_of(h)].read().find(h, |&(ord, _)| {
             found.push(ord);
             false
         });
-        found.iter().find(|&ord| holds(ord, &key))
+        found.iter().find(|&ord| holds(ord, key))
     }
 
     /// Makes room for `keys` to be inserted without growing. `rehash(ordinal)` gives the hash of
@@ -101,10 +111,15 @@ impl IdIndex {
     /// lock: lookups never wait for a rehash. Its entries are rehashed in ordinal order, so the
     /// stored keys are read in the order they lie in memory.
     pub fn reserve<'a>(&self, keys: impl IntoIterator<Item = &'a str>, rehash: impl Fn(u32) -> u64) {
+        self.reserve_hashed(keys.into_iter().map(|k| self.hash(k)), rehash);
+    }
+
+    /// [`IdIndex::reserve`] for keys given by their hashes ([`IdIndex::hash`], [`key_hash`]).
+    pub fn reserve_hashed(&self, hashes: impl IntoIterator<Item = u64>, rehash: impl Fn(u32) -> u64) {
         let tables = self.map.shards();
         let mut wanted = vec![0usize; tables.len()];
-        for key in keys {
-            wanted[self.locate(key).1] += 1;
+        for h in hashes {
+            wanted[self.table_of(h)] += 1;
         }
         for (table, n) in tables.iter().zip(wanted) {
             let (mut ords, target) = {
@@ -145,7 +160,11 @@ impl IdIndex {
     /// [`IdIndex::reserve`] (the store's writer checks with [`IdIndex::get`] first and is the
     /// only one inserting).
     pub fn insert(&self, key: &str, ordinal: u32) {
-        let h = self.hash(key);
+        self.insert_hashed(self.hash(key), ordinal);
+    }
+
+    /// [`IdIndex::insert`] of a key given by its hash ([`IdIndex::hash`], [`key_hash`]).
+    pub fn insert_hashed(&self, h: u64, ordinal: u32) {
         let inserted = self.map.shards()[self.table_of(h)]
             .write()
             .try_insert_no_grow(h, (ordinal, SharedValue::new(())));
@@ -212,6 +231,16 @@ impl IdIndex {
 /// A new empty table of the type of `_table` (dashmap does not name its table type).
 fn empty_like<T: Default>(_table: &T) -> T {
     T::default()
+}
+
+/// The hash a key is placed by in an index comparing keys as `case` says: the same as that
+/// index's [`IdIndex::hash`], computable where the index is out of reach (where a batch is
+/// parsed).
+pub fn key_hash(case: KeyCase, key: &str) -> u64 {
+    match case {
+        KeyCase::Sensitive => xxhash_rust::xxh3::xxh3_64(key.as_bytes()),
+        KeyCase::Insensitive => xxhash_rust::xxh3::xxh3_64(normalize_email(key).as_bytes()),
+    }
 }
 
 /// Lower-cases an e-mail for comparison, without allocating when it already is.
@@ -325,6 +354,29 @@ mod tests {
         for (ord, k) in keys.iter().enumerate() {
             assert_eq!(idx.get(k, holds), Some(ord as u32));
         }
+    }
+
+    #[test]
+    fn hashes_computed_apart_place_keys_as_the_index_does() {
+        for (case, key) in [
+            (KeyCase::Sensitive, "C-Ab1"),
+            (KeyCase::Insensitive, "Ann.Lee@Example.COM"),
+            (KeyCase::Insensitive, "ann.lee@example.com"),
+        ] {
+            let idx = IdIndex::new(case);
+            assert_eq!(key_hash(case, key), idx.hash(key));
+            idx.reserve_hashed([key_hash(case, key)], |_| unreachable!("empty index"));
+            idx.insert_hashed(key_hash(case, key), 7);
+            assert_eq!(idx.get(key, |ord, _| ord == 7), Some(7));
+        }
+        assert_ne!(
+            key_hash(KeyCase::Sensitive, "C-Ab1"),
+            key_hash(KeyCase::Sensitive, "c-ab1")
+        );
+        assert_eq!(
+            key_hash(KeyCase::Insensitive, "A@B.FR"),
+            key_hash(KeyCase::Insensitive, "a@b.fr")
+        );
     }
 
     #[test]

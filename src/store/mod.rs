@@ -595,7 +595,12 @@ impl Store {
 
     /// The ordinal of customer `id`.
     pub fn ordinal_of_id(&self, id: &str) -> Option<u32> {
-        self.ids.get(id, |ord, key| {
+        self.ordinal_of_id_hashed(id, self.ids.hash(id))
+    }
+
+    /// [`Store::ordinal_of_id`] with the id's hash ([`KeyHashes`]) computed beforehand.
+    fn ordinal_of_id_hashed(&self, id: &str, hash: u64) -> Option<u32> {
+        self.ids.get_hashed(id, hash, |ord, key| {
             // An erased customer's id is cleared, so a matching id is a live customer.
             self.read_shard(ord, |s| s.ids.is(local(ord), key))
         })
@@ -603,7 +608,12 @@ impl Store {
 
     /// The ordinal of the customer owning `email` (case-insensitive).
     pub fn ordinal_of_email(&self, email: &str) -> Option<u32> {
-        self.emails.get(email, |ord, key| {
+        self.ordinal_of_email_hashed(email, self.emails.hash(email))
+    }
+
+    /// [`Store::ordinal_of_email`] with the e-mail's hash ([`KeyHashes`]) computed beforehand.
+    fn ordinal_of_email_hashed(&self, email: &str, hash: u64) -> Option<u32> {
+        self.emails.get_hashed(email, hash, |ord, key| {
             self.read_shard(ord, |s| {
                 s.emails
                     .get(local(ord))
@@ -665,20 +675,29 @@ impl Store {
         batch: &[CustomerPatch],
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<UpsertOutcome> {
-        self.upsert_known(batch, &[], log)
+        self.upsert_known(batch, &[], &KeyHashes::of(batch), log)
     }
 
     /// [`Store::upsert`] with the batch's dictionary codes looked up beforehand by
-    /// [`known_codes`] (where the batch was parsed), so the writer thread skips those lookups.
+    /// [`known_codes`] and its keys hashed by [`KeyHashes::of`] (where the batch was parsed), so
+    /// the writer thread skips that work.
     pub fn upsert_known(
         &self,
         batch: &[CustomerPatch],
         known: &[u32],
+        hashes: &KeyHashes,
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<UpsertOutcome> {
+        let own;
+        let hashes = if hashes.ids.len() == batch.len() && hashes.emails.len() == batch.len() {
+            hashes
+        } else {
+            own = KeyHashes::of(batch);
+            &own
+        };
         let mut w = self.writer.lock();
         let schema = self.schema();
-        let plan = self.plan_upsert(&schema, batch)?;
+        let plan = self.plan_upsert(&schema, batch, hashes)?;
         let lsn = log()?;
         let reg = self.registry();
         let now = self.now();
@@ -693,18 +712,19 @@ impl Store {
             }
         }
         // Room in the maps now, while no shard is locked (a growing map rereads stored keys).
-        let created = batch
+        let created = hashes
+            .ids
             .iter()
             .zip(&plan)
             .filter(|(_, step)| step.existing.is_none());
         self.ids
-            .reserve(created.map(|(p, _)| p.customer_id.as_str()), |o| {
-                self.stored_hash(0, o)
-            });
+            .reserve_hashed(created.map(|(&h, _)| h), |o| self.stored_hash(0, o));
         let emails = batch
             .iter()
-            .filter_map(|p| p.email.as_deref().filter(|e| !e.is_empty()));
-        self.emails.reserve(emails, |o| self.stored_hash(1, o));
+            .zip(&hashes.emails)
+            .filter(|(p, _)| p.email.as_deref().is_some_and(|e| !e.is_empty()));
+        self.emails
+            .reserve_hashed(emails.map(|(_, &h)| h), |o| self.stored_hash(1, o));
         let ords: Vec<u32> = plan
             .iter()
             .map(|step| step.existing.unwrap_or_else(|| self.allocate(&mut w)))
@@ -734,13 +754,13 @@ impl Store {
                 // Mapped while the shard is still locked: a reader that finds the customer waits
                 // for the lock and then sees it whole.
                 if new {
-                    self.ids.insert(&patch.customer_id, ord);
+                    self.ids.insert_hashed(hashes.ids[k], ord);
                     outcome.created += 1;
                 } else {
                     outcome.updated += 1;
                 }
-                if let Some(email) = patch.email.as_deref().filter(|e| !e.is_empty()) {
-                    self.emails.insert(email, ord);
+                if patch.email.as_deref().is_some_and(|e| !e.is_empty()) {
+                    self.emails.insert_hashed(hashes.emails[k], ord);
                 }
             }
             drop(s);
@@ -753,7 +773,7 @@ impl Store {
 
     /// The checks of an upsert that depend on the store: duplicate ids in the batch, read-only
     /// attributes, e-mails owned by other customers.
-    fn plan_upsert(&self, schema: &Schema, batch: &[CustomerPatch]) -> Result<Vec<Step>> {
+    fn plan_upsert(&self, schema: &Schema, batch: &[CustomerPatch], hashes: &KeyHashes) -> Result<Vec<Step>> {
         let item = |i: usize| format!("customers[{i}]");
         let mut plan = Vec::with_capacity(batch.len());
         let mut seen_ids: HashMap<&str, usize> = HashMap::new();
@@ -779,7 +799,7 @@ impl Store {
                 }
             }
             plan.push(Step {
-                existing: self.ordinal_of_id(&patch.customer_id),
+                existing: self.ordinal_of_id_hashed(&patch.customer_id, hashes.ids[i]),
             });
         }
         // E-mails: each may be claimed once, and only if free or released by its owner in this batch.
@@ -796,7 +816,7 @@ impl Store {
                 ));
             }
             if let Some(owner) = self
-                .ordinal_of_email(email)
+                .ordinal_of_email_hashed(email, hashes.emails[i])
                 .filter(|&o| plan[i].existing != Some(o))
             {
                 let released = plan.iter().zip(batch).any(|(step, other)| {
@@ -1028,6 +1048,31 @@ fn coded_strings(value: &Value) -> &[String] {
     }
 }
 
+/// The hashes of a batch's customer ids and e-mails in the store's maps, computed where the
+/// batch is parsed so that the writer thread hashes none of them.
+#[derive(Debug, Clone, Default)]
+pub struct KeyHashes {
+    ids: Vec<u64>,
+    /// 0 where a patch sets no e-mail.
+    emails: Vec<u64>,
+}
+
+impl KeyHashes {
+    pub fn of(batch: &[CustomerPatch]) -> KeyHashes {
+        let email = |p: &CustomerPatch| match p.email.as_deref() {
+            Some(e) if !e.is_empty() => index::key_hash(KeyCase::Insensitive, e),
+            _ => 0,
+        };
+        KeyHashes {
+            ids: batch
+                .iter()
+                .map(|p| index::key_hash(KeyCase::Sensitive, &p.customer_id))
+                .collect(),
+            emails: batch.iter().map(email).collect(),
+        }
+    }
+}
+
 /// The dictionary code of every keyword string of `batch`, in order ([`dict::NO_CODE`] for
 /// strings not yet in their dictionary), for [`Store::upsert_known`]. Reads the dictionaries
 /// only: a batch refused later leaves them as they were.
@@ -1170,6 +1215,21 @@ mod tests {
                 .map(|(name, v)| (schema.get(name).unwrap().id, Some(v.clone())))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn hashes_that_do_not_fit_the_batch_are_computed_again() {
+        let store = Store::new();
+        let schema = store.schema();
+        let mut a = patch("a", &[], &schema);
+        a.email = Some("A@x.fr".into());
+        let b = patch("b", &[], &schema);
+        let stale = KeyHashes::of(std::slice::from_ref(&b));
+        let batch = [a, b];
+        let out = store.upsert_known(&batch, &[], &stale, &mut no_log).unwrap();
+        assert_eq!(out.created, 2);
+        assert_eq!(store.ordinal_of_id("b"), Some(1));
+        assert_eq!(store.ordinal_of_email("a@X.FR"), Some(0));
     }
 
     #[test]
