@@ -48,6 +48,15 @@ impl Cell<'_> {
             Cell::Json(v) => v.is_null(),
         }
     }
+
+    /// About how many bytes the cell's value takes encoded.
+    fn len_hint(&self) -> usize {
+        match self {
+            Cell::Text(s) => s.len(),
+            Cell::Json(serde_json::Value::String(s)) => s.len(),
+            Cell::Json(_) => 16,
+        }
+    }
 }
 
 /// A parsed row: column name → cell.
@@ -340,24 +349,39 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
         }
         Ok(())
     };
-    // Each row is encoded straight into the bytes of a `Customer` message.
+    // Each row is encoded straight into the bytes of a `Customer` message. Rows name the same
+    // columns in the same order (a CSV header), so each column's type is remembered by position
+    // and only looked up again when the name there changes.
+    let mut types: Vec<(String, Option<Ty>)> = Vec::new();
     let parse = move |row: &Row<'_>| -> Result<Vec<u8>, String> {
         let customer_id = row.required("customer_id")?;
-        let mut encoded = Vec::with_capacity(256);
+        let size: usize = row.fields.iter().map(|(n, c)| n.len() + c.len_hint() + 12).sum();
+        let mut encoded = Vec::with_capacity(size + 16);
         let mut w = CustomerWriter::new(&mut encoded, &customer_id);
         if let Some(email) = row.text("email")? {
             w.email(&email);
         }
-        for (name, cell) in &row.fields {
+        for (k, (name, cell)) in row.fields.iter().enumerate() {
             if *name == "customer_id" || *name == "email" || cell.is_empty() {
                 continue;
             }
-            let Some((ty, _)) = schema.get(*name) else {
+            let ty = match types.get(k) {
+                Some((known, ty)) if known == name => *ty,
+                _ => {
+                    let ty = schema.get(*name).map(|(ty, _)| *ty);
+                    if types.len() <= k {
+                        types.resize(k + 1, (String::new(), None));
+                    }
+                    types[k] = (name.to_string(), ty);
+                    ty
+                }
+            };
+            let Some(ty) = ty else {
                 return Err(format!("`{name}` is not an attribute"));
             };
             let value = match cell {
-                Cell::Text(s) => Some(values::parse_cell(*ty, s)),
-                Cell::Json(v) => values::parse_json(*ty, v).transpose(),
+                Cell::Text(s) => Some(values::parse_cell(ty, s)),
+                Cell::Json(v) => values::parse_json(ty, v).transpose(),
             };
             if let Some(value) = value {
                 w.attribute(name, &value.map_err(|e| format!("`{name}`: {e}"))?);

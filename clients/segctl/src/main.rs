@@ -12,6 +12,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+// Bulk loads allocate a buffer per row on one thread and free it on another.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Code generated from segmentd's `proto/segmentd/v1`.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]

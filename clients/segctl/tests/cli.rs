@@ -224,7 +224,8 @@ fn jsonl_members_and_plain_errors() {
         dir.path(),
         "c.jsonl",
         "{\"customer_id\":\"J1\",\"email\":\"j1@example.com\",\"tags\":[\"golf\",\"ski\"],\"household_size\":3}\n\
-         {\"customer_id\":\"J2\",\"email\":\"j2@example.com\",\"birth_date\":\"1990-05-06\"}\n",
+         {\"customer_id\":\"J2\",\"email\":\"j2@example.com\",\"birth_date\":\"1990-05-06\"}\n\
+         {\"customer_id\":\"J3\",\"email\":\"j3@example.com\",\"gender\":\"F\"}\n",
     );
     server.ok(&["load", "customers", &file]);
     let j1 = server.ok(&["customer", "get", "j1@example.com", "--email"]);
@@ -232,6 +233,9 @@ fn jsonl_members_and_plain_errors() {
         j1.contains("tags\tgolf|ski") && j1.contains("household_size\t3"),
         "{j1}"
     );
+    // Keys differ from row to row: each value is typed by its own key.
+    let j3 = server.ok(&["customer", "get", "J3"]);
+    assert!(j3.contains("gender\tF"), "{j3}");
 
     server.ok(&["segment", "create", "vip-list"]);
     let members = write(dir.path(), "m.csv", "email\nj2@example.com\nnobody@example.com\n");
