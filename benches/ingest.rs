@@ -6,7 +6,8 @@
 //! - `apply/steady`: the same into a store already holding 200,000 customers, as during a bulk
 //!   load (dictionaries warm, shards filling): what the writer thread does per batch;
 //! - `prepare/record` and `prepare/codes`: encoding the batch's write-ahead log record and looking
-//!   up its dictionary codes, done where the batch is parsed rather than on the writer thread.
+//!   up its dictionary codes, done where the batch is parsed rather than on the writer thread;
+//!   `prepare/record_as_received`: the record a received batch gets, its customers' own bytes.
 //!
 //! `cargo bench --bench ingest`
 
@@ -109,6 +110,14 @@ fn apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("prepare");
     group.bench_function("record", |b| {
         b.iter(|| black_box(segmentd::wal::record::encode_upsert(&schema, black_box(&patches))))
+    });
+    let received: Vec<Vec<u8>> = batch(0).iter().map(Message::encode_to_vec).collect();
+    group.bench_function("record_as_received", |b| {
+        b.iter(|| {
+            black_box(segmentd::wal::record::encode_upsert_customers(
+                black_box(&received).iter().map(Vec::as_slice),
+            ))
+        })
     });
     group.bench_function("codes", |b| {
         b.iter(|| black_box(segmentd::store::known_codes(&store.schema(), black_box(&patches))))

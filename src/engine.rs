@@ -81,6 +81,12 @@ impl UpsertBatch {
     /// names the record gives them stay right).
     pub fn new(schema: &Schema, patches: Vec<CustomerPatch>) -> UpsertBatch {
         let record = record::encode_upsert(schema, &patches);
+        UpsertBatch::with_record(schema, patches, record)
+    }
+
+    /// A batch whose log record was made beforehand: `record` must replay as `patches` (the
+    /// customers as received, from which `patches` were read against `schema`).
+    pub fn with_record(schema: &Schema, patches: Vec<CustomerPatch>, record: wal::EncodedOp) -> UpsertBatch {
         let known = crate::store::known_codes(schema, &patches);
         let hashes = KeyHashes::of(&patches);
         UpsertBatch {

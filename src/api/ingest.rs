@@ -75,7 +75,7 @@ impl IngestApi {
 
 /// Parses a request's customers against `schema` and prepares them for the writer.
 fn parse(schema: &Schema, limits: &Limits, msg: &CustomerBatch) -> Result<UpsertBatch> {
-    Ok(UpsertBatch::new(schema, msg.patches(schema, limits)?))
+    msg.upsert_batch(schema, limits)
 }
 
 #[tonic::async_trait]

@@ -16,6 +16,7 @@ use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
 use crate::api::{Limits, convert, pb};
+use crate::engine::UpsertBatch;
 use crate::error::{Error, Result};
 use crate::store::input::{self, CustomerPatch};
 use crate::store::schema::{AttrDef, Schema};
@@ -65,6 +66,19 @@ impl CustomerBatch {
             out.push(pb::Customer::decode(bytes.as_ref())?);
         }
         Ok(out)
+    }
+
+    /// The batch made ready for the writer: its patches, and a log record holding the customers'
+    /// bytes as received (replay reads them again the same way).
+    pub fn upsert_batch(&self, schema: &Schema, limits: &Limits) -> Result<UpsertBatch> {
+        let patches = self.patches(schema, limits)?;
+        let messages: Vec<Vec<u8>> = self.messages.iter().map(Message::encode_to_vec).collect();
+        let customers = messages
+            .iter()
+            .map(Vec::as_slice)
+            .chain(self.encoded.iter().map(|b| b.as_ref()));
+        let record = crate::wal::record::encode_upsert_customers(customers);
+        Ok(UpsertBatch::with_record(schema, patches, record))
     }
 
     /// Every customer as a patch checked against `schema`, or the first failure naming its item
