@@ -29,15 +29,19 @@ pub fn bulk_thread() {
     }
 }
 
+/// Values waiting for the reclaimer at most; past that, the caller frees its own.
+const RECLAIM_QUEUE: usize = 64;
+
 /// Frees `value` on a bulk-priority thread of its own rather than the caller's: the writer
 /// thread hands over a batch once applied, so freeing its thousands of strings does not hold up
-/// the next batch. Frees at once if that thread cannot be started.
+/// the next batch. Frees at once, on the caller, when the reclaimer is [`RECLAIM_QUEUE`] values
+/// behind (memory waiting to be freed stays bounded) or could not be started.
 pub fn discard<T: Send + 'static>(value: T) {
     type Garbage = Box<dyn Send>;
-    static RECLAIMER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Garbage>>> =
+    static RECLAIMER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Garbage>>> =
         std::sync::OnceLock::new();
     let sender = RECLAIMER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Garbage>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Garbage>(RECLAIM_QUEUE);
         std::thread::Builder::new()
             .name("reclaimer".into())
             .spawn(move || {
@@ -51,7 +55,40 @@ pub fn discard<T: Send + 'static>(value: T) {
             .map(|_| tx)
     });
     if let Some(tx) = sender {
-        // A send fails only if the thread is gone; the value then comes back and drops here.
-        let _ = tx.send(Box::new(value));
+        // A value refused (queue full, thread gone) comes back in the error and drops here.
+        let _ = tx.try_send(Box::new(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reports the thread it is dropped on.
+    struct Tell(std::sync::mpsc::Sender<Option<String>>);
+
+    impl Drop for Tell {
+        fn drop(&mut self) {
+            let _ = self.0.send(std::thread::current().name().map(str::to_string));
+        }
+    }
+
+    #[test]
+    fn discarded_values_are_freed_on_the_reclaimer_or_at_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // More than the queue holds: every value is dropped exactly once, somewhere.
+        let n = RECLAIM_QUEUE * 4;
+        for _ in 0..n {
+            discard(Tell(tx.clone()));
+        }
+        drop(tx);
+        let threads: Vec<Option<String>> = (0..n)
+            .map_while(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).ok())
+            .collect();
+        assert_eq!(threads.len(), n);
+        assert!(
+            threads.iter().any(|t| t.as_deref() == Some("reclaimer")),
+            "{threads:?}"
+        );
     }
 }
