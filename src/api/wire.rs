@@ -91,13 +91,24 @@ impl CustomerBatch {
             out.push(patch.map_err(|e| e.within(&format!("customers[{i}]")))?);
         }
         let first = self.messages.len();
-        let mut scratch = Scratch::default();
-        for (i, bytes) in self.encoded.iter().enumerate() {
-            let patch = scratch.customer_patch(schema, bytes);
-            out.push(patch.map_err(|e| e.within(&format!("customers[{}]", first + i)))?);
-        }
+        let read = customer_patches(schema, self.encoded.iter().map(|b| b.as_ref()));
+        out.extend(read.map_err(|(i, e)| e.within(&format!("customers[{}]", first + i)))?);
         Ok(out)
     }
+}
+
+/// Encoded `Customer`s read one after another as [`customer_patch`] reads one (names checked
+/// against the previous customer's first), or the index of the first that fails with its error.
+pub fn customer_patches<'a>(
+    schema: &Schema,
+    customers: impl IntoIterator<Item = &'a [u8]>,
+) -> std::result::Result<Vec<CustomerPatch>, (usize, Error)> {
+    let mut scratch = Scratch::default();
+    customers
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| scratch.customer_patch(schema, bytes).map_err(|e| (i, e)))
+        .collect()
 }
 
 impl From<Vec<pb::Customer>> for CustomerBatch {

@@ -398,16 +398,10 @@ fn apply_op(store: &Store, op: Op, log: &mut dyn FnMut() -> Result<u64>) -> Resu
         }
         Op::UpsertCustomers(u) => {
             let schema = store.schema();
-            let batch = u
-                .customers
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    crate::api::wire::customer_patch(&schema, c).map_err(|e| {
-                        Error::DataLoss(format!("customer {i} of a logged batch cannot be read: {e}"))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let batch = crate::api::wire::customer_patches(&schema, u.customers.iter().map(Vec::as_slice))
+                .map_err(|(i, e)| {
+                    Error::DataLoss(format!("customer {i} of a logged batch cannot be read: {e}"))
+                })?;
             store.upsert(&batch, log)?;
         }
         Op::Orders(o) => {
