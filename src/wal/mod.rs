@@ -260,41 +260,35 @@ impl Wal {
     /// Appends one operation accepted at `time_micros`; returns its sequence. Called under the
     /// store's writer lock, after the change is validated and before it is applied.
     pub fn append(&self, op: pb::record::Op, time_micros: i64) -> Result<u64> {
-        self.append_with(time_micros, |frame| op.encode(frame), &[])
+        self.append_encoded(&EncodedOp::new(&op), time_micros)
     }
 
     /// [`Wal::append`] of an operation encoded beforehand (off the writer thread).
     pub fn append_encoded(&self, op: &EncodedOp, time_micros: i64) -> Result<u64> {
-        self.append_with(time_micros, |_| {}, &op.0)
+        self.append_with(time_micros, &op.0)
     }
 
-    /// Frames a record: its sequence and time, then the `op` field `encode_op` writes, then
-    /// `tail`, bytes of the `op` field encoded beforehand (written from where they are, not copied
-    /// into the frame: a batch's record is hundreds of kilobytes).
-    fn append_with(
-        &self,
-        time_micros: i64,
-        encode_op: impl FnOnce(&mut Vec<u8>),
-        tail: &[u8],
-    ) -> Result<u64> {
+    /// Frames a record: its sequence and time, then `op`, the bytes of its `op` field, written
+    /// from where they are rather than copied behind the header (a batch's record is hundreds of
+    /// kilobytes).
+    fn append_with(&self, time_micros: i64, op: &[u8]) -> Result<u64> {
         let mut w = self.writer.lock();
         if let Some(why) = &w.failed {
             return Err(Error::Unavailable(format!("write-ahead log unavailable: {why}")));
         }
         let sequence = w.next_sequence;
-        // Encode behind room for the length and checksum, then fill them in: one buffer. Field
-        // order is free in protobuf, so the `op` field may come from elsewhere.
+        // Encode behind room for the length and checksum, then fill them in. Field order is free
+        // in protobuf, so the `op` field may follow from another buffer.
         let header = pb::Record {
             sequence,
             time_micros,
             op: None,
         };
-        let mut frame = Vec::with_capacity(8 + header.encoded_len() + 64);
+        let mut frame = Vec::with_capacity(8 + header.encoded_len());
         frame.extend_from_slice(&[0; 8]);
         header.encode(&mut frame).expect("a Vec grows as needed");
-        encode_op(&mut frame);
-        let len = frame.len() - 8 + tail.len();
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[8..]), tail);
+        let len = frame.len() - 8 + op.len();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[8..]), op);
         frame[0..4].copy_from_slice(&(len as u32).to_le_bytes());
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
         if w.offset >= self.segment_bytes {
@@ -304,17 +298,17 @@ impl Wal {
             .fail_appends
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok();
-        let total = frame.len() + tail.len();
+        let total = frame.len() + op.len();
         let written = if injected {
             // Write half the record, then fail, as a full disk would.
-            let whole = [frame.as_slice(), tail].concat();
+            let whole = [frame.as_slice(), op].concat();
             let _ = w.file.write_all(&whole[..total / 2]);
             Err(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
                 "no space left on device (injected)",
             ))
         } else {
-            write_all_vectored(&mut w.file, &mut [IoSlice::new(&frame), IoSlice::new(tail)])
+            write_all_vectored(&mut w.file, &mut [IoSlice::new(&frame), IoSlice::new(op)])
         };
         if let Err(e) = written {
             // Cut the partial record back off so the file stays readable; refuse the change.
