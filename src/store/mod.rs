@@ -261,8 +261,8 @@ impl Store {
             cut: Mutex::new(None),
             cut_active: std::sync::atomic::AtomicBool::new(false),
             shards: shards::ShardTable::default(),
-            ids: IdIndex::new(KeyCase::Sensitive),
-            emails: IdIndex::new(KeyCase::Insensitive),
+            ids: IdIndex::new(ID_KEYS),
+            emails: IdIndex::new(EMAIL_KEYS),
             customers: AtomicU64::new(0),
             orders: AtomicU64::new(0),
         }
@@ -1048,6 +1048,11 @@ fn coded_strings(value: &Value) -> &[String] {
     }
 }
 
+/// How the id map compares its keys (byte for byte), and the e-mail map (case-insensitively):
+/// the maps and [`KeyHashes`] hash alike.
+const ID_KEYS: KeyCase = KeyCase::Sensitive;
+const EMAIL_KEYS: KeyCase = KeyCase::Insensitive;
+
 /// The hashes of a batch's customer ids and e-mails in the store's maps, computed where the
 /// batch is parsed so that the writer thread hashes none of them.
 #[derive(Debug, Clone, Default)]
@@ -1060,13 +1065,13 @@ pub struct KeyHashes {
 impl KeyHashes {
     pub fn of(batch: &[CustomerPatch]) -> KeyHashes {
         let email = |p: &CustomerPatch| match p.email.as_deref() {
-            Some(e) if !e.is_empty() => index::key_hash(KeyCase::Insensitive, e),
+            Some(e) if !e.is_empty() => index::key_hash(EMAIL_KEYS, e),
             _ => 0,
         };
         KeyHashes {
             ids: batch
                 .iter()
-                .map(|p| index::key_hash(KeyCase::Sensitive, &p.customer_id))
+                .map(|p| index::key_hash(ID_KEYS, &p.customer_id))
                 .collect(),
             emails: batch.iter().map(email).collect(),
         }
