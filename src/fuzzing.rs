@@ -195,12 +195,16 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     kind: Some(pb::value::Kind::StringValue("F".into())),
                 },
             );
-            let batch = crate::api::wire::CustomerBatch::new(vec![pb::Customer {
+            let customers = vec![pb::Customer {
                 customer_id: "c1".into(),
                 email: Some("c1@example.com".into()),
                 attributes,
-            }]);
-            vec![batch.encode_to_vec()]
+            }];
+            let columns = crate::api::columns::to_columns(&customers).expect("fits columns");
+            vec![
+                crate::api::wire::CustomerBatch::new(customers).encode_to_vec(),
+                crate::api::wire::CustomerBatch::from_columns(&columns).encode_to_vec(),
+            ]
         }
         "wal_tail" => vec![vec![0; 8], b"\x10\0\0\0abcdabcdabcdabcdabcd".to_vec()],
         "snapshot_shard" => {

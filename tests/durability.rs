@@ -95,9 +95,16 @@ async fn populate(server: &TestServer) -> Vec<String> {
         .ingest()
         .await
         .load_customers(tokio_stream::iter(
+            // Every other batch column by column: the log keeps both forms.
             customers
                 .chunks(50)
-                .map(|c| pb::LoadCustomersRequest::new(c.to_vec()))
+                .enumerate()
+                .map(|(k, c)| match k % 2 {
+                    0 => pb::LoadCustomersRequest::new(c.to_vec()),
+                    _ => pb::LoadCustomersRequest::from_columns(
+                        &segmentd::api::columns::to_columns(c).unwrap(),
+                    ),
+                })
                 .collect::<Vec<_>>(),
         ))
         .await

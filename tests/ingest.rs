@@ -622,3 +622,195 @@ async fn timestamps_and_values_round_trip_exactly() {
     assert_eq!(t.attributes["last_visit_at"], precise);
     assert_eq!(t.attributes["birth_date"], date(1, 1, 1));
 }
+
+/// A text and a float attribute, the types the built-in schema lacks.
+async fn define_custom(server: &TestServer) {
+    let mut admin = server.admin().await;
+    for (name, ty) in [
+        ("notes", pb::AttributeType::Text),
+        ("golf_handicap", pb::AttributeType::Float),
+    ] {
+        admin
+            .define_attribute(pb::DefineAttributeRequest {
+                name: name.into(),
+                r#type: ty as i32,
+                description: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Customers of every attribute type, some values left out.
+fn varied(prefix: &str, count: usize) -> Vec<pb::Customer> {
+    (0..count)
+        .map(|n| {
+            let mut attrs = vec![
+                ("gender", s(["F", "M", "X"][n % 3])),
+                ("household_size", i((n % 6) as i64)),
+                ("vip", b(n % 10 == 0)),
+                ("registered_at", ts(1_600_000_000 + n as i64 * 3_600)),
+                ("notes", s(&format!("note {n}"))),
+                ("golf_handicap", f(n as f64 / 4.0)),
+            ];
+            if n % 4 != 0 {
+                attrs.push((
+                    "birth_date",
+                    date(1950 + (n % 50) as i32, 1 + (n % 12) as i32, 1 + (n % 28) as i32),
+                ));
+                attrs.push((
+                    "tags",
+                    list(if n % 2 == 0 { &["golf"] } else { &["ski", "tennis"] }),
+                ));
+            }
+            let email = (n % 5 != 0).then(|| format!("{prefix}{n}@example.com"));
+            customer(&format!("{prefix}{n}"), email.as_deref(), &attrs)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn customers_given_as_columns_read_back_as_given_as_messages() {
+    let server = TestServer::start().await;
+    define_custom(&server).await;
+    let mut ingest = server.ingest().await;
+    let rows = varied("r", 250);
+    let cols = varied("c", 250);
+    ingest
+        .load_customers(tokio_stream::iter(
+            rows.chunks(100)
+                .map(|c| pb::LoadCustomersRequest::new(c.to_vec()))
+                .collect::<Vec<_>>(),
+        ))
+        .await
+        .unwrap();
+    let batches: Vec<_> = cols
+        .chunks(100)
+        .map(|c| pb::LoadCustomersRequest::from_columns(&segmentd::api::columns::to_columns(c).unwrap()))
+        .collect();
+    let reply = ingest
+        .load_customers(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.created, reply.updated, reply.batches), (250, 0, 3));
+    for n in 0..250 {
+        let (r, c) = (
+            get(&mut ingest, &format!("r{n}")).await.unwrap(),
+            get(&mut ingest, &format!("c{n}")).await.unwrap(),
+        );
+        assert_eq!(r.attributes, c.attributes, "customer {n}");
+        assert_eq!(r.email.map(|e| e.replacen('r', "c", 1)), c.email, "customer {n}");
+    }
+    let by_email = ingest
+        .get_customer(by_email("c7@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_email.customer.unwrap().customer_id, "c7");
+
+    // UpsertCustomers takes columns too; a missing row keeps its value.
+    let update = pb::CustomerColumns {
+        customer_ids: vec!["c1".into(), "c2".into(), "new".into()],
+        emails: vec![],
+        attributes: vec![pb::AttributeColumn {
+            name: "household_size".into(),
+            missing: vec![1],
+            values: Some(pb::attribute_column::Values::Ints(pb::IntColumn {
+                values: vec![9, 8],
+            })),
+        }],
+    };
+    let reply = ingest
+        .upsert_customers(pb::UpsertCustomersRequest::from_columns(&update))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.created, reply.updated), (1, 2));
+    let size = |c: &pb::Customer| c.attributes.get("household_size").cloned();
+    assert_eq!(size(&get(&mut ingest, "c1").await.unwrap()), Some(i(9)));
+    assert_eq!(size(&get(&mut ingest, "c2").await.unwrap()), Some(i(2)));
+    assert_eq!(size(&get(&mut ingest, "new").await.unwrap()), Some(i(8)));
+    assert_eq!(
+        get(&mut ingest, "c1").await.unwrap().email.as_deref(),
+        Some("c1@example.com")
+    );
+}
+
+#[tokio::test]
+async fn bad_columns_are_refused_naming_the_batch_and_field() {
+    let server = TestServer::start().await;
+    define_custom(&server).await;
+    let mut ingest = server.ingest().await;
+    let good = pb::LoadCustomersRequest::from_columns(
+        &segmentd::api::columns::to_columns(&varied("g", 10)).unwrap(),
+    );
+    let mut wrong_kind = segmentd::api::columns::to_columns(&varied("w", 10)).unwrap();
+    let vip = wrong_kind
+        .attributes
+        .iter_mut()
+        .find(|c| c.name == "vip")
+        .unwrap();
+    vip.values = Some(pb::attribute_column::Values::Ints(pb::IntColumn {
+        values: vec![1; 10],
+    }));
+    let err = ingest
+        .load_customers(tokio_stream::iter(vec![
+            good.clone(),
+            pb::LoadCustomersRequest::from_columns(&wrong_kind),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("batch[1].columns.attributes["),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message()
+            .contains("attribute `vip` is bool: expected bools, got ints"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message()
+            .contains("1 earlier batches were applied (10 customers created"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(customer_count(&server).await, 10);
+
+    // A bad value names its customer as a message would; nothing of the batch is applied.
+    let mut bad_email = segmentd::api::columns::to_columns(&varied("e", 10)).unwrap();
+    bad_email.emails[3] = "broken".into();
+    let err = ingest
+        .upsert_customers(pb::UpsertCustomersRequest::from_columns(&bad_email))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("customers[3].email"),
+        "{}",
+        err.message()
+    );
+    // Checks made by the writer name their customer the same way.
+    let mut taken = segmentd::api::columns::to_columns(&varied("t", 10)).unwrap();
+    taken.emails[2] = "g1@example.com".into();
+    let err = ingest
+        .upsert_customers(pb::UpsertCustomersRequest::from_columns(&taken))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("customers[2].email"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("belongs to another customer (g1)"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(customer_count(&server).await, 10);
+    assert_eq!(get(&mut ingest, "e0").await.unwrap_err().code(), Code::NotFound);
+}

@@ -3,6 +3,7 @@
 
 pub mod activities;
 pub mod admin;
+pub mod columns;
 pub mod convert;
 pub mod ingest;
 pub mod membership;

@@ -15,7 +15,7 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
-use crate::api::{Limits, convert, pb};
+use crate::api::{Limits, columns, convert, pb};
 use crate::engine::UpsertBatch;
 use crate::error::{Error, Result};
 use crate::store::input::{self, CustomerPatch};
@@ -31,13 +31,16 @@ pub struct CustomerBatch {
     messages: Vec<pb::Customer>,
     /// Customers as received, one encoded `Customer` each.
     encoded: Vec<Bytes>,
+    /// The `columns` field: an encoded `CustomerColumns` (kept as bytes until parsed, and logged
+    /// as they are), with the number of customer ids it holds.
+    columns: Option<(Bytes, usize)>,
 }
 
 impl CustomerBatch {
     pub fn new(customers: Vec<pb::Customer>) -> Self {
         CustomerBatch {
             messages: customers,
-            encoded: Vec::new(),
+            ..CustomerBatch::default()
         }
     }
 
@@ -45,21 +48,30 @@ impl CustomerBatch {
     /// loader writes them straight from its input): sending it only copies the bytes.
     pub fn from_encoded(customers: Vec<Bytes>) -> Self {
         CustomerBatch {
-            messages: Vec::new(),
             encoded: customers,
+            ..CustomerBatch::default()
+        }
+    }
+
+    /// A batch of customers given column by column (the `columns` field), encoded here once: the
+    /// cheapest form to send and to apply.
+    pub fn from_columns(columns: &pb::CustomerColumns) -> Self {
+        CustomerBatch {
+            columns: Some((columns.encode_to_vec().into(), columns.customer_ids.len())),
+            ..CustomerBatch::default()
         }
     }
 
     /// Number of customers in the batch.
     pub fn len(&self) -> usize {
-        self.messages.len() + self.encoded.len()
+        self.messages.len() + self.encoded.len() + self.columns.as_ref().map_or(0, |(_, n)| *n)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The customers as messages (decoding the received ones).
+    /// The customers given as messages (decoding the received ones); not those of `columns`.
     pub fn customers(&self) -> std::result::Result<Vec<pb::Customer>, DecodeError> {
         let mut out = self.messages.clone();
         for bytes in &self.encoded {
@@ -68,10 +80,22 @@ impl CustomerBatch {
         Ok(out)
     }
 
+    /// The `columns` field, decoded; `None` when the batch has none.
+    pub fn columns(&self) -> std::result::Result<Option<pb::CustomerColumns>, DecodeError> {
+        self.columns
+            .as_ref()
+            .map(|(bytes, _)| pb::CustomerColumns::decode(bytes.as_ref()))
+            .transpose()
+    }
+
     /// The batch made ready for the writer: its patches, and a log record holding the customers'
     /// bytes as received (replay reads them again the same way).
     pub fn upsert_batch(&self, schema: &Schema, limits: &Limits) -> Result<UpsertBatch> {
         let patches = self.patches(schema, limits)?;
+        if let Some((bytes, _)) = &self.columns {
+            let record = crate::wal::record::encode_upsert_columns(bytes);
+            return Ok(UpsertBatch::with_record(schema, patches, record));
+        }
         let messages: Vec<Vec<u8>> = self.messages.iter().map(Message::encode_to_vec).collect();
         let customers = messages
             .iter()
@@ -84,6 +108,17 @@ impl CustomerBatch {
     /// Every customer as a patch checked against `schema`, or the first failure naming its item
     /// (`customers[3].email`); the batch size is checked against `limits` first.
     pub fn patches(&self, schema: &Schema, limits: &Limits) -> Result<Vec<CustomerPatch>> {
+        if let Some((bytes, _)) = &self.columns {
+            if !self.messages.is_empty() || !self.encoded.is_empty() {
+                return Err(Error::invalid(
+                    "columns",
+                    "a request gives its customers as `customers` or as `columns`, not both",
+                ));
+            }
+            let columns = pb::CustomerColumns::decode(bytes.as_ref())
+                .map_err(|e| Error::invalid("columns", format!("malformed CustomerColumns message: {e}")))?;
+            return columns::column_patches(schema, Some(limits), columns);
+        }
         limits.check_batch("customers", self.len())?;
         let mut out = Vec::with_capacity(self.len());
         for (i, c) in self.messages.iter().enumerate() {
@@ -133,6 +168,9 @@ impl Message for CustomerBatch {
         for bytes in &self.encoded {
             encoding::bytes::encode(1, bytes, buf);
         }
+        if let Some((bytes, _)) = &self.columns {
+            encoding::bytes::encode(2, bytes, buf);
+        }
     }
 
     fn merge_field(
@@ -142,13 +180,25 @@ impl Message for CustomerBatch {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> std::result::Result<(), DecodeError> {
-        if tag != 1 {
-            return encoding::skip_field(wire_type, tag, buf, ctx);
+        match tag {
+            1 => {
+                // Zero-copy when the buffer is `Bytes`-backed, as tonic's is.
+                let mut customer = Bytes::new();
+                encoding::bytes::merge(wire_type, &mut customer, buf, ctx)?;
+                self.encoded.push(customer);
+            }
+            2 => {
+                let mut more = Bytes::new();
+                encoding::bytes::merge(wire_type, &mut more, buf, ctx)?;
+                let ids = count_fields(&more, 1);
+                // A message field given twice merges: its encodings concatenated.
+                self.columns = Some(match self.columns.take() {
+                    None => (more, ids),
+                    Some((first, n)) => ([first, more].concat().into(), n + ids),
+                });
+            }
+            _ => encoding::skip_field(wire_type, tag, buf, ctx)?,
         }
-        // Zero-copy when the buffer is `Bytes`-backed, as tonic's is.
-        let mut customer = Bytes::new();
-        encoding::bytes::merge(wire_type, &mut customer, buf, ctx)?;
-        self.encoded.push(customer);
         Ok(())
     }
 
@@ -159,12 +209,34 @@ impl Message for CustomerBatch {
                 .iter()
                 .map(|b| encoding::bytes::encoded_len(1, b))
                 .sum::<usize>()
+            + self
+                .columns
+                .as_ref()
+                .map_or(0, |(b, _)| encoding::bytes::encoded_len(2, b))
     }
 
     fn clear(&mut self) {
         self.messages.clear();
         self.encoded.clear();
+        self.columns = None;
     }
+}
+
+/// How many times field `tag` occurs at the top level of an encoded message (the customers of an
+/// encoded `CustomerColumns` before it is decoded); a malformed message counts what precedes the
+/// fault, and decoding it later reports the fault.
+fn count_fields(mut buf: &[u8], tag: u32) -> usize {
+    let mut count = 0;
+    while !buf.is_empty() {
+        let Ok((t, wire_type)) = encoding::decode_key(&mut buf) else {
+            break;
+        };
+        count += usize::from(t == tag);
+        if encoding::skip_field(wire_type, t, &mut buf, DecodeContext::default()).is_err() {
+            break;
+        }
+    }
+    count
 }
 
 /// One encoded `Customer` as a patch checked against `schema`: the same result, and the same
@@ -386,6 +458,44 @@ mod tests {
     }
 
     #[test]
+    fn columns_come_alone_and_merge_when_repeated() {
+        let schema = Schema::builtin();
+        let limits = Limits::default();
+        // A value that clears an attribute cannot be said in columns.
+        assert_eq!(columns::to_columns(&[sample()]), None);
+        let mut one = sample();
+        one.attributes.clear();
+        let first = columns::to_columns(&[one]).unwrap();
+        let second = pb::CustomerColumns {
+            customer_ids: vec!["C-2".into()],
+            emails: vec![String::new()],
+            ..Default::default()
+        };
+        // Two `columns` fields in one message read as one, as protobuf merges message fields.
+        let mut bytes = CustomerBatch::from_columns(&first).encode_to_vec();
+        bytes.extend(CustomerBatch::from_columns(&second).encode_to_vec());
+        let merged = CustomerBatch::decode(bytes.as_slice()).unwrap();
+        assert_eq!(merged.len(), 2);
+        let patches = merged.patches(&schema, &limits).unwrap();
+        assert_eq!(
+            patches.iter().map(|p| p.customer_id.as_str()).collect::<Vec<_>>(),
+            ["C-1", "C-2"]
+        );
+        // Customers given both ways are refused, naming the field.
+        let mut both = CustomerBatch::new(vec![sample()]).encode_to_vec();
+        both.extend(CustomerBatch::from_columns(&second).encode_to_vec());
+        let both = CustomerBatch::decode(both.as_slice()).unwrap();
+        let err = both.patches(&schema, &limits).unwrap_err().to_string();
+        assert!(err.contains("columns") && err.contains("not both"), "{err}");
+        // Bytes that are not a CustomerColumns message are refused, not a panic.
+        let mut bad = Vec::new();
+        encoding::bytes::encode(2, &vec![0x0a, 0x09, b'x'], &mut bad);
+        let bad = CustomerBatch::decode(bad.as_slice()).unwrap();
+        let err = bad.patches(&schema, &limits).unwrap_err().to_string();
+        assert!(err.contains("malformed CustomerColumns"), "{err}");
+    }
+
+    #[test]
     fn decodes_like_messages() {
         let schema = Schema::builtin();
         let limits = Limits::default();
@@ -539,7 +649,63 @@ mod tests {
                 })
         }
 
+        /// Customers whose values mostly fit the built-in attributes' types.
+        fn typed_customer() -> impl Strategy<Value = pb::Customer> {
+            let attr = prop_oneof![
+                4 => "[A-Z]{1,2}".prop_map(|s| ("gender", Kind::StringValue(s))),
+                4 => (1900..2030i32, 1..13i32, 1..29i32).prop_map(|(year, month, day)| {
+                    ("birth_date", Kind::DateValue(pb::Date { year, month, day }))
+                }),
+                4 => prop::collection::vec("[a-c]{1,3}", 0..4)
+                    .prop_map(|values| ("tags", Kind::ListValue(pb::StringList { values }))),
+                4 => any::<i64>().prop_map(|i| ("household_size", Kind::IntValue(i))),
+                4 => any::<bool>().prop_map(|b| ("vip", Kind::BoolValue(b))),
+                4 => (-60_000_000_000i64..250_000_000_000, 0..1_000_000_000i32).prop_map(|(seconds, nanos)| {
+                    ("registered_at", Kind::TimestampValue(prost_types::Timestamp { seconds, nanos }))
+                }),
+                1 => Just(("total_spent", Kind::IntValue(5))),
+            ];
+            (
+                prop_oneof![29 => "[a-z0-9]{1,4}", 1 => Just(String::new())],
+                prop::option::of(prop_oneof![
+                    29 => "[a-z]{1,3}@[a-z]{1,3}\\.fr",
+                    1 => Just("bad".to_string())
+                ]),
+                prop::collection::vec(attr, 0..5),
+            )
+                .prop_map(|(customer_id, email, attrs)| pb::Customer {
+                    customer_id,
+                    email,
+                    attributes: attrs
+                        .into_iter()
+                        .map(|(k, kind)| (k.to_string(), pb::Value { kind: Some(kind) }))
+                        .collect(),
+                })
+        }
+
         proptest! {
+            #[test]
+            fn columns_mean_what_messages_mean(
+                cs in prop::collection::vec(prop_oneof![29 => typed_customer(), 1 => customer()], 0..12),
+            ) {
+                let schema = Schema::builtin();
+                let limits = Limits::default();
+                let rows = through_wire(cs.clone()).patches(&schema, &limits);
+                // Through the wire too: the batch keeps the field's bytes and counts its customers.
+                let Some(columns) = columns::to_columns(&cs) else {
+                    return Ok(());
+                };
+                let sent = CustomerBatch::from_columns(&columns);
+                let received = CustomerBatch::decode(sent.encode_to_vec().as_slice()).unwrap();
+                prop_assert_eq!(received.len(), cs.len());
+                prop_assert_eq!(received.columns().unwrap(), Some(columns));
+                match (received.patches(&schema, &limits), rows) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(_), Err(_)) => {}
+                    (a, b) => prop_assert!(false, "columns {a:?} but rows {b:?}"),
+                }
+            }
+
             #[test]
             fn same_result_as_decoding_then_converting(c in customer()) {
                 let schema = Schema::builtin();

@@ -1,0 +1,435 @@
+//! `CustomerColumns`: a batch of customers given column by column, as patches.
+//!
+//! A column names its attribute once for the whole batch, so the work per value is the value's
+//! own check; the result is what the same customers sent as `Customer` messages give (values go
+//! through [`convert::value_in`], whose checks they share). Errors about one customer name its row
+//! as `customers[i]`, errors about a whole column name it as `columns.attributes[j]`.
+
+use crate::api::pb::{self, attribute_column::Values, value::Kind};
+use crate::api::{Limits, convert};
+use crate::error::{Error, Result};
+use crate::store::input::{self, CustomerPatch};
+use crate::store::schema::{AttrDef, AttrType, Schema};
+use crate::store::value::Value;
+use crate::time;
+
+/// Every customer of `columns` as a patch checked against `schema`, or the first failure; the
+/// number of customers is checked against `limits` first.
+pub fn column_patches(
+    schema: &Schema,
+    limits: Option<&Limits>,
+    columns: pb::CustomerColumns,
+) -> Result<Vec<CustomerPatch>> {
+    let pb::CustomerColumns {
+        customer_ids,
+        emails,
+        attributes,
+    } = columns;
+    let n = customer_ids.len();
+    if let Some(limits) = limits {
+        limits.check_batch("columns.customer_ids", n)?;
+    }
+    if !emails.is_empty() && emails.len() != n {
+        return Err(Error::invalid(
+            "columns.emails",
+            format!(
+                "{} e-mails for {n} customers (give none or one per customer)",
+                emails.len()
+            ),
+        ));
+    }
+    // Columns in attribute order, so each patch receives its attributes sorted.
+    let mut resolved: Vec<(&AttrDef, usize, pb::AttributeColumn)> = Vec::with_capacity(attributes.len());
+    for (j, column) in attributes.into_iter().enumerate() {
+        let field = || format!("columns.attributes[{j}]");
+        let def = schema.get(&column.name).ok_or_else(|| {
+            Error::invalid(
+                field(),
+                format!("unknown attribute `{}` (see Admin.GetSchema)", column.name),
+            )
+        })?;
+        if let Some((_, first, _)) = resolved.iter().find(|(d, _, _)| d.id == def.id) {
+            return Err(Error::invalid(
+                field(),
+                format!(
+                    "attribute `{}` has another column (columns.attributes[{first}])",
+                    def.name
+                ),
+            ));
+        }
+        check_shape(def, n, &column).map_err(|e| e.within(&field()))?;
+        resolved.push((def, j, column));
+    }
+    resolved.sort_unstable_by_key(|(def, _, _)| def.id);
+
+    let mut patches = Vec::with_capacity(n);
+    let mut emails = emails.into_iter();
+    for (i, customer_id) in customer_ids.into_iter().enumerate() {
+        let within = |e: Error| e.within(&format!("customers[{i}]"));
+        input::check_customer_id(&customer_id).map_err(within)?;
+        let email = emails.next().filter(|e| !e.is_empty());
+        if let Some(email) = &email {
+            input::check_email(email).map_err(within)?;
+        }
+        patches.push(CustomerPatch {
+            customer_id,
+            email,
+            attrs: Vec::with_capacity(resolved.len()),
+        });
+    }
+    for (def, _, column) in resolved {
+        let missing = column.missing;
+        let mut rows = (0..n as u32).filter(present_rows(&missing));
+        let mut put = |value: Result<Value>| -> Result<()> {
+            let i = rows.next().expect("the shape check counted the values") as usize;
+            let value =
+                value.map_err(|e| e.within(&format!("customers[{i}].attributes[\"{}\"]", def.name)))?;
+            patches[i].attrs.push((def.id, Some(value)));
+            Ok(())
+        };
+        match column.values.expect("the shape check found values") {
+            Values::Bools(c) => c
+                .values
+                .into_iter()
+                .try_for_each(|v| put(scalar(def, Kind::BoolValue(v))))?,
+            Values::Ints(c) => c
+                .values
+                .into_iter()
+                .try_for_each(|v| put(scalar(def, Kind::IntValue(v))))?,
+            Values::Doubles(c) => c
+                .values
+                .into_iter()
+                .try_for_each(|v| put(scalar(def, Kind::DoubleValue(v))))?,
+            Values::Strings(c) => c
+                .values
+                .into_iter()
+                .try_for_each(|v| put(scalar(def, Kind::StringValue(v))))?,
+            Values::Lists(c) => c
+                .values
+                .into_iter()
+                .try_for_each(|v| put(scalar(def, Kind::ListValue(v))))?,
+            Values::Dates(c) => c.values.into_iter().try_for_each(|v| put(date(v)))?,
+            Values::Timestamps(c) => c.values.into_iter().try_for_each(|v| put(timestamp(v)))?,
+        }
+    }
+    Ok(patches)
+}
+
+/// `customers` given column by column, meaning what they mean as messages; `None` when that
+/// cannot be said in columns: a value that clears an attribute, an e-mail removed with `""`, an
+/// attribute given as two kinds (ints and doubles) or an invalid date or timestamp.
+pub fn to_columns(customers: &[pb::Customer]) -> Option<pb::CustomerColumns> {
+    let mut out = pb::CustomerColumns {
+        customer_ids: customers.iter().map(|c| c.customer_id.clone()).collect(),
+        ..Default::default()
+    };
+    if customers.iter().any(|c| c.email.is_some()) {
+        for c in customers {
+            match c.email.as_deref() {
+                Some("") => return None,
+                email => out.emails.push(email.unwrap_or_default().to_string()),
+            }
+        }
+    }
+    let mut index: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (row, c) in customers.iter().enumerate() {
+        for (name, value) in &c.attributes {
+            let j = *index.entry(name).or_insert_with(|| {
+                out.attributes.push(pb::AttributeColumn {
+                    name: name.clone(),
+                    ..Default::default()
+                });
+                out.attributes.len() - 1
+            });
+            let column = &mut out.attributes[j];
+            let filled = column.missing.len() + values_len(column.values.as_ref());
+            column.missing.extend(filled as u32..row as u32);
+            push_value(&mut column.values, value.kind.clone()?)?;
+        }
+    }
+    for column in &mut out.attributes {
+        let filled = column.missing.len() + values_len(column.values.as_ref());
+        column.missing.extend(filled as u32..customers.len() as u32);
+    }
+    Some(out)
+}
+
+fn values_len(values: Option<&Values>) -> usize {
+    match values {
+        None => 0,
+        Some(Values::Bools(c)) => c.values.len(),
+        Some(Values::Ints(c) | Values::Dates(c) | Values::Timestamps(c)) => c.values.len(),
+        Some(Values::Doubles(c)) => c.values.len(),
+        Some(Values::Strings(c)) => c.values.len(),
+        Some(Values::Lists(c)) => c.values.len(),
+    }
+}
+
+/// Appends one value to a column, which takes the kind of its first value; `None` when the value
+/// is of another kind or is not a valid date or timestamp.
+fn push_value(values: &mut Option<Values>, kind: Kind) -> Option<()> {
+    let values = values.get_or_insert_with(|| match &kind {
+        Kind::BoolValue(_) => Values::Bools(Default::default()),
+        Kind::IntValue(_) => Values::Ints(Default::default()),
+        Kind::DoubleValue(_) => Values::Doubles(Default::default()),
+        Kind::StringValue(_) => Values::Strings(Default::default()),
+        Kind::DateValue(_) => Values::Dates(Default::default()),
+        Kind::TimestampValue(_) => Values::Timestamps(Default::default()),
+        Kind::ListValue(_) => Values::Lists(Default::default()),
+    });
+    match (values, kind) {
+        (Values::Bools(c), Kind::BoolValue(v)) => c.values.push(v),
+        (Values::Ints(c), Kind::IntValue(v)) => c.values.push(v),
+        (Values::Doubles(c), Kind::DoubleValue(v)) => c.values.push(v),
+        (Values::Strings(c), Kind::StringValue(v)) => c.values.push(v),
+        (Values::Lists(c), Kind::ListValue(v)) => c.values.push(v),
+        (Values::Dates(c), Kind::DateValue(d)) => c.values.push(i64::from(convert::date_in(&d).ok()?)),
+        (Values::Timestamps(c), Kind::TimestampValue(t)) => c.values.push(convert::timestamp_in(&t).ok()?),
+        _ => return None,
+    }
+    Some(())
+}
+
+/// A filter keeping the rows not listed in `missing` (ascending, checked).
+fn present_rows(missing: &[u32]) -> impl FnMut(&u32) -> bool + '_ {
+    let mut next = missing.iter().copied().peekable();
+    move |&row| {
+        if next.peek() == Some(&row) {
+            next.next();
+            false
+        } else {
+            true
+        }
+    }
+}
+
+/// Checks that a column's values fit its attribute's type and that it gives one value for each
+/// row it does not list as missing.
+fn check_shape(def: &AttrDef, n: usize, column: &pb::AttributeColumn) -> Result<()> {
+    let Some(values) = &column.values else {
+        return Err(Error::invalid("values", "no values given"));
+    };
+    let (kind, count) = match values {
+        Values::Bools(c) => ("bools", c.values.len()),
+        Values::Ints(c) => ("ints", c.values.len()),
+        Values::Doubles(c) => ("doubles", c.values.len()),
+        Values::Dates(c) => ("dates", c.values.len()),
+        Values::Timestamps(c) => ("timestamps", c.values.len()),
+        Values::Strings(c) => ("strings", c.values.len()),
+        Values::Lists(c) => ("lists", c.values.len()),
+    };
+    let fits = match def.ty {
+        AttrType::Bool => kind == "bools",
+        AttrType::Int | AttrType::Money => kind == "ints",
+        AttrType::Float => kind == "doubles" || kind == "ints",
+        AttrType::Date => kind == "dates",
+        AttrType::Timestamp => kind == "timestamps",
+        AttrType::Keyword | AttrType::Text => kind == "strings",
+        AttrType::Keywords => kind == "lists",
+    };
+    if !fits {
+        return Err(Error::invalid(
+            "values",
+            format!(
+                "attribute `{}` is {}: expected {}, got {kind}",
+                def.name,
+                def.ty.name(),
+                expected(def.ty)
+            ),
+        ));
+    }
+    let mut previous: Option<u32> = None;
+    for (k, &row) in column.missing.iter().enumerate() {
+        if row as usize >= n || previous.is_some_and(|p| p >= row) {
+            return Err(Error::invalid(
+                format!("missing[{k}]"),
+                format!("row {row} is not ascending within the {n} customers"),
+            ));
+        }
+        previous = Some(row);
+    }
+    let wanted = n - column.missing.len();
+    if count != wanted {
+        return Err(Error::invalid(
+            "values",
+            format!(
+                "{count} values for {n} customers with {} missing (expected {wanted})",
+                column.missing.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn expected(ty: AttrType) -> &'static str {
+    match ty {
+        AttrType::Bool => "bools",
+        AttrType::Int | AttrType::Money => "ints",
+        AttrType::Float => "doubles or ints",
+        AttrType::Date => "dates",
+        AttrType::Timestamp => "timestamps",
+        AttrType::Keyword | AttrType::Text => "strings",
+        AttrType::Keywords => "lists",
+    }
+}
+
+/// A value of a kind the shape check let through, checked as a `Value` message holding it is.
+fn scalar(def: &AttrDef, kind: Kind) -> Result<Value> {
+    let value = convert::value_in(def, pb::Value { kind: Some(kind) })?;
+    Ok(value.expect("a value with a kind"))
+}
+
+fn date(days: i64) -> Result<Value> {
+    let first = time::days_from_civil(time::MIN_YEAR, 1, 1).expect("valid date");
+    let last = time::days_from_civil(time::MAX_YEAR, 12, 31).expect("valid date");
+    match i32::try_from(days) {
+        Ok(d) if (first..=last).contains(&d) => Ok(Value::Date(d)),
+        _ => Err(Error::invalid(
+            "",
+            format!("{days} days since 1970-01-01 is outside years 1 to 9999"),
+        )),
+    }
+}
+
+fn timestamp(micros: i64) -> Result<Value> {
+    if (time::MIN_TIMESTAMP_MICROS..=time::MAX_TIMESTAMP_MICROS).contains(&micros) {
+        Ok(Value::Timestamp(micros))
+    } else {
+        Err(Error::invalid(
+            "",
+            format!("{micros} microseconds since the epoch is outside years 1 to 9999"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(values: Vec<i64>) -> Option<Values> {
+        Some(Values::Ints(pb::IntColumn { values }))
+    }
+
+    fn strings(values: &[&str]) -> Option<Values> {
+        Some(Values::Strings(pb::StringColumn {
+            values: values.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    fn column(name: &str, missing: Vec<u32>, values: Option<Values>) -> pb::AttributeColumn {
+        pb::AttributeColumn {
+            name: name.into(),
+            missing,
+            values,
+        }
+    }
+
+    fn batch(attributes: Vec<pb::AttributeColumn>) -> pb::CustomerColumns {
+        pb::CustomerColumns {
+            customer_ids: vec!["a".into(), "b".into(), "c".into()],
+            emails: vec!["a@x.fr".into(), String::new(), "c@x.fr".into()],
+            attributes,
+        }
+    }
+
+    fn error(columns: pb::CustomerColumns) -> String {
+        let schema = Schema::builtin();
+        column_patches(&schema, None, columns).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn missing_rows_keep_their_value_and_attributes_come_sorted() {
+        let schema = Schema::builtin();
+        let patches = column_patches(
+            &schema,
+            None,
+            batch(vec![
+                column("household_size", vec![1], ints(vec![2, 4])),
+                column("gender", vec![0, 2], strings(&["F"])),
+            ]),
+        )
+        .unwrap();
+        let id = |name: &str| schema.get(name).unwrap().id;
+        assert_eq!(patches[0].email.as_deref(), Some("a@x.fr"));
+        assert_eq!(patches[1].email, None);
+        assert_eq!(
+            patches[0].attrs,
+            vec![(id("household_size"), Some(Value::Int(2)))]
+        );
+        let mut b = vec![(id("gender"), Some(Value::Keyword("F".into())))];
+        b.sort_by_key(|(id, _)| *id);
+        assert_eq!(patches[1].attrs, b);
+        assert_eq!(
+            patches[2].attrs,
+            vec![(id("household_size"), Some(Value::Int(4)))]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_column_or_the_customer() {
+        let e = error(batch(vec![column("shoe_size", vec![], ints(vec![1, 2, 3]))]));
+        assert!(
+            e.contains("columns.attributes[0]") && e.contains("unknown attribute `shoe_size`"),
+            "{e}"
+        );
+        let e = error(batch(vec![column(
+            "household_size",
+            vec![],
+            strings(&["1", "2", "3"]),
+        )]));
+        assert!(
+            e.contains("columns.attributes[0].values") && e.contains("expected ints, got strings"),
+            "{e}"
+        );
+        let e = error(batch(vec![column("household_size", vec![], ints(vec![1, 2]))]));
+        assert!(
+            e.contains("columns.attributes[0].values") && e.contains("2 values for 3 customers"),
+            "{e}"
+        );
+        let e = error(batch(vec![column("household_size", vec![2, 1], ints(vec![1]))]));
+        assert!(e.contains("columns.attributes[0].missing[1]"), "{e}");
+        let e = error(batch(vec![column("household_size", vec![3], ints(vec![1, 2]))]));
+        assert!(e.contains("columns.attributes[0].missing[0]"), "{e}");
+        let e = error(batch(vec![column("household_size", vec![], None)]));
+        assert!(e.contains("no values given"), "{e}");
+        let e = error(batch(vec![
+            column("gender", vec![], strings(&["F", "M", "F"])),
+            column("gender", vec![], strings(&["F", "M", "F"])),
+        ]));
+        assert!(
+            e.contains("columns.attributes[1]") && e.contains("(columns.attributes[0])"),
+            "{e}"
+        );
+        let long = "x".repeat(input::MAX_KEYWORD + 1);
+        let e = error(batch(vec![column("gender", vec![0], strings(&["F", &long]))]));
+        assert!(e.contains("customers[2].attributes[\"gender\"]"), "{e}");
+        let e = error(batch(vec![column(
+            "birth_date",
+            vec![],
+            Some(Values::Dates(pb::IntColumn {
+                values: vec![0, 1, 3_000_000],
+            })),
+        )]));
+        assert!(
+            e.contains("customers[2].attributes[\"birth_date\"]") && e.contains("outside years"),
+            "{e}"
+        );
+        let mut bad_email = batch(vec![]);
+        bad_email.emails[2] = "not an e-mail".into();
+        assert!(error(bad_email).contains("customers[2].email"));
+        let mut short = batch(vec![]);
+        short.emails.pop();
+        assert!(error(short).contains("columns.emails"));
+        let mut empty_id = batch(vec![]);
+        empty_id.customer_ids[1].clear();
+        assert!(error(empty_id).contains("customers[1].customer_id"));
+    }
+
+    #[test]
+    fn the_batch_limit_counts_customers() {
+        let schema = Schema::builtin();
+        let limits = Limits { max_batch: 2 };
+        let e = column_patches(&schema, Some(&limits), batch(vec![])).unwrap_err();
+        assert!(e.to_string().contains("columns.customer_ids"), "{e}");
+    }
+}
