@@ -5,10 +5,11 @@
 //! `cargo bench --bench load` (SEGMENTD_BENCH_CUSTOMERS=N to change the 1,000,000 default).
 //! Client and server run in this process on separate runtimes, sharing the machine's cores.
 //!
-//! The batches are generated and encoded before the clock starts, as a bulk loader that writes
-//! each row straight into protobuf bytes (like `segctl load`) sends them: the figure is the
-//! server's ingest rate, not prost's encoding of maps. `SEGMENTD_BENCH_ENCODE=send` encodes the
-//! messages while sending instead, as a client holding `Customer` messages does.
+//! The batches are generated and encoded before the clock starts, as a bulk loader reading a file
+//! sends them: column by column (`CustomerColumns`, as `segctl load` does), the figure being the
+//! server's ingest rate. `SEGMENTD_BENCH_ENCODE` picks another form: `rows` sends each batch as
+//! `Customer` messages encoded beforehand, `send` encodes the messages while sending, as a client
+//! holding `Customer` messages does.
 
 #[path = "support/gen.rs"]
 mod generator;
@@ -55,17 +56,18 @@ fn main() {
         })
         .collect();
     let attrs: usize = customers.iter().flatten().map(|c| c.attributes.len()).sum();
-    let encode_on_send = std::env::var("SEGMENTD_BENCH_ENCODE").is_ok_and(|v| v == "send");
+    let form = std::env::var("SEGMENTD_BENCH_ENCODE").unwrap_or_else(|_| "columns".into());
     let batches: Vec<pb::LoadCustomersRequest> = customers
         .into_iter()
-        .map(|batch| {
-            if encode_on_send {
-                pb::LoadCustomersRequest::new(batch)
-            } else {
-                pb::LoadCustomersRequest::from_encoded(
-                    batch.iter().map(|c| Bytes::from(c.encode_to_vec())).collect(),
-                )
-            }
+        .map(|batch| match form.as_str() {
+            "send" => pb::LoadCustomersRequest::new(batch),
+            "rows" => pb::LoadCustomersRequest::from_encoded(
+                batch.iter().map(|c| Bytes::from(c.encode_to_vec())).collect(),
+            ),
+            "columns" => pb::LoadCustomersRequest::from_columns(
+                &segmentd::api::columns::to_columns(&batch).expect("generated customers fit columns"),
+            ),
+            other => panic!("SEGMENTD_BENCH_ENCODE is columns, rows or send, not `{other}`"),
         })
         .collect();
     eprintln!(
@@ -102,10 +104,10 @@ fn main() {
             .await
             .unwrap()
             .into_inner();
-        let encoding = if encode_on_send {
-            "encoded while sending"
-        } else {
-            "encoded beforehand"
+        let encoding = match form.as_str() {
+            "send" => "messages encoded while sending",
+            "rows" => "messages encoded beforehand",
+            _ => "columns encoded beforehand",
         };
         println!(
             "load_customers ({encoding}): {total} customers in {secs:.3} s = {:.0} customers/s",

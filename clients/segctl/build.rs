@@ -18,11 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .build_server(false)
-        // Customers are encoded straight from file rows (src/wire.rs).
-        .extern_path(
-            ".segmentd.v1.LoadCustomersRequest",
-            "crate::wire::EncodedCustomers",
-        )
         .compile_fds(protox::compile(&files, [root])?)?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::pb::{self, admin_client::AdminClient, ingest_client::IngestClient};
 use crate::progress::Progress;
 use crate::values::{self, Failure, Result, Ty, fail};
-use crate::wire::{CustomerWriter, EncodedCustomers};
+use crate::wire::{ColumnRow, ColumnsBuilder};
 use crate::{LoadArgs, MemberKey, MemberMode};
 
 /// Batches parsed ahead of the sender.
@@ -46,15 +46,6 @@ impl Cell<'_> {
         match self {
             Cell::Text(s) => s.trim().is_empty(),
             Cell::Json(v) => v.is_null(),
-        }
-    }
-
-    /// About how many bytes the cell's value takes encoded.
-    fn len_hint(&self) -> usize {
-        match self {
-            Cell::Text(s) => s.len(),
-            Cell::Json(serde_json::Value::String(s)) => s.len(),
-            Cell::Json(_) => 16,
         }
     }
 }
@@ -331,7 +322,10 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
         if !header.iter().any(|h| h == "customer_id") {
             return fail("the header has no `customer_id` column");
         }
-        for h in header {
+        for (k, h) in header.iter().enumerate() {
+            if header[..k].contains(h) {
+                return fail(format!("column `{h}` appears twice in the header"));
+            }
             match header_schema.get(h) {
                 _ if h == "customer_id" || h == "email" => {}
                 None => {
@@ -349,18 +343,20 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
         }
         Ok(())
     };
-    // Each row is encoded straight into the bytes of a `Customer` message. Rows name the same
-    // columns in the same order (a CSV header), so each column's type is remembered by position
-    // and only looked up again when the name there changes.
-    let mut types: Vec<(String, Option<Ty>)> = Vec::new();
-    let parse = move |row: &Row<'_>| -> Result<Vec<u8>, String> {
+    // Each row is checked and typed here, and a batch of rows is sent column by column. Rows
+    // name the same columns in the same order (a CSV header), so each column's type and slot
+    // are remembered by position and only looked up again when the name there changes.
+    let names: Arc<Vec<String>> = Arc::new(schema.keys().cloned().collect());
+    let slots: HashMap<String, (Ty, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(slot, name)| (name.clone(), (schema[name].0, slot)))
+        .collect();
+    let mut types: Vec<(String, Option<(Ty, usize)>)> = Vec::new();
+    let parse = move |row: &Row<'_>| -> Result<ColumnRow, String> {
         let customer_id = row.required("customer_id")?;
-        let size: usize = row.fields.iter().map(|(n, c)| n.len() + c.len_hint() + 12).sum();
-        let mut encoded = Vec::with_capacity(size + 16);
-        let mut w = CustomerWriter::new(&mut encoded, &customer_id);
-        if let Some(email) = row.text("email")? {
-            w.email(&email);
-        }
+        let email = row.text("email")?;
+        let mut values = Vec::with_capacity(row.fields.len());
         for (k, (name, cell)) in row.fields.iter().enumerate() {
             if *name == "customer_id" || *name == "email" || cell.is_empty() {
                 continue;
@@ -368,7 +364,7 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
             let ty = match types.get(k) {
                 Some((known, ty)) if known == name => *ty,
                 _ => {
-                    let ty = schema.get(*name).map(|(ty, _)| *ty);
+                    let ty = slots.get(*name).copied();
                     if types.len() <= k {
                         types.resize(k + 1, (String::new(), None));
                     }
@@ -376,7 +372,7 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
                     ty
                 }
             };
-            let Some(ty) = ty else {
+            let Some((ty, slot)) = ty else {
                 return Err(format!("`{name}` is not an attribute"));
             };
             let value = match cell {
@@ -384,10 +380,15 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
                 Cell::Json(v) => values::parse_json(ty, v).transpose(),
             };
             if let Some(value) = value {
-                w.attribute(name, &value.map_err(|e| format!("`{name}`: {e}"))?);
+                let value = value.map_err(|e| format!("`{name}`: {e}"))?;
+                values.push((slot, value.kind.expect("a parsed value has a kind")));
             }
         }
-        Ok(encoded)
+        Ok(ColumnRow {
+            customer_id,
+            email,
+            values,
+        })
     };
     let Reader {
         batches: mut rx,
@@ -415,13 +416,20 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
     }
     let lines: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default();
     let sent = Arc::new(AtomicU64::new(0));
-    let (stream_tx, stream_rx) = mpsc::channel::<EncodedCustomers>(4);
+    let (stream_tx, stream_rx) = mpsc::channel::<pb::LoadCustomersRequest>(4);
     let (lines2, sent2) = (lines.clone(), sent.clone());
     let feeder = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             lines2.lock().unwrap().push(batch.lines);
             sent2.fetch_add(batch.items.len() as u64, Ordering::Relaxed);
-            let msg = EncodedCustomers::from(batch.items);
+            let mut columns = ColumnsBuilder::new(&names, batch.items.len());
+            for row in batch.items {
+                columns.push(row);
+            }
+            let msg = pb::LoadCustomersRequest {
+                customers: Vec::new(),
+                columns: Some(columns.finish()),
+            };
             if stream_tx.send(msg).await.is_err() {
                 break;
             }

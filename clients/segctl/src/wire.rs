@@ -1,134 +1,174 @@
-//! `LoadCustomersRequest` as segctl sends it: each customer encoded straight from its file row,
-//! without building a `Customer` message (and its map) per row. The bytes on the wire are those of
-//! `repeated Customer customers = 1`.
+//! Customer rows turned into the `CustomerColumns` of a `LoadCustomersRequest`: a batch sent column
+//! by column names each attribute once, where `Customer` messages repeat every name in every row,
+//! so it is about a third of the bytes to send, and the cheapest form for the server to read and log.
 
-use bytes::{Buf, BufMut};
-use prost::encoding::{self, DecodeContext, WireType};
-use prost::{DecodeError, Message};
+use crate::pb::{self, attribute_column::Values, value::Kind};
 
-use crate::pb;
-
-#[derive(Clone, Default, PartialEq)]
-pub struct EncodedCustomers {
-    /// One encoded `Customer` each (from [`CustomerWriter`]), written out as field 1.
-    customers: Vec<Vec<u8>>,
+/// One checked row: its id, e-mail, and values by attribute slot (an index into the names the
+/// [`ColumnsBuilder`] was given).
+pub struct ColumnRow {
+    pub customer_id: String,
+    pub email: Option<String>,
+    pub values: Vec<(usize, Kind)>,
 }
 
-impl From<Vec<Vec<u8>>> for EncodedCustomers {
-    fn from(customers: Vec<Vec<u8>>) -> Self {
-        EncodedCustomers { customers }
-    }
+/// Gathers rows into one `CustomerColumns`.
+pub struct ColumnsBuilder<'a> {
+    names: &'a [String],
+    columns: pb::CustomerColumns,
+    /// The column of each attribute slot, once it has a value.
+    column_of: Vec<Option<usize>>,
 }
 
-impl std::fmt::Debug for EncodedCustomers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EncodedCustomers({} customers)", self.customers.len())
-    }
-}
-
-impl Message for EncodedCustomers {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        for c in &self.customers {
-            encoding::bytes::encode(1, c, buf);
+impl<'a> ColumnsBuilder<'a> {
+    /// A builder for attributes named by slot in `names`, sized for `rows` rows.
+    pub fn new(names: &'a [String], rows: usize) -> Self {
+        ColumnsBuilder {
+            names,
+            columns: pb::CustomerColumns {
+                customer_ids: Vec::with_capacity(rows),
+                ..Default::default()
+            },
+            column_of: vec![None; names.len()],
         }
     }
 
-    /// Kept as bytes; segctl never receives this message.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        if tag == 1 {
-            let mut customer = Vec::new();
-            encoding::bytes::merge(wire_type, &mut customer, buf, ctx)?;
-            self.customers.push(customer);
-            Ok(())
-        } else {
-            encoding::skip_field(wire_type, tag, buf, ctx)
+    /// Adds a row. Its values' kinds follow the attribute's type, so a column holds one kind.
+    pub fn push(&mut self, row: ColumnRow) {
+        let at = self.columns.customer_ids.len();
+        self.columns.customer_ids.push(row.customer_id);
+        if let Some(email) = row.email {
+            // E-mails are all given or none: rows before the first without one get "".
+            self.columns.emails.resize(at, String::new());
+            self.columns.emails.push(email);
+        }
+        for (slot, kind) in row.values {
+            let j = *self.column_of[slot].get_or_insert_with(|| {
+                self.columns.attributes.push(pb::AttributeColumn {
+                    name: self.names[slot].clone(),
+                    missing: Vec::new(),
+                    values: Some(empty_like(&kind)),
+                });
+                self.columns.attributes.len() - 1
+            });
+            let column = &mut self.columns.attributes[j];
+            let values = column.values.as_mut().expect("a column has values");
+            let filled = column.missing.len() + values_len(values);
+            column.missing.extend(filled as u32..at as u32);
+            push(values, kind);
         }
     }
 
-    fn encoded_len(&self) -> usize {
-        self.customers
-            .iter()
-            .map(|c| encoding::bytes::encoded_len(1, c))
-            .sum()
-    }
-
-    fn clear(&mut self) {
-        self.customers.clear();
-    }
-}
-
-/// Encodes one `Customer` field by field.
-pub struct CustomerWriter<'a> {
-    out: &'a mut Vec<u8>,
-}
-
-impl<'a> CustomerWriter<'a> {
-    /// Starts a customer in `out` (cleared first).
-    pub fn new(out: &'a mut Vec<u8>, customer_id: &str) -> Self {
-        out.clear();
-        string_field(1, customer_id, out);
-        CustomerWriter { out }
-    }
-
-    pub fn email(&mut self, email: &str) {
-        string_field(2, email, self.out);
-    }
-
-    /// One `attributes` map entry.
-    pub fn attribute(&mut self, name: &str, value: &pb::Value) {
-        let value_len = value.encoded_len();
-        let entry_len = 1
-            + encoding::encoded_len_varint(name.len() as u64)
-            + name.len()
-            + 1
-            + encoding::encoded_len_varint(value_len as u64)
-            + value_len;
-        encoding::encode_key(3, WireType::LengthDelimited, self.out);
-        encoding::encode_varint(entry_len as u64, self.out);
-        string_field(1, name, self.out);
-        encoding::message::encode(2, value, self.out);
+    /// The rows as columns.
+    pub fn finish(mut self) -> pb::CustomerColumns {
+        let rows = self.columns.customer_ids.len();
+        if !self.columns.emails.is_empty() {
+            self.columns.emails.resize(rows, String::new());
+        }
+        for column in &mut self.columns.attributes {
+            let filled = column.missing.len() + column.values.as_ref().map_or(0, values_len);
+            column.missing.extend(filled as u32..rows as u32);
+        }
+        self.columns
     }
 }
 
-fn string_field(tag: u32, s: &str, out: &mut Vec<u8>) {
-    encoding::encode_key(tag, WireType::LengthDelimited, out);
-    encoding::encode_varint(s.len() as u64, out);
-    out.extend_from_slice(s.as_bytes());
+fn empty_like(kind: &Kind) -> Values {
+    match kind {
+        Kind::BoolValue(_) => Values::Bools(Default::default()),
+        Kind::IntValue(_) => Values::Ints(Default::default()),
+        Kind::DoubleValue(_) => Values::Doubles(Default::default()),
+        Kind::StringValue(_) => Values::Strings(Default::default()),
+        Kind::DateValue(_) => Values::Dates(Default::default()),
+        Kind::TimestampValue(_) => Values::Timestamps(Default::default()),
+        Kind::ListValue(_) => Values::Lists(Default::default()),
+    }
+}
+
+fn values_len(values: &Values) -> usize {
+    match values {
+        Values::Bools(c) => c.values.len(),
+        Values::Ints(c) | Values::Dates(c) | Values::Timestamps(c) => c.values.len(),
+        Values::Doubles(c) => c.values.len(),
+        Values::Strings(c) => c.values.len(),
+        Values::Lists(c) => c.values.len(),
+    }
+}
+
+/// Appends a value to its column. Dates go as days since 1970-01-01 and timestamps as
+/// microseconds, as `CustomerColumns` carries them (the row parser checked both).
+fn push(values: &mut Values, kind: Kind) {
+    match (values, kind) {
+        (Values::Bools(c), Kind::BoolValue(v)) => c.values.push(v),
+        (Values::Ints(c), Kind::IntValue(v)) => c.values.push(v),
+        (Values::Doubles(c), Kind::DoubleValue(v)) => c.values.push(v),
+        (Values::Strings(c), Kind::StringValue(v)) => c.values.push(v),
+        (Values::Lists(c), Kind::ListValue(v)) => c.values.push(v),
+        (Values::Dates(c), Kind::DateValue(d)) => c
+            .values
+            .push(crate::values::days_from_civil(d.year, d.month, d.day).unwrap_or(i64::MIN)),
+        (Values::Timestamps(c), Kind::TimestampValue(t)) => c.values.push(
+            t.seconds
+                .saturating_mul(1_000_000)
+                .saturating_add(i64::from(t.nanos) / 1000),
+        ),
+        (_, kind) => unreachable!("a column holds one kind of value, not {kind:?}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pb::value::Kind;
 
     #[test]
-    fn same_bytes_as_messages() {
-        let value = pb::Value {
-            kind: Some(Kind::StringValue("F".into())),
-        };
-        let c = pb::Customer {
-            customer_id: "C1".into(),
-            email: Some("a@b.fr".into()),
-            attributes: [("gender".to_string(), value.clone())].into_iter().collect(),
-        };
-        let mut one = Vec::new();
-        let mut w = CustomerWriter::new(&mut one, "C1");
-        w.email("a@b.fr");
-        w.attribute("gender", &value);
-        assert_eq!(one, c.encode_to_vec());
-        let batch = EncodedCustomers::from(vec![one.clone(), one]);
-        #[derive(Clone, PartialEq, prost::Message)]
-        struct Generic {
-            #[prost(message, repeated, tag = "1")]
-            customers: Vec<pb::Customer>,
-        }
-        let decoded = Generic::decode(batch.encode_to_vec().as_slice()).unwrap();
-        assert_eq!(decoded.customers, vec![c.clone(), c]);
+    fn rows_become_columns_with_missing_rows() {
+        let names = vec![
+            "gender".to_string(),
+            "household_size".to_string(),
+            "birth_date".to_string(),
+        ];
+        let mut b = ColumnsBuilder::new(&names, 3);
+        b.push(ColumnRow {
+            customer_id: "a".into(),
+            email: None,
+            values: vec![(1, Kind::IntValue(2))],
+        });
+        b.push(ColumnRow {
+            customer_id: "b".into(),
+            email: Some("b@x.fr".into()),
+            values: vec![
+                (0, Kind::StringValue("F".into())),
+                (
+                    2,
+                    Kind::DateValue(pb::Date {
+                        year: 1970,
+                        month: 1,
+                        day: 3,
+                    }),
+                ),
+            ],
+        });
+        b.push(ColumnRow {
+            customer_id: "c".into(),
+            email: None,
+            values: vec![(1, Kind::IntValue(5))],
+        });
+        let c = b.finish();
+        assert_eq!(c.customer_ids, ["a", "b", "c"]);
+        assert_eq!(c.emails, ["", "b@x.fr", ""]);
+        let by_name = |n: &str| c.attributes.iter().find(|a| a.name == n).unwrap().clone();
+        let size = by_name("household_size");
+        assert_eq!(size.missing, [1]);
+        assert_eq!(
+            size.values,
+            Some(Values::Ints(pb::IntColumn { values: vec![2, 5] }))
+        );
+        let gender = by_name("gender");
+        assert_eq!(gender.missing, [0, 2]);
+        assert_eq!(
+            by_name("birth_date").values,
+            Some(Values::Dates(pb::IntColumn { values: vec![2] }))
+        );
+        assert_eq!(c.attributes.len(), 3);
     }
 }
