@@ -214,6 +214,17 @@ fn bad_rows_are_reported_with_file_and_line() {
     let out = server.segctl(&["load", "customers", &unknown]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("column `shoe_size` is not an attribute"));
+    let twice = write(
+        dir.path(),
+        "t.csv",
+        "customer_id,city,city
+T1,Lyon,Nice
+",
+    );
+    let out = server.segctl(&["load", "customers", &twice]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("column `city` appears twice in the header"));
+    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 2);
 }
 
 #[test]
