@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use prost::Message;
 use roaring::RoaringBitmap;
 use segmentd::api::pb::{
     self,
@@ -593,20 +592,18 @@ async fn connect(addr: SocketAddr, n: usize) -> Vec<Channel> {
 
 /// IsMember latency idle, then while `n` new customers (with attributes) stream in.
 async fn during_load(addr: SocketAddr, channels: &[Channel], n: usize, customers: usize) {
-    // Encoded beforehand, as a bulk loader writing rows straight into protobuf bytes (segctl)
-    // sends them (see benches/load.rs).
+    // Column by column and encoded beforehand, as the bulk loader (`segctl load`) sends them (see
+    // benches/load.rs).
     let batches: Vec<pb::LoadCustomersRequest> = (0..n)
         .collect::<Vec<_>>()
         .chunks(1000)
         .map(|c| {
-            pb::LoadCustomersRequest::from_encoded(
-                c.iter()
-                    .map(|&i| {
-                        generator::customer(i as u64 + 10_000_000, 7)
-                            .encode_to_vec()
-                            .into()
-                    })
-                    .collect(),
+            let customers: Vec<pb::Customer> = c
+                .iter()
+                .map(|&i| generator::customer(i as u64 + 10_000_000, 7))
+                .collect();
+            pb::LoadCustomersRequest::from_columns(
+                &segmentd::api::columns::to_columns(&customers).expect("generated customers fit columns"),
             )
         })
         .collect();
