@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .build_server(false)
+        // Customers are sent column by column, written straight from file rows (src/wire.rs).
+        .extern_path(".segmentd.v1.LoadCustomersRequest", "crate::wire::EncodedColumns")
         .compile_fds(protox::compile(&files, [root])?)?;
     Ok(())
 }

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use crate::Ch;
 use tokio::sync::mpsc;
 
-use crate::pb::{self, admin_client::AdminClient, ingest_client::IngestClient};
+use crate::pb::{self, admin_client::AdminClient, ingest_client::IngestClient, value::Kind};
 use crate::progress::Progress;
 use crate::values::{self, Failure, Result, Ty, fail};
-use crate::wire::{ColumnRow, ColumnsBuilder};
+use crate::wire::{ColumnsWriter, EncodedColumns, Typed};
 use crate::{LoadArgs, MemberKey, MemberMode};
 
 /// Batches parsed ahead of the sender.
@@ -73,9 +73,41 @@ impl<'a> Row<'a> {
 }
 
 /// A batch of parsed rows with the file line of each.
-struct Batch<T> {
-    items: Vec<T>,
+struct Batch<B> {
+    items: B,
     lines: Vec<u64>,
+}
+
+/// What a reader turns good rows into, a batch at a time.
+trait Sink: Send + 'static {
+    type Batch: Send + 'static;
+    /// Adds a row, or says why it is bad (and adds nothing).
+    fn push(&mut self, row: &Row<'_>) -> Result<(), String>;
+    /// The rows added since the last [`Sink::take`].
+    fn take(&mut self) -> Self::Batch;
+}
+
+/// A sink collecting one item a row.
+struct Items<T, F> {
+    parse: F,
+    items: Vec<T>,
+}
+
+impl<T, F> Sink for Items<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&Row<'_>) -> Result<T, String> + Send + 'static,
+{
+    type Batch = Vec<T>;
+
+    fn push(&mut self, row: &Row<'_>) -> Result<(), String> {
+        self.items.push((self.parse)(row)?);
+        Ok(())
+    }
+
+    fn take(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.items)
+    }
 }
 
 /// What a reader thread ends with.
@@ -137,14 +169,14 @@ struct Reader<T> {
 
 /// Starts a thread reading `path` row by row through `parse`, sending batches of `batch_size`.
 /// Bad rows are reported as `file:line: why`; more than `max_errors` of them stop the read.
-fn spawn_reader<T: Send + 'static>(
+fn spawn_reader<S: Sink>(
     args: &LoadArgs,
     check_header: impl FnOnce(&[String]) -> Result<()> + Send + 'static,
-    mut parse: impl FnMut(&Row<'_>) -> Result<T, String> + Send + 'static,
-) -> Result<Reader<T>> {
+    mut sink: S,
+) -> Result<Reader<S::Batch>> {
     let bytes = Arc::new(AtomicU64::new(0));
     let (input, total_bytes) = open(&args.file, bytes.clone())?;
-    let (tx, rx) = mpsc::channel::<Batch<T>>(QUEUE);
+    let (tx, rx) = mpsc::channel::<Batch<S::Batch>>(QUEUE);
     let (path, batch_size, max_errors) = (args.file.clone(), args.batch_size.max(1), args.max_errors);
     let format = format_of(&args.file);
     let handle =
@@ -152,44 +184,38 @@ fn spawn_reader<T: Send + 'static>(
             .name("reader".into())
             .spawn(move || -> Result<ReadOutcome> {
                 let mut out = ReadOutcome { rows: 0, bad: 0 };
-                let mut batch = Batch {
-                    items: Vec::with_capacity(batch_size),
-                    lines: Vec::with_capacity(batch_size),
-                };
+                let mut lines = Vec::with_capacity(batch_size);
                 let name = path.display().to_string();
-                let mut take =
-                    |parsed: Result<T, String>, line: u64, out: &mut ReadOutcome| -> Result<bool> {
-                        out.rows += 1;
-                        match parsed {
-                            Ok(item) => {
-                                batch.items.push(item);
-                                batch.lines.push(line);
-                            }
-                            Err(why) => {
-                                out.bad += 1;
-                                eprintln!("{name}:{line}: {why}");
-                                if out.bad as usize > max_errors {
-                                    return fail(format!(
-                                        "stopped after {} bad rows (--max-errors {max_errors})",
-                                        out.bad
-                                    ));
-                                }
-                            }
-                        }
-                        if batch.items.len() >= batch_size {
-                            let full = std::mem::replace(
-                                &mut batch,
-                                Batch {
-                                    items: Vec::with_capacity(batch_size),
-                                    lines: Vec::with_capacity(batch_size),
-                                },
-                            );
-                            if tx.blocking_send(full).is_err() {
-                                return Ok(false); // the sender stopped (server error)
+                let mut take = |parsed: Result<(), String>,
+                                line: u64,
+                                out: &mut ReadOutcome,
+                                sink: &mut S|
+                 -> Result<bool> {
+                    out.rows += 1;
+                    match parsed {
+                        Ok(()) => lines.push(line),
+                        Err(why) => {
+                            out.bad += 1;
+                            eprintln!("{name}:{line}: {why}");
+                            if out.bad as usize > max_errors {
+                                return fail(format!(
+                                    "stopped after {} bad rows (--max-errors {max_errors})",
+                                    out.bad
+                                ));
                             }
                         }
-                        Ok(true)
-                    };
+                    }
+                    if lines.len() >= batch_size {
+                        let full = Batch {
+                            items: sink.take(),
+                            lines: std::mem::replace(&mut lines, Vec::with_capacity(batch_size)),
+                        };
+                        if tx.blocking_send(full).is_err() {
+                            return Ok(false); // the sender stopped (server error)
+                        }
+                    }
+                    Ok(true)
+                };
                 match format {
                     Format::Csv => {
                         let mut reader = csv::ReaderBuilder::new()
@@ -211,7 +237,7 @@ fn spawn_reader<T: Send + 'static>(
                                             record.len(),
                                             header.len()
                                         );
-                                        if !take(Err(why), line, &mut out)? {
+                                        if !take(Err(why), line, &mut out, &mut sink)? {
                                             break;
                                         }
                                         continue;
@@ -223,13 +249,13 @@ fn spawn_reader<T: Send + 'static>(
                                             .zip(record.iter().map(Cell::Text))
                                             .collect(),
                                     };
-                                    if !take(parse(&row), line, &mut out)? {
+                                    if !take(sink.push(&row), line, &mut out, &mut sink)? {
                                         break;
                                     }
                                 }
                                 Err(e) => {
                                     let line = e.position().map_or(0, |p| p.line());
-                                    if !take(Err(e.to_string()), line, &mut out)? {
+                                    if !take(Err(e.to_string()), line, &mut out, &mut sink)? {
                                         break;
                                     }
                                 }
@@ -258,18 +284,21 @@ fn spawn_reader<T: Send + 'static>(
                                             .map(|(k, v)| (k.as_str(), Cell::Json(v)))
                                             .collect(),
                                     };
-                                    parse(&row)
+                                    sink.push(&row)
                                 }
                                 Err(e) => Err(format!("not a JSON object: {e}")),
                             };
-                            if !take(parsed, line, &mut out)? {
+                            if !take(parsed, line, &mut out, &mut sink)? {
                                 break;
                             }
                         }
                     }
                 }
-                if !batch.items.is_empty() {
-                    let _ = tx.blocking_send(batch);
+                if !lines.is_empty() {
+                    let _ = tx.blocking_send(Batch {
+                        items: sink.take(),
+                        lines,
+                    });
                 }
                 Ok(out)
             })?;
@@ -315,6 +344,149 @@ fn summary(label: &str, rows: u64, bad: u64, secs: f64, detail: &str) {
     );
 }
 
+/// Customer rows checked and written column by column ([`ColumnsWriter`]). Rows name the same
+/// columns in the same order (a CSV header), so each column's type and slot are remembered by
+/// position and only looked up again when the name there changes.
+struct CustomerColumns {
+    slots: HashMap<String, (Ty, usize)>,
+    by_position: Vec<(String, Option<(Ty, usize)>)>,
+    writer: ColumnsWriter,
+}
+
+impl CustomerColumns {
+    fn new(schema: &HashMap<String, (Ty, bool)>) -> Self {
+        let names: Vec<String> = schema.keys().cloned().collect();
+        let slots = names
+            .iter()
+            .enumerate()
+            .map(|(slot, name)| (name.clone(), (schema[name].0, slot)))
+            .collect();
+        CustomerColumns {
+            slots,
+            by_position: Vec::new(),
+            writer: ColumnsWriter::new(names),
+        }
+    }
+}
+
+impl Sink for CustomerColumns {
+    type Batch = Vec<u8>;
+
+    fn push(&mut self, row: &Row<'_>) -> Result<(), String> {
+        let mut customer_id = None;
+        let mut email = None;
+        let mut values = Vec::with_capacity(row.fields.len());
+        for (k, (name, cell)) in row.fields.iter().enumerate() {
+            if *name == "customer_id" {
+                customer_id = cell.text().map_err(|e| format!("`{name}`: {e}"))?;
+                continue;
+            }
+            if *name == "email" {
+                email = cell.text().map_err(|e| format!("`{name}`: {e}"))?;
+                continue;
+            }
+            if cell.is_empty() {
+                continue;
+            }
+            let ty = match self.by_position.get(k) {
+                Some((known, ty)) if known == name => *ty,
+                _ => {
+                    let ty = self.slots.get(*name).copied();
+                    if self.by_position.len() <= k {
+                        self.by_position.resize(k + 1, (String::new(), None));
+                    }
+                    self.by_position[k] = (name.to_string(), ty);
+                    ty
+                }
+            };
+            let Some((ty, slot)) = ty else {
+                return Err(format!("`{name}` is not an attribute"));
+            };
+            if let Some(value) = typed(ty, *cell).map_err(|e| format!("`{name}`: {e}"))? {
+                values.push((slot, value));
+            }
+        }
+        let customer_id = customer_id.ok_or("`customer_id` is required")?;
+        self.writer.push(&customer_id, email.as_deref(), &values);
+        Ok(())
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        self.writer.take()
+    }
+}
+
+/// A cell as a value of type `ty` (`None` for a JSON null), as [`values::parse_cell`] and
+/// [`values::parse_json`] read it, with dates and timestamps checked here.
+fn typed(ty: Ty, cell: Cell<'_>) -> Result<Option<Typed<'_>>, String> {
+    use std::borrow::Cow;
+    let text = match cell {
+        Cell::Text(s) => s.trim(),
+        Cell::Json(serde_json::Value::String(s)) => s.trim(),
+        Cell::Json(v) => {
+            let Some(value) = values::parse_json(ty, v)? else {
+                return Ok(None);
+            };
+            return owned(value.kind.expect("a parsed value has a kind")).map(Some);
+        }
+    };
+    Ok(Some(match ty {
+        Ty::Keyword | Ty::Text => Typed::Str(Cow::Borrowed(text)),
+        Ty::Keywords => Typed::List(
+            text.split('|')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Cow::Borrowed)
+                .collect(),
+        ),
+        Ty::Bool => Typed::Bool(values::parse_bool(text)?),
+        Ty::Int => Typed::Int(
+            text.parse()
+                .map_err(|_| format!("`{text}` is not a whole number"))?,
+        ),
+        Ty::Float => Typed::Double(text.parse().map_err(|_| format!("`{text}` is not a number"))?),
+        Ty::Money => Typed::Int(values::parse_money(text)?),
+        Ty::Date | Ty::Timestamp => {
+            return owned(
+                values::parse_cell(ty, text)?
+                    .kind
+                    .expect("a parsed value has a kind"),
+            )
+            .map(Some);
+        }
+    }))
+}
+
+/// A value parsed into a protobuf kind, as a [`Typed`]; dates must exist and timestamps fall in
+/// years 1 to 9999, as the server checks.
+fn owned(kind: Kind) -> Result<Typed<'static>, String> {
+    use std::borrow::Cow;
+    Ok(match kind {
+        Kind::BoolValue(b) => Typed::Bool(b),
+        Kind::IntValue(i) => Typed::Int(i),
+        Kind::DoubleValue(f) => Typed::Double(f),
+        Kind::StringValue(s) => Typed::Str(Cow::Owned(s)),
+        Kind::ListValue(l) => Typed::List(l.values.into_iter().map(Cow::Owned).collect()),
+        Kind::DateValue(d) => Typed::Date(
+            values::days_from_civil(d.year, d.month, d.day)
+                .filter(|_| (1..=9999).contains(&d.year))
+                .ok_or_else(|| format!("{:04}-{:02}-{:02} is not a valid date", d.year, d.month, d.day))?,
+        ),
+        Kind::TimestampValue(t) => {
+            // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z.
+            const FIRST: i64 = -62_135_596_800_000_000;
+            const LAST: i64 = 253_402_300_799_999_999;
+            let micros = t
+                .seconds
+                .checked_mul(1_000_000)
+                .and_then(|m| m.checked_add(i64::from(t.nanos) / 1000))
+                .filter(|m| (FIRST..=LAST).contains(m))
+                .ok_or("outside years 1 to 9999")?;
+            Typed::Timestamp(micros)
+        }
+    })
+}
+
 pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
     let schema = schema(&channel).await?;
     let header_schema = schema.clone();
@@ -343,64 +515,18 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
         }
         Ok(())
     };
-    // Each row is checked and typed here, and a batch of rows is sent column by column. Rows
-    // name the same columns in the same order (a CSV header), so each column's type and slot
-    // are remembered by position and only looked up again when the name there changes.
-    let names: Arc<Vec<String>> = Arc::new(schema.keys().cloned().collect());
-    let slots: HashMap<String, (Ty, usize)> = names
-        .iter()
-        .enumerate()
-        .map(|(slot, name)| (name.clone(), (schema[name].0, slot)))
-        .collect();
-    let mut types: Vec<(String, Option<(Ty, usize)>)> = Vec::new();
-    let parse = move |row: &Row<'_>| -> Result<ColumnRow, String> {
-        let customer_id = row.required("customer_id")?;
-        let email = row.text("email")?;
-        let mut values = Vec::with_capacity(row.fields.len());
-        for (k, (name, cell)) in row.fields.iter().enumerate() {
-            if *name == "customer_id" || *name == "email" || cell.is_empty() {
-                continue;
-            }
-            let ty = match types.get(k) {
-                Some((known, ty)) if known == name => *ty,
-                _ => {
-                    let ty = slots.get(*name).copied();
-                    if types.len() <= k {
-                        types.resize(k + 1, (String::new(), None));
-                    }
-                    types[k] = (name.to_string(), ty);
-                    ty
-                }
-            };
-            let Some((ty, slot)) = ty else {
-                return Err(format!("`{name}` is not an attribute"));
-            };
-            let value = match cell {
-                Cell::Text(s) => Some(values::parse_cell(ty, s)),
-                Cell::Json(v) => values::parse_json(ty, v).transpose(),
-            };
-            if let Some(value) = value {
-                let value = value.map_err(|e| format!("`{name}`: {e}"))?;
-                values.push((slot, value.kind.expect("a parsed value has a kind")));
-            }
-        }
-        Ok(ColumnRow {
-            customer_id,
-            email,
-            values,
-        })
-    };
+    let sink = CustomerColumns::new(&schema);
     let Reader {
         batches: mut rx,
         handle: reader,
         bytes,
         total_bytes: total,
-    } = spawn_reader(&args, check_header, parse)?;
+    } = spawn_reader(&args, check_header, sink)?;
     let mut progress = Progress::new("customers", total);
     if args.dry_run {
         let mut rows = 0u64;
         while let Some(batch) = rx.recv().await {
-            rows += batch.items.len() as u64;
+            rows += batch.lines.len() as u64;
             progress.update(rows, bytes.load(Ordering::Relaxed));
         }
         let read = join(reader)?;
@@ -416,21 +542,13 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
     }
     let lines: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default();
     let sent = Arc::new(AtomicU64::new(0));
-    let (stream_tx, stream_rx) = mpsc::channel::<pb::LoadCustomersRequest>(4);
+    let (stream_tx, stream_rx) = mpsc::channel::<EncodedColumns>(4);
     let (lines2, sent2) = (lines.clone(), sent.clone());
     let feeder = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
+            sent2.fetch_add(batch.lines.len() as u64, Ordering::Relaxed);
             lines2.lock().unwrap().push(batch.lines);
-            sent2.fetch_add(batch.items.len() as u64, Ordering::Relaxed);
-            let mut columns = ColumnsBuilder::new(&names, batch.items.len());
-            for row in batch.items {
-                columns.push(row);
-            }
-            let msg = pb::LoadCustomersRequest {
-                customers: Vec::new(),
-                columns: Some(columns.finish()),
-            };
-            if stream_tx.send(msg).await.is_err() {
+            if stream_tx.send(EncodedColumns(batch.items)).await.is_err() {
                 break;
             }
         }
@@ -543,7 +661,14 @@ pub async fn orders(channel: Ch, args: LoadArgs) -> Result<()> {
         handle: reader,
         bytes,
         total_bytes: total,
-    } = spawn_reader(&args, check_header, parse)?;
+    } = spawn_reader(
+        &args,
+        check_header,
+        Items {
+            parse,
+            items: Vec::new(),
+        },
+    )?;
     let mut progress = Progress::new("orders", total);
     let mut ingest = IngestClient::new(channel).max_encoding_message_size(64 << 20);
     let (mut rows, mut applied, mut duplicates, mut created) = (0u64, 0u64, 0u64, 0usize);

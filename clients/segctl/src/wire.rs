@@ -1,174 +1,347 @@
-//! Customer rows turned into the `CustomerColumns` of a `LoadCustomersRequest`: a batch sent column
-//! by column names each attribute once, where `Customer` messages repeat every name in every row,
-//! so it is about a third of the bytes to send, and the cheapest form for the server to read and log.
+//! Customer rows written straight into the bytes of a `CustomerColumns` message, the `columns` of a
+//! `LoadCustomersRequest`. A batch sent column by column names each attribute once, where
+//! `Customer` messages repeat every name in every row: about a third of the bytes to send, and the
+//! cheapest form for the server to read and log. Cells are encoded from the file's text as they are
+//! read, without a `String` or a `Value` per cell.
 
-use crate::pb::{self, attribute_column::Values, value::Kind};
+use bytes::{Buf, BufMut};
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::{DecodeError, Message};
 
-/// One checked row: its id, e-mail, and values by attribute slot (an index into the names the
-/// [`ColumnsBuilder`] was given).
-pub struct ColumnRow {
-    pub customer_id: String,
-    pub email: Option<String>,
-    pub values: Vec<(usize, Kind)>,
+/// `LoadCustomersRequest` as segctl sends it: field 2, an encoded `CustomerColumns`.
+#[derive(Clone, Default, PartialEq)]
+pub struct EncodedColumns(pub Vec<u8>);
+
+impl std::fmt::Debug for EncodedColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncodedColumns({} bytes)", self.0.len())
+    }
 }
 
-/// Gathers rows into one `CustomerColumns`.
-pub struct ColumnsBuilder<'a> {
-    names: &'a [String],
-    columns: pb::CustomerColumns,
-    /// The column of each attribute slot, once it has a value.
+impl Message for EncodedColumns {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encoding::bytes::encode(2, &self.0, buf);
+    }
+
+    /// Kept as bytes; segctl never receives this message.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        if tag == 2 {
+            encoding::bytes::merge(wire_type, &mut self.0, buf, ctx)
+        } else {
+            encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        encoding::bytes::encoded_len(2, &self.0)
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// A checked cell, borrowing the file's text where it can.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Typed<'a> {
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    /// Days since 1970-01-01.
+    Date(i64),
+    /// Microseconds since the epoch.
+    Timestamp(i64),
+    Str(std::borrow::Cow<'a, str>),
+    List(Vec<std::borrow::Cow<'a, str>>),
+}
+
+impl Typed<'_> {
+    /// The `AttributeColumn.values` field holding this kind.
+    fn field(&self) -> u32 {
+        match self {
+            Typed::Bool(_) => 3,
+            Typed::Int(_) => 4,
+            Typed::Double(_) => 5,
+            Typed::Date(_) => 6,
+            Typed::Timestamp(_) => 7,
+            Typed::Str(_) => 8,
+            Typed::List(_) => 9,
+        }
+    }
+}
+
+/// One attribute's column being written.
+struct Column {
+    /// The `values` field (3 to 9), from the first value's kind.
+    field: u32,
+    slot: usize,
+    missing: Vec<u32>,
+    /// Packed numbers (fields 3 to 7), or the encoded entries of field 1 (strings, lists).
+    values: Vec<u8>,
+    count: u32,
+}
+
+/// Writes rows into one `CustomerColumns` at a time.
+pub struct ColumnsWriter {
+    /// Attribute names by slot.
+    names: Vec<String>,
+    rows: u32,
+    ids: Vec<u8>,
+    emails: Vec<u8>,
+    /// Rows the `emails` bytes cover (all given or none: rows without one get "").
+    email_rows: u32,
+    columns: Vec<Column>,
     column_of: Vec<Option<usize>>,
 }
 
-impl<'a> ColumnsBuilder<'a> {
-    /// A builder for attributes named by slot in `names`, sized for `rows` rows.
-    pub fn new(names: &'a [String], rows: usize) -> Self {
-        ColumnsBuilder {
+impl ColumnsWriter {
+    /// A writer for attributes named by slot in `names`.
+    pub fn new(names: Vec<String>) -> Self {
+        let slots = names.len();
+        ColumnsWriter {
             names,
-            columns: pb::CustomerColumns {
-                customer_ids: Vec::with_capacity(rows),
-                ..Default::default()
-            },
-            column_of: vec![None; names.len()],
+            rows: 0,
+            ids: Vec::new(),
+            emails: Vec::new(),
+            email_rows: 0,
+            columns: Vec::new(),
+            column_of: vec![None; slots],
         }
     }
 
-    /// Adds a row. Its values' kinds follow the attribute's type, so a column holds one kind.
-    pub fn push(&mut self, row: ColumnRow) {
-        let at = self.columns.customer_ids.len();
-        self.columns.customer_ids.push(row.customer_id);
-        if let Some(email) = row.email {
-            // E-mails are all given or none: rows before the first without one get "".
-            self.columns.emails.resize(at, String::new());
-            self.columns.emails.push(email);
+    /// Adds a checked row: its values by attribute slot. A slot's values keep the kind its
+    /// attribute's type gives them, so a column holds one kind.
+    pub fn push(&mut self, customer_id: &str, email: Option<&str>, values: &[(usize, Typed<'_>)]) {
+        let row = self.rows;
+        string_field(1, customer_id, &mut self.ids);
+        if let Some(email) = email {
+            while self.email_rows < row {
+                string_field(2, "", &mut self.emails);
+                self.email_rows += 1;
+            }
+            string_field(2, email, &mut self.emails);
+            self.email_rows += 1;
         }
-        for (slot, kind) in row.values {
-            let j = *self.column_of[slot].get_or_insert_with(|| {
-                self.columns.attributes.push(pb::AttributeColumn {
-                    name: self.names[slot].clone(),
+        for (slot, value) in values {
+            let j = *self.column_of[*slot].get_or_insert_with(|| {
+                self.columns.push(Column {
+                    field: value.field(),
+                    slot: *slot,
                     missing: Vec::new(),
-                    values: Some(empty_like(&kind)),
+                    values: Vec::new(),
+                    count: 0,
                 });
-                self.columns.attributes.len() - 1
+                self.columns.len() - 1
             });
-            let column = &mut self.columns.attributes[j];
-            let values = column.values.as_mut().expect("a column has values");
-            let filled = column.missing.len() + values_len(values);
-            column.missing.extend(filled as u32..at as u32);
-            push(values, kind);
+            let column = &mut self.columns[j];
+            debug_assert_eq!(column.field, value.field(), "one kind per column");
+            let filled = column.missing.len() as u32 + column.count;
+            column.missing.extend(filled..row);
+            column.count += 1;
+            let out = &mut column.values;
+            match value {
+                Typed::Bool(b) => out.push(u8::from(*b)),
+                Typed::Int(v) | Typed::Date(v) | Typed::Timestamp(v) => {
+                    encoding::encode_varint(*v as u64, out)
+                }
+                Typed::Double(v) => out.extend_from_slice(&v.to_le_bytes()),
+                Typed::Str(s) => string_field(1, s, out),
+                Typed::List(items) => {
+                    let len: usize = items.iter().map(|s| field_len(1, s.len())).sum();
+                    encoding::encode_key(1, WireType::LengthDelimited, out);
+                    encoding::encode_varint(len as u64, out);
+                    for item in items {
+                        string_field(1, item, out);
+                    }
+                }
+            }
         }
+        self.rows += 1;
     }
 
-    /// The rows as columns.
-    pub fn finish(mut self) -> pb::CustomerColumns {
-        let rows = self.columns.customer_ids.len();
-        if !self.columns.emails.is_empty() {
-            self.columns.emails.resize(rows, String::new());
+    /// The rows written so far as an encoded `CustomerColumns`; the writer starts afresh.
+    pub fn take(&mut self) -> Vec<u8> {
+        let rows = self.rows;
+        if self.email_rows > 0 {
+            while self.email_rows < rows {
+                string_field(2, "", &mut self.emails);
+                self.email_rows += 1;
+            }
         }
-        for column in &mut self.columns.attributes {
-            let filled = column.missing.len() + column.values.as_ref().map_or(0, values_len);
-            column.missing.extend(filled as u32..rows as u32);
+        let mut out = Vec::with_capacity(
+            self.ids.len()
+                + self.emails.len()
+                + self.columns.iter().map(|c| c.values.len() + 64).sum::<usize>(),
+        );
+        out.append(&mut self.ids);
+        out.append(&mut self.emails);
+        let mut missing = Vec::new();
+        for mut column in self.columns.drain(..) {
+            let filled = column.missing.len() as u32 + column.count;
+            column.missing.extend(filled..rows);
+            missing.clear();
+            for &m in &column.missing {
+                encoding::encode_varint(u64::from(m), &mut missing);
+            }
+            let name = &self.names[column.slot];
+            let packed = column.field <= 7;
+            let values_len = if packed {
+                field_len(1, column.values.len())
+            } else {
+                column.values.len()
+            };
+            let mut len = field_len(1, name.len()) + field_len(column.field, values_len);
+            if !missing.is_empty() {
+                len += field_len(2, missing.len());
+            }
+            encoding::encode_key(3, WireType::LengthDelimited, &mut out);
+            encoding::encode_varint(len as u64, &mut out);
+            string_field(1, name, &mut out);
+            if !missing.is_empty() {
+                bytes_field(2, &missing, &mut out);
+            }
+            encoding::encode_key(column.field, WireType::LengthDelimited, &mut out);
+            encoding::encode_varint(values_len as u64, &mut out);
+            if packed {
+                bytes_field(1, &column.values, &mut out);
+            } else {
+                out.extend_from_slice(&column.values);
+            }
         }
-        self.columns
+        self.column_of.fill(None);
+        self.rows = 0;
+        self.email_rows = 0;
+        out
     }
 }
 
-fn empty_like(kind: &Kind) -> Values {
-    match kind {
-        Kind::BoolValue(_) => Values::Bools(Default::default()),
-        Kind::IntValue(_) => Values::Ints(Default::default()),
-        Kind::DoubleValue(_) => Values::Doubles(Default::default()),
-        Kind::StringValue(_) => Values::Strings(Default::default()),
-        Kind::DateValue(_) => Values::Dates(Default::default()),
-        Kind::TimestampValue(_) => Values::Timestamps(Default::default()),
-        Kind::ListValue(_) => Values::Lists(Default::default()),
-    }
+fn field_len(tag: u32, len: usize) -> usize {
+    encoding::key_len(tag) + encoding::encoded_len_varint(len as u64) + len
 }
 
-fn values_len(values: &Values) -> usize {
-    match values {
-        Values::Bools(c) => c.values.len(),
-        Values::Ints(c) | Values::Dates(c) | Values::Timestamps(c) => c.values.len(),
-        Values::Doubles(c) => c.values.len(),
-        Values::Strings(c) => c.values.len(),
-        Values::Lists(c) => c.values.len(),
-    }
+fn string_field(tag: u32, s: &str, out: &mut Vec<u8>) {
+    bytes_field(tag, s.as_bytes(), out);
 }
 
-/// Appends a value to its column. Dates go as days since 1970-01-01 and timestamps as
-/// microseconds, as `CustomerColumns` carries them (the row parser checked both).
-fn push(values: &mut Values, kind: Kind) {
-    match (values, kind) {
-        (Values::Bools(c), Kind::BoolValue(v)) => c.values.push(v),
-        (Values::Ints(c), Kind::IntValue(v)) => c.values.push(v),
-        (Values::Doubles(c), Kind::DoubleValue(v)) => c.values.push(v),
-        (Values::Strings(c), Kind::StringValue(v)) => c.values.push(v),
-        (Values::Lists(c), Kind::ListValue(v)) => c.values.push(v),
-        (Values::Dates(c), Kind::DateValue(d)) => c
-            .values
-            .push(crate::values::days_from_civil(d.year, d.month, d.day).unwrap_or(i64::MIN)),
-        (Values::Timestamps(c), Kind::TimestampValue(t)) => c.values.push(
-            t.seconds
-                .saturating_mul(1_000_000)
-                .saturating_add(i64::from(t.nanos) / 1000),
-        ),
-        (_, kind) => unreachable!("a column holds one kind of value, not {kind:?}"),
-    }
+fn bytes_field(tag: u32, b: &[u8], out: &mut Vec<u8>) {
+    encoding::encode_key(tag, WireType::LengthDelimited, out);
+    encoding::encode_varint(b.len() as u64, out);
+    out.extend_from_slice(b);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pb::{self, attribute_column::Values};
+    use std::borrow::Cow;
 
     #[test]
     fn rows_become_columns_with_missing_rows() {
-        let names = vec![
-            "gender".to_string(),
-            "household_size".to_string(),
-            "birth_date".to_string(),
-        ];
-        let mut b = ColumnsBuilder::new(&names, 3);
-        b.push(ColumnRow {
-            customer_id: "a".into(),
-            email: None,
-            values: vec![(1, Kind::IntValue(2))],
-        });
-        b.push(ColumnRow {
-            customer_id: "b".into(),
-            email: Some("b@x.fr".into()),
-            values: vec![
-                (0, Kind::StringValue("F".into())),
-                (
-                    2,
-                    Kind::DateValue(pb::Date {
-                        year: 1970,
-                        month: 1,
-                        day: 3,
-                    }),
-                ),
-            ],
-        });
-        b.push(ColumnRow {
-            customer_id: "c".into(),
-            email: None,
-            values: vec![(1, Kind::IntValue(5))],
-        });
-        let c = b.finish();
-        assert_eq!(c.customer_ids, ["a", "b", "c"]);
-        assert_eq!(c.emails, ["", "b@x.fr", ""]);
-        let by_name = |n: &str| c.attributes.iter().find(|a| a.name == n).unwrap().clone();
-        let size = by_name("household_size");
-        assert_eq!(size.missing, [1]);
-        assert_eq!(
-            size.values,
-            Some(Values::Ints(pb::IntColumn { values: vec![2, 5] }))
-        );
-        let gender = by_name("gender");
-        assert_eq!(gender.missing, [0, 2]);
-        assert_eq!(
-            by_name("birth_date").values,
-            Some(Values::Dates(pb::IntColumn { values: vec![2] }))
-        );
-        assert_eq!(c.attributes.len(), 3);
+        let names: Vec<String> = [
+            "gender",
+            "household_size",
+            "birth_date",
+            "tags",
+            "vip",
+            "score",
+            "seen",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut w = ColumnsWriter::new(names);
+        for round in 0..2 {
+            w.push("a", None, &[(1, Typed::Int(-2)), (4, Typed::Bool(true))]);
+            w.push(
+                "b",
+                Some("b@x.fr"),
+                &[
+                    (0, Typed::Str(Cow::Borrowed("F"))),
+                    (2, Typed::Date(-3)),
+                    (3, Typed::List(vec![Cow::Borrowed("golf"), Cow::Borrowed("ski")])),
+                    (5, Typed::Double(1.5)),
+                    (6, Typed::Timestamp(1_700_000_000_000_000)),
+                ],
+            );
+            w.push("c", None, &[(1, Typed::Int(5)), (4, Typed::Bool(false))]);
+            let decoded = pb::CustomerColumns::decode(w.take().as_slice()).unwrap();
+            let column = |name: &str, missing: Vec<u32>, values: Values| pb::AttributeColumn {
+                name: name.into(),
+                missing,
+                values: Some(values),
+            };
+            let expected = pb::CustomerColumns {
+                customer_ids: vec!["a".into(), "b".into(), "c".into()],
+                emails: vec![String::new(), "b@x.fr".into(), String::new()],
+                attributes: vec![
+                    column(
+                        "household_size",
+                        vec![1],
+                        Values::Ints(pb::IntColumn { values: vec![-2, 5] }),
+                    ),
+                    column(
+                        "vip",
+                        vec![1],
+                        Values::Bools(pb::BoolColumn {
+                            values: vec![true, false],
+                        }),
+                    ),
+                    column(
+                        "gender",
+                        vec![0, 2],
+                        Values::Strings(pb::StringColumn {
+                            values: vec!["F".into()],
+                        }),
+                    ),
+                    column(
+                        "birth_date",
+                        vec![0, 2],
+                        Values::Dates(pb::IntColumn { values: vec![-3] }),
+                    ),
+                    column(
+                        "tags",
+                        vec![0, 2],
+                        Values::Lists(pb::ListColumn {
+                            values: vec![pb::StringList {
+                                values: vec!["golf".into(), "ski".into()],
+                            }],
+                        }),
+                    ),
+                    column(
+                        "score",
+                        vec![0, 2],
+                        Values::Doubles(pb::DoubleColumn { values: vec![1.5] }),
+                    ),
+                    column(
+                        "seen",
+                        vec![0, 2],
+                        Values::Timestamps(pb::IntColumn {
+                            values: vec![1_700_000_000_000_000],
+                        }),
+                    ),
+                ],
+            };
+            assert_eq!(decoded, expected, "round {round}");
+        }
+        // No e-mail given at all: none sent.
+        w.push("d", None, &[]);
+        let decoded = pb::CustomerColumns::decode(w.take().as_slice()).unwrap();
+        assert!(decoded.emails.is_empty() && decoded.attributes.is_empty());
+        // The request carries them as its `columns` field.
+        let request = EncodedColumns(decoded.encode_to_vec());
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Generic {
+            #[prost(message, repeated, tag = "1")]
+            customers: Vec<pb::Customer>,
+            #[prost(message, optional, tag = "2")]
+            columns: Option<pb::CustomerColumns>,
+        }
+        let generic = Generic::decode(request.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(generic.columns, Some(decoded));
     }
 }

@@ -214,13 +214,23 @@ fn bad_rows_are_reported_with_file_and_line() {
     let out = server.segctl(&["load", "customers", &unknown]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("column `shoe_size` is not an attribute"));
-    let twice = write(
+    // A date that does not exist is a bad row, reported with its line.
+    let dates = write(
         dir.path(),
-        "t.csv",
-        "customer_id,city,city
-T1,Lyon,Nice
-",
+        "f.csv",
+        "customer_id,birth_date,last_visit_at\nF1,1980-02-29,2024-05-01T10:00:00Z\nF2,1981-02-29,\n",
     );
+    let out = server.segctl(&["load", "customers", &dates]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{dates}:3: `birth_date`: 1981-02-29 is not a valid date"
+        )),
+        "{err}"
+    );
+    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 2);
+    let twice = write(dir.path(), "t.csv", "customer_id,city,city\nT1,Lyon,Nice\n");
     let out = server.segctl(&["load", "customers", &twice]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("column `city` appears twice in the header"));
