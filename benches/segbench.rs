@@ -591,7 +591,12 @@ async fn connect(addr: SocketAddr, n: usize) -> Vec<Channel> {
 }
 
 /// IsMember latency idle, then while `n` new customers (with attributes) stream in.
-async fn during_load(addr: SocketAddr, channels: &[Channel], n: usize, customers: usize) {
+///
+/// The measuring client is one thread running both the calls and their connection (a
+/// current-thread runtime of its own), so a call's latency is the server's answer plus one
+/// thread's wait for a core, not also hand-offs between client threads competing for the same two
+/// cores as the load.
+async fn during_load(addr: SocketAddr, n: usize, customers: usize) {
     // Column by column and encoded beforehand, as the bulk loader (`segctl load`) sends them (see
     // benches/load.rs).
     let batches: Vec<pb::LoadCustomersRequest> = (0..n)
@@ -607,9 +612,55 @@ async fn during_load(addr: SocketAddr, channels: &[Channel], n: usize, customers
             )
         })
         .collect();
-    let idle = grpc(channels, Workload::IsMember, 1, 3.0, customers).await;
-    // The loader gets a runtime (and threads) of its own, as a separate loading process would:
-    // encoding its batches must not delay the measured client's calls on their runtime.
+    // 0: measuring idle, 1: the load runs, 2: it ended.
+    let (phase_tx, mut phase) = tokio::sync::watch::channel(0u8);
+    let (idle_done_tx, idle_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let measurer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut client = MembershipClient::new(connect(addr, 1).await.remove(0));
+            let mut rng = Rng(42);
+            let mut histograms = [
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            ];
+            let idle_until = Instant::now() + Duration::from_secs(3);
+            let mut idle_done = Some(idle_done_tx);
+            loop {
+                let now = *phase.borrow();
+                let during = match now {
+                    0 if Instant::now() < idle_until => 0,
+                    0 => {
+                        // Idle measured: let the load start, and wait for it.
+                        if let Some(done) = idle_done.take() {
+                            let _ = done.send(());
+                        }
+                        phase.wait_for(|&p| p > 0).await.unwrap();
+                        continue;
+                    }
+                    1 => 1,
+                    _ => break,
+                };
+                let t0 = Instant::now();
+                client
+                    .is_member(pb::IsMemberRequest {
+                        customer_id: cid(rng.below(customers)),
+                        segment_id: sid(rng.below(SEGMENTS)),
+                    })
+                    .await
+                    .unwrap();
+                histograms[during]
+                    .record((t0.elapsed().as_micros() as u64).max(1))
+                    .unwrap();
+            }
+            histograms
+        })
+    });
+    idle_done_rx.await.unwrap();
+    // The loader gets a runtime (and threads) of its own, as a separate loading process would.
     let loader_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("loader")
@@ -621,6 +672,7 @@ async fn during_load(addr: SocketAddr, channels: &[Channel], n: usize, customers
         .await
         .unwrap();
     let started = Instant::now();
+    phase_tx.send(1).unwrap();
     let load = loader_rt.spawn(async move {
         IngestClient::new(load_channel)
             .max_encoding_message_size(64 << 20)
@@ -629,28 +681,17 @@ async fn during_load(addr: SocketAddr, channels: &[Channel], n: usize, customers
             .unwrap();
         Instant::now()
     });
-    // Measure while the load runs (stopping when it ends).
-    let mut busy = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut client = MembershipClient::new(channels[0].clone());
-    let mut rng = Rng(42);
-    while !load.is_finished() {
-        let t0 = Instant::now();
-        client
-            .is_member(pb::IsMemberRequest {
-                customer_id: cid(rng.below(customers)),
-                segment_id: sid(rng.below(SEGMENTS)),
-            })
-            .await
-            .unwrap();
-        busy.record((t0.elapsed().as_micros() as u64).max(1)).unwrap();
-    }
     let ended = load.await.unwrap();
+    phase_tx.send(2).unwrap();
+    let [idle, busy] = tokio::task::spawn_blocking(move || measurer.join().unwrap())
+        .await
+        .unwrap();
     loader_rt.shutdown_background();
     let secs = (ended - started).as_secs_f64();
     println!();
     println!("| IsMember, 1 in flight | calls | p50 µs | p90 µs | p99 µs | p99.9 µs |");
     println!("|---|---|---|---|---|---|");
-    for (label, h) in [("idle", &idle.latency), ("during the load", &busy)] {
+    for (label, h) in [("idle", &idle), ("during the load", &busy)] {
         println!(
             "| {label} | {} | {} | {} | {} | {} |",
             h.len(),
@@ -894,7 +935,7 @@ fn main() {
             }
         }
         if args.during_load > 0 {
-            during_load(seg_addr, &seg_channels, args.during_load, args.customers).await;
+            during_load(seg_addr, args.during_load, args.customers).await;
         }
     });
     drop(client_rt);
