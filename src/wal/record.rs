@@ -572,6 +572,18 @@ mod tests {
         }
     }
 
+    /// Customers c1 and c2 read the same from both stores, and ann@example.com is c1's.
+    fn same_customers(replayed: &Store, direct: &Store) {
+        for id in ["c1", "c2"] {
+            let key = CustomerKey::Id(id.into());
+            assert_eq!(
+                replayed.get_customer(&key).unwrap(),
+                direct.get_customer(&key).unwrap()
+            );
+        }
+        assert_eq!(replayed.ordinal_of_email("ann@example.com"), Some(0));
+    }
+
     #[test]
     fn customers_logged_as_received_replay_as_they_were_applied() {
         use crate::api::pb as api;
@@ -624,14 +636,7 @@ mod tests {
             .map(|c| crate::api::wire::customer_patch(&schema, c).unwrap())
             .collect();
         direct.upsert(&patches, &mut crate::store::no_log).unwrap();
-        for id in ["c1", "c2"] {
-            let key = CustomerKey::Id(id.into());
-            assert_eq!(
-                replayed.get_customer(&key).unwrap(),
-                direct.get_customer(&key).unwrap()
-            );
-        }
-        assert_eq!(replayed.ordinal_of_email("ann@example.com"), Some(0));
+        same_customers(&replayed, &direct);
 
         // Bytes that are not a customer are data loss, not a panic.
         let bad = pb::Record {
@@ -687,14 +692,7 @@ mod tests {
         let direct = Store::new();
         let patches = crate::api::columns::column_patches(&direct.schema(), None, columns).unwrap();
         direct.upsert(&patches, &mut crate::store::no_log).unwrap();
-        for id in ["c1", "c2"] {
-            let key = CustomerKey::Id(id.into());
-            assert_eq!(
-                replayed.get_customer(&key).unwrap(),
-                direct.get_customer(&key).unwrap()
-            );
-        }
-        assert_eq!(replayed.ordinal_of_email("ann@example.com"), Some(0));
+        same_customers(&replayed, &direct);
 
         // Bytes that are not customer columns are data loss, not a panic.
         let bad = pb::Record {
