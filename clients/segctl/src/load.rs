@@ -586,6 +586,15 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
                     r.created, r.updated, r.batches
                 ),
             );
+            // A server that predates column batches ignores them: say so rather than succeed.
+            let sent = sent.load(Ordering::Relaxed);
+            if r.created + r.updated != sent {
+                return fail(format!(
+                    "the server applied {} of the {sent} customers sent; a segmentd older than this \
+                     segctl does not read customers sent column by column",
+                    r.created + r.updated
+                ));
+            }
             bad_rows(read.bad)
         }
         Err(status) => {
