@@ -101,6 +101,17 @@ fn pred_in(p: pb::Predicate, path: &str) -> Result<Pred> {
             format!("{attribute:?} is not an attribute name (see Admin.GetSchema)"),
         ));
     }
+    // A word of the text form (`in`, `and`, ...) names no attribute: the rule could not be
+    // printed and read back. `birthday` is the one attribute spelled like a keyword.
+    if op != O::InSegment
+        && attribute != "birthday"
+        && crate::segment::rule::KEYWORDS.contains(&attribute.as_str())
+    {
+        return Err(Error::invalid(
+            field("attribute"),
+            format!("`{attribute}` is a word of the rule language, not an attribute name"),
+        ));
+    }
     let given = values.len();
     let count = |n: std::ops::RangeInclusive<usize>| -> Result<()> {
         if n.contains(&given) {
@@ -494,5 +505,18 @@ mod tests {
         assert!(e.starts_with("rule.and[1].predicate.values"), "{e}");
         let e = rule_in(pb::Rule { node: None }).unwrap_err().to_string();
         assert!(e.starts_with("rule: empty rule node"), "{e}");
+        // Found by fuzzing: `in is set` would print and then not read back.
+        let reserved = pb::Rule {
+            node: Some(Node::Predicate(pb::Predicate {
+                attribute: "in".into(),
+                operator: pb::Operator::IsSet as i32,
+                ..Default::default()
+            })),
+        };
+        let e = rule_in(reserved).unwrap_err().to_string();
+        assert!(
+            e.starts_with("rule.predicate.attribute") && e.contains("word of the rule language"),
+            "{e}"
+        );
     }
 }
