@@ -848,3 +848,87 @@ async fn batch_checks_answer_every_customer_against_every_segment() {
         .unwrap_err();
     assert!(err.message().contains("customer_ids[1]"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn oversized_and_too_deep_inputs_are_refused_with_their_codes() {
+    // A small message limit, so an oversized request is cheap to build.
+    let server = TestServer::start_with(|c| c.max_message_bytes = 256 * 1024).await;
+    base(&server).await;
+    let nested = |levels: usize| format!("{}vip{}", "(".repeat(levels), ")".repeat(levels));
+    let many = vec!["vip"; 1001].join(" or ");
+    let long = format!("vip or gender in ({})", vec!["\"F\""; 4000].join(", "));
+    for (rule, needle) in [
+        (nested(40), "nested deeper than 32 levels"),
+        (many, "more than 1000"),
+        (long, "longer than 16384 bytes"),
+    ] {
+        let err = create(&server, text_segment("x", &rule)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(needle), "{}", err.message());
+    }
+    // The tree form has the same limits.
+    let mut tree = pb::Rule {
+        node: Some(pb::rule::Node::Predicate(pb::Predicate {
+            attribute: "vip".into(),
+            operator: pb::Operator::IsSet as i32,
+            ..Default::default()
+        })),
+    };
+    for _ in 0..40 {
+        tree = pb::Rule {
+            node: Some(pb::rule::Node::Not(Box::new(tree))),
+        };
+    }
+    let err = create(
+        &server,
+        pb::Segment {
+            segment_id: "x".into(),
+            name: "x".into(),
+            rule: Some(tree),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("nested deeper than 32 levels"),
+        "{}",
+        err.message()
+    );
+
+    // A message over --max-message-bytes is refused before it is read; the server goes on.
+    let mut ingest = server.ingest().await;
+    let big: Vec<pb::Customer> = (0..2000)
+        .map(|n| customer(&format!("big{n}"), None, &[("organization", s(&"x".repeat(200)))]))
+        .collect();
+    let err = ingest
+        .upsert_customers(pb::UpsertCustomersRequest::new(big))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(
+        err.message().contains("the limit is: 262144 bytes"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(get(&mut ingest, "big0").await.unwrap_err().code(), Code::NotFound);
+    ingest
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![customer(
+            "small",
+            None,
+            &[],
+        )]))
+        .await
+        .unwrap();
+    assert!(
+        server
+            .segments()
+            .await
+            .get_segment(pb::GetSegmentRequest {
+                segment_id: "x".into()
+            })
+            .await
+            .is_err()
+    );
+}
