@@ -572,6 +572,21 @@ mod tests {
         }
     }
 
+    /// A record (sequence 1) whose op field is `op`, encoded beforehand, read back as a message.
+    fn record_holding(op: &EncodedOp) -> pb::Record {
+        use prost::Message;
+        let mut record = Vec::new();
+        pb::Record {
+            sequence: 1,
+            time_micros: 5,
+            op: None,
+        }
+        .encode(&mut record)
+        .unwrap();
+        record.extend_from_slice(op.as_bytes());
+        pb::Record::decode(record.as_slice()).unwrap()
+    }
+
     /// Customers c1 and c2 read the same from both stores, and ann@example.com is c1's.
     fn same_customers(replayed: &Store, direct: &Store) {
         for id in ["c1", "c2"] {
@@ -612,16 +627,7 @@ mod tests {
         let encoded: Vec<Vec<u8>> = customers.iter().map(Message::encode_to_vec).collect();
         let op = encode_upsert_customers(encoded.iter().map(Vec::as_slice));
         // The field decodes as the message it stands for.
-        let mut record = Vec::new();
-        pb::Record {
-            sequence: 1,
-            time_micros: 5,
-            op: None,
-        }
-        .encode(&mut record)
-        .unwrap();
-        record.extend_from_slice(op.as_bytes());
-        let record = pb::Record::decode(record.as_slice()).unwrap();
+        let record = record_holding(&op);
         let Some(Op::UpsertCustomers(u)) = &record.op else {
             panic!("not upsert_customers: {:?}", record.op)
         };
@@ -675,16 +681,7 @@ mod tests {
         };
         let bytes = columns.encode_to_vec();
         let op = encode_upsert_columns(&bytes);
-        let mut record = Vec::new();
-        pb::Record {
-            sequence: 1,
-            time_micros: 5,
-            op: None,
-        }
-        .encode(&mut record)
-        .unwrap();
-        record.extend_from_slice(op.as_bytes());
-        let record = pb::Record::decode(record.as_slice()).unwrap();
+        let record = record_holding(&op);
         assert_eq!(record.op, Some(Op::UpsertColumns(bytes.clone())));
 
         let replayed = Store::new();
