@@ -209,32 +209,15 @@ fn check_shape(def: &AttrDef, n: usize, column: &pb::AttributeColumn) -> Result<
     let Some(values) = &column.values else {
         return Err(Error::invalid("values", "no values given"));
     };
-    let (kind, count) = match values {
-        Values::Bools(c) => ("bools", c.values.len()),
-        Values::Ints(c) => ("ints", c.values.len()),
-        Values::Doubles(c) => ("doubles", c.values.len()),
-        Values::Dates(c) => ("dates", c.values.len()),
-        Values::Timestamps(c) => ("timestamps", c.values.len()),
-        Values::Strings(c) => ("strings", c.values.len()),
-        Values::Lists(c) => ("lists", c.values.len()),
-    };
-    let fits = match def.ty {
-        AttrType::Bool => kind == "bools",
-        AttrType::Int | AttrType::Money => kind == "ints",
-        AttrType::Float => kind == "doubles" || kind == "ints",
-        AttrType::Date => kind == "dates",
-        AttrType::Timestamp => kind == "timestamps",
-        AttrType::Keyword | AttrType::Text => kind == "strings",
-        AttrType::Keywords => kind == "lists",
-    };
-    if !fits {
+    let (kind, count) = (kind_name(values), values_len(Some(values)));
+    if !accepted(def.ty).contains(&kind) {
         return Err(Error::invalid(
             "values",
             format!(
                 "attribute `{}` is {}: expected {}, got {kind}",
                 def.name,
                 def.ty.name(),
-                expected(def.ty)
+                accepted(def.ty).join(" or ")
             ),
         ));
     }
@@ -261,15 +244,29 @@ fn check_shape(def: &AttrDef, n: usize, column: &pb::AttributeColumn) -> Result<
     Ok(())
 }
 
-fn expected(ty: AttrType) -> &'static str {
+/// The `values` field's name.
+fn kind_name(values: &Values) -> &'static str {
+    match values {
+        Values::Bools(_) => "bools",
+        Values::Ints(_) => "ints",
+        Values::Doubles(_) => "doubles",
+        Values::Dates(_) => "dates",
+        Values::Timestamps(_) => "timestamps",
+        Values::Strings(_) => "strings",
+        Values::Lists(_) => "lists",
+    }
+}
+
+/// The `values` fields a column of an attribute of type `ty` may use.
+fn accepted(ty: AttrType) -> &'static [&'static str] {
     match ty {
-        AttrType::Bool => "bools",
-        AttrType::Int | AttrType::Money => "ints",
-        AttrType::Float => "doubles or ints",
-        AttrType::Date => "dates",
-        AttrType::Timestamp => "timestamps",
-        AttrType::Keyword | AttrType::Text => "strings",
-        AttrType::Keywords => "lists",
+        AttrType::Bool => &["bools"],
+        AttrType::Int | AttrType::Money => &["ints"],
+        AttrType::Float => &["doubles", "ints"],
+        AttrType::Date => &["dates"],
+        AttrType::Timestamp => &["timestamps"],
+        AttrType::Keyword | AttrType::Text => &["strings"],
+        AttrType::Keywords => &["lists"],
     }
 }
 
