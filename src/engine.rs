@@ -21,6 +21,7 @@ use crate::segment::rfm::Reclassified;
 use crate::segment::rule::Rule;
 use crate::segment::timing::Advance;
 use crate::snapshot::{self, SnapshotInfo};
+use crate::store::batch::ColumnBatch;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrId, AttrType, Schema};
 use crate::store::{CustomerRecord, KeyHashes, OrdersOutcome, Store, StoreStats, UpsertOutcome};
@@ -68,12 +69,21 @@ impl Logger<'_> {
 /// A batch of customers made ready for the writer thread: its patches, and its log record
 /// encoded where the batch was parsed, so the one writer thread only appends it.
 pub struct UpsertBatch {
-    pub patches: Vec<CustomerPatch>,
+    rows: BatchRows,
     record: wal::EncodedOp,
-    /// Dictionary codes of the batch's keyword strings, looked up where it was parsed.
-    known: Vec<u32>,
-    /// Hashes of its ids and e-mails, computed there too.
+    /// Hashes of its ids and e-mails, computed where it was parsed.
     hashes: KeyHashes,
+}
+
+/// The customers of an [`UpsertBatch`], in the form they came in.
+enum BatchRows {
+    /// With the dictionary codes of their keyword strings, looked up where they were parsed.
+    Patches {
+        patches: Vec<CustomerPatch>,
+        known: Vec<u32>,
+    },
+    /// Column by column, codes looked up too.
+    Columns(ColumnBatch),
 }
 
 impl UpsertBatch {
@@ -90,26 +100,43 @@ impl UpsertBatch {
         let known = crate::store::known_codes(schema, &patches);
         let hashes = KeyHashes::of(&patches);
         UpsertBatch {
-            patches,
+            rows: BatchRows::Patches { patches, known },
             record,
-            known,
+            hashes,
+        }
+    }
+
+    /// A batch given column by column, checked against `schema`; `record` must replay as it.
+    pub fn columns(schema: &Schema, mut columns: ColumnBatch, record: wal::EncodedOp) -> UpsertBatch {
+        columns.look_up_codes(schema);
+        let hashes = KeyHashes::of_columns(&columns);
+        UpsertBatch {
+            rows: BatchRows::Columns(columns),
+            record,
             hashes,
         }
     }
 
     /// Applies the batch on the writer thread, all or nothing, appending its record.
     fn apply(&self, s: &Store, log: &mut Logger<'_>) -> Result<UpsertOutcome> {
-        s.upsert_known(&self.patches, &self.known, &self.hashes, &mut || {
-            log.append_encoded(&self.record)
-        })
+        let mut append = || log.append_encoded(&self.record);
+        match &self.rows {
+            BatchRows::Patches { patches, known } => {
+                s.upsert_known(patches, known, &self.hashes, &mut append)
+            }
+            BatchRows::Columns(columns) => s.upsert_columns(columns, &self.hashes, &mut append),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.patches.len()
+        match &self.rows {
+            BatchRows::Patches { patches, .. } => patches.len(),
+            BatchRows::Columns(columns) => columns.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.patches.is_empty()
+        self.len() == 0
     }
 }
 

@@ -8,9 +8,9 @@
 use crate::api::pb::{self, attribute_column::Values, value::Kind};
 use crate::api::{Limits, convert};
 use crate::error::{Error, Result};
+use crate::store::batch::{AttrColumn, Coded, ColumnBatch, ColumnValues};
 use crate::store::input::{self, CustomerPatch};
 use crate::store::schema::{AttrDef, AttrType, Schema};
-use crate::store::value::Value;
 use crate::time;
 
 /// Every customer of `columns` as a patch checked against `schema`, or the first failure; the
@@ -20,6 +20,16 @@ pub fn column_patches(
     limits: Option<&Limits>,
     columns: pb::CustomerColumns,
 ) -> Result<Vec<CustomerPatch>> {
+    Ok(column_batch(schema, limits, columns)?.patches(schema))
+}
+
+/// `columns` checked against `schema` into the batch the writer applies, or the first failure;
+/// the number of customers is checked against `limits` first.
+pub fn column_batch(
+    schema: &Schema,
+    limits: Option<&Limits>,
+    columns: pb::CustomerColumns,
+) -> Result<ColumnBatch> {
     let pb::CustomerColumns {
         customer_ids,
         emails,
@@ -38,7 +48,7 @@ pub fn column_patches(
             ),
         ));
     }
-    // Columns in attribute order, so each patch receives its attributes sorted.
+    // Columns in attribute order, as the batch keeps them.
     let mut resolved: Vec<(&AttrDef, usize, pb::AttributeColumn)> = Vec::with_capacity(attributes.len());
     for (j, column) in attributes.into_iter().enumerate() {
         let field = || format!("columns.attributes[{j}]");
@@ -57,62 +67,132 @@ pub fn column_patches(
                 ),
             ));
         }
+        if def.read_only {
+            return Err(Error::invalid(
+                field(),
+                format!(
+                    "attribute `{}` is maintained by RecordOrders and cannot be set",
+                    def.name
+                ),
+            ));
+        }
         check_shape(def, n, &column).map_err(|e| e.within(&field()))?;
         resolved.push((def, j, column));
     }
     resolved.sort_unstable_by_key(|(def, _, _)| def.id);
 
-    let mut patches = Vec::with_capacity(n);
-    let mut emails = emails.into_iter();
-    for (i, customer_id) in customer_ids.into_iter().enumerate() {
+    for (i, customer_id) in customer_ids.iter().enumerate() {
         let within = |e: Error| e.within(&format!("customers[{i}]"));
-        input::check_customer_id(&customer_id).map_err(within)?;
-        let email = emails.next().filter(|e| !e.is_empty());
-        if let Some(email) = &email {
+        input::check_customer_id(customer_id).map_err(within)?;
+        if let Some(email) = emails.get(i).filter(|e| !e.is_empty()) {
             input::check_email(email).map_err(within)?;
         }
-        patches.push(CustomerPatch {
-            customer_id,
-            email,
-            attrs: Vec::with_capacity(resolved.len()),
+    }
+    let emails = emails
+        .into_iter()
+        .map(|email| (!email.is_empty()).then_some(email))
+        .collect();
+    let mut out = ColumnBatch {
+        ids: customer_ids,
+        emails,
+        columns: Vec::with_capacity(resolved.len()),
+    };
+    for (def, _, column) in resolved {
+        let values = column_values(
+            def,
+            &column.missing,
+            column.values.expect("the shape check found values"),
+        )?;
+        out.columns.push(AttrColumn {
+            attr: def.id,
+            missing: column.missing,
+            values,
         });
     }
-    for (def, _, column) in resolved {
-        let missing = column.missing;
-        let mut rows = (0..n as u32).filter(present_rows(&missing));
-        let mut put = |value: Result<Value>| -> Result<()> {
-            let i = rows.next().expect("the shape check counted the values") as usize;
-            let value =
-                value.map_err(|e| e.within(&format!("customers[{i}].attributes[\"{}\"]", def.name)))?;
-            patches[i].attrs.push((def.id, Some(value)));
-            Ok(())
-        };
-        match column.values.expect("the shape check found values") {
-            Values::Bools(c) => c
-                .values
-                .into_iter()
-                .try_for_each(|v| put(scalar(def, Kind::BoolValue(v))))?,
-            Values::Ints(c) => c
-                .values
-                .into_iter()
-                .try_for_each(|v| put(scalar(def, Kind::IntValue(v))))?,
-            Values::Doubles(c) => c
-                .values
-                .into_iter()
-                .try_for_each(|v| put(scalar(def, Kind::DoubleValue(v))))?,
-            Values::Strings(c) => c
-                .values
-                .into_iter()
-                .try_for_each(|v| put(scalar(def, Kind::StringValue(v))))?,
-            Values::Lists(c) => c
-                .values
-                .into_iter()
-                .try_for_each(|v| put(scalar(def, Kind::ListValue(v))))?,
-            Values::Dates(c) => c.values.into_iter().try_for_each(|v| put(date(v)))?,
-            Values::Timestamps(c) => c.values.into_iter().try_for_each(|v| put(timestamp(v)))?,
+    Ok(out)
+}
+
+/// A column's values checked as `Value` messages holding them are; an error names the row of the
+/// first bad one.
+fn column_values(def: &AttrDef, missing: &[u32], values: Values) -> Result<ColumnValues> {
+    let within = |k: usize, e: Error| {
+        let row = nth_present(missing, k);
+        e.within(&format!("customers[{row}].attributes[\"{}\"]", def.name))
+    };
+    let check_all = |n: usize, check: &dyn Fn(usize) -> Result<()>| {
+        (0..n).try_for_each(|k| check(k).map_err(|e| within(k, e)))
+    };
+    Ok(match (def.ty, values) {
+        (AttrType::Bool, Values::Bools(c)) => ColumnValues::Bool(c.values),
+        (AttrType::Int | AttrType::Money | AttrType::Timestamp, Values::Ints(c) | Values::Timestamps(c)) => {
+            if def.ty == AttrType::Timestamp {
+                check_all(c.values.len(), &|k| timestamp(c.values[k]).map(drop))?;
+            }
+            ColumnValues::I64(c.values)
+        }
+        (AttrType::Float, Values::Doubles(c)) => {
+            check_all(c.values.len(), &|k| finite(c.values[k]))?;
+            ColumnValues::F64(c.values)
+        }
+        (AttrType::Float, Values::Ints(c)) => {
+            ColumnValues::F64(c.values.into_iter().map(|v| v as f64).collect())
+        }
+        (AttrType::Date, Values::Dates(c)) => {
+            let mut days = Vec::with_capacity(c.values.len());
+            for (k, &v) in c.values.iter().enumerate() {
+                days.push(date(v).map_err(|e| within(k, e))?);
+            }
+            ColumnValues::I32(days)
+        }
+        (AttrType::Keyword, Values::Strings(c)) => {
+            check_all(c.values.len(), &|k| input::check_keyword(&c.values[k]))?;
+            ColumnValues::Keyword(Coded {
+                strings: c.values,
+                codes: Vec::new(),
+            })
+        }
+        (AttrType::Text, Values::Strings(c)) => {
+            check_all(c.values.len(), &|k| text(&c.values[k]))?;
+            ColumnValues::Text(c.values)
+        }
+        (AttrType::Keywords, Values::Lists(c)) => {
+            let mut strings = Vec::new();
+            let mut ends = Vec::with_capacity(c.values.len());
+            for (k, list) in c.values.into_iter().enumerate() {
+                input::check_keyword_list(&list.values).map_err(|e| within(k, e))?;
+                let mut items = list.values;
+                items.sort_unstable();
+                items.dedup();
+                strings.extend(items);
+                ends.push(u32::try_from(strings.len()).expect("a batch holds fewer than 2^32 items"));
+            }
+            ColumnValues::Keywords {
+                items: Coded {
+                    strings,
+                    codes: Vec::new(),
+                },
+                ends,
+            }
+        }
+        (_, values) => unreachable!(
+            "the shape check let {} through for {}",
+            kind_name(&values),
+            def.ty.name()
+        ),
+    })
+}
+
+/// The row of the `k`th value of a column whose rows `missing` have none.
+fn nth_present(missing: &[u32], k: usize) -> usize {
+    let mut row = k;
+    for &m in missing {
+        if m as usize <= row {
+            row += 1;
+        } else {
+            break;
         }
     }
-    Ok(patches)
+    row
 }
 
 /// `customers` given column by column, meaning what they mean as messages; `None` when that
@@ -190,19 +270,6 @@ fn push_value(values: &mut Option<Values>, kind: Kind) -> Option<()> {
     Some(())
 }
 
-/// A filter keeping the rows not listed in `missing` (ascending, checked).
-fn present_rows(missing: &[u32]) -> impl FnMut(&u32) -> bool + '_ {
-    let mut next = missing.iter().copied().peekable();
-    move |&row| {
-        if next.peek() == Some(&row) {
-            next.next();
-            false
-        } else {
-            true
-        }
-    }
-}
-
 /// Checks that a column's values fit its attribute's type and that it gives one value for each
 /// row it does not list as missing.
 fn check_shape(def: &AttrDef, n: usize, column: &pb::AttributeColumn) -> Result<()> {
@@ -270,17 +337,31 @@ fn accepted(ty: AttrType) -> &'static [&'static str] {
     }
 }
 
-/// A value of a kind the shape check let through, checked as a `Value` message holding it is.
-fn scalar(def: &AttrDef, kind: Kind) -> Result<Value> {
-    let value = convert::value_in(def, pb::Value { kind: Some(kind) })?;
-    Ok(value.expect("a value with a kind"))
+/// A float as `Value` messages take it.
+fn finite(x: f64) -> Result<()> {
+    if x.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::invalid("", "must be a finite number"))
+    }
 }
 
-fn date(days: i64) -> Result<Value> {
+/// A text as `Value` messages take it.
+fn text(s: &str) -> Result<()> {
+    if s.len() > input::MAX_TEXT {
+        return Err(Error::invalid(
+            "",
+            format!("longer than {} bytes", input::MAX_TEXT),
+        ));
+    }
+    Ok(())
+}
+
+fn date(days: i64) -> Result<i32> {
     let first = time::days_from_civil(time::MIN_YEAR, 1, 1).expect("valid date");
     let last = time::days_from_civil(time::MAX_YEAR, 12, 31).expect("valid date");
     match i32::try_from(days) {
-        Ok(d) if (first..=last).contains(&d) => Ok(Value::Date(d)),
+        Ok(d) if (first..=last).contains(&d) => Ok(d),
         _ => Err(Error::invalid(
             "",
             format!("{days} days since 1970-01-01 is outside years 1 to 9999"),
@@ -288,9 +369,9 @@ fn date(days: i64) -> Result<Value> {
     }
 }
 
-fn timestamp(micros: i64) -> Result<Value> {
+fn timestamp(micros: i64) -> Result<i64> {
     if (time::MIN_TIMESTAMP_MICROS..=time::MAX_TIMESTAMP_MICROS).contains(&micros) {
-        Ok(Value::Timestamp(micros))
+        Ok(micros)
     } else {
         Err(Error::invalid(
             "",
@@ -302,6 +383,7 @@ fn timestamp(micros: i64) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::value::Value;
 
     fn ints(values: Vec<i64>) -> Option<Values> {
         Some(Values::Ints(pb::IntColumn { values }))

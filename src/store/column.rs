@@ -228,62 +228,119 @@ impl Column {
             Some(&code) if code != NO_CODE => code,
             _ => dict.intern(s),
         };
-        let i = local(ord);
-        match (&mut self.data, value) {
-            (ColumnData::Bool(trues), Value::Bool(b)) => {
-                if *b {
-                    trues.insert(ord);
-                } else {
-                    trues.remove(ord);
-                }
-            }
-            (ColumnData::I64(v), Value::Int(x) | Value::Money(x) | Value::Timestamp(x)) => *slot(v, i) = *x,
-            (ColumnData::F64(v), Value::Float(x)) => *slot(v, i) = *x,
-            (ColumnData::I32(v), Value::Date(x)) => *slot(v, i) = *x,
-            (
-                ColumnData::Keyword {
-                    codes,
-                    by_value,
-                    rare,
-                },
-                Value::Keyword(s),
-            ) => {
+        match value {
+            Value::Bool(b) => self.set_bool(ord, *b),
+            Value::Int(x) | Value::Money(x) | Value::Timestamp(x) => self.set_i64(ord, *x),
+            Value::Float(x) => self.set_f64(ord, *x),
+            Value::Date(x) => self.set_i32(ord, *x),
+            Value::Keyword(s) => {
                 let dict = dict.expect("keyword column has a dictionary");
-                let code = code_of(0, s, dict);
-                if let Some(old) = codes.get(i) {
-                    if old == code {
-                        return;
-                    }
-                    rare.remove(by_value, old, ord);
-                }
-                codes.set(i, Some(code));
-                rare.add(by_value, codes, code, ord);
+                self.set_code(ord, code_of(0, s, dict));
             }
-            (ColumnData::Keywords { by_value }, Value::Keywords(items)) => {
+            Value::Keywords(items) => {
                 let dict = dict.expect("keywords column has a dictionary");
-                if self.present.contains(ord) {
-                    for bm in by_value.values_mut() {
-                        bm.remove(ord);
-                    }
-                    by_value.retain(|_, bm| !bm.is_empty());
-                }
-                if items.is_empty() {
-                    self.present.remove(ord);
-                    return;
-                }
-                for (k, s) in items.iter().enumerate() {
-                    by_value.entry(code_of(k, s, dict)).or_default().insert(ord);
-                }
+                let codes = items.iter().enumerate().map(|(k, s)| code_of(k, s, dict));
+                self.set_code_set(ord, codes);
             }
-            (ColumnData::Text(strings), Value::Text(s)) => {
-                if s.is_empty() {
-                    self.clear(ord);
-                    return;
-                }
-                strings.set(i, s);
-            }
-            (data, value) => unreachable!("value {value:?} does not fit column {data:?}"),
+            Value::Text(s) => self.set_text(ord, s),
         }
+    }
+
+    /// Sets a `bool` value.
+    pub fn set_bool(&mut self, ord: u32, b: bool) {
+        let ColumnData::Bool(trues) = &mut self.data else {
+            unreachable!("a bool for column {:?}", self.data)
+        };
+        if b {
+            trues.insert(ord);
+        } else {
+            trues.remove(ord);
+        }
+        self.present.insert(ord);
+    }
+
+    /// Sets an `int`, `money` or `timestamp` value.
+    pub fn set_i64(&mut self, ord: u32, x: i64) {
+        let ColumnData::I64(v) = &mut self.data else {
+            unreachable!("an i64 for column {:?}", self.data)
+        };
+        *slot(v, local(ord)) = x;
+        self.present.insert(ord);
+    }
+
+    /// Sets a `float` value.
+    pub fn set_f64(&mut self, ord: u32, x: f64) {
+        let ColumnData::F64(v) = &mut self.data else {
+            unreachable!("an f64 for column {:?}", self.data)
+        };
+        *slot(v, local(ord)) = x;
+        self.present.insert(ord);
+    }
+
+    /// Sets a `date` value (days since the epoch).
+    pub fn set_i32(&mut self, ord: u32, x: i32) {
+        let ColumnData::I32(v) = &mut self.data else {
+            unreachable!("a date for column {:?}", self.data)
+        };
+        *slot(v, local(ord)) = x;
+        self.present.insert(ord);
+    }
+
+    /// Sets a `keyword` value by its dictionary code.
+    pub fn set_code(&mut self, ord: u32, code: u32) {
+        let ColumnData::Keyword {
+            codes,
+            by_value,
+            rare,
+        } = &mut self.data
+        else {
+            unreachable!("a keyword for column {:?}", self.data)
+        };
+        let i = local(ord);
+        if let Some(old) = codes.get(i) {
+            if old == code {
+                return;
+            }
+            rare.remove(by_value, old, ord);
+        }
+        codes.set(i, Some(code));
+        rare.add(by_value, codes, code, ord);
+        self.present.insert(ord);
+    }
+
+    /// Sets a `keywords` value by its items' dictionary codes; no items removes the value.
+    pub fn set_code_set(&mut self, ord: u32, items: impl IntoIterator<Item = u32>) {
+        let ColumnData::Keywords { by_value } = &mut self.data else {
+            unreachable!("keywords for column {:?}", self.data)
+        };
+        if self.present.contains(ord) {
+            for bm in by_value.values_mut() {
+                bm.remove(ord);
+            }
+            by_value.retain(|_, bm| !bm.is_empty());
+        }
+        let mut any = false;
+        for code in items {
+            by_value.entry(code).or_default().insert(ord);
+            any = true;
+        }
+        if any {
+            self.present.insert(ord);
+        } else {
+            self.present.remove(ord);
+        }
+    }
+
+    /// Sets a `text` value; the empty text removes the value.
+    pub fn set_text(&mut self, ord: u32, s: &str) {
+        if s.is_empty() {
+            self.clear(ord);
+            return;
+        }
+        let ColumnData::Text(strings) = &mut self.data else {
+            unreachable!("a text for column {:?}", self.data)
+        };
+        strings.set(local(ord), s);
         self.present.insert(ord);
     }
 
@@ -371,14 +428,6 @@ impl Column {
         match &self.data {
             ColumnData::I64(v) if self.present.contains(ord) => Some(v[local(ord)]),
             _ => None,
-        }
-    }
-
-    /// Sets the raw `i64` of `ord` (used by the purchase aggregates).
-    pub fn set_i64(&mut self, ord: u32, x: i64) {
-        if let ColumnData::I64(v) = &mut self.data {
-            *slot(v, local(ord)) = x;
-            self.present.insert(ord);
         }
     }
 

@@ -11,6 +11,7 @@
 //! shard's write lock at a time, so readers of other shards never wait. Readers take only read
 //! locks and never `writer`. No lock is held across an `.await`: the store is synchronous.
 
+pub mod batch;
 pub mod column;
 pub mod dict;
 pub mod index;
@@ -35,6 +36,7 @@ use crate::segment::ops::{Changed, refresh_customer};
 use crate::segment::registry::Registry;
 use crate::segment::timing::TimeIndex;
 use crate::time::{Clock, SystemClock};
+use batch::{AttrColumn, ColumnBatch, ColumnValues, Rows};
 use column::Column;
 use index::{IdIndex, KeyCase};
 use input::{CustomerKey, CustomerPatch, OrderIn};
@@ -697,50 +699,25 @@ impl Store {
         };
         let mut w = self.writer.lock();
         let schema = self.schema();
-        let plan = self.plan_upsert(&schema, batch, hashes)?;
+        check_writable(&schema, batch)?;
+        let plan = self.plan_upsert(
+            batch.len(),
+            |i| &batch[i].customer_id,
+            |i| batch[i].email.as_deref(),
+            hashes,
+        )?;
         let lsn = log()?;
         let reg = self.registry();
         let now = self.now();
         let mut changed: Vec<AttrId> = Vec::new();
         let mut outcome = UpsertOutcome::default();
-        // Release e-mails that change first, so one batch can move an e-mail between customers.
-        for (patch, step) in batch.iter().zip(&plan) {
-            if let (Some(ord), Some(_)) = (step.existing, &patch.email)
-                && let Some(old) = self.read_shard(ord, |s| s.emails.get(local(ord)).map(str::to_string))
-            {
-                self.emails.remove(&old, ord);
-            }
-        }
-        // Room in the maps now, while no shard is locked (a growing map rereads stored keys).
-        let created = hashes
-            .ids
-            .iter()
-            .zip(&plan)
-            .filter(|(_, step)| step.existing.is_none());
-        self.ids
-            .reserve_hashed(created.map(|(&h, _)| h), |o| self.stored_hash(0, o));
-        let emails = batch
-            .iter()
-            .zip(&hashes.emails)
-            .filter(|(p, _)| p.email.as_deref().is_some_and(|e| !e.is_empty()));
-        self.emails
-            .reserve_hashed(emails.map(|(_, &h)| h), |o| self.stored_hash(1, o));
-        let ords: Vec<u32> = plan
-            .iter()
-            .map(|step| step.existing.unwrap_or_else(|| self.allocate(&mut w)))
-            .collect();
+        let ords = self.prepare_rows(&mut w, &plan, hashes, |i| batch[i].email.as_deref());
         // Apply runs of items in the same shard under one lock hold, bounded so readers of that
         // shard wait at most for `MAX_RUN` customers.
         let mut known = known;
-        let mut start = 0;
-        while start < batch.len() {
-            let sh = shard_of(ords[start]);
-            let mut end = start + 1;
-            while end < batch.len() && end - start < MAX_RUN && shard_of(ords[end]) == sh {
-                end += 1;
-            }
-            let mut s = self.write_shard(sh);
-            for k in start..end {
+        for run in shard_runs(&ords) {
+            let mut s = self.write_shard(shard_of(ords[run.start]));
+            for k in run {
                 let (patch, ord, new) = (&batch[k], ords[k], plan[k].existing.is_none());
                 apply_patch(&mut s, &schema, ord, new, patch, &mut known);
                 changed.clear();
@@ -751,61 +728,153 @@ impl Store {
                     Changed::Attrs(&changed)
                 };
                 refresh_customer(&reg, &schema, &mut s, ord, what, now, &mut w.noted.changes, None);
-                // Mapped while the shard is still locked: a reader that finds the customer waits
-                // for the lock and then sees it whole.
-                if new {
-                    self.ids.insert_hashed(hashes.ids[k], ord);
-                    outcome.created += 1;
-                } else {
-                    outcome.updated += 1;
-                }
-                if patch.email.as_deref().is_some_and(|e| !e.is_empty()) {
-                    self.emails.insert_hashed(hashes.emails[k], ord);
-                }
+                let email = patch.email.as_deref().is_some_and(|e| !e.is_empty());
+                self.map_row(hashes, k, ord, new, email, &mut outcome);
             }
-            drop(s);
-            start = end;
         }
         self.customers.fetch_add(outcome.created, Ordering::AcqRel);
         self.commit_events(lsn, now, &mut w.noted, &reg);
         Ok(outcome)
     }
 
+    /// [`Store::upsert_known`] of a batch given column by column ([`ColumnBatch::look_up_codes`]
+    /// called where it was parsed): the same checks, outcome, log and events, with each run of
+    /// customers in one shard written a column at a time.
+    pub fn upsert_columns(
+        &self,
+        batch: &ColumnBatch,
+        hashes: &KeyHashes,
+        log: &mut dyn FnMut() -> Result<u64>,
+    ) -> Result<UpsertOutcome> {
+        let own;
+        let hashes = if hashes.ids.len() == batch.len() && hashes.emails.len() == batch.len() {
+            hashes
+        } else {
+            own = KeyHashes::of_columns(batch);
+            &own
+        };
+        let mut w = self.writer.lock();
+        let schema = self.schema();
+        let plan = self.plan_upsert(batch.len(), |i| &batch.ids[i], |i| batch.email(i), hashes)?;
+        let lsn = log()?;
+        let reg = self.registry();
+        let now = self.now();
+        let attrs = batch.attrs();
+        let mut rows: Vec<Rows<'_>> = batch.columns.iter().map(|c| Rows::new(&c.missing)).collect();
+        let mut outcome = UpsertOutcome::default();
+        let ords = self.prepare_rows(&mut w, &plan, hashes, |i| batch.email(i));
+        for run in shard_runs(&ords) {
+            let mut s = self.write_shard(shard_of(ords[run.start]));
+            for k in run.clone() {
+                let (ord, i) = (ords[k], local(ords[k]));
+                if plan[k].existing.is_none() {
+                    s.live.insert(ord);
+                    s.ids.set(i, &batch.ids[k]);
+                }
+                if let Some(email) = batch.email(k) {
+                    s.emails.set(i, email);
+                }
+            }
+            for (column, rows) in batch.columns.iter().zip(&mut rows) {
+                apply_column(&mut s, schema.attr(column.attr), column, run.clone(), &ords, rows);
+            }
+            for k in run {
+                let (ord, new) = (ords[k], plan[k].existing.is_none());
+                let what = if new { Changed::All } else { Changed::Attrs(&attrs) };
+                refresh_customer(&reg, &schema, &mut s, ord, what, now, &mut w.noted.changes, None);
+                self.map_row(hashes, k, ord, new, batch.email(k).is_some(), &mut outcome);
+            }
+        }
+        self.customers.fetch_add(outcome.created, Ordering::AcqRel);
+        self.commit_events(lsn, now, &mut w.noted, &reg);
+        Ok(outcome)
+    }
+
+    /// Maps row `k` of a batch being applied, and counts it. Called while its shard is still
+    /// locked: a reader that finds the customer waits for the lock and then sees it whole.
+    fn map_row(
+        &self,
+        hashes: &KeyHashes,
+        k: usize,
+        ord: u32,
+        new: bool,
+        email: bool,
+        outcome: &mut UpsertOutcome,
+    ) {
+        if new {
+            self.ids.insert_hashed(hashes.ids[k], ord);
+            outcome.created += 1;
+        } else {
+            outcome.updated += 1;
+        }
+        if email {
+            self.emails.insert_hashed(hashes.emails[k], ord);
+        }
+    }
+
+    /// Readies the maps and ordinals of a planned batch (`email(i)` as given to
+    /// [`Store::plan_upsert`]): releases the e-mails that change, so one batch can move an e-mail
+    /// between customers; makes room in the maps while no shard is locked (a growing map rereads
+    /// stored keys); allocates the new customers' ordinals. Returns every row's ordinal.
+    fn prepare_rows<'b>(
+        &self,
+        w: &mut WriterState,
+        plan: &[Step],
+        hashes: &KeyHashes,
+        email: impl Fn(usize) -> Option<&'b str>,
+    ) -> Vec<u32> {
+        for (i, step) in plan.iter().enumerate() {
+            if let (Some(ord), Some(_)) = (step.existing, email(i))
+                && let Some(old) = self.read_shard(ord, |s| s.emails.get(local(ord)).map(str::to_string))
+            {
+                self.emails.remove(&old, ord);
+            }
+        }
+        let created = hashes
+            .ids
+            .iter()
+            .zip(plan)
+            .filter(|(_, step)| step.existing.is_none());
+        self.ids
+            .reserve_hashed(created.map(|(&h, _)| h), |o| self.stored_hash(0, o));
+        let emails = (0..plan.len()).filter(|&i| email(i).is_some_and(|e| !e.is_empty()));
+        self.emails
+            .reserve_hashed(emails.map(|i| hashes.emails[i]), |o| self.stored_hash(1, o));
+        plan.iter()
+            .map(|step| step.existing.unwrap_or_else(|| self.allocate(w)))
+            .collect()
+    }
+
     /// The checks of an upsert that depend on the store: duplicate ids in the batch, read-only
     /// attributes, e-mails owned by other customers.
-    fn plan_upsert(&self, schema: &Schema, batch: &[CustomerPatch], hashes: &KeyHashes) -> Result<Vec<Step>> {
+    fn plan_upsert<'b>(
+        &self,
+        n: usize,
+        id: impl Fn(usize) -> &'b str,
+        email_of: impl Fn(usize) -> Option<&'b str>,
+        hashes: &KeyHashes,
+    ) -> Result<Vec<Step>> {
         let item = |i: usize| format!("customers[{i}]");
-        let mut plan = Vec::with_capacity(batch.len());
+        let mut plan = Vec::with_capacity(n);
         let mut seen_ids: HashMap<&str, usize> = HashMap::new();
-        for (i, patch) in batch.iter().enumerate() {
-            if batch.len() > 1
-                && let Some(first) = seen_ids.insert(&patch.customer_id, i)
+        for i in 0..n {
+            let customer_id = id(i);
+            if n > 1
+                && let Some(first) = seen_ids.insert(customer_id, i)
             {
                 return Err(Error::invalid(
                     format!("{}.customer_id", item(i)),
-                    format!(
-                        "`{}` appears twice in the batch (also customers[{first}])",
-                        patch.customer_id
-                    ),
+                    format!("`{customer_id}` appears twice in the batch (also customers[{first}])"),
                 ));
             }
-            for (attr, _) in &patch.attrs {
-                let def = schema.attr(*attr);
-                if def.read_only {
-                    return Err(Error::invalid(
-                        format!("{}.attributes[\"{}\"]", item(i), def.name),
-                        "is maintained by RecordOrders and cannot be set",
-                    ));
-                }
-            }
             plan.push(Step {
-                existing: self.ordinal_of_id_hashed(&patch.customer_id, hashes.ids[i]),
+                existing: self.ordinal_of_id_hashed(customer_id, hashes.ids[i]),
             });
         }
         // E-mails: each may be claimed once, and only if free or released by its owner in this batch.
         let mut claims: HashMap<std::borrow::Cow<'_, str>, usize> = HashMap::new();
-        for (i, patch) in batch.iter().enumerate() {
-            let Some(email) = patch.email.as_deref().filter(|e| !e.is_empty()) else {
+        for i in 0..n {
+            let Some(email) = email_of(i).filter(|e| !e.is_empty()) else {
                 continue;
             };
             let norm = index::normalize_email(email);
@@ -819,12 +888,9 @@ impl Store {
                 .ordinal_of_email_hashed(email, hashes.emails[i])
                 .filter(|&o| plan[i].existing != Some(o))
             {
-                let released = plan.iter().zip(batch).any(|(step, other)| {
+                let released = plan.iter().enumerate().any(|(other, step)| {
                     step.existing == Some(owner)
-                        && other
-                            .email
-                            .as_deref()
-                            .is_some_and(|e| index::normalize_email(e) != norm)
+                        && email_of(other).is_some_and(|e| index::normalize_email(e) != norm)
                 });
                 if !released {
                     let owner_id = self.read_shard(owner, |s| s.ids.get(local(owner)).map(str::to_string));
@@ -1063,6 +1129,15 @@ pub struct KeyHashes {
 }
 
 impl KeyHashes {
+    /// The hashes of a batch given column by column.
+    pub fn of_columns(batch: &ColumnBatch) -> KeyHashes {
+        let email = |i: usize| batch.email(i).map_or(0, |e| index::key_hash(EMAIL_KEYS, e));
+        KeyHashes {
+            ids: batch.ids.iter().map(|id| index::key_hash(ID_KEYS, id)).collect(),
+            emails: (0..batch.len()).map(email).collect(),
+        }
+    }
+
     pub fn of(batch: &[CustomerPatch]) -> KeyHashes {
         let email = |p: &CustomerPatch| match p.email.as_deref() {
             Some(e) if !e.is_empty() => index::key_hash(EMAIL_KEYS, e),
@@ -1151,6 +1226,80 @@ fn apply_patch(
             s.retime(*attr, ord, old);
         }
     }
+}
+
+/// The runs of consecutive rows whose ordinals lie in one shard, each applied under one lock
+/// hold, bounded so readers of that shard wait at most for [`MAX_RUN`] customers.
+fn shard_runs(ords: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start == ords.len() {
+            return None;
+        }
+        let sh = shard_of(ords[start]);
+        let mut end = start + 1;
+        while end < ords.len() && end - start < MAX_RUN && shard_of(ords[end]) == sh {
+            end += 1;
+        }
+        let run = start..end;
+        start = end;
+        Some(run)
+    })
+}
+
+/// Writes one column's values for the rows of `run` (all in shard `s`); `rows` has walked the
+/// column's earlier rows.
+fn apply_column(
+    s: &mut Shard,
+    def: &schema::AttrDef,
+    column: &AttrColumn,
+    run: std::ops::Range<usize>,
+    ords: &[u32],
+    rows: &mut Rows<'_>,
+) {
+    let attr = def.id;
+    let timed = s.timed.iter().any(|t| t.attr == attr);
+    let dict = def.dict.as_deref();
+    for row in run {
+        let Some(k) = rows.value_of(row) else { continue };
+        let ord = ords[row];
+        let old = if timed { s.time_day(attr, ord) } else { None };
+        let col = s.column_mut(attr, def.ty);
+        match &column.values {
+            ColumnValues::Bool(v) => col.set_bool(ord, v[k]),
+            ColumnValues::I64(v) => col.set_i64(ord, v[k]),
+            ColumnValues::F64(v) => col.set_f64(ord, v[k]),
+            ColumnValues::I32(v) => col.set_i32(ord, v[k]),
+            ColumnValues::Keyword(coded) => {
+                let dict = dict.expect("keyword column has a dictionary");
+                col.set_code(ord, coded.code(k, dict));
+            }
+            ColumnValues::Keywords { items, ends } => {
+                let dict = dict.expect("keywords column has a dictionary");
+                col.set_code_set(ord, batch::item_range(ends, k).map(|j| items.code(j, dict)));
+            }
+            ColumnValues::Text(v) => col.set_text(ord, &v[k]),
+        }
+        if timed {
+            s.retime(attr, ord, old);
+        }
+    }
+}
+
+/// Refuses a batch setting an attribute that only `RecordOrders` maintains.
+fn check_writable(schema: &Schema, batch: &[CustomerPatch]) -> Result<()> {
+    for (i, patch) in batch.iter().enumerate() {
+        for (attr, _) in &patch.attrs {
+            let def = schema.attr(*attr);
+            if def.read_only {
+                return Err(Error::invalid(
+                    format!("customers[{i}].attributes[\"{}\"]", def.name),
+                    "is maintained by RecordOrders and cannot be set",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A planned upsert item: the customer's ordinal if it exists.

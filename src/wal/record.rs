@@ -419,9 +419,9 @@ fn apply_op(store: &Store, op: Op, log: &mut dyn FnMut() -> Result<u64>) -> Resu
             };
             let columns = <crate::api::pb::CustomerColumns as prost::Message>::decode(bytes.as_slice())
                 .map_err(|e| unreadable(e.to_string()))?;
-            let batch = crate::api::columns::column_patches(&store.schema(), None, columns)
+            let batch = crate::api::columns::column_batch(&store.schema(), None, columns)
                 .map_err(|e| unreadable(e.to_string()))?;
-            store.upsert(&batch, log)?;
+            store.upsert_columns(&batch, &crate::store::KeyHashes::of_columns(&batch), log)?;
         }
         Op::Orders(o) => {
             let orders: Vec<OrderIn> = o

@@ -1,0 +1,495 @@
+//! A batch of customers given column by column, as the writer applies it.
+//!
+//! A bulk load sends each attribute once per batch with its values packed by type. Turning that
+//! back into one [`CustomerPatch`] per customer costs a vector and a [`Value`] per cell, and
+//! the writer would look each attribute up again for every customer. A [`ColumnBatch`] keeps the
+//! values typed and packed: the writer takes a column's state once per run of customers of one
+//! shard and sets plain numbers and dictionary codes.
+
+use crate::store::dict::{Dict, NO_CODE};
+use crate::store::input::CustomerPatch;
+use crate::store::schema::{AttrId, AttrType, Schema};
+use crate::store::value::Value;
+
+/// Customers column by column, checked: every id and e-mail is valid, every value fits its
+/// attribute's type, and no column is of a read-only attribute.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ColumnBatch {
+    pub ids: Vec<String>,
+    /// One per customer, or none when the batch sets no e-mail; `None` keeps the customer's.
+    pub emails: Vec<Option<String>>,
+    /// At most one per attribute, in attribute order.
+    pub columns: Vec<AttrColumn>,
+}
+
+/// One attribute's values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttrColumn {
+    pub attr: AttrId,
+    /// The rows (positions in the batch) without a value, ascending: they keep theirs.
+    pub missing: Vec<u32>,
+    /// One value for each other row, in row order.
+    pub values: ColumnValues,
+}
+
+/// A column's values, typed as the store keeps them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnValues {
+    Bool(Vec<bool>),
+    /// `int`, `money` and `timestamp` (microseconds).
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+    /// `date`: days since the epoch.
+    I32(Vec<i32>),
+    Keyword(Coded),
+    /// `keywords`: value `k` is `items[ends[k - 1]..ends[k]]` (sorted, no duplicates; none removes
+    /// the value).
+    Keywords {
+        items: Coded,
+        ends: Vec<u32>,
+    },
+    /// The empty text removes the value.
+    Text(Vec<String>),
+}
+
+/// Strings of a dictionary-encoded attribute, with their codes once looked up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Coded {
+    pub strings: Vec<String>,
+    /// Empty until [`ColumnBatch::look_up_codes`]; then one per string, [`NO_CODE`] for a string
+    /// not in the dictionary then.
+    pub codes: Vec<u32>,
+}
+
+impl Coded {
+    /// The code of string `k`, interned when it was not known.
+    #[inline]
+    pub fn code(&self, k: usize, dict: &Dict) -> u32 {
+        match self.codes.get(k) {
+            Some(&code) if code != NO_CODE => code,
+            _ => dict.intern(&self.strings[k]),
+        }
+    }
+}
+
+impl ColumnBatch {
+    /// Number of customers.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The e-mail row `i` sets, if any.
+    pub fn email(&self, i: usize) -> Option<&str> {
+        self.emails.get(i).and_then(Option::as_deref)
+    }
+
+    /// The attributes the batch sets.
+    pub fn attrs(&self) -> Vec<AttrId> {
+        self.columns.iter().map(|c| c.attr).collect()
+    }
+
+    /// Looks up the dictionary code of every keyword string (off the writer thread, which then
+    /// only interns the new ones). Reads the dictionaries only.
+    pub fn look_up_codes(&mut self, schema: &Schema) {
+        for column in &mut self.columns {
+            let Some(dict) = schema.attr(column.attr).dict.as_deref() else {
+                continue;
+            };
+            let coded = match &mut column.values {
+                ColumnValues::Keyword(coded) | ColumnValues::Keywords { items: coded, .. } => coded,
+                _ => continue,
+            };
+            let wanted: Vec<(usize, &str)> = coded.strings.iter().map(String::as_str).enumerate().collect();
+            let mut codes = vec![NO_CODE; wanted.len()];
+            dict.lookup_each(&wanted, |k, code| codes[k] = code);
+            coded.codes = codes;
+        }
+    }
+
+    /// The same customers as patches (what they mean one by one).
+    pub fn patches(&self, schema: &Schema) -> Vec<CustomerPatch> {
+        let mut out: Vec<CustomerPatch> = self
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| CustomerPatch {
+                customer_id: id.clone(),
+                email: self.email(i).map(str::to_string),
+                attrs: Vec::with_capacity(self.columns.len()),
+            })
+            .collect();
+        for column in &self.columns {
+            let ty = schema.attr(column.attr).ty;
+            let mut rows = Rows::new(&column.missing);
+            for (i, patch) in out.iter_mut().enumerate() {
+                if let Some(k) = rows.value_of(i) {
+                    patch.attrs.push((column.attr, Some(column.values.value(k, ty))));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl ColumnValues {
+    /// Value `k` as a [`Value`] of an attribute of type `ty`.
+    pub fn value(&self, k: usize, ty: AttrType) -> Value {
+        match self {
+            ColumnValues::Bool(v) => Value::Bool(v[k]),
+            ColumnValues::I64(v) => match ty {
+                AttrType::Money => Value::Money(v[k]),
+                AttrType::Timestamp => Value::Timestamp(v[k]),
+                _ => Value::Int(v[k]),
+            },
+            ColumnValues::F64(v) => Value::Float(v[k]),
+            ColumnValues::I32(v) => Value::Date(v[k]),
+            ColumnValues::Keyword(coded) => Value::Keyword(coded.strings[k].clone()),
+            ColumnValues::Keywords { items, ends } => {
+                Value::Keywords(items.strings[item_range(ends, k)].to_vec())
+            }
+            ColumnValues::Text(v) => Value::Text(v[k].clone()),
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            ColumnValues::Bool(v) => v.len(),
+            ColumnValues::I64(v) => v.len(),
+            ColumnValues::F64(v) => v.len(),
+            ColumnValues::I32(v) => v.len(),
+            ColumnValues::Keyword(coded) => coded.strings.len(),
+            ColumnValues::Keywords { ends, .. } => ends.len(),
+            ColumnValues::Text(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The items of `keywords` value `k`.
+#[inline]
+pub fn item_range(ends: &[u32], k: usize) -> std::ops::Range<usize> {
+    let start = if k == 0 { 0 } else { ends[k - 1] as usize };
+    start..ends[k] as usize
+}
+
+/// Walks a column's rows in order, telling which value each has: rows must be asked for in
+/// ascending order.
+#[derive(Debug)]
+pub struct Rows<'a> {
+    missing: &'a [u32],
+    /// Values handed out so far.
+    next_value: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub fn new(missing: &'a [u32]) -> Rows<'a> {
+        Rows {
+            missing,
+            next_value: 0,
+        }
+    }
+
+    /// The index of row `row`'s value, `None` for a missing row.
+    #[inline]
+    pub fn value_of(&mut self, row: usize) -> Option<usize> {
+        if let Some((&first, rest)) = self.missing.split_first()
+            && first as usize == row
+        {
+            self.missing = rest;
+            return None;
+        }
+        self.next_value += 1;
+        Some(self.next_value - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::registry::SegmentDef;
+    use crate::store::input::CustomerKey;
+    use crate::store::{KeyHashes, Store, no_log};
+    use crate::time::ManualClock;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    /// 2026-01-01T00:00:00Z.
+    const NOW: i64 = 1_767_225_600_000_000;
+    const DAY: i64 = 86_400_000_000;
+
+    /// A store with a float and a text attribute, and segments over every kind of column,
+    /// one of them relative to the clock (so writes move customers in its time index).
+    fn store() -> (Store, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(NOW));
+        let s = Store::with_clock(clock.clone());
+        s.define_attribute("score", AttrType::Float, "", &mut no_log)
+            .unwrap();
+        s.define_attribute("note", AttrType::Text, "", &mut no_log)
+            .unwrap();
+        let rules = [
+            ("women", r#"gender = "F""#),
+            ("recent", "registered_at within 30d"),
+            ("tagged", r#"tags has_any ("a", "b")"#),
+            ("big", "household_size > 2 and score >= 0.5 and vip"),
+            ("young", "birth_date > 2000-01-01 and note is set"),
+        ];
+        for (id, rule) in rules {
+            let def = SegmentDef {
+                id: id.into(),
+                name: id.into(),
+                rule: Some(crate::segment::text::parse(rule).unwrap()),
+                ..SegmentDef::default()
+            };
+            s.create_segment(def, &[], &[], &mut no_log).unwrap();
+        }
+        s.advance_time(None, &mut no_log).unwrap();
+        (s, clock)
+    }
+
+    fn values(attr: &'static str, n: usize) -> BoxedStrategy<(&'static str, ColumnValues)> {
+        let strings = |re: &'static str| prop::collection::vec(re, n);
+        match attr {
+            "gender" => strings("[FMX]")
+                .prop_map(|v| {
+                    ColumnValues::Keyword(Coded {
+                        strings: v,
+                        codes: vec![],
+                    })
+                })
+                .boxed(),
+            "note" => strings("[a-z]{0,2}").prop_map(ColumnValues::Text).boxed(),
+            "vip" => prop::collection::vec(any::<bool>(), n)
+                .prop_map(ColumnValues::Bool)
+                .boxed(),
+            "household_size" => prop::collection::vec(0..5i64, n)
+                .prop_map(ColumnValues::I64)
+                .boxed(),
+            "registered_at" => prop::collection::vec(NOW - 60 * DAY..NOW, n)
+                .prop_map(ColumnValues::I64)
+                .boxed(),
+            "score" => prop::collection::vec(0.0..1.0f64, n)
+                .prop_map(ColumnValues::F64)
+                .boxed(),
+            "birth_date" => prop::collection::vec(10_000..12_000i32, n)
+                .prop_map(ColumnValues::I32)
+                .boxed(),
+            _ => prop::collection::vec(prop::collection::btree_set("[a-c]", 0..3), n)
+                .prop_map(|sets| {
+                    let mut items = Coded::default();
+                    let mut ends = Vec::new();
+                    for set in sets {
+                        items.strings.extend(set);
+                        ends.push(items.strings.len() as u32);
+                    }
+                    ColumnValues::Keywords { items, ends }
+                })
+                .boxed(),
+        }
+        .prop_map(move |v| (attr, v))
+        .boxed()
+    }
+
+    /// Ids, e-mails, and columns by name with the rows they miss (their values there unused).
+    type Drawn = (
+        Vec<String>,
+        Vec<Option<String>>,
+        Vec<(&'static str, Vec<bool>, ColumnValues)>,
+    );
+
+    /// A batch of `n` customers among ids c0..c9 (so some exist already), some giving e-mails
+    /// among a few (so e-mails move between customers), each column missing on some rows.
+    fn batch(n: usize) -> impl Strategy<Value = Drawn> {
+        let attrs = [
+            "gender",
+            "note",
+            "vip",
+            "household_size",
+            "registered_at",
+            "score",
+            "birth_date",
+            "tags",
+        ];
+        let ids = prop::sample::subsequence((0..10).collect::<Vec<u32>>(), n).prop_shuffle();
+        let emails = prop::option::of(prop::collection::vec(prop::option::of(0..4u32), n));
+        let columns =
+            prop::sample::subsequence(attrs.to_vec(), 0..=attrs.len()).prop_flat_map(move |names| {
+                names
+                    .into_iter()
+                    .map(|a| (prop::collection::vec(prop::bool::weighted(0.3), n), values(a, n)))
+                    .collect::<Vec<_>>()
+            });
+        (ids, emails, columns).prop_map(|(ids, emails, columns)| {
+            (
+                ids.iter().map(|i| format!("c{i}")).collect(),
+                emails
+                    .map(|e| e.into_iter().map(|e| e.map(|k| format!("m{k}@x.fr"))).collect())
+                    .unwrap_or_default(),
+                columns
+                    .into_iter()
+                    .map(|(missing, (a, v))| (a, missing, v))
+                    .collect(),
+            )
+        })
+    }
+
+    /// The batch the strategy describes: a column's values for its missing rows are dropped.
+    fn column_batch(s: &Store, (ids, emails, columns): Drawn) -> ColumnBatch {
+        let schema = s.schema();
+        let mut columns: Vec<AttrColumn> = columns
+            .into_iter()
+            .map(|(name, missing, values)| {
+                let def = schema.get(name).unwrap();
+                let missing_rows: Vec<u32> = (0..ids.len() as u32).filter(|&r| missing[r as usize]).collect();
+                let keep = |r: &usize| !missing[*r];
+                let ty = def.ty;
+                let kept: Vec<Value> = (0..ids.len()).filter(keep).map(|r| values.value(r, ty)).collect();
+                AttrColumn {
+                    attr: def.id,
+                    missing: missing_rows,
+                    values: from_values(&kept, &values),
+                }
+            })
+            .collect();
+        columns.sort_by_key(|c| c.attr);
+        ColumnBatch { ids, emails, columns }
+    }
+
+    /// `kept` packed again in the form of `like`.
+    fn from_values(kept: &[Value], like: &ColumnValues) -> ColumnValues {
+        match like {
+            ColumnValues::Bool(_) => {
+                ColumnValues::Bool(kept.iter().map(|v| matches!(v, Value::Bool(true))).collect())
+            }
+            ColumnValues::I64(_) => ColumnValues::I64(
+                kept.iter()
+                    .map(|v| match v {
+                        Value::Int(x) | Value::Money(x) | Value::Timestamp(x) => *x,
+                        _ => unreachable!(),
+                    })
+                    .collect(),
+            ),
+            ColumnValues::F64(_) => ColumnValues::F64(
+                kept.iter()
+                    .map(|v| {
+                        if let Value::Float(x) = v {
+                            *x
+                        } else {
+                            unreachable!()
+                        }
+                    })
+                    .collect(),
+            ),
+            ColumnValues::I32(_) => ColumnValues::I32(
+                kept.iter()
+                    .map(|v| {
+                        if let Value::Date(x) = v {
+                            *x
+                        } else {
+                            unreachable!()
+                        }
+                    })
+                    .collect(),
+            ),
+            ColumnValues::Keyword(_) => ColumnValues::Keyword(Coded {
+                strings: kept
+                    .iter()
+                    .map(|v| {
+                        if let Value::Keyword(x) = v {
+                            x.clone()
+                        } else {
+                            unreachable!()
+                        }
+                    })
+                    .collect(),
+                codes: vec![],
+            }),
+            ColumnValues::Text(_) => ColumnValues::Text(
+                kept.iter()
+                    .map(|v| {
+                        if let Value::Text(x) = v {
+                            x.clone()
+                        } else {
+                            unreachable!()
+                        }
+                    })
+                    .collect(),
+            ),
+            ColumnValues::Keywords { .. } => {
+                let mut items = Coded::default();
+                let mut ends = Vec::new();
+                for v in kept {
+                    let Value::Keywords(set) = v else { unreachable!() };
+                    items.strings.extend(set.iter().cloned());
+                    ends.push(items.strings.len() as u32);
+                }
+                ColumnValues::Keywords { items, ends }
+            }
+        }
+    }
+
+    /// Every customer, e-mail owner and membership of `a` and `b` agree.
+    fn same_state(a: &Store, b: &Store) -> std::result::Result<(), TestCaseError> {
+        prop_assert_eq!(a.customer_count(), b.customer_count());
+        for i in 0..10 {
+            let key = CustomerKey::Id(format!("c{i}"));
+            prop_assert_eq!(a.get_customer(&key).ok(), b.get_customer(&key).ok());
+            for seg in ["women", "recent", "tagged", "big", "young"] {
+                prop_assert_eq!(
+                    a.is_member(&format!("c{i}"), seg).unwrap(),
+                    b.is_member(&format!("c{i}"), seg).unwrap(),
+                    "c{} in {}",
+                    i,
+                    seg
+                );
+            }
+        }
+        for k in 0..4 {
+            let email = format!("m{k}@x.fr");
+            prop_assert_eq!(
+                a.ordinal_of_email(&email).and_then(|o| a.id_at(o)),
+                b.ordinal_of_email(&email).and_then(|o| b.id_at(o))
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Batches applied column by column leave the store as the same customers applied one
+        /// by one as patches: values, e-mails, segment memberships, refusals.
+        #[test]
+        fn columns_apply_as_their_patches(
+            batches in prop::collection::vec((1..7usize).prop_flat_map(batch), 1..5),
+        ) {
+            let ((by_columns, clock_a), (by_patches, clock_b)) = (store(), store());
+            for b in batches {
+                let mut columns = column_batch(&by_columns, b);
+                let patches = columns.patches(&by_patches.schema());
+                columns.look_up_codes(&by_columns.schema());
+                let a = by_columns.upsert_columns(&columns, &KeyHashes::of_columns(&columns), &mut no_log);
+                let b = by_patches.upsert(&patches, &mut no_log);
+                match (a, b) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                    (a, b) => prop_assert!(false, "columns {a:?} but patches {b:?}"),
+                }
+                same_state(&by_columns, &by_patches)?;
+            }
+            // Customers leave `recent` through the time index the writes kept.
+            for (s, clock) in [(&by_columns, &clock_a), (&by_patches, &clock_b)] {
+                clock.advance(20 * DAY);
+                s.advance_time(None, &mut no_log).unwrap();
+            }
+            same_state(&by_columns, &by_patches)?;
+        }
+    }
+}
