@@ -28,6 +28,7 @@ const BATCH: usize = 1_000;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    segmentd::alloc::tune();
     let total: usize = std::env::var("SEGMENTD_BENCH_CUSTOMERS")
         .ok()
         .and_then(|v| v.parse().ok())

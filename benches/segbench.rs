@@ -816,6 +816,7 @@ fn row(workload: &str, inflight: usize, system: &str, m: &Measured, checks: u64,
 }
 
 fn main() {
+    segmentd::alloc::tune();
     let args = Args::parse();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

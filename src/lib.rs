@@ -17,8 +17,10 @@
 //!   ([`store::schema`]) and input checks ([`store::input`]).
 //! - [`metrics`]: Prometheus text on `/metrics`.
 //! - [`error`]: the engine's one error type.
+//! - [`alloc`]: the allocator's tuning, for the binary and the benchmarks.
 //! - [`time`]: calendar arithmetic for dates and timestamps.
 
+pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -9,23 +9,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use segmentd::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// How long mimalloc keeps freed memory before handing it back to the system. Its default, one
-/// second, returned the memory of each batch a bulk load decodes between batches, to be faulted
-/// in (and zeroed) again for the next: 8% of the server's CPU during a load.
-const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
-/// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (mimalloc.h), which the Rust bindings
-/// do not name.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
 fn main() -> std::process::ExitCode {
-    // Before any other thread starts (the call is not thread-safe); the environment variable
-    // still wins.
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: no other thread exists yet.
-        unsafe {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
-        }
-    }
+    // Before any other thread starts.
+    segmentd::alloc::tune();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
