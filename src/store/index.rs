@@ -102,20 +102,20 @@ impl IdIndex {
         found.iter().find(|&ord| holds(ord, key))
     }
 
-    /// Makes room for `keys` to be inserted without growing. `rehash(ordinal)` gives the hash of
-    /// an entry already held (from its stored key) when a table must grow; it may read store
-    /// shards, so the caller holds none locked. Writer only.
+    /// Makes room for `keys` to be inserted without growing. `rehash(ordinals)` gives the hashes
+    /// of entries already held (from their stored keys; the ordinals ascending, so the keys are
+    /// read in the order they lie in memory) when a table must grow; it may read store shards, so
+    /// the caller holds none locked. Writer only.
     ///
     /// A table that must grow is rebuilt beside the one in use, which readers keep reading
     /// (only the writer changes tables, and it is busy here), then swapped in under the write
-    /// lock: lookups never wait for a rehash. Its entries are rehashed in ordinal order, so the
-    /// stored keys are read in the order they lie in memory.
-    pub fn reserve<'a>(&self, keys: impl IntoIterator<Item = &'a str>, rehash: impl Fn(u32) -> u64) {
+    /// lock: lookups never wait for a rehash.
+    pub fn reserve<'a>(&self, keys: impl IntoIterator<Item = &'a str>, rehash: impl Fn(&[u32]) -> Vec<u64>) {
         self.reserve_hashed(keys.into_iter().map(|k| self.hash(k)), rehash);
     }
 
     /// [`IdIndex::reserve`] for keys given by their hashes ([`IdIndex::hash`], [`key_hash`]).
-    pub fn reserve_hashed(&self, hashes: impl IntoIterator<Item = u64>, rehash: impl Fn(u32) -> u64) {
+    pub fn reserve_hashed(&self, hashes: impl IntoIterator<Item = u64>, rehash: impl Fn(&[u32]) -> Vec<u64>) {
         let tables = self.map.shards();
         let mut wanted = vec![0usize; tables.len()];
         for h in hashes {
@@ -143,11 +143,14 @@ impl IdIndex {
             let mut fresh = empty_like(&*table.read());
             // An empty table: the hasher is never called.
             fresh.reserve(target, |_| 0);
-            for ord in ords {
-                if fresh
-                    .try_insert_no_grow(rehash(ord), (ord, SharedValue::new(())))
-                    .is_err()
-                {
+            let hashes = if ords.is_empty() {
+                Vec::new()
+            } else {
+                rehash(&ords)
+            };
+            debug_assert_eq!(hashes.len(), ords.len());
+            for (ord, h) in ords.into_iter().zip(hashes) {
+                if fresh.try_insert_no_grow(h, (ord, SharedValue::new(()))).is_err() {
                     unreachable!("a table sized for its entries is full");
                 }
             }
@@ -256,11 +259,16 @@ pub fn normalize_email(email: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
+    /// A `rehash` for an index over `keys` (ordinal = position).
+    fn rehash_from<'a>(idx: &'a IdIndex, keys: &'a [String]) -> impl Fn(&[u32]) -> Vec<u64> + 'a {
+        move |ords| ords.iter().map(|&o| idx.hash(&keys[o as usize])).collect()
+    }
+
     /// An index over `keys` (ordinal = position), filled through `reserve` and `insert`.
     fn filled(case: KeyCase, keys: &[String]) -> IdIndex {
         let idx = IdIndex::new(case);
         for (ord, k) in keys.iter().enumerate() {
-            idx.reserve([k.as_str()], |o| idx.hash(&keys[o as usize]));
+            idx.reserve([k.as_str()], rehash_from(&idx, &keys));
             idx.insert(k, ord as u32);
         }
         idx
@@ -317,7 +325,7 @@ mod tests {
                 });
             }
             for (ord, k) in keys.iter().enumerate() {
-                idx.reserve([k.as_str()], |o| idx.hash(&keys[o as usize]));
+                idx.reserve([k.as_str()], rehash_from(&idx, &keys));
                 idx.insert(k, ord as u32);
                 mapped.store(ord + 1, Ordering::Release);
             }
@@ -339,7 +347,7 @@ mod tests {
         let keys: Vec<String> = (0..10_000).map(|i| format!("k{i}")).collect();
         let idx = IdIndex::new(KeyCase::Sensitive);
         // One key held before the fill: it must survive the table's sizing.
-        idx.reserve([keys[0].as_str()], |o| idx.hash(&keys[o as usize]));
+        idx.reserve([keys[0].as_str()], rehash_from(&idx, &keys));
         idx.insert(&keys[0], 0);
         let mut by_table = vec![Vec::new(); idx.tables()];
         for (ord, k) in keys.iter().enumerate().skip(1) {

@@ -505,6 +505,26 @@ impl Store {
         }
     }
 
+    /// The hashes of customers `ords`' stored ids (`field` 0) or e-mails (1), for a growing map:
+    /// each shard is locked once for its run of ordinals.
+    fn stored_hashes(&self, field: u8, ords: &[u32]) -> Vec<u64> {
+        let (index, strings): (&IdIndex, fn(&Shard) -> &StrColumn) = if field == 0 {
+            (&self.ids, |s| &s.ids)
+        } else {
+            (&self.emails, |s| &s.emails)
+        };
+        let mut out = Vec::with_capacity(ords.len());
+        for run in ords.chunk_by(|a, b| shard_of(*a) == shard_of(*b)) {
+            let s = self.shard(run[0]).read();
+            let strings = strings(&s);
+            out.extend(
+                run.iter()
+                    .map(|&ord| index.hash(strings.get(local(ord)).unwrap_or_default())),
+            );
+        }
+        out
+    }
+
     /// The hash of customer `ord`'s stored id (`field` 0) or e-mail (1), for a growing map.
     fn stored_hash(&self, field: u8, ord: u32) -> u64 {
         self.read_shard(ord, |s| {
@@ -836,10 +856,12 @@ impl Store {
             .zip(plan)
             .filter(|(_, step)| step.existing.is_none());
         self.ids
-            .reserve_hashed(created.map(|(&h, _)| h), |o| self.stored_hash(0, o));
+            .reserve_hashed(created.map(|(&h, _)| h), |ords| self.stored_hashes(0, ords));
         let emails = (0..plan.len()).filter(|&i| email(i).is_some_and(|e| !e.is_empty()));
         self.emails
-            .reserve_hashed(emails.map(|i| hashes.emails[i]), |o| self.stored_hash(1, o));
+            .reserve_hashed(emails.map(|i| hashes.emails[i]), |ords| {
+                self.stored_hashes(1, ords)
+            });
         plan.iter()
             .map(|step| step.existing.unwrap_or_else(|| self.allocate(w)))
             .collect()
@@ -1003,7 +1025,7 @@ impl Store {
                         s.ids.set(local(ord), &order.customer_id);
                     }
                     self.ids
-                        .reserve([order.customer_id.as_str()], |o| self.stored_hash(0, o));
+                        .reserve([order.customer_id.as_str()], |ords| self.stored_hashes(0, ords));
                     self.ids.insert(&order.customer_id, ord);
                     self.customers.fetch_add(1, Ordering::AcqRel);
                     outcome.created_customer_ids.push(order.customer_id.clone());
