@@ -5,6 +5,9 @@
 //! - `apply/new`: `Store::upsert` of 1,000 new customers into an empty store, no segments, no log;
 //! - `apply/steady`: the same into a store already holding 200,000 customers, as during a bulk
 //!   load (dictionaries warm, shards filling): what the writer thread does per batch;
+//! - `decode/columns`: the same batch sent as `CustomerColumns` (as `segctl load` sends it), read
+//!   into the batch the writer applies;
+//! - `apply/steady_columns`: `Store::upsert_columns` of that form, in the store of `apply/steady`;
 //! - `prepare/record` and `prepare/codes`: encoding the batch's write-ahead log record and looking
 //!   up its dictionary codes, done where the batch is parsed rather than on the writer thread;
 //!   `prepare/record_as_received`: the record a received batch gets, its customers' own bytes.
@@ -19,7 +22,8 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use prost::Message;
-use segmentd::api::{Limits, convert, pb};
+use segmentd::api::{Limits, columns, convert, pb};
+use segmentd::store::KeyHashes;
 use segmentd::store::input::CustomerPatch;
 use segmentd::store::{Store, no_log};
 
@@ -62,7 +66,20 @@ fn decode(c: &mut Criterion) {
             black_box(msg.patches(&schema, &limits).unwrap())
         })
     });
+    let columns = columns_request(0).encode_to_vec();
+    group.bench_function("columns", |b| {
+        b.iter(|| {
+            let msg = pb::LoadCustomersRequest::decode(black_box(columns.as_slice())).unwrap();
+            black_box(msg.upsert_batch(&schema, &limits).unwrap())
+        })
+    });
     group.finish();
+}
+
+/// A batch of 1,000 generated customers from `from` on, given column by column.
+fn columns_request(from: u64) -> pb::LoadCustomersRequest {
+    let columns = columns::to_columns(&batch(from)).expect("generated customers fit columns");
+    pb::LoadCustomersRequest::from_columns(&columns)
 }
 
 fn apply(c: &mut Criterion) {
@@ -102,6 +119,24 @@ fn apply(c: &mut Criterion) {
             |patches| {
                 store.upsert(&patches, &mut no_log).unwrap();
                 patches
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("steady_columns", |b| {
+        b.iter_batched(
+            || {
+                next += BATCH;
+                let msg = columns_request(next - BATCH).encode_to_vec();
+                let msg = pb::LoadCustomersRequest::decode(msg.as_slice()).unwrap();
+                let mut batch = msg.column_batch(&store.schema(), &limits).unwrap().unwrap();
+                batch.look_up_codes(&store.schema());
+                let hashes = KeyHashes::of_columns(&batch);
+                (batch, hashes)
+            },
+            |(batch, hashes)| {
+                store.upsert_columns(&batch, &hashes, &mut no_log).unwrap();
+                (batch, hashes)
             },
             BatchSize::PerIteration,
         )

@@ -93,7 +93,7 @@ impl CustomerBatch {
     /// bytes as received (replay reads them again the same way).
     pub fn upsert_batch(&self, schema: &Schema, limits: &Limits) -> Result<UpsertBatch> {
         if let Some((bytes, _)) = &self.columns {
-            let columns = self.column_batch(bytes, schema, limits)?;
+            let columns = self.checked_columns(bytes, schema, limits)?;
             let record = crate::wal::record::encode_upsert_columns(bytes);
             return Ok(UpsertBatch::columns(schema, columns, record));
         }
@@ -111,7 +111,7 @@ impl CustomerBatch {
     /// (`customers[3].email`); the batch size is checked against `limits` first.
     pub fn patches(&self, schema: &Schema, limits: &Limits) -> Result<Vec<CustomerPatch>> {
         if let Some((bytes, _)) = &self.columns {
-            return Ok(self.column_batch(bytes, schema, limits)?.patches(schema));
+            return Ok(self.checked_columns(bytes, schema, limits)?.patches(schema));
         }
         limits.check_batch("customers", self.len())?;
         let mut out = Vec::with_capacity(self.len());
@@ -127,8 +127,17 @@ impl CustomerBatch {
 }
 
 impl CustomerBatch {
+    /// The customers given as `columns`, checked against `schema` and `limits`; `None` when the
+    /// batch gives them as messages.
+    pub fn column_batch(&self, schema: &Schema, limits: &Limits) -> Result<Option<ColumnBatch>> {
+        self.columns
+            .as_ref()
+            .map(|(bytes, _)| self.checked_columns(bytes, schema, limits))
+            .transpose()
+    }
+
     /// The `columns` field (`bytes`) checked against `schema` and `limits`.
-    fn column_batch(&self, bytes: &[u8], schema: &Schema, limits: &Limits) -> Result<ColumnBatch> {
+    fn checked_columns(&self, bytes: &[u8], schema: &Schema, limits: &Limits) -> Result<ColumnBatch> {
         if !self.messages.is_empty() || !self.encoded.is_empty() {
             return Err(Error::invalid(
                 "columns",

@@ -468,10 +468,16 @@ mod tests {
         /// by one as patches: values, e-mails, segment memberships, refusals.
         #[test]
         fn columns_apply_as_their_patches(
-            batches in prop::collection::vec((1..7usize).prop_flat_map(batch), 1..5),
+            batches in prop::collection::vec(((1..7usize).prop_flat_map(batch), prop::option::of(0..10u32)), 1..6),
         ) {
             let ((by_columns, clock_a), (by_patches, clock_b)) = (store(), store());
-            for b in batches {
+            for (b, erase) in batches {
+                // An erased customer's ordinal is given to the next one created.
+                if let Some(i) = erase {
+                    let key = CustomerKey::Id(format!("c{i}"));
+                    let a = by_columns.delete(&key, &mut no_log).is_ok();
+                    prop_assert_eq!(a, by_patches.delete(&key, &mut no_log).is_ok());
+                }
                 let mut columns = column_batch(&by_columns, b);
                 let patches = columns.patches(&by_patches.schema());
                 columns.look_up_codes(&by_columns.schema());

@@ -132,6 +132,24 @@ fn matching<T: Copy>(v: &[T], base: u32, hit: impl Fn(T) -> bool) -> RoaringBitm
     RoaringBitmap::from_lsb0_bytes(base, &bits)
 }
 
+/// Inserts `ords` (ascending) into `bm`: a consecutive run after the bitmap's last value as one
+/// range, other runs after it by appending, anything else value by value.
+pub fn insert_sorted(bm: &mut RoaringBitmap, ords: &[u32]) {
+    let (Some(&first), Some(&last)) = (ords.first(), ords.last()) else {
+        return;
+    };
+    if bm.max().is_none_or(|max| max < first) {
+        if (last - first) as usize + 1 == ords.len() {
+            bm.insert_range(first..=last);
+            return;
+        }
+        if bm.append(ords.iter().copied()).is_ok() {
+            return;
+        }
+    }
+    bm.extend(ords.iter().copied());
+}
+
 /// A set of dictionary codes as a bitset over their stored form (`code + 1`).
 struct CodeSet {
     words: Vec<u64>,
@@ -342,6 +360,65 @@ impl Column {
         };
         strings.set(local(ord), s);
         self.present.insert(ord);
+    }
+
+    /// Whether customers from `first` on hold no value here and come after every customer that
+    /// does: a run of them can be filled with the `put_*` setters and [`Column::mark_present`].
+    pub fn is_after(&self, first: u32) -> bool {
+        self.present.max().is_none_or(|max| max < first)
+    }
+
+    /// The value of a customer [`Column::is_after`] the column, without marking it present.
+    #[inline]
+    pub fn put_bool(&mut self, ord: u32, b: bool) {
+        if let ColumnData::Bool(trues) = &mut self.data
+            && b
+        {
+            trues.insert(ord);
+        }
+    }
+
+    /// See [`Column::put_bool`].
+    #[inline]
+    pub fn put_i64(&mut self, ord: u32, x: i64) {
+        if let ColumnData::I64(v) = &mut self.data {
+            *slot(v, local(ord)) = x;
+        }
+    }
+
+    /// See [`Column::put_bool`].
+    #[inline]
+    pub fn put_f64(&mut self, ord: u32, x: f64) {
+        if let ColumnData::F64(v) = &mut self.data {
+            *slot(v, local(ord)) = x;
+        }
+    }
+
+    /// See [`Column::put_bool`].
+    #[inline]
+    pub fn put_i32(&mut self, ord: u32, x: i32) {
+        if let ColumnData::I32(v) = &mut self.data {
+            *slot(v, local(ord)) = x;
+        }
+    }
+
+    /// See [`Column::put_bool`]: a `keyword` value by its code.
+    #[inline]
+    pub fn put_code(&mut self, ord: u32, code: u32) {
+        if let ColumnData::Keyword {
+            codes,
+            by_value,
+            rare,
+        } = &mut self.data
+        {
+            codes.set(local(ord), Some(code));
+            rare.add(by_value, codes, code, ord);
+        }
+    }
+
+    /// Marks customers `ords` (ascending, given values by the `put_*` setters) present.
+    pub fn mark_present(&mut self, ords: &[u32]) {
+        insert_sorted(&mut self.present, ords);
     }
 
     /// Adds values to a `keywords` set (purchase categories and brands).

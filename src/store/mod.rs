@@ -785,10 +785,15 @@ impl Store {
         let ords = self.prepare_rows(&mut w, &plan, hashes, |i| batch.email(i));
         for run in shard_runs(&ords) {
             let mut s = self.write_shard(shard_of(ords[run.start]));
+            let created: Vec<u32> = run
+                .clone()
+                .filter(|&k| plan[k].existing.is_none())
+                .map(|k| ords[k])
+                .collect();
+            column::insert_sorted(&mut s.live, &created);
             for k in run.clone() {
-                let (ord, i) = (ords[k], local(ords[k]));
+                let i = local(ords[k]);
                 if plan[k].existing.is_none() {
-                    s.live.insert(ord);
                     s.ids.set(i, &batch.ids[k]);
                 }
                 if let Some(email) = batch.email(k) {
@@ -1282,6 +1287,36 @@ fn apply_column(
     let attr = def.id;
     let timed = s.timed.iter().any(|t| t.attr == attr);
     let dict = def.dict.as_deref();
+    // New customers (consecutive ordinals after every value of the column) of a scalar column
+    // no relative-time rule reads: values written, presence marked once for the run.
+    let simple = !matches!(
+        column.values,
+        ColumnValues::Keywords { .. } | ColumnValues::Text(_)
+    );
+    let first = ords[run.start];
+    let consecutive = ords[run.clone()].iter().zip(first..).all(|(&o, want)| o == want);
+    if simple && !timed && consecutive && s.column_mut(attr, def.ty).is_after(first) {
+        let col = s.column_mut(attr, def.ty);
+        let mut given = Vec::with_capacity(run.len());
+        for row in run {
+            let Some(k) = rows.value_of(row) else { continue };
+            let ord = ords[row];
+            match &column.values {
+                ColumnValues::Bool(v) => col.put_bool(ord, v[k]),
+                ColumnValues::I64(v) => col.put_i64(ord, v[k]),
+                ColumnValues::F64(v) => col.put_f64(ord, v[k]),
+                ColumnValues::I32(v) => col.put_i32(ord, v[k]),
+                ColumnValues::Keyword(coded) => {
+                    let dict = dict.expect("keyword column has a dictionary");
+                    col.put_code(ord, coded.code(k, dict));
+                }
+                ColumnValues::Keywords { .. } | ColumnValues::Text(_) => unreachable!("not a scalar column"),
+            }
+            given.push(ord);
+        }
+        col.mark_present(&given);
+        return;
+    }
     for row in run {
         let Some(k) = rows.value_of(row) else { continue };
         let ord = ords[row];
