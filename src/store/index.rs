@@ -268,7 +268,7 @@ mod tests {
     fn filled(case: KeyCase, keys: &[String]) -> IdIndex {
         let idx = IdIndex::new(case);
         for (ord, k) in keys.iter().enumerate() {
-            idx.reserve([k.as_str()], rehash_from(&idx, &keys));
+            idx.reserve([k.as_str()], rehash_from(&idx, keys));
             idx.insert(k, ord as u32);
         }
         idx
