@@ -5,10 +5,15 @@
 //! through [`convert::value_in`], whose checks they share). Errors about one customer name its row
 //! as `customers[i]`, errors about a whole column name it as `columns.attributes[j]`.
 
+use bytes::Bytes;
+use prost::Message;
+use prost::encoding::{self, DecodeContext, WireType};
+
 use crate::api::pb::{self, attribute_column::Values, value::Kind};
+use crate::api::wire::{Malformed, delimited};
 use crate::api::{Limits, convert};
 use crate::error::{Error, Result};
-use crate::store::batch::{AttrColumn, Coded, ColumnBatch, ColumnValues};
+use crate::store::batch::{AttrColumn, Coded, ColumnBatch, ColumnValues, Strs};
 use crate::store::input::{self, CustomerPatch};
 use crate::store::schema::{AttrDef, AttrType, Schema};
 use crate::time;
@@ -18,24 +23,23 @@ use crate::time;
 pub fn column_patches(
     schema: &Schema,
     limits: Option<&Limits>,
-    columns: pb::CustomerColumns,
+    columns: &pb::CustomerColumns,
 ) -> Result<Vec<CustomerPatch>> {
-    Ok(column_batch(schema, limits, columns)?.patches(schema))
+    let bytes = Bytes::from(columns.encode_to_vec());
+    Ok(column_batch(schema, limits, &bytes)?.patches(schema))
 }
 
-/// `columns` checked against `schema` into the batch the writer applies, or the first failure;
-/// the number of customers is checked against `limits` first.
-pub fn column_batch(
-    schema: &Schema,
-    limits: Option<&Limits>,
-    columns: pb::CustomerColumns,
-) -> Result<ColumnBatch> {
-    let pb::CustomerColumns {
-        customer_ids,
+/// An encoded `CustomerColumns` checked against `schema` into the batch the writer applies, or
+/// the first failure; the number of customers is checked against `limits` first. Its strings stay
+/// in `bytes`.
+pub fn column_batch(schema: &Schema, limits: Option<&Limits>, bytes: &Bytes) -> Result<ColumnBatch> {
+    let Read {
+        ids,
         emails,
         attributes,
-    } = columns;
-    let n = customer_ids.len();
+    } = read(bytes)
+        .map_err(|e| Error::invalid("columns", format!("malformed CustomerColumns message: {e}")))?;
+    let n = ids.len();
     if let Some(limits) = limits {
         limits.check_batch("columns.customer_ids", n)?;
     }
@@ -49,10 +53,10 @@ pub fn column_batch(
         ));
     }
     // Columns in attribute order, as the batch keeps them.
-    let mut resolved: Vec<(&AttrDef, usize, pb::AttributeColumn)> = Vec::with_capacity(attributes.len());
+    let mut resolved: Vec<(&AttrDef, usize, RawColumn<'_>)> = Vec::with_capacity(attributes.len());
     for (j, column) in attributes.into_iter().enumerate() {
         let field = || format!("columns.attributes[{j}]");
-        let def = schema.get(&column.name).ok_or_else(|| {
+        let def = schema.get(column.name).ok_or_else(|| {
             Error::invalid(
                 field(),
                 format!("unknown attribute `{}` (see Admin.GetSchema)", column.name),
@@ -81,19 +85,15 @@ pub fn column_batch(
     }
     resolved.sort_unstable_by_key(|(def, _, _)| def.id);
 
-    for (i, customer_id) in customer_ids.iter().enumerate() {
+    for (i, customer_id) in ids.iter().enumerate() {
         let within = |e: Error| e.within(&format!("customers[{i}]"));
         input::check_customer_id(customer_id).map_err(within)?;
-        if let Some(email) = emails.get(i).filter(|e| !e.is_empty()) {
-            input::check_email(email).map_err(within)?;
+        if i < emails.len() && !emails.get(i).is_empty() {
+            input::check_email(emails.get(i)).map_err(within)?;
         }
     }
-    let emails = emails
-        .into_iter()
-        .map(|email| (!email.is_empty()).then_some(email))
-        .collect();
     let mut out = ColumnBatch {
-        ids: customer_ids,
+        ids,
         emails,
         columns: Vec::with_capacity(resolved.len()),
     };
@@ -114,7 +114,7 @@ pub fn column_batch(
 
 /// A column's values checked as `Value` messages holding them are; an error names the row of the
 /// first bad one.
-fn column_values(def: &AttrDef, missing: &[u32], values: Values) -> Result<ColumnValues> {
+fn column_values(def: &AttrDef, missing: &[u32], values: RawValues) -> Result<ColumnValues> {
     let within = |k: usize, e: Error| {
         let row = nth_present(missing, k);
         e.within(&format!("customers[{row}].attributes[\"{}\"]", def.name))
@@ -123,52 +123,47 @@ fn column_values(def: &AttrDef, missing: &[u32], values: Values) -> Result<Colum
         (0..n).try_for_each(|k| check(k).map_err(|e| within(k, e)))
     };
     Ok(match (def.ty, values) {
-        (AttrType::Bool, Values::Bools(c)) => ColumnValues::Bool(c.values),
-        (AttrType::Int | AttrType::Money | AttrType::Timestamp, Values::Ints(c) | Values::Timestamps(c)) => {
-            if def.ty == AttrType::Timestamp {
-                check_all(c.values.len(), &|k| timestamp(c.values[k]).map(drop))?;
-            }
-            ColumnValues::I64(c.values)
+        (AttrType::Bool, RawValues::Bools(v)) => ColumnValues::Bool(v),
+        (AttrType::Int | AttrType::Money, RawValues::Ints(v)) => ColumnValues::I64(v),
+        (AttrType::Timestamp, RawValues::Timestamps(v)) => {
+            check_all(v.len(), &|k| timestamp(v[k]).map(drop))?;
+            ColumnValues::I64(v)
         }
-        (AttrType::Float, Values::Doubles(c)) => {
-            check_all(c.values.len(), &|k| finite(c.values[k]))?;
-            ColumnValues::F64(c.values)
+        (AttrType::Float, RawValues::Doubles(v)) => {
+            check_all(v.len(), &|k| finite(v[k]))?;
+            ColumnValues::F64(v)
         }
-        (AttrType::Float, Values::Ints(c)) => {
-            ColumnValues::F64(c.values.into_iter().map(|v| v as f64).collect())
-        }
-        (AttrType::Date, Values::Dates(c)) => {
-            let mut days = Vec::with_capacity(c.values.len());
-            for (k, &v) in c.values.iter().enumerate() {
-                days.push(date(v).map_err(|e| within(k, e))?);
+        (AttrType::Float, RawValues::Ints(v)) => ColumnValues::F64(v.into_iter().map(|v| v as f64).collect()),
+        (AttrType::Date, RawValues::Dates(v)) => {
+            let mut days = Vec::with_capacity(v.len());
+            for (k, &d) in v.iter().enumerate() {
+                days.push(date(d).map_err(|e| within(k, e))?);
             }
             ColumnValues::I32(days)
         }
-        (AttrType::Keyword, Values::Strings(c)) => {
-            check_all(c.values.len(), &|k| input::check_keyword(&c.values[k]))?;
+        (AttrType::Keyword, RawValues::Strings(v)) => {
+            check_all(v.len(), &|k| input::check_keyword(v.get(k)))?;
             ColumnValues::Keyword(Coded {
-                strings: c.values,
+                strings: v,
                 codes: Vec::new(),
             })
         }
-        (AttrType::Text, Values::Strings(c)) => {
-            check_all(c.values.len(), &|k| text(&c.values[k]))?;
-            ColumnValues::Text(c.values)
+        (AttrType::Text, RawValues::Strings(v)) => {
+            check_all(v.len(), &|k| text(v.get(k)))?;
+            ColumnValues::Text(v)
         }
-        (AttrType::Keywords, Values::Lists(c)) => {
-            let mut strings = Vec::new();
-            let mut ends = Vec::with_capacity(c.values.len());
-            for (k, list) in c.values.into_iter().enumerate() {
-                input::check_keyword_list(&list.values).map_err(|e| within(k, e))?;
-                let mut items = list.values;
-                items.sort_unstable();
-                items.dedup();
-                strings.extend(items);
-                ends.push(u32::try_from(strings.len()).expect("a batch holds fewer than 2^32 items"));
+        (AttrType::Keywords, RawValues::Lists { mut items, mut ends }) => {
+            let mut start = 0;
+            for (k, &end) in ends.iter().enumerate() {
+                input::check_keyword_list((start..end as usize).map(|j| items.get(j)))
+                    .map_err(|e| within(k, e))?;
+                start = end as usize;
             }
+            // As a `Value` message's list: each set sorted, without repeats.
+            items.sort_sets(&mut ends);
             ColumnValues::Keywords {
                 items: Coded {
-                    strings,
+                    strings: items,
                     codes: Vec::new(),
                 },
                 ends,
@@ -176,10 +171,201 @@ fn column_values(def: &AttrDef, missing: &[u32], values: Values) -> Result<Colum
         }
         (_, values) => unreachable!(
             "the shape check let {} through for {}",
-            kind_name(&values),
+            values.kind_name(),
             def.ty.name()
         ),
     })
+}
+
+/// A `CustomerColumns` message read in place: its strings are spans of the received bytes.
+struct Read<'a> {
+    ids: Strs,
+    emails: Strs,
+    attributes: Vec<RawColumn<'a>>,
+}
+
+/// An `AttributeColumn` as read.
+struct RawColumn<'a> {
+    name: &'a str,
+    missing: Vec<u32>,
+    values: Option<RawValues>,
+}
+
+/// The `values` of an `AttributeColumn`, by field.
+enum RawValues {
+    Bools(Vec<bool>),
+    Ints(Vec<i64>),
+    Doubles(Vec<f64>),
+    Dates(Vec<i64>),
+    Timestamps(Vec<i64>),
+    Strings(Strs),
+    /// Value `k` is `items[ends[k - 1]..ends[k]]`.
+    Lists {
+        items: Strs,
+        ends: Vec<u32>,
+    },
+}
+
+impl RawValues {
+    /// The empty values of oneof field `tag` (3 to 9).
+    fn empty(tag: u32, buf: &Bytes) -> RawValues {
+        match tag {
+            3 => RawValues::Bools(Vec::new()),
+            4 => RawValues::Ints(Vec::new()),
+            5 => RawValues::Doubles(Vec::new()),
+            6 => RawValues::Dates(Vec::new()),
+            7 => RawValues::Timestamps(Vec::new()),
+            8 => RawValues::Strings(Strs::over(buf.clone())),
+            _ => RawValues::Lists {
+                items: Strs::over(buf.clone()),
+                ends: Vec::new(),
+            },
+        }
+    }
+
+    /// The oneof field it was read from.
+    fn tag(&self) -> u32 {
+        match self {
+            RawValues::Bools(_) => 3,
+            RawValues::Ints(_) => 4,
+            RawValues::Doubles(_) => 5,
+            RawValues::Dates(_) => 6,
+            RawValues::Timestamps(_) => 7,
+            RawValues::Strings(_) => 8,
+            RawValues::Lists { .. } => 9,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            RawValues::Bools(v) => v.len(),
+            RawValues::Ints(v) | RawValues::Dates(v) | RawValues::Timestamps(v) => v.len(),
+            RawValues::Doubles(v) => v.len(),
+            RawValues::Strings(v) => v.len(),
+            RawValues::Lists { ends, .. } => ends.len(),
+        }
+    }
+
+    /// The `values` field's name.
+    fn kind_name(&self) -> &'static str {
+        match self {
+            RawValues::Bools(_) => "bools",
+            RawValues::Ints(_) => "ints",
+            RawValues::Doubles(_) => "doubles",
+            RawValues::Dates(_) => "dates",
+            RawValues::Timestamps(_) => "timestamps",
+            RawValues::Strings(_) => "strings",
+            RawValues::Lists { .. } => "lists",
+        }
+    }
+
+    /// Merges one occurrence of its field (a `BoolColumn`, `IntColumn`, ... message): repeated
+    /// values add up, as protobuf merges a message field given twice.
+    fn merge(&mut self, bytes: &Bytes, mut msg: &[u8]) -> std::result::Result<(), Malformed> {
+        let ctx = DecodeContext::default;
+        while !msg.is_empty() {
+            let (tag, wire_type) = encoding::decode_key(&mut msg)?;
+            if tag != 1 {
+                encoding::skip_field(wire_type, tag, &mut msg, ctx())?;
+                continue;
+            }
+            match self {
+                RawValues::Bools(v) => encoding::bool::merge_repeated(wire_type, v, &mut msg, ctx())?,
+                RawValues::Ints(v) | RawValues::Dates(v) | RawValues::Timestamps(v) => {
+                    encoding::int64::merge_repeated(wire_type, v, &mut msg, ctx())?
+                }
+                RawValues::Doubles(v) => encoding::double::merge_repeated(wire_type, v, &mut msg, ctx())?,
+                RawValues::Strings(v) => {
+                    encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    v.push(span(bytes, delimited(&mut msg)?))?;
+                }
+                RawValues::Lists { items, ends } => {
+                    encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    let mut list = delimited(&mut msg)?;
+                    while !list.is_empty() {
+                        let (tag, wire_type) = encoding::decode_key(&mut list)?;
+                        if tag == 1 {
+                            encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                            items.push(span(bytes, delimited(&mut list)?))?;
+                        } else {
+                            encoding::skip_field(wire_type, tag, &mut list, ctx())?;
+                        }
+                    }
+                    ends.push(u32::try_from(items.len()).map_err(|_| Malformed::Truncated)?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads an encoded `CustomerColumns` as protobuf decoding would (unknown fields skipped,
+/// repeated scalars packed or not, a `values` field given twice merged when of the same kind and
+/// replaced when not, the last `name` kept), its strings left in `bytes`.
+fn read(bytes: &Bytes) -> std::result::Result<Read<'_>, Malformed> {
+    let mut out = Read {
+        ids: Strs::over(bytes.clone()),
+        emails: Strs::over(bytes.clone()),
+        attributes: Vec::new(),
+    };
+    let mut buf: &[u8] = bytes;
+    while !buf.is_empty() {
+        let (tag, wire_type) = encoding::decode_key(&mut buf)?;
+        match tag {
+            1 | 2 => {
+                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let to = if tag == 1 { &mut out.ids } else { &mut out.emails };
+                to.push(span(bytes, delimited(&mut buf)?))?;
+            }
+            3 => {
+                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let column = read_column(bytes, delimited(&mut buf)?)?;
+                out.attributes.push(column);
+            }
+            _ => encoding::skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
+        }
+    }
+    Ok(out)
+}
+
+fn read_column<'a>(bytes: &Bytes, mut msg: &'a [u8]) -> std::result::Result<RawColumn<'a>, Malformed> {
+    let mut column = RawColumn {
+        name: "",
+        missing: Vec::new(),
+        values: None,
+    };
+    while !msg.is_empty() {
+        let (tag, wire_type) = encoding::decode_key(&mut msg)?;
+        match tag {
+            1 => {
+                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                column.name = std::str::from_utf8(delimited(&mut msg)?).map_err(|_| Malformed::NotUtf8)?;
+            }
+            2 => encoding::uint32::merge_repeated(
+                wire_type,
+                &mut column.missing,
+                &mut msg,
+                DecodeContext::default(),
+            )?,
+            3..=9 => {
+                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let field = delimited(&mut msg)?;
+                let values = match &mut column.values {
+                    Some(v) if v.tag() == tag => v,
+                    other => other.insert(RawValues::empty(tag, bytes)),
+                };
+                values.merge(bytes, field)?;
+            }
+            _ => encoding::skip_field(wire_type, tag, &mut msg, DecodeContext::default())?,
+        }
+    }
+    Ok(column)
+}
+
+/// Where `part` (a slice of `bytes`) lies in it.
+fn span(bytes: &Bytes, part: &[u8]) -> std::ops::Range<usize> {
+    let start = part.as_ptr() as usize - bytes.as_ptr() as usize;
+    start..start + part.len()
 }
 
 /// The row of the `k`th value of a column whose rows `missing` have none.
@@ -272,11 +458,11 @@ fn push_value(values: &mut Option<Values>, kind: Kind) -> Option<()> {
 
 /// Checks that a column's values fit its attribute's type and that it gives one value for each
 /// row it does not list as missing.
-fn check_shape(def: &AttrDef, n: usize, column: &pb::AttributeColumn) -> Result<()> {
+fn check_shape(def: &AttrDef, n: usize, column: &RawColumn<'_>) -> Result<()> {
     let Some(values) = &column.values else {
         return Err(Error::invalid("values", "no values given"));
     };
-    let (kind, count) = (kind_name(values), values_len(Some(values)));
+    let (kind, count) = (values.kind_name(), values.len());
     if !accepted(def.ty).contains(&kind) {
         return Err(Error::invalid(
             "values",
@@ -309,19 +495,6 @@ fn check_shape(def: &AttrDef, n: usize, column: &pb::AttributeColumn) -> Result<
         ));
     }
     Ok(())
-}
-
-/// The `values` field's name.
-fn kind_name(values: &Values) -> &'static str {
-    match values {
-        Values::Bools(_) => "bools",
-        Values::Ints(_) => "ints",
-        Values::Doubles(_) => "doubles",
-        Values::Dates(_) => "dates",
-        Values::Timestamps(_) => "timestamps",
-        Values::Strings(_) => "strings",
-        Values::Lists(_) => "lists",
-    }
 }
 
 /// The `values` fields a column of an attribute of type `ty` may use.
@@ -413,7 +586,7 @@ mod tests {
 
     fn error(columns: pb::CustomerColumns) -> String {
         let schema = Schema::builtin();
-        column_patches(&schema, None, columns).unwrap_err().to_string()
+        column_patches(&schema, None, &columns).unwrap_err().to_string()
     }
 
     #[test]
@@ -422,7 +595,7 @@ mod tests {
         let patches = column_patches(
             &schema,
             None,
-            batch(vec![
+            &batch(vec![
                 column("household_size", vec![1], ints(vec![2, 4])),
                 column("gender", vec![0, 2], strings(&["F"])),
             ]),
@@ -508,7 +681,7 @@ mod tests {
     fn the_batch_limit_counts_customers() {
         let schema = Schema::builtin();
         let limits = Limits { max_batch: 2 };
-        let e = column_patches(&schema, Some(&limits), batch(vec![])).unwrap_err();
+        let e = column_patches(&schema, Some(&limits), &batch(vec![])).unwrap_err();
         assert!(e.to_string().contains("columns.customer_ids"), "{e}");
     }
 }

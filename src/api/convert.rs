@@ -72,7 +72,7 @@ pub fn value_in(def: &AttrDef, value: pb::Value) -> Result<Option<Value>> {
             Value::Keyword(s)
         }
         (AttrType::Keywords, Kind::ListValue(list)) => {
-            input::check_keyword_list(&list.values)?;
+            input::check_keyword_list(list.values.iter())?;
             let mut items = list.values;
             items.sort_unstable();
             items.dedup();

@@ -137,16 +137,14 @@ impl CustomerBatch {
     }
 
     /// The `columns` field (`bytes`) checked against `schema` and `limits`.
-    fn checked_columns(&self, bytes: &[u8], schema: &Schema, limits: &Limits) -> Result<ColumnBatch> {
+    fn checked_columns(&self, bytes: &Bytes, schema: &Schema, limits: &Limits) -> Result<ColumnBatch> {
         if !self.messages.is_empty() || !self.encoded.is_empty() {
             return Err(Error::invalid(
                 "columns",
                 "a request gives its customers as `customers` or as `columns`, not both",
             ));
         }
-        let columns = pb::CustomerColumns::decode(bytes)
-            .map_err(|e| Error::invalid("columns", format!("malformed CustomerColumns message: {e}")))?;
-        columns::column_batch(schema, Some(limits), columns)
+        columns::column_batch(schema, Some(limits), bytes)
     }
 }
 
@@ -390,11 +388,19 @@ fn decode_value(buf: &[u8]) -> std::result::Result<pb::Value, DecodeError> {
 
 /// Why an encoded message could not be read.
 #[derive(Debug, thiserror::Error)]
-enum Malformed {
+pub(crate) enum Malformed {
     #[error("{0}")]
     Decode(#[from] DecodeError),
     #[error("a field's length runs past the end of its message")]
     Truncated,
+    #[error("a string is not UTF-8")]
+    NotUtf8,
+}
+
+impl From<std::str::Utf8Error> for Malformed {
+    fn from(_: std::str::Utf8Error) -> Malformed {
+        Malformed::NotUtf8
+    }
 }
 
 /// A map entry's key and encoded value; a missing key is "" and a missing value is empty.
@@ -419,7 +425,7 @@ fn map_entry(mut buf: &[u8]) -> std::result::Result<(&[u8], &[u8]), Malformed> {
 }
 
 /// A length-delimited field's bytes, borrowed.
-fn delimited<'a>(buf: &mut &'a [u8]) -> std::result::Result<&'a [u8], Malformed> {
+pub(crate) fn delimited<'a>(buf: &mut &'a [u8]) -> std::result::Result<&'a [u8], Malformed> {
     let len = encoding::decode_varint(buf)?;
     if len > buf.len() as u64 {
         return Err(Malformed::Truncated);
@@ -701,6 +707,121 @@ mod tests {
                 })
         }
 
+        /// `columns` encoded another way, by `ways`: 0 splits each column's values over two
+        /// occurrences of their field, 1 encodes `missing` unpacked, 2 gives each column a name
+        /// before its own, 3 gives each column values of another kind before its own, 4 and 5 add
+        /// unknown fields (to the batch, to each column).
+        fn reencode(columns: &pb::CustomerColumns, ways: &[u8]) -> Vec<u8> {
+            use pb::attribute_column::Values;
+            let has = |w: u8| ways.contains(&w);
+            let mut out = Vec::new();
+            if has(4) {
+                encoding::uint64::encode(15, &7, &mut out);
+            }
+            for id in &columns.customer_ids {
+                encoding::string::encode(1, id, &mut out);
+            }
+            for email in &columns.emails {
+                encoding::string::encode(2, email, &mut out);
+            }
+            for column in &columns.attributes {
+                let mut c = Vec::new();
+                if has(2) {
+                    encoding::string::encode(1, &"not-an-attribute".to_string(), &mut c);
+                }
+                encoding::string::encode(1, &column.name, &mut c);
+                if has(5) {
+                    encoding::bytes::encode(12, &vec![1u8, 2, 3], &mut c);
+                }
+                if has(1) {
+                    for m in &column.missing {
+                        encoding::uint32::encode(2, m, &mut c);
+                    }
+                } else {
+                    encoding::uint32::encode_packed(2, &column.missing, &mut c);
+                }
+                let values = column.values.clone().expect("to_columns gives values");
+                if has(3) {
+                    let other = match values {
+                        Values::Bools(_) => Values::Ints(pb::IntColumn { values: vec![1] }),
+                        _ => Values::Bools(pb::BoolColumn { values: vec![true] }),
+                    };
+                    other.encode(&mut c);
+                }
+                if has(0) {
+                    let (first, second) = split(values);
+                    first.encode(&mut c);
+                    second.encode(&mut c);
+                } else {
+                    values.encode(&mut c);
+                }
+                encoding::bytes::encode(3, &c, &mut out);
+            }
+            out
+        }
+
+        /// A column's values as two halves.
+        fn split(
+            values: pb::attribute_column::Values,
+        ) -> (pb::attribute_column::Values, pb::attribute_column::Values) {
+            use pb::attribute_column::Values;
+            fn halves<T: Clone>(v: &[T]) -> (Vec<T>, Vec<T>) {
+                let (a, b) = v.split_at(v.len() / 2);
+                (a.to_vec(), b.to_vec())
+            }
+            match values {
+                Values::Bools(c) => {
+                    let (a, b) = halves(&c.values);
+                    (
+                        Values::Bools(pb::BoolColumn { values: a }),
+                        Values::Bools(pb::BoolColumn { values: b }),
+                    )
+                }
+                Values::Ints(c) => {
+                    let (a, b) = halves(&c.values);
+                    (
+                        Values::Ints(pb::IntColumn { values: a }),
+                        Values::Ints(pb::IntColumn { values: b }),
+                    )
+                }
+                Values::Dates(c) => {
+                    let (a, b) = halves(&c.values);
+                    (
+                        Values::Dates(pb::IntColumn { values: a }),
+                        Values::Dates(pb::IntColumn { values: b }),
+                    )
+                }
+                Values::Timestamps(c) => {
+                    let (a, b) = halves(&c.values);
+                    (
+                        Values::Timestamps(pb::IntColumn { values: a }),
+                        Values::Timestamps(pb::IntColumn { values: b }),
+                    )
+                }
+                Values::Doubles(c) => {
+                    let (a, b) = halves(&c.values);
+                    (
+                        Values::Doubles(pb::DoubleColumn { values: a }),
+                        Values::Doubles(pb::DoubleColumn { values: b }),
+                    )
+                }
+                Values::Strings(c) => {
+                    let (a, b) = halves(&c.values);
+                    (
+                        Values::Strings(pb::StringColumn { values: a }),
+                        Values::Strings(pb::StringColumn { values: b }),
+                    )
+                }
+                Values::Lists(c) => {
+                    let (a, b) = halves(&c.values);
+                    (
+                        Values::Lists(pb::ListColumn { values: a }),
+                        Values::Lists(pb::ListColumn { values: b }),
+                    )
+                }
+            }
+        }
+
         proptest! {
             #[test]
             fn columns_mean_what_messages_mean(
@@ -729,6 +850,49 @@ mod tests {
                         prop_assert!(e.to_string().contains("maintained by RecordOrders"), "{}", e);
                     }
                     (a, b) => prop_assert!(false, "columns {a:?} but rows {b:?}"),
+                }
+            }
+
+            /// The columns reader reads any encoding as protobuf decoding does: the same
+            /// message encoded another way (values split over repeated occurrences of their
+            /// field, scalars unpacked, a name or a values field of another kind given first,
+            /// unknown fields) reads as its canonical encoding does.
+            #[test]
+            fn columns_read_any_encoding_as_protobuf_does(
+                cs in prop::collection::vec(typed_customer(), 1..8),
+                ways in prop::collection::vec(0..6u8, 1..6),
+            ) {
+                let schema = Schema::builtin();
+                let Some(columns) = columns::to_columns(&cs) else {
+                    return Ok(());
+                };
+                let canonical = Bytes::from(columns.encode_to_vec());
+                let other = Bytes::from(reencode(&columns, &ways));
+                // Protobuf itself reads the other encoding as the same message.
+                prop_assert_eq!(&pb::CustomerColumns::decode(other.clone()).unwrap(), &columns);
+                let a = columns::column_batch(&schema, None, &canonical);
+                let b = columns::column_batch(&schema, None, &other);
+                match (a, b) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                    (a, b) => prop_assert!(false, "canonical {a:?} but other {b:?}"),
+                }
+            }
+
+            #[test]
+            fn columns_reader_refuses_what_protobuf_refuses(bytes in prop::collection::vec(any::<u8>(), 0..96)) {
+                let schema = Schema::builtin();
+                let read = columns::column_batch(&schema, None, &Bytes::from(bytes.clone()));
+                match pb::CustomerColumns::decode(bytes.as_slice()) {
+                    Err(_) => prop_assert!(read.is_err()),
+                    Ok(msg) => {
+                        let canonical = columns::column_batch(&schema, None, &Bytes::from(msg.encode_to_vec()));
+                        match (canonical, read) {
+                            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                            (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                            (a, b) => prop_assert!(false, "canonical {a:?} but read {b:?}"),
+                        }
+                    }
                 }
             }
 

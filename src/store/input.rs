@@ -107,12 +107,12 @@ pub fn check_keyword(s: &str) -> Result<()> {
 }
 
 /// Checks a list of keywords (a `keywords` value, an order's categories or brands).
-pub fn check_keyword_list(items: &[String]) -> Result<()> {
+pub fn check_keyword_list<S: AsRef<str>>(items: impl ExactSizeIterator<Item = S>) -> Result<()> {
     if items.len() > MAX_LIST_ITEMS {
         return Err(Error::invalid("", format!("more than {MAX_LIST_ITEMS} items")));
     }
-    for (i, s) in items.iter().enumerate() {
-        check_keyword(s).map_err(|e| e.within(&format!("[{i}]")))?;
+    for (i, s) in items.enumerate() {
+        check_keyword(s.as_ref()).map_err(|e| e.within(&format!("[{i}]")))?;
     }
     Ok(())
 }
@@ -133,8 +133,8 @@ impl OrderIn {
         if self.amount_minor < 0 {
             return Err(Error::invalid("amount_minor", "must not be negative"));
         }
-        check_keyword_list(&self.categories).map_err(|e| e.within("categories"))?;
-        check_keyword_list(&self.brands).map_err(|e| e.within("brands"))?;
+        check_keyword_list(self.categories.iter()).map_err(|e| e.within("categories"))?;
+        check_keyword_list(self.brands.iter()).map_err(|e| e.within("brands"))?;
         Ok(())
     }
 }

@@ -775,7 +775,7 @@ impl Store {
         };
         let mut w = self.writer.lock();
         let schema = self.schema();
-        let plan = self.plan_upsert(batch.len(), |i| &batch.ids[i], |i| batch.email(i), hashes)?;
+        let plan = self.plan_upsert(batch.len(), |i| batch.ids.get(i), |i| batch.email(i), hashes)?;
         let lsn = log()?;
         let reg = self.registry();
         let now = self.now();
@@ -794,7 +794,7 @@ impl Store {
             for k in run.clone() {
                 let i = local(ords[k]);
                 if plan[k].existing.is_none() {
-                    s.ids.set(i, &batch.ids[k]);
+                    s.ids.set(i, batch.ids.get(k));
                 }
                 if let Some(email) = batch.email(k) {
                     s.emails.set(i, email);
@@ -1335,7 +1335,7 @@ fn apply_column(
                 let dict = dict.expect("keywords column has a dictionary");
                 col.set_code_set(ord, batch::item_range(ends, k).map(|j| items.code(j, dict)));
             }
-            ColumnValues::Text(v) => col.set_text(ord, &v[k]),
+            ColumnValues::Text(v) => col.set_text(ord, v.get(k)),
         }
         if timed {
             s.retime(attr, ord, old);

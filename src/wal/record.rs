@@ -417,9 +417,7 @@ fn apply_op(store: &Store, op: Op, log: &mut dyn FnMut() -> Result<u64>) -> Resu
             let unreadable = |e: String| {
                 Error::DataLoss(format!("a logged batch of customer columns cannot be read: {e}"))
             };
-            let columns = <crate::api::pb::CustomerColumns as prost::Message>::decode(bytes.as_slice())
-                .map_err(|e| unreadable(e.to_string()))?;
-            let batch = crate::api::columns::column_batch(&store.schema(), None, columns)
+            let batch = crate::api::columns::column_batch(&store.schema(), None, &bytes.into())
                 .map_err(|e| unreadable(e.to_string()))?;
             store.upsert_columns(&batch, &crate::store::KeyHashes::of_columns(&batch), log)?;
         }
@@ -687,7 +685,7 @@ mod tests {
         let replayed = Store::new();
         apply(&replayed, record).unwrap();
         let direct = Store::new();
-        let patches = crate::api::columns::column_patches(&direct.schema(), None, columns).unwrap();
+        let patches = crate::api::columns::column_patches(&direct.schema(), None, &columns).unwrap();
         direct.upsert(&patches, &mut crate::store::no_log).unwrap();
         same_customers(&replayed, &direct);
 
