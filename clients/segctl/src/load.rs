@@ -53,6 +53,9 @@ impl Cell<'_> {
 /// A parsed row: column name → cell.
 pub struct Row<'a> {
     pub fields: Vec<(&'a str, Cell<'a>)>,
+    /// Every row of the input names the same fields at the same positions (a CSV header), so
+    /// what a position means can be worked out once.
+    pub fixed_names: bool,
 }
 
 impl<'a> Row<'a> {
@@ -248,6 +251,7 @@ fn spawn_reader<S: Sink>(
                                             .map(String::as_str)
                                             .zip(record.iter().map(Cell::Text))
                                             .collect(),
+                                        fixed_names: true,
                                     };
                                     if !take(sink.push(&row), line, &mut out, &mut sink)? {
                                         break;
@@ -283,6 +287,7 @@ fn spawn_reader<S: Sink>(
                                             .iter()
                                             .map(|(k, v)| (k.as_str(), Cell::Json(v)))
                                             .collect(),
+                                        fixed_names: false,
                                     };
                                     sink.push(&row)
                                 }
@@ -349,8 +354,19 @@ fn summary(label: &str, rows: u64, bad: u64, secs: f64, detail: &str) {
 /// position and only looked up again when the name there changes.
 struct CustomerColumns {
     slots: HashMap<String, (Ty, usize)>,
-    by_position: Vec<(String, Option<(Ty, usize)>)>,
+    /// What each position of the last row named, by name.
+    by_position: Vec<(String, Field)>,
     writer: ColumnsWriter,
+}
+
+/// What a row's field is.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    CustomerId,
+    Email,
+    /// An attribute of this type, written to this column.
+    Attribute(Ty, usize),
+    Unknown,
 }
 
 impl CustomerColumns {
@@ -377,33 +393,34 @@ impl Sink for CustomerColumns {
         let mut email = None;
         let mut values = Vec::with_capacity(row.fields.len());
         for (k, (name, cell)) in row.fields.iter().enumerate() {
-            if *name == "customer_id" {
-                customer_id = cell.text().map_err(|e| format!("`{name}`: {e}"))?;
-                continue;
-            }
-            if *name == "email" {
-                email = cell.text().map_err(|e| format!("`{name}`: {e}"))?;
-                continue;
-            }
-            if cell.is_empty() {
-                continue;
-            }
-            let ty = match self.by_position.get(k) {
-                Some((known, ty)) if known == name => *ty,
+            let field = match self.by_position.get(k) {
+                Some((known, field)) if row.fixed_names || known == name => *field,
                 _ => {
-                    let ty = self.slots.get(*name).copied();
+                    let field = match *name {
+                        "customer_id" => Field::CustomerId,
+                        "email" => Field::Email,
+                        _ => match self.slots.get(*name) {
+                            Some(&(ty, slot)) => Field::Attribute(ty, slot),
+                            None => Field::Unknown,
+                        },
+                    };
                     if self.by_position.len() <= k {
-                        self.by_position.resize(k + 1, (String::new(), None));
+                        self.by_position.resize(k + 1, (String::new(), Field::Unknown));
                     }
-                    self.by_position[k] = (name.to_string(), ty);
-                    ty
+                    self.by_position[k] = (name.to_string(), field);
+                    field
                 }
             };
-            let Some((ty, slot)) = ty else {
-                return Err(format!("`{name}` is not an attribute"));
-            };
-            if let Some(value) = typed(ty, *cell).map_err(|e| format!("`{name}`: {e}"))? {
-                values.push((slot, value));
+            match field {
+                Field::CustomerId => customer_id = cell.text().map_err(|e| format!("`{name}`: {e}"))?,
+                Field::Email => email = cell.text().map_err(|e| format!("`{name}`: {e}"))?,
+                _ if cell.is_empty() => {}
+                Field::Unknown => return Err(format!("`{name}` is not an attribute")),
+                Field::Attribute(ty, slot) => {
+                    if let Some(value) = typed(ty, *cell).map_err(|e| format!("`{name}`: {e}"))? {
+                        values.push((slot, value));
+                    }
+                }
             }
         }
         let customer_id = customer_id.ok_or("`customer_id` is required")?;
