@@ -31,8 +31,8 @@ impl Cell<'_> {
     /// The cell as text; `None` when empty (CSV) or null (JSON).
     fn text(&self) -> Result<Option<String>, String> {
         match self {
-            Cell::Text(s) if s.trim().is_empty() => Ok(None),
-            Cell::Text(s) => Ok(Some(s.trim().to_string())),
+            Cell::Text(s) if values::trimmed(s).is_empty() => Ok(None),
+            Cell::Text(s) => Ok(Some(values::trimmed(s).to_string())),
             Cell::Json(serde_json::Value::Null) => Ok(None),
             Cell::Json(serde_json::Value::String(s)) => Ok(Some(s.clone())),
             Cell::Json(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
@@ -44,7 +44,7 @@ impl Cell<'_> {
 
     fn is_empty(&self) -> bool {
         match self {
-            Cell::Text(s) => s.trim().is_empty(),
+            Cell::Text(s) => values::trimmed(s).is_empty(),
             Cell::Json(v) => v.is_null(),
         }
     }
@@ -438,8 +438,8 @@ impl Sink for CustomerColumns {
 fn typed(ty: Ty, cell: Cell<'_>) -> Result<Option<Typed<'_>>, String> {
     use std::borrow::Cow;
     let text = match cell {
-        Cell::Text(s) => s.trim(),
-        Cell::Json(serde_json::Value::String(s)) => s.trim(),
+        Cell::Text(s) => values::trimmed(s),
+        Cell::Json(serde_json::Value::String(s)) => values::trimmed(s),
         Cell::Json(v) => {
             let Some(value) = values::parse_json(ty, v)? else {
                 return Ok(None);

@@ -92,7 +92,7 @@ fn value(kind: Kind) -> pb::Value {
 
 /// A text cell as a value of type `ty`.
 pub fn parse_cell(ty: Ty, cell: &str) -> Result<pb::Value, String> {
-    let cell = cell.trim();
+    let cell = trimmed(cell);
     Ok(match ty {
         Ty::Bool => value(Kind::BoolValue(parse_bool(cell)?)),
         Ty::Int => value(Kind::IntValue(
@@ -306,9 +306,39 @@ pub fn json_value(v: &pb::Value) -> serde_json::Value {
     }
 }
 
+/// `s` without leading and trailing whitespace, as `str::trim`; most cells have none, and their
+/// first and last bytes say so without decoding characters.
+pub fn trimmed(s: &str) -> &str {
+    let solid = |b: Option<&u8>| b.is_some_and(|&b| b.is_ascii() && !b.is_ascii_whitespace());
+    if solid(s.as_bytes().first()) && solid(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trimmed_trims_as_str_trim_does() {
+        for s in [
+            "",
+            " ",
+            "a",
+            " a",
+            "a ",
+            "\ta\n",
+            "2025-01-01",
+            "\u{a0}x\u{a0}",
+            "é",
+            " é ",
+            "x\u{2003}",
+        ] {
+            assert_eq!(trimmed(s), s.trim(), "{s:?}");
+        }
+    }
 
     #[test]
     fn money_in_major_units() {
