@@ -710,13 +710,8 @@ impl Store {
         hashes: &KeyHashes,
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<UpsertOutcome> {
-        let own;
-        let hashes = if hashes.ids.len() == batch.len() && hashes.emails.len() == batch.len() {
-            hashes
-        } else {
-            own = KeyHashes::of(batch);
-            &own
-        };
+        let mut own = None;
+        let hashes = hashes.or_own(batch.len(), &mut own, || KeyHashes::of(batch));
         let mut w = self.writer.lock();
         let schema = self.schema();
         check_writable(&schema, batch)?;
@@ -766,13 +761,8 @@ impl Store {
         hashes: &KeyHashes,
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<UpsertOutcome> {
-        let own;
-        let hashes = if hashes.ids.len() == batch.len() && hashes.emails.len() == batch.len() {
-            hashes
-        } else {
-            own = KeyHashes::of_columns(batch);
-            &own
-        };
+        let mut own = None;
+        let hashes = hashes.or_own(batch.len(), &mut own, || KeyHashes::of_columns(batch));
         let mut w = self.writer.lock();
         let schema = self.schema();
         let plan = self.plan_upsert(batch.len(), |i| batch.ids.get(i), |i| batch.email(i), hashes)?;
@@ -1156,6 +1146,21 @@ pub struct KeyHashes {
 }
 
 impl KeyHashes {
+    /// These hashes when they are those of a batch of `n` customers; else `make()`'s, kept in
+    /// `own` (as for the empty hashes `Store::upsert` passes).
+    fn or_own<'a>(
+        &'a self,
+        n: usize,
+        own: &'a mut Option<KeyHashes>,
+        make: impl FnOnce() -> KeyHashes,
+    ) -> &'a KeyHashes {
+        if self.ids.len() == n && self.emails.len() == n {
+            self
+        } else {
+            own.insert(make())
+        }
+    }
+
     /// The hashes of a batch given column by column.
     pub fn of_columns(batch: &ColumnBatch) -> KeyHashes {
         let email = |i: usize| batch.email(i).map_or(0, |e| index::key_hash(EMAIL_KEYS, e));
