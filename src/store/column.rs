@@ -132,17 +132,18 @@ fn matching<T: Copy>(v: &[T], base: u32, hit: impl Fn(T) -> bool) -> RoaringBitm
     RoaringBitmap::from_lsb0_bytes(base, &bits)
 }
 
-/// Inserts `ords` (ascending) into `bm`: a consecutive run after the bitmap's last value as one
-/// range, other runs after it by appending, anything else value by value.
-pub fn insert_sorted(bm: &mut RoaringBitmap, ords: &[u32]) {
-    let (Some(&first), Some(&last)) = (ords.first(), ords.last()) else {
+/// Inserts `ords` into `bm`: consecutive ascending ordinals after the bitmap's last value as one
+/// range, other ascending ones after it by appending, anything else (in any order) value by value.
+pub fn insert_all(bm: &mut RoaringBitmap, ords: &[u32]) {
+    let Some(&first) = ords.first() else {
         return;
     };
     if bm.max().is_none_or(|max| max < first) {
-        if (last - first) as usize + 1 == ords.len() {
-            bm.insert_range(first..=last);
+        if ords.iter().zip(first..).all(|(&o, want)| o == want) {
+            bm.insert_range(first..first + ords.len() as u32);
             return;
         }
+        // Stops at the first ordinal out of order, the ones before it inserted.
         if bm.append(ords.iter().copied()).is_ok() {
             return;
         }
@@ -418,7 +419,7 @@ impl Column {
 
     /// Marks customers `ords` (ascending, given values by the `put_*` setters) present.
     pub fn mark_present(&mut self, ords: &[u32]) {
-        insert_sorted(&mut self.present, ords);
+        insert_all(&mut self.present, ords);
     }
 
     /// Adds values to a `keywords` set (purchase categories and brands).
@@ -705,6 +706,28 @@ pub fn bitmap_bytes(bm: &RoaringBitmap) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insert_all_inserts_any_order_as_extend_does() {
+        let cases: [&[u32]; 7] = [
+            &[],
+            &[10, 11, 12, 13],
+            &[10, 12, 13],
+            &[13, 12, 11, 10],
+            &[10, 14, 11, 13],
+            &[3, 4, 5],
+            &[70_000, 70_001, 5],
+        ];
+        for before in [vec![], vec![7u32], vec![2, 9, 20]] {
+            for ords in cases {
+                let mut got: RoaringBitmap = before.iter().copied().collect();
+                let mut want = got.clone();
+                insert_all(&mut got, ords);
+                want.extend(ords.iter().copied());
+                assert_eq!(got, want, "{before:?} + {ords:?}");
+            }
+        }
+    }
 
     #[test]
     fn keyword_codes_widen_and_bitmaps_follow() {

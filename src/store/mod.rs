@@ -780,7 +780,7 @@ impl Store {
                 .filter(|&k| plan[k].existing.is_none())
                 .map(|k| ords[k])
                 .collect();
-            column::insert_sorted(&mut s.live, &created);
+            column::insert_all(&mut s.live, &created);
             for k in run.clone() {
                 let i = local(ords[k]);
                 if plan[k].existing.is_none() {
@@ -790,8 +790,11 @@ impl Store {
                     s.emails.set(i, email);
                 }
             }
+            let first = ords[run.start];
+            let consecutive = ords[run.clone()].iter().zip(first..).all(|(&o, want)| o == want);
             for (column, rows) in batch.columns.iter().zip(&mut rows) {
-                apply_column(&mut s, schema.attr(column.attr), column, run.clone(), &ords, rows);
+                let def = schema.attr(column.attr);
+                apply_column(&mut s, def, column, run.clone(), &ords, consecutive, rows);
             }
             for k in run {
                 let (ord, new) = (ords[k], plan[k].existing.is_none());
@@ -1279,14 +1282,15 @@ fn shard_runs(ords: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_
     })
 }
 
-/// Writes one column's values for the rows of `run` (all in shard `s`); `rows` has walked the
-/// column's earlier rows.
+/// Writes one column's values for the rows of `run` (all in shard `s`, their ordinals
+/// `consecutive` or not); `rows` has walked the column's earlier rows.
 fn apply_column(
     s: &mut Shard,
     def: &schema::AttrDef,
     column: &AttrColumn,
     run: std::ops::Range<usize>,
     ords: &[u32],
+    consecutive: bool,
     rows: &mut Rows<'_>,
 ) {
     let attr = def.id;
@@ -1299,7 +1303,6 @@ fn apply_column(
         ColumnValues::Keywords { .. } | ColumnValues::Text(_)
     );
     let first = ords[run.start];
-    let consecutive = ords[run.clone()].iter().zip(first..).all(|(&o, want)| o == want);
     if simple && !timed && consecutive && s.column_mut(attr, def.ty).is_after(first) {
         let col = s.column_mut(attr, def.ty);
         let mut given = Vec::with_capacity(run.len());
