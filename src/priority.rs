@@ -34,7 +34,7 @@ const RECLAIM_QUEUE: usize = 64;
 
 /// Frees `value` on a bulk-priority thread of its own rather than the caller's: the writer
 /// thread hands over a batch once applied, so freeing its thousands of strings does not hold up
-/// the next batch. Frees at once, on the caller, when the reclaimer is [`RECLAIM_QUEUE`] values
+/// the next batch. Frees at once, on the caller, when the reclaimer is `RECLAIM_QUEUE` values
 /// behind (memory waiting to be freed stays bounded) or could not be started.
 pub fn discard<T: Send + 'static>(value: T) {
     type Garbage = Box<dyn Send>;

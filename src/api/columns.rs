@@ -1,9 +1,12 @@
-//! `CustomerColumns`: a batch of customers given column by column, as patches.
+//! `CustomerColumns`: a batch of customers given column by column, read in place into the
+//! [`ColumnBatch`] the writer applies.
 //!
 //! A column names its attribute once for the whole batch, so the work per value is the value's
-//! own check; the result is what the same customers sent as `Customer` messages give (values go
-//! through [`convert::value_in`], whose checks they share). Errors about one customer name its row
-//! as `customers[i]`, errors about a whole column name it as `columns.attributes[j]`.
+//! own check; the result means what the same customers sent as `Customer` messages mean (each value
+//! passes the checks [`convert::value_in`] makes: the same input checks and ranges, the same
+//! messages; the property tests in `api::wire` compare the two). Strings are not copied: they stay
+//! spans of the received bytes. Errors about one customer name its row as `customers[i]`, errors
+//! about a whole column name it as `columns.attributes[j]`.
 
 use bytes::Bytes;
 use prost::Message;
