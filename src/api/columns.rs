@@ -9,7 +9,6 @@
 //! about a whole column name it as `columns.attributes[j]`.
 
 use bytes::Bytes;
-use prost::Message;
 use prost::encoding::{self, DecodeContext, WireType};
 
 use crate::api::pb::{self, attribute_column::Values, value::Kind};
@@ -17,17 +16,20 @@ use crate::api::wire::{Malformed, delimited};
 use crate::api::{Limits, convert};
 use crate::error::{Error, Result};
 use crate::store::batch::{AttrColumn, Coded, ColumnBatch, ColumnValues, Strs};
-use crate::store::input::{self, CustomerPatch};
+use crate::store::input;
 use crate::store::schema::{AttrDef, AttrType, Schema};
 use crate::time;
 
 /// Every customer of `columns` as a patch checked against `schema`, or the first failure; the
-/// number of customers is checked against `limits` first.
-pub fn column_patches(
+/// number of customers is checked against `limits` first (for tests: the server reads the
+/// received bytes with [`column_batch`]).
+#[cfg(test)]
+pub(crate) fn column_patches(
     schema: &Schema,
     limits: Option<&Limits>,
     columns: &pb::CustomerColumns,
-) -> Result<Vec<CustomerPatch>> {
+) -> Result<Vec<input::CustomerPatch>> {
+    use prost::Message;
     let bytes = Bytes::from(columns.encode_to_vec());
     Ok(column_batch(schema, limits, &bytes)?.patches(schema))
 }

@@ -264,23 +264,6 @@ impl ColumnValues {
             ColumnValues::Text(v) => Value::Text(v.get(k).to_string()),
         }
     }
-
-    /// Number of values.
-    pub fn len(&self) -> usize {
-        match self {
-            ColumnValues::Bool(v) => v.len(),
-            ColumnValues::I64(v) => v.len(),
-            ColumnValues::F64(v) => v.len(),
-            ColumnValues::I32(v) => v.len(),
-            ColumnValues::Keyword(coded) => coded.strings.len(),
-            ColumnValues::Keywords { ends, .. } => ends.len(),
-            ColumnValues::Text(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The items of `keywords` value `k`.
