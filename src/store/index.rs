@@ -102,6 +102,56 @@ impl IdIndex {
         found.iter().find(|&ord| holds(ord, key))
     }
 
+    /// The ordinals under the hash tags of many keys, each table read-locked once for all of
+    /// its keys and the slots of the keys ahead fetched while one is probed: `(row, ordinal)`
+    /// pairs, by row, for rows `0..n` whose `hash(row)` is given ([`IdIndex::hash`],
+    /// [`key_hash`]). As with [`IdIndex::get`], each is a candidate the caller confirms against
+    /// the stored key, with no table locked.
+    pub fn candidates(&self, n: usize, hash: impl Fn(usize) -> Option<u64>) -> Vec<(u32, u32)> {
+        let tables = self.map.shards();
+        let mut found = Vec::new();
+        let (order, starts) = self.by_table((0..n).filter_map(|row| Some((hash(row)?, row as u32))));
+        for (table, rows) in tables.iter().zip(starts.windows(2).map(|w| &order[w[0]..w[1]])) {
+            if rows.is_empty() {
+                continue;
+            }
+            let t = table.read();
+            for (j, &(h, row)) in rows.iter().enumerate() {
+                if let Some(&(ahead, _)) = rows.get(j + AHEAD) {
+                    prefetch(&t, ahead);
+                }
+                // An `eq` that never matches visits every entry under the hash's tag.
+                t.find(h, |&(ord, _)| {
+                    found.push((row, ord));
+                    false
+                });
+            }
+        }
+        found.sort_unstable();
+        found
+    }
+
+    /// `(hash, value)` pairs ordered by the table their hash places them in, with where each
+    /// table's pairs start (one more than there are tables).
+    fn by_table(&self, pairs: impl Iterator<Item = (u64, u32)>) -> (Vec<(u64, u32)>, Vec<usize>) {
+        let pairs: Vec<(u64, u32)> = pairs.collect();
+        let mut starts = vec![0usize; self.tables() + 1];
+        for &(h, _) in &pairs {
+            starts[self.table_of(h) + 1] += 1;
+        }
+        for t in 1..starts.len() {
+            starts[t] += starts[t - 1];
+        }
+        let mut next = starts.clone();
+        let mut order = vec![(0, 0); pairs.len()];
+        for (h, v) in pairs {
+            let t = self.table_of(h);
+            order[next[t]] = (h, v);
+            next[t] += 1;
+        }
+        (order, starts)
+    }
+
     /// Makes room for `keys` to be inserted without growing. `rehash(ordinals)` gives the hashes
     /// of entries already held (from their stored keys; the ordinals ascending, so the keys are
     /// read in the order they lie in memory) when a table must grow; it may read store shards, so
@@ -174,6 +224,26 @@ impl IdIndex {
         assert!(inserted.is_ok(), "IdIndex::insert without IdIndex::reserve");
     }
 
+    /// [`IdIndex::insert_hashed`] of many `(hash, ordinal)` entries: each table write-locked
+    /// once per [`LOCKED_INSERTS`] of its entries (readers of that table wait that long), the
+    /// slots of the entries ahead fetched while one is inserted.
+    pub fn insert_many(&self, entries: impl IntoIterator<Item = (u64, u32)>) {
+        let tables = self.map.shards();
+        let (order, starts) = self.by_table(entries.into_iter());
+        for (table, entries) in tables.iter().zip(starts.windows(2).map(|w| &order[w[0]..w[1]])) {
+            for held in entries.chunks(LOCKED_INSERTS) {
+                let mut t = table.write();
+                for (j, &(h, ord)) in held.iter().enumerate() {
+                    if let Some(&(ahead, _)) = held.get(j + AHEAD) {
+                        prefetch(&t, ahead);
+                    }
+                    let inserted = t.try_insert_no_grow(h, (ord, SharedValue::new(())));
+                    assert!(inserted.is_ok(), "IdIndex::insert_many without IdIndex::reserve");
+                }
+            }
+        }
+    }
+
     /// Removes the mapping `key` → `ordinal`.
     pub fn remove(&self, key: &str, ordinal: u32) {
         let h = self.hash(key);
@@ -229,6 +299,35 @@ impl IdIndex {
             .map(|t| crate::store::table_bytes(t.read().capacity(), 4))
             .sum()
     }
+}
+
+/// How many keys ahead of the one probed a batched lookup or insert fetches the table slot of:
+/// enough for the fetches to overlap, few enough that they are still cached when probed.
+const AHEAD: usize = 8;
+
+/// Most entries [`IdIndex::insert_many`] inserts under one hold of a table's write lock.
+const LOCKED_INSERTS: usize = 64;
+
+/// Asks the processor to fetch the first control bytes and bucket a probe for `hash` reads in
+/// `table` (a hashbrown table starts probing at the hash's low bits, its buckets lying below
+/// its control bytes). A hint only: a wrong guess costs a wasted fetch, never a wrong answer.
+#[inline]
+fn prefetch<T>(table: &hashbrown::raw::RawTable<T>, hash: u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let i = hash as usize & (table.buckets() - 1);
+        let end = table.data_end().as_ptr();
+        let ctrl = end.cast::<u8>().wrapping_add(i);
+        let bucket = end.wrapping_sub(i + 1);
+        // SAFETY: a prefetch reads nothing and never faults, whatever the address.
+        unsafe {
+            _mm_prefetch(ctrl.cast::<i8>(), _MM_HINT_T0);
+            _mm_prefetch(bucket.cast::<i8>(), _MM_HINT_T0);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (table, hash);
 }
 
 /// A new empty table of the type of `_table` (dashmap does not name its table type).
@@ -294,6 +393,43 @@ mod tests {
         // Removing with the wrong ordinal leaves the mapping.
         idx.remove(&keys[1], 2);
         assert_eq!(idx.get(&keys[1], holds), Some(1));
+    }
+
+    /// Keys mapped many at a time are found one at a time, and lookups many at a time offer
+    /// every mapped key's ordinal among its row's candidates (and none for unmapped keys).
+    #[test]
+    fn batched_inserts_and_lookups_agree_with_single_ones() {
+        let keys: Vec<String> = (0..30_000).map(|i| format!("customer-{i}")).collect();
+        let idx = IdIndex::new(KeyCase::Sensitive);
+        let holds = |o: u32, k: &str| keys.get(o as usize).is_some_and(|s| s == k);
+        for chunk in (0..20_000u32).collect::<Vec<_>>().chunks(1000) {
+            let batch = chunk.iter().map(|&o| keys[o as usize].as_str());
+            idx.reserve(batch, rehash_from(&idx, &keys));
+            idx.insert_many(chunk.iter().map(|&o| (idx.hash(&keys[o as usize]), o)));
+        }
+        assert_eq!(idx.len(), 20_000);
+        for (ord, k) in keys.iter().enumerate() {
+            assert_eq!(idx.get(k, holds), (ord < 20_000).then_some(ord as u32), "{k}");
+        }
+        // Every other key, mapped or not, and rows with no key to look up.
+        let rows: Vec<Option<usize>> = (0..6_000)
+            .map(|r| (r % 5 != 4).then_some((r * 7 + 3) % 30_000))
+            .collect();
+        let found = idx.candidates(rows.len(), |r| rows[r].map(|o| idx.hash(&keys[o])));
+        assert!(found.is_sorted(), "by row");
+        for (r, want) in rows.iter().enumerate() {
+            let here: Vec<u32> = found.iter().filter(|c| c.0 as usize == r).map(|c| c.1).collect();
+            let confirmed: Vec<u32> = here
+                .iter()
+                .copied()
+                .filter(|&o| Some(o as usize) == *want)
+                .collect();
+            let mapped = want.filter(|&o| o < 20_000).map(|o| o as u32);
+            assert_eq!(confirmed, Vec::from_iter(mapped), "row {r}: {here:?}");
+            if want.is_none() {
+                assert!(here.is_empty(), "row {r} had no key");
+            }
+        }
     }
 
     #[test]

@@ -622,9 +622,21 @@ impl Store {
 
     /// [`Store::ordinal_of_id`] with the id's hash ([`KeyHashes`]) computed beforehand.
     fn ordinal_of_id_hashed(&self, id: &str, hash: u64) -> Option<u32> {
-        self.ids.get_hashed(id, hash, |ord, key| {
-            // An erased customer's id is cleared, so a matching id is a live customer.
-            self.read_shard(ord, |s| s.ids.is(local(ord), key))
+        self.ids.get_hashed(id, hash, |ord, key| self.holds_id(ord, key))
+    }
+
+    /// Whether customer `ord`'s id is `id`. An erased customer's id is cleared, so a matching
+    /// id is a live customer.
+    fn holds_id(&self, ord: u32, id: &str) -> bool {
+        self.read_shard(ord, |s| s.ids.is(local(ord), id))
+    }
+
+    /// Whether customer `ord`'s e-mail is `normalized` ([`index::normalize_email`]).
+    fn holds_email(&self, ord: u32, normalized: &str) -> bool {
+        self.read_shard(ord, |s| {
+            s.emails
+                .get(local(ord))
+                .is_some_and(|stored| index::normalize_email(stored) == normalized)
         })
     }
 
@@ -635,13 +647,8 @@ impl Store {
 
     /// [`Store::ordinal_of_email`] with the e-mail's hash ([`KeyHashes`]) computed beforehand.
     fn ordinal_of_email_hashed(&self, email: &str, hash: u64) -> Option<u32> {
-        self.emails.get_hashed(email, hash, |ord, key| {
-            self.read_shard(ord, |s| {
-                s.emails
-                    .get(local(ord))
-                    .is_some_and(|stored| index::normalize_email(stored) == key)
-            })
-        })
+        self.emails
+            .get_hashed(email, hash, |ord, key| self.holds_email(ord, key))
     }
 
     /// Runs `f` with the shard and ordinal of customer `id`, under one shard read lock, or
@@ -732,7 +739,7 @@ impl Store {
         let mut known = known;
         for run in shard_runs(&ords) {
             let mut s = self.write_shard(shard_of(ords[run.start]));
-            for k in run {
+            for k in run.clone() {
                 let (patch, ord, new) = (&batch[k], ords[k], plan[k].existing.is_none());
                 apply_patch(&mut s, &schema, ord, new, patch, &mut known);
                 changed.clear();
@@ -743,9 +750,9 @@ impl Store {
                     Changed::Attrs(&changed)
                 };
                 refresh_customer(&reg, &schema, &mut s, ord, what, now, &mut w.noted.changes, None);
-                let email = patch.email.as_deref().is_some_and(|e| !e.is_empty());
-                self.map_row(hashes, k, ord, new, email, &mut outcome);
             }
+            let email = |k: usize| batch[k].email.as_deref().is_some_and(|e| !e.is_empty());
+            self.map_run(hashes, run, &ords, &plan, email, &mut outcome);
         }
         self.customers.fetch_add(outcome.created, Ordering::AcqRel);
         self.commit_events(lsn, now, &mut w.noted, &reg);
@@ -796,38 +803,46 @@ impl Store {
                 let def = schema.attr(column.attr);
                 apply_column(&mut s, def, column, run.clone(), &ords, consecutive, rows);
             }
-            for k in run {
+            for k in run.clone() {
                 let (ord, new) = (ords[k], plan[k].existing.is_none());
                 let what = if new { Changed::All } else { Changed::Attrs(&attrs) };
                 refresh_customer(&reg, &schema, &mut s, ord, what, now, &mut w.noted.changes, None);
-                self.map_row(hashes, k, ord, new, batch.email(k).is_some(), &mut outcome);
             }
+            self.map_run(
+                hashes,
+                run,
+                &ords,
+                &plan,
+                |k| batch.email(k).is_some(),
+                &mut outcome,
+            );
         }
         self.customers.fetch_add(outcome.created, Ordering::AcqRel);
         self.commit_events(lsn, now, &mut w.noted, &reg);
         Ok(outcome)
     }
 
-    /// Maps row `k` of a batch being applied, and counts it. Called while its shard is still
-    /// locked: a reader that finds the customer waits for the lock and then sees it whole.
-    fn map_row(
+    /// Maps rows `run` of a batch being applied (`ords` and `plan` its rows' ordinals and
+    /// steps; `email(k)` whether row `k` sets an e-mail), and counts them. Called while their
+    /// shard is still locked: a reader that finds a customer waits for the lock and then sees it
+    /// whole.
+    fn map_run(
         &self,
         hashes: &KeyHashes,
-        k: usize,
-        ord: u32,
-        new: bool,
-        email: bool,
+        run: std::ops::Range<usize>,
+        ords: &[u32],
+        plan: &[Step],
+        email: impl Fn(usize) -> bool,
         outcome: &mut UpsertOutcome,
     ) {
-        if new {
-            self.ids.insert_hashed(hashes.ids[k], ord);
-            outcome.created += 1;
-        } else {
-            outcome.updated += 1;
-        }
-        if email {
-            self.emails.insert_hashed(hashes.emails[k], ord);
-        }
+        let created = run.clone().filter(|&k| plan[k].existing.is_none()).count();
+        outcome.created += created as u64;
+        outcome.updated += (run.len() - created) as u64;
+        let new = run.clone().filter(|&k| plan[k].existing.is_none());
+        self.ids.insert_many(new.map(|k| (hashes.ids[k], ords[k])));
+        let emails = run.filter(|&k| email(k));
+        self.emails
+            .insert_many(emails.map(|k| (hashes.emails[k], ords[k])));
     }
 
     /// Readies the maps and ordinals of a planned batch (`email(i)` as given to
@@ -877,6 +892,8 @@ impl Store {
         let item = |i: usize| format!("customers[{i}]");
         let mut plan = Vec::with_capacity(n);
         let mut seen_ids: HashMap<&str, usize> = HashMap::new();
+        let id_candidates = self.ids.candidates(n, |i| Some(hashes.ids[i]));
+        let mut rest = id_candidates.as_slice();
         for i in 0..n {
             let customer_id = id(i);
             if n > 1
@@ -887,27 +904,35 @@ impl Store {
                     format!("`{customer_id}` appears twice in the batch (also customers[{first}])"),
                 ));
             }
-            plan.push(Step {
-                existing: self.ordinal_of_id_hashed(customer_id, hashes.ids[i]),
-            });
+            let existing = take_row(&mut rest, i)
+                .iter()
+                .map(|&(_, ord)| ord)
+                .find(|&ord| self.holds_id(ord, customer_id));
+            plan.push(Step { existing });
         }
         // E-mails: each may be claimed once, and only if free or released by its owner in this batch.
         let mut claims: HashMap<std::borrow::Cow<'_, str>, usize> = HashMap::new();
+        let has_email = |i: usize| email_of(i).is_some_and(|e| !e.is_empty());
+        let email_candidates = self
+            .emails
+            .candidates(n, |i| has_email(i).then(|| hashes.emails[i]));
+        let mut rest = email_candidates.as_slice();
         for i in 0..n {
             let Some(email) = email_of(i).filter(|e| !e.is_empty()) else {
                 continue;
             };
             let norm = index::normalize_email(email);
+            let owner = take_row(&mut rest, i)
+                .iter()
+                .map(|&(_, ord)| ord)
+                .find(|&ord| self.holds_email(ord, &norm));
             if let Some(first) = claims.get(&norm) {
                 return Err(Error::invalid(
                     format!("{}.email", item(i)),
                     format!("`{email}` is also given to customers[{first}] in the batch"),
                 ));
             }
-            if let Some(owner) = self
-                .ordinal_of_email_hashed(email, hashes.emails[i])
-                .filter(|&o| plan[i].existing != Some(o))
-            {
+            if let Some(owner) = owner.filter(|&o| plan[i].existing != Some(o)) {
                 let released = plan.iter().enumerate().any(|(other, step)| {
                     step.existing == Some(owner)
                         && email_of(other).is_some_and(|e| index::normalize_email(e) != norm)
@@ -1365,6 +1390,15 @@ fn check_writable(schema: &Schema, batch: &[CustomerPatch]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `(row, ordinal)` candidates of `row` at the front of `rest` (ordered by row, as
+/// [`IdIndex::candidates`] gives them), taken off it.
+fn take_row<'a>(rest: &mut &'a [(u32, u32)], row: usize) -> &'a [(u32, u32)] {
+    let n = rest.iter().take_while(|&&(r, _)| r as usize == row).count();
+    let (here, after) = rest.split_at(n);
+    *rest = after;
+    here
 }
 
 /// A planned upsert item: the customer's ordinal if it exists.
