@@ -172,7 +172,7 @@ impl IdIndex {
             wanted[self.table_of(h)] += 1;
         }
         for (table, n) in tables.iter().zip(wanted) {
-            let (mut ords, target) = {
+            let (ords, target) = {
                 let t = table.read();
                 if n == 0 || t.capacity() - t.len() >= n {
                     continue;
@@ -189,7 +189,7 @@ impl IdIndex {
                 let ords: Vec<u32> = unsafe { t.iter().map(|b| b.as_ref().0).collect() };
                 (ords, target)
             };
-            ords.sort_unstable();
+            let ords = ascending(ords);
             let mut fresh = empty_like(&*table.read());
             // An empty table: the hasher is never called.
             fresh.reserve(target, |_| 0);
@@ -330,6 +330,33 @@ fn prefetch<T>(table: &hashbrown::raw::RawTable<T>, hash: u64) {
     let _ = (table, hash);
 }
 
+/// Distinct ordinals `ords` in ascending order: through a bitset when they are dense enough
+/// (a table's entries are about one ordinal in as many as there are tables), a fraction of the
+/// cost of sorting them; sorted otherwise.
+fn ascending(mut ords: Vec<u32>) -> Vec<u32> {
+    let Some(&max) = ords.iter().max() else {
+        return ords;
+    };
+    let words = max as usize / 64 + 1;
+    if words > ords.len() {
+        ords.sort_unstable();
+        return ords;
+    }
+    let mut bits = vec![0u64; words];
+    for &ord in &ords {
+        bits[ord as usize / 64] |= 1 << (ord % 64);
+    }
+    ords.clear();
+    for (w, &word) in bits.iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            ords.push((w * 64) as u32 + word.trailing_zeros());
+            word &= word - 1;
+        }
+    }
+    ords
+}
+
 /// A new empty table of the type of `_table` (dashmap does not name its table type).
 fn empty_like<T: Default>(_table: &T) -> T {
     T::default()
@@ -429,6 +456,28 @@ mod tests {
             if want.is_none() {
                 assert!(here.is_empty(), "row {r} had no key");
             }
+        }
+    }
+
+    #[test]
+    fn ordinals_come_out_ascending_dense_or_sparse() {
+        let mut x = 7u64;
+        for (n, spread) in [(0, 1), (1, 1), (5_000, 3), (5_000, 9), (300, 1_000_000)] {
+            let mut ords: Vec<u32> = (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    ((x >> 33) % (n as u64 * spread)) as u32
+                })
+                .collect();
+            ords.sort_unstable();
+            ords.dedup();
+            let want = ords.clone();
+            ords.reverse();
+            if ords.len() > 1 {
+                let mid = ords.len() / 2;
+                ords.swap(0, mid);
+            }
+            assert_eq!(ascending(ords), want, "{n} ordinals over {spread} times as many");
         }
     }
 
