@@ -1,6 +1,7 @@
 //! Bulk loads: a reader thread parses the file into batches while the async side streams them,
 //! so parsing, encoding and the server's work overlap.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -27,16 +28,17 @@ pub enum Cell<'a> {
     Json(&'a serde_json::Value),
 }
 
-impl Cell<'_> {
-    /// The cell as text; `None` when empty (CSV) or null (JSON).
-    fn text(&self) -> Result<Option<String>, String> {
-        match self {
+impl<'a> Cell<'a> {
+    /// The cell as text, borrowed from the input where it is there as text; `None` when empty
+    /// (CSV) or null (JSON).
+    fn text(&self) -> Result<Option<Cow<'a, str>>, String> {
+        match *self {
             Cell::Text(s) if values::trimmed(s).is_empty() => Ok(None),
-            Cell::Text(s) => Ok(Some(values::trimmed(s).to_string())),
+            Cell::Text(s) => Ok(Some(Cow::Borrowed(values::trimmed(s)))),
             Cell::Json(serde_json::Value::Null) => Ok(None),
-            Cell::Json(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Cell::Json(serde_json::Value::String(s)) => Ok(Some(Cow::Borrowed(s))),
             Cell::Json(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                Ok(Some(v.to_string()))
+                Ok(Some(Cow::Owned(v.to_string())))
             }
             Cell::Json(v) => Err(format!("expected a string, got {v}")),
         }
@@ -48,6 +50,16 @@ impl Cell<'_> {
             Cell::Json(v) => v.is_null(),
         }
     }
+}
+
+/// `v` emptied, its allocation kept for items of another lifetime: a row's cells borrow the
+/// record read into, so each row would otherwise allocate its vectors anew. (Collecting an
+/// emptied vector into one of the same layout reuses its allocation.)
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
 }
 
 /// A parsed row: column name → cell.
@@ -65,7 +77,10 @@ impl<'a> Row<'a> {
 
     fn text(&self, name: &str) -> Result<Option<String>, String> {
         match self.get(name) {
-            Some(c) => c.text().map_err(|e| format!("`{name}`: {e}")),
+            Some(c) => c
+                .text()
+                .map(|t| t.map(Cow::into_owned))
+                .map_err(|e| format!("`{name}`: {e}")),
             None => Ok(None),
         }
     }
@@ -229,6 +244,7 @@ fn spawn_reader<S: Sink>(
                             reader.headers()?.iter().map(|h| h.trim().to_string()).collect();
                         check_header(&header)?;
                         let mut record = csv::StringRecord::new();
+                        let mut fields: Vec<(&str, Cell<'_>)> = Vec::with_capacity(header.len());
                         loop {
                             match reader.read_record(&mut record) {
                                 Ok(false) => break,
@@ -245,15 +261,15 @@ fn spawn_reader<S: Sink>(
                                         }
                                         continue;
                                     }
-                                    let row = Row {
-                                        fields: header
-                                            .iter()
-                                            .map(String::as_str)
-                                            .zip(record.iter().map(Cell::Text))
-                                            .collect(),
+                                    let mut row = Row {
+                                        fields: recycle(std::mem::take(&mut fields)),
                                         fixed_names: true,
                                     };
-                                    if !take(sink.push(&row), line, &mut out, &mut sink)? {
+                                    let cells = record.iter().map(Cell::Text);
+                                    row.fields.extend(header.iter().map(String::as_str).zip(cells));
+                                    let pushed = sink.push(&row);
+                                    fields = recycle(row.fields);
+                                    if !take(pushed, line, &mut out, &mut sink)? {
                                         break;
                                     }
                                 }
@@ -357,6 +373,8 @@ struct CustomerColumns {
     /// What each position of the last row named, by name.
     by_position: Vec<(String, Field)>,
     writer: ColumnsWriter,
+    /// The allocation of a row's values, kept between rows ([`recycle`]).
+    values: Vec<(usize, Typed<'static>)>,
 }
 
 /// What a row's field is.
@@ -381,6 +399,7 @@ impl CustomerColumns {
             slots,
             by_position: Vec::new(),
             writer: ColumnsWriter::new(names),
+            values: Vec::new(),
         }
     }
 }
@@ -391,7 +410,7 @@ impl Sink for CustomerColumns {
     fn push(&mut self, row: &Row<'_>) -> Result<(), String> {
         let mut customer_id = None;
         let mut email = None;
-        let mut values = Vec::with_capacity(row.fields.len());
+        let mut values = recycle(std::mem::take(&mut self.values));
         for (k, (name, cell)) in row.fields.iter().enumerate() {
             let field = match self.by_position.get(k) {
                 Some((known, field)) if row.fixed_names || known == name => *field,
@@ -425,6 +444,7 @@ impl Sink for CustomerColumns {
         }
         let customer_id = customer_id.ok_or("`customer_id` is required")?;
         self.writer.push(&customer_id, email.as_deref(), &values);
+        self.values = recycle(values);
         Ok(())
     }
 
@@ -436,7 +456,6 @@ impl Sink for CustomerColumns {
 /// A cell as a value of type `ty` (`None` for a JSON null), as [`values::parse_cell`] and
 /// [`values::parse_json`] read it, with dates and timestamps checked here.
 fn typed(ty: Ty, cell: Cell<'_>) -> Result<Option<Typed<'_>>, String> {
-    use std::borrow::Cow;
     let text = match cell {
         Cell::Text(s) => values::trimmed(s),
         Cell::Json(serde_json::Value::String(s)) => values::trimmed(s),
@@ -477,7 +496,6 @@ fn typed(ty: Ty, cell: Cell<'_>) -> Result<Option<Typed<'_>>, String> {
 /// A value parsed into a protobuf kind, as a [`Typed`]; dates must exist and timestamps fall in
 /// years 1 to 9999, as the server checks.
 fn owned(kind: Kind) -> Result<Typed<'static>, String> {
-    use std::borrow::Cow;
     Ok(match kind {
         Kind::BoolValue(b) => Typed::Bool(b),
         Kind::IntValue(i) => Typed::Int(i),
@@ -830,4 +848,20 @@ fn bad_rows(bad: u64) -> Result<()> {
         eprintln!("{bad} bad rows were skipped (see above)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycled_vectors_keep_their_allocation() {
+        let text = String::from("a,b");
+        let mut cells: Vec<(&str, Cell<'_>)> = Vec::with_capacity(23);
+        cells.extend(text.split(',').map(|s| (s, Cell::Text(s))));
+        let (at, capacity) = (cells.as_ptr() as usize, cells.capacity());
+        let again: Vec<(&'static str, Cell<'static>)> = recycle(cells);
+        assert!(again.is_empty());
+        assert_eq!((again.as_ptr() as usize, again.capacity()), (at, capacity));
+    }
 }

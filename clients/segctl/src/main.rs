@@ -380,7 +380,17 @@ pub struct ActivityArgs {
     email: bool,
 }
 
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (mimalloc.h), unnamed by the bindings.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // Freed memory kept ten seconds rather than one (unless MIMALLOC_PURGE_DELAY says): a load
+    // frees each batch it encodes, and with the default the next one faulted its pages in and
+    // had them zeroed again (a tenth of the reader's time).
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mimalloc's option setter is not thread-safe; no other thread exists yet.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
