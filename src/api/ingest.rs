@@ -17,7 +17,7 @@ use crate::store::schema::Schema;
 /// Customers applied together at most, when a stream's batches queue up faster than they apply.
 const GROUP_CUSTOMERS: usize = 4096;
 /// Converted batches queued between the stream reader and the writer.
-const STREAM_QUEUE: usize = 64;
+const STREAM_QUEUE: usize = 16;
 
 /// Customers in a streamed batch from which parsing moves off the async workers.
 const OFFLOAD_BATCH: usize = 64;
