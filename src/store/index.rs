@@ -346,6 +346,7 @@ fn ascending(mut ords: Vec<u32>) -> Vec<u32> {
     for &ord in &ords {
         bits[ord as usize / 64] |= 1 << (ord % 64);
     }
+    let n = ords.len();
     ords.clear();
     for (w, &word) in bits.iter().enumerate() {
         let mut word = word;
@@ -354,6 +355,7 @@ fn ascending(mut ords: Vec<u32>) -> Vec<u32> {
             word &= word - 1;
         }
     }
+    debug_assert_eq!(ords.len(), n, "a table holds each ordinal once");
     ords
 }
 
