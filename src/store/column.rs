@@ -369,17 +369,15 @@ impl Column {
         self.present.max().is_none_or(|max| max < first)
     }
 
-    /// The value of a customer [`Column::is_after`] the column, without marking it present.
-    #[inline]
-    pub fn put_bool(&mut self, ord: u32, b: bool) {
-        if let ColumnData::Bool(trues) = &mut self.data
-            && b
-        {
-            trues.insert(ord);
+    /// `bool` values of customers [`Column::is_after`] the column: those of `ords` (ascending)
+    /// whose value is `true`, inserted at once; presence is left to [`Column::mark_present`].
+    pub fn put_trues(&mut self, ords: &[u32]) {
+        if let ColumnData::Bool(trues) = &mut self.data {
+            insert_all(trues, ords);
         }
     }
 
-    /// See [`Column::put_bool`].
+    /// The value of a customer [`Column::is_after`] the column, without marking it present.
     #[inline]
     pub fn put_i64(&mut self, ord: u32, x: i64) {
         if let ColumnData::I64(v) = &mut self.data {
@@ -387,7 +385,7 @@ impl Column {
         }
     }
 
-    /// See [`Column::put_bool`].
+    /// See [`Column::put_i64`].
     #[inline]
     pub fn put_f64(&mut self, ord: u32, x: f64) {
         if let ColumnData::F64(v) = &mut self.data {
@@ -395,7 +393,7 @@ impl Column {
         }
     }
 
-    /// See [`Column::put_bool`].
+    /// See [`Column::put_i64`].
     #[inline]
     pub fn put_i32(&mut self, ord: u32, x: i32) {
         if let ColumnData::I32(v) = &mut self.data {
@@ -403,7 +401,7 @@ impl Column {
         }
     }
 
-    /// See [`Column::put_bool`]: a `keyword` value by its code.
+    /// See [`Column::put_i64`]: a `keyword` value by its code.
     #[inline]
     pub fn put_code(&mut self, ord: u32, code: u32) {
         if let ColumnData::Keyword {

@@ -1331,11 +1331,16 @@ fn apply_column(
     if simple && !timed && consecutive && s.column_mut(attr, def.ty).is_after(first) {
         let col = s.column_mut(attr, def.ty);
         let mut given = Vec::with_capacity(run.len());
+        let mut trues = Vec::new();
         for row in run {
             let Some(k) = rows.value_of(row) else { continue };
             let ord = ords[row];
             match &column.values {
-                ColumnValues::Bool(v) => col.put_bool(ord, v[k]),
+                ColumnValues::Bool(v) => {
+                    if v[k] {
+                        trues.push(ord);
+                    }
+                }
                 ColumnValues::I64(v) => col.put_i64(ord, v[k]),
                 ColumnValues::F64(v) => col.put_f64(ord, v[k]),
                 ColumnValues::I32(v) => col.put_i32(ord, v[k]),
@@ -1347,6 +1352,7 @@ fn apply_column(
             }
             given.push(ord);
         }
+        col.put_trues(&trues);
         col.mark_present(&given);
         return;
     }
