@@ -835,11 +835,14 @@ impl Store {
         email: impl Fn(usize) -> bool,
         outcome: &mut UpsertOutcome,
     ) {
-        let created = run.clone().filter(|&k| plan[k].existing.is_none()).count();
-        outcome.created += created as u64;
-        outcome.updated += (run.len() - created) as u64;
-        let new = run.clone().filter(|&k| plan[k].existing.is_none());
-        self.ids.insert_many(new.map(|k| (hashes.ids[k], ords[k])));
+        let new: Vec<(u64, u32)> = run
+            .clone()
+            .filter(|&k| plan[k].existing.is_none())
+            .map(|k| (hashes.ids[k], ords[k]))
+            .collect();
+        outcome.created += new.len() as u64;
+        outcome.updated += (run.len() - new.len()) as u64;
+        self.ids.insert_many(new);
         let emails = run.filter(|&k| email(k));
         self.emails
             .insert_many(emails.map(|k| (hashes.emails[k], ords[k])));
