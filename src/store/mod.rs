@@ -21,7 +21,7 @@ pub mod shards;
 pub mod strings;
 pub mod value;
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -894,13 +894,13 @@ impl Store {
     ) -> Result<Vec<Step>> {
         let item = |i: usize| format!("customers[{i}]");
         let mut plan = Vec::with_capacity(n);
-        let mut seen_ids: HashMap<&str, usize> = HashMap::new();
+        let mut seen_ids = FirstRows::with_capacity(n);
         let id_candidates = self.ids.candidates(n, |i| Some(hashes.ids[i]));
         let mut rest = id_candidates.as_slice();
         for i in 0..n {
             let customer_id = id(i);
             if n > 1
-                && let Some(first) = seen_ids.insert(customer_id, i)
+                && let Some(first) = seen_ids.first(i, |j| hashes.ids[j], |j| id(j) == customer_id)
             {
                 return Err(Error::invalid(
                     format!("{}.customer_id", item(i)),
@@ -914,7 +914,7 @@ impl Store {
             plan.push(Step { existing });
         }
         // E-mails: each may be claimed once, and only if free or released by its owner in this batch.
-        let mut claims: HashMap<std::borrow::Cow<'_, str>, usize> = HashMap::new();
+        let mut claims = FirstRows::with_capacity(n);
         let has_email = |i: usize| email_of(i).is_some_and(|e| !e.is_empty());
         let email_candidates = self
             .emails
@@ -929,7 +929,8 @@ impl Store {
                 .iter()
                 .map(|&(_, ord)| ord)
                 .find(|&ord| self.holds_email(ord, &norm));
-            if let Some(first) = claims.get(&norm) {
+            let same_email = |j: usize| email_of(j).is_some_and(|e| index::normalize_email(e) == norm);
+            if let Some(first) = claims.first(i, |j| hashes.emails[j], same_email) {
                 return Err(Error::invalid(
                     format!("{}.email", item(i)),
                     format!("`{email}` is also given to customers[{first}] in the batch"),
@@ -951,7 +952,6 @@ impl Store {
                     ));
                 }
             }
-            claims.insert(norm, i);
         }
         Ok(plan)
     }
@@ -1287,6 +1287,32 @@ fn apply_patch(
         }
         if timed {
             s.retime(*attr, ord, old);
+        }
+    }
+}
+
+/// The rows of a batch seen so far under a key (customer id, e-mail), found by the hashes
+/// [`KeyHashes`] computed off the writer thread rather than by hashing each key again.
+struct FirstRows {
+    rows: hashbrown::HashTable<usize>,
+}
+
+impl FirstRows {
+    fn with_capacity(n: usize) -> FirstRows {
+        FirstRows {
+            rows: hashbrown::HashTable::with_capacity(n),
+        }
+    }
+
+    /// The first row seen with row `i`'s key (`hash(j)` row `j`'s key hash, `same(j)` whether
+    /// row `j` has that key); else notes row `i` and returns `None`.
+    fn first(&mut self, i: usize, hash: impl Fn(usize) -> u64, same: impl Fn(usize) -> bool) -> Option<usize> {
+        match self.rows.entry(hash(i), |&j| same(j), |&j| hash(j)) {
+            hashbrown::hash_table::Entry::Occupied(e) => Some(*e.get()),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(i);
+                None
+            }
         }
     }
 }
