@@ -415,6 +415,13 @@ impl Column {
         }
     }
 
+    /// The shard is full: drops what only helps while customers arrive at its end.
+    pub fn end_fill(&mut self) {
+        if let ColumnData::Keyword { rare, .. } = &mut self.data {
+            rare.end_fill();
+        }
+    }
+
     /// Marks customers `ords` (ascending, given values by the `put_*` setters) present.
     pub fn mark_present(&mut self, ords: &[u32]) {
         insert_all(&mut self.present, ords);
@@ -595,10 +602,37 @@ const SPARSE_RARE: u64 = 16;
 /// have it): one bitmap for all of them, found again through their codes, with a count per value.
 /// With a bitmap per value, a column like postal codes, where most values have one or two
 /// customers in a shard, cost 74 bytes a customer; this way, 28 (codes included).
-#[derive(Debug, Clone, Default)]
+///
+/// While a shard fills, each rare holder also links to the previous holder of its value, so a
+/// value reaching [`COMMON`] holders finds them in [`COMMON`] steps instead of a pass over the
+/// shard's codes (a bulk load promotes a value in about every fiftieth customer of a column
+/// like cities). The links cost two bytes a customer, and go when the shard is full
+/// ([`Rare::end_fill`]) or a rare holder is removed.
+#[derive(Debug, Clone)]
 pub struct Rare {
     members: RoaringBitmap,
-    counts: HashMap<u32, u32>,
+    counts: HashMap<u32, Tally>,
+    /// Indexed by local ordinal: the previous rare holder of the same value (meaningless for
+    /// a value's first holder). `None` once dropped: promotions then pass over the codes.
+    links: Option<Vec<u16>>,
+}
+
+/// A rare value's holders in a shard: how many, and the last one added (local ordinal; the
+/// head of its holders' links while those are kept).
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    count: u16,
+    last: u16,
+}
+
+impl Default for Rare {
+    fn default() -> Rare {
+        Rare {
+            members: RoaringBitmap::new(),
+            counts: HashMap::new(),
+            links: Some(Vec::new()),
+        }
+    }
 }
 
 impl Rare {
@@ -610,12 +644,26 @@ impl Rare {
             return;
         }
         self.members.insert(ord);
-        let count = self.counts.entry(code).or_insert(0);
-        *count += 1;
-        if *count >= COMMON {
+        let i = local(ord);
+        let at = i as u16;
+        let tally = self.counts.entry(code).or_insert(Tally { count: 0, last: at });
+        if let Some(links) = &mut self.links {
+            *slot(links, i) = tally.last;
+        }
+        tally.count += 1;
+        tally.last = at;
+        if u32::from(tally.count) >= COMMON {
             self.counts.remove(&code);
             // Its holders are all among the rare customers (`ord` with them).
-            let own = self.with_codes(codes, &[code]);
+            let own = match &self.links {
+                Some(links) => holders_linked(links, at, shard_base(ord)),
+                None => self.with_codes(codes, &[code]),
+            };
+            debug_assert_eq!(own.len(), u64::from(COMMON), "holders of {code}");
+            debug_assert!(
+                own.iter().all(|o| codes.get(local(o)) == Some(code)),
+                "holders of {code}"
+            );
             self.members -= &own;
             by_value.insert(code, own);
         }
@@ -633,12 +681,19 @@ impl Rare {
         if !self.members.remove(ord) {
             return;
         }
-        if let Some(count) = self.counts.get_mut(&code) {
-            *count -= 1;
-            if *count == 0 {
+        // A holder leaving would break its value's links.
+        self.links = None;
+        if let Some(tally) = self.counts.get_mut(&code) {
+            tally.count -= 1;
+            if tally.count == 0 {
                 self.counts.remove(&code);
             }
         }
+    }
+
+    /// Drops the links between holders: the shard is full, no more customers arrive at its end.
+    pub fn end_fill(&mut self) {
+        self.links = None;
     }
 
     /// The rare customers whose code is one of `wanted`: picked from the rare customers when
@@ -680,15 +735,36 @@ impl Rare {
                 && !by_value.contains_key(&code)
             {
                 rare.members.insert(ord);
-                *rare.counts.entry(code).or_insert(0) += 1;
+                let at = local(ord) as u16;
+                rare.counts
+                    .entry(code)
+                    .or_insert(Tally { count: 0, last: at })
+                    .count += 1;
             }
         }
+        rare.links = None;
         rare
     }
 
     fn heap_bytes(&self) -> usize {
-        bitmap_bytes(&self.members) + crate::store::table_bytes(self.counts.capacity(), 8)
+        bitmap_bytes(&self.members)
+            + crate::store::table_bytes(self.counts.capacity(), 8)
+            + self.links.as_ref().map_or(0, |l| l.capacity() * 2)
     }
+}
+
+/// The [`COMMON`] holders of a value linked from `last` (local ordinals of the shard starting
+/// at `base`).
+fn holders_linked(links: &[u16], last: u16, base: u32) -> RoaringBitmap {
+    let mut held = [0u16; COMMON as usize];
+    let mut at = last;
+    for h in &mut held {
+        *h = at;
+        at = links[usize::from(at)];
+    }
+    held.sort_unstable();
+    RoaringBitmap::from_sorted_iter(held.iter().map(|&h| base + u32::from(h)))
+        .expect("distinct holders in order")
 }
 
 /// Approximate heap bytes of a bitmap: its serialized size is its container payload, plus the
@@ -791,6 +867,112 @@ mod tests {
                 assert_eq!(got, want, "sparse: {sparse}, {n} values");
             }
         }
+    }
+
+    #[test]
+    fn linked_holders_are_promoted_as_a_pass_over_the_codes_finds_them() {
+        // Two columns given the same values, one keeping its holders' links and one not. First
+        // customers arrive at the end only; then some are given another value on the way (which
+        // drops the links). Values of every frequency; both promote the same customers.
+        let dict = Dict::default();
+        let mut linked = Column::new(AttrType::Keyword);
+        let mut scanned = Column::new(AttrType::Keyword);
+        scanned.end_fill();
+        let mut model: std::collections::BTreeMap<u32, String> = Default::default();
+        let mut r = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: u64| {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r % n
+        };
+        let base = 3 * crate::store::SHARD_SIZE as u32;
+        let same = |linked: &Column, scanned: &Column, model: &std::collections::BTreeMap<u32, String>| {
+            for (col, name) in [(linked, "linked"), (scanned, "scanned")] {
+                for code in 0..dict.len() as u32 {
+                    let v = dict.value(code);
+                    let want: Vec<u32> = model.iter().filter(|(_, m)| **m == *v).map(|(&o, _)| o).collect();
+                    assert_eq!(
+                        col.with_codes(&[code]).iter().collect::<Vec<_>>(),
+                        want,
+                        "{name} {v}"
+                    );
+                }
+            }
+            let (ColumnData::Keyword { by_value: a, .. }, ColumnData::Keyword { by_value: b, .. }) =
+                (&linked.data, &scanned.data)
+            else {
+                unreachable!()
+            };
+            assert_eq!(a, b, "the same values promoted with the same customers");
+            a.len()
+        };
+        for i in 0..6000u32 {
+            let ord = base + i;
+            let v = format!("v{}", next(40).min(next(40)) * next(5));
+            for col in [&mut linked, &mut scanned] {
+                if col.is_after(ord) {
+                    col.put_code(ord, dict.intern(&v));
+                    col.mark_present(&[ord]);
+                } else {
+                    col.set(ord, &Value::Keyword(v.clone()), Some(&dict));
+                }
+            }
+            model.insert(ord, v);
+            if i == 2999 {
+                let ColumnData::Keyword { rare, .. } = &linked.data else {
+                    unreachable!()
+                };
+                assert!(rare.links.is_some());
+                let promoted = same(&linked, &scanned, &model);
+                assert!(promoted > 10, "values were promoted: {promoted}");
+            }
+            if i >= 3000 && i % 97 == 0 {
+                let back = base + next(u64::from(i) + 1) as u32;
+                let again = format!("v{}", next(3) * 50);
+                for col in [&mut linked, &mut scanned] {
+                    col.set(back, &Value::Keyword(again.clone()), Some(&dict));
+                }
+                model.insert(back, again);
+            }
+        }
+        let ColumnData::Keyword { rare, .. } = &linked.data else {
+            unreachable!()
+        };
+        assert!(
+            rare.links.is_none(),
+            "a rare holder given another value drops the links"
+        );
+        same(&linked, &scanned, &model);
+    }
+
+    #[test]
+    fn a_fresh_column_promotes_through_links_until_the_shard_is_full() {
+        let dict = Dict::default();
+        let mut col = Column::new(AttrType::Keyword);
+        for ord in 0..1000u32 {
+            col.put_code(ord, dict.intern(&format!("v{}", ord % 20)));
+        }
+        col.mark_present(&(0..1000).collect::<Vec<_>>());
+        let ColumnData::Keyword { by_value, rare, .. } = &col.data else {
+            unreachable!()
+        };
+        assert_eq!(by_value.len(), 20, "every value reached {COMMON}");
+        assert!(rare.links.as_ref().is_some_and(|l| l.len() >= 1000));
+        let v3 = dict.code("v3").unwrap();
+        assert_eq!(
+            by_value[&v3].iter().collect::<Vec<_>>(),
+            (3..1000).step_by(20).collect::<Vec<_>>()
+        );
+        let before = col.heap_bytes();
+        col.end_fill();
+        assert!(
+            col.heap_bytes() + 2000 <= before,
+            "the links' memory is given back"
+        );
+        col.put_code(1000, dict.intern("v3"));
+        col.mark_present(&[1000]);
+        assert!(col.with_codes(&[v3]).contains(1000));
     }
 
     #[test]

@@ -963,6 +963,11 @@ impl Store {
         let ord = w.next_ordinal;
         w.next_ordinal = ord.checked_add(1).expect("fewer than 2^32 customers");
         if local(ord) == 0 {
+            if let Some(full) = shard_of(ord).checked_sub(1) {
+                for col in self.write_shard(full).columns.iter_mut().flatten() {
+                    col.end_fill();
+                }
+            }
             self.shards.ensure(shard_of(ord));
             let wanted = crate::segment::timing::timed_attrs(&self.registry(), &self.schema());
             if !wanted.is_empty() {
@@ -1306,7 +1311,12 @@ impl FirstRows {
 
     /// The first row seen with row `i`'s key (`hash(j)` row `j`'s key hash, `same(j)` whether
     /// row `j` has that key); else notes row `i` and returns `None`.
-    fn first(&mut self, i: usize, hash: impl Fn(usize) -> u64, same: impl Fn(usize) -> bool) -> Option<usize> {
+    fn first(
+        &mut self,
+        i: usize,
+        hash: impl Fn(usize) -> u64,
+        same: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         match self.rows.entry(hash(i), |&j| same(j), |&j| hash(j)) {
             hashbrown::hash_table::Entry::Occupied(e) => Some(*e.get()),
             hashbrown::hash_table::Entry::Vacant(e) => {
