@@ -433,6 +433,12 @@ impl Column {
         }
     }
 
+    /// Whether the column keeps links between the rare holders of a value.
+    #[cfg(test)]
+    pub(crate) fn has_links(&self) -> bool {
+        matches!(&self.data, ColumnData::Keyword { rare, .. } if rare.links.is_some())
+    }
+
     /// Marks customers `ords` (ascending, given values by the `put_*` setters) present.
     pub fn mark_present(&mut self, ords: &[u32]) {
         insert_all(&mut self.present, ords);

@@ -102,7 +102,16 @@ impl Shard {
         if self.columns.len() <= i {
             self.columns.resize_with(i + 1, || None);
         }
-        self.columns[i].get_or_insert_with(|| Column::new(ty))
+        let live = &self.live;
+        self.columns[i].get_or_insert_with(|| {
+            let mut col = Column::new(ty);
+            // A column first written once the shard is full (an attribute defined after a
+            // load) keeps nothing that only helps while customers arrive at the end.
+            if live.max().is_some_and(|m| local(m) == SHARD_SIZE - 1) {
+                col.end_fill();
+            }
+            col
+        })
     }
 
     /// Adds this shard's heap bytes to `parts`: ids, e-mails, each attribute, and the rest.
@@ -1513,6 +1522,22 @@ mod tests {
                 .map(|(name, v)| (schema.get(name).unwrap().id, Some(v.clone())))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_column_first_written_in_a_full_shard_keeps_no_links() {
+        let mut s = Shard::default();
+        s.live.insert_range(0..SHARD_SIZE as u32 - 1);
+        assert!(
+            s.column_mut(3, AttrType::Keyword).has_links(),
+            "a shard still filling"
+        );
+        s.live.insert(SHARD_SIZE as u32 - 1);
+        assert!(!s.column_mut(4, AttrType::Keyword).has_links(), "a full shard");
+        assert!(
+            s.column_mut(3, AttrType::Keyword).has_links(),
+            "columns already there keep theirs"
+        );
     }
 
     #[test]
