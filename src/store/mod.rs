@@ -905,6 +905,7 @@ impl Store {
         let mut plan = Vec::with_capacity(n);
         let mut seen_ids = FirstRows::with_capacity(n);
         let id_candidates = self.ids.candidates(n, |i| Some(hashes.ids[i]));
+        let ids_held = self.confirm(&id_candidates, |s| &s.ids, |ids, at, row| ids.is(at, id(row)));
         let mut rest = id_candidates.as_slice();
         for i in 0..n {
             let customer_id = id(i);
@@ -916,10 +917,12 @@ impl Store {
                     format!("`{customer_id}` appears twice in the batch (also customers[{first}])"),
                 ));
             }
+            let first = id_candidates.len() - rest.len();
             let existing = take_row(&mut rest, i)
                 .iter()
-                .map(|&(_, ord)| ord)
-                .find(|&ord| self.holds_id(ord, customer_id));
+                .zip(&ids_held[first..])
+                .find(|(_, held)| **held)
+                .map(|(&(_, ord), _)| ord);
             plan.push(Step { existing });
         }
         // E-mails: each may be claimed once, and only if free or released by its owner in this batch.
@@ -928,16 +931,28 @@ impl Store {
         let email_candidates = self
             .emails
             .candidates(n, |i| has_email(i).then(|| hashes.emails[i]));
+        let emails_held = self.confirm(
+            &email_candidates,
+            |s| &s.emails,
+            |emails, at, row| {
+                let given = email_of(row).map(index::normalize_email);
+                emails
+                    .get(at)
+                    .is_some_and(|stored| Some(index::normalize_email(stored)) == given)
+            },
+        );
         let mut rest = email_candidates.as_slice();
         for i in 0..n {
             let Some(email) = email_of(i).filter(|e| !e.is_empty()) else {
                 continue;
             };
             let norm = index::normalize_email(email);
+            let first = email_candidates.len() - rest.len();
             let owner = take_row(&mut rest, i)
                 .iter()
-                .map(|&(_, ord)| ord)
-                .find(|&ord| self.holds_email(ord, &norm));
+                .zip(&emails_held[first..])
+                .find(|(_, held)| **held)
+                .map(|(&(_, ord), _)| ord);
             let same_email = |j: usize| email_of(j).is_some_and(|e| index::normalize_email(e) == norm);
             if let Some(first) = claims.first(i, |j| hashes.emails[j], same_email) {
                 return Err(Error::invalid(
@@ -963,6 +978,38 @@ impl Store {
             }
         }
         Ok(plan)
+    }
+
+    /// Which of a batch's map candidates (`(row, ordinal)` pairs) hold their row's key:
+    /// `holds(column, local, row)` on the strings `column` picks from the candidate's shard.
+    /// Candidates are taken by ordinal, one read lock per shard, the stored keys of those a few
+    /// ahead fetched while one is compared: most candidates are false hits of a table's 7-bit
+    /// tag, each a stored key read from memory not otherwise touched.
+    fn confirm(
+        &self,
+        candidates: &[(u32, u32)],
+        column: impl Fn(&Shard) -> &StrColumn,
+        holds: impl Fn(&StrColumn, usize, usize) -> bool,
+    ) -> Vec<bool> {
+        const AHEAD: usize = 4;
+        let mut held = vec![false; candidates.len()];
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_unstable_by_key(|&k| candidates[k].1);
+        for group in order.chunk_by(|&a, &b| shard_of(candidates[a].1) == shard_of(candidates[b].1)) {
+            let s = self.shard(candidates[group[0]].1).read();
+            let strings = column(&s);
+            for (j, &k) in group.iter().enumerate() {
+                if let Some(&ahead) = group.get(j + 2 * AHEAD) {
+                    strings.prefetch(local(candidates[ahead].1), 0);
+                }
+                if let Some(&ahead) = group.get(j + AHEAD) {
+                    strings.prefetch(local(candidates[ahead].1), 1);
+                }
+                let (row, ord) = candidates[k];
+                held[k] = holds(strings, local(ord), row as usize);
+            }
+        }
+        held
     }
 
     fn allocate(&self, w: &mut WriterState) -> u32 {
