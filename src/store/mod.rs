@@ -905,9 +905,8 @@ impl Store {
         let mut plan = Vec::with_capacity(n);
         let mut seen_ids = FirstRows::with_capacity(n);
         let id_candidates = self.ids.candidates(n, |i| Some(hashes.ids[i]));
-        let ids_held = self.confirm(&id_candidates, |s| &s.ids, |ids, at, row| ids.is(at, id(row)));
-        let mut rest = id_candidates.as_slice();
-        for i in 0..n {
+        let id_owners = self.confirm(n, &id_candidates, |s| &s.ids, |ids, at, row| ids.is(at, id(row)));
+        for (i, existing) in id_owners.into_iter().enumerate() {
             let customer_id = id(i);
             if n > 1
                 && let Some(first) = seen_ids.first(i, |j| hashes.ids[j], |j| id(j) == customer_id)
@@ -917,12 +916,6 @@ impl Store {
                     format!("`{customer_id}` appears twice in the batch (also customers[{first}])"),
                 ));
             }
-            let first = id_candidates.len() - rest.len();
-            let existing = take_row(&mut rest, i)
-                .iter()
-                .zip(&ids_held[first..])
-                .find(|(_, held)| **held)
-                .map(|(&(_, ord), _)| ord);
             plan.push(Step { existing });
         }
         // E-mails: each may be claimed once, and only if free or released by its owner in this batch.
@@ -931,7 +924,8 @@ impl Store {
         let email_candidates = self
             .emails
             .candidates(n, |i| has_email(i).then(|| hashes.emails[i]));
-        let emails_held = self.confirm(
+        let email_owners = self.confirm(
+            n,
             &email_candidates,
             |s| &s.emails,
             |emails, at, row| {
@@ -941,18 +935,12 @@ impl Store {
                     .is_some_and(|stored| Some(index::normalize_email(stored)) == given)
             },
         );
-        let mut rest = email_candidates.as_slice();
         for i in 0..n {
             let Some(email) = email_of(i).filter(|e| !e.is_empty()) else {
                 continue;
             };
             let norm = index::normalize_email(email);
-            let first = email_candidates.len() - rest.len();
-            let owner = take_row(&mut rest, i)
-                .iter()
-                .zip(&emails_held[first..])
-                .find(|(_, held)| **held)
-                .map(|(&(_, ord), _)| ord);
+            let owner = email_owners[i];
             let same_email = |j: usize| email_of(j).is_some_and(|e| index::normalize_email(e) == norm);
             if let Some(first) = claims.first(i, |j| hashes.emails[j], same_email) {
                 return Err(Error::invalid(
@@ -980,19 +968,20 @@ impl Store {
         Ok(plan)
     }
 
-    /// Which of a batch's map candidates (`(row, ordinal)` pairs) hold their row's key:
-    /// `holds(column, local, row)` on the strings `column` picks from the candidate's shard.
-    /// Candidates are taken by ordinal, one read lock per shard, the stored keys of those a few
-    /// ahead fetched while one is compared: most candidates are false hits of a table's 7-bit
-    /// tag, each a stored key read from memory not otherwise touched.
+    /// For each of a batch's `n` rows, the customer holding its key among the map's candidates
+    /// (`(row, ordinal)` pairs): those for which `holds(column, local, row)`, on the strings
+    /// `column` picks from the candidate's shard. Candidates are taken by ordinal, one read lock
+    /// per shard, the stored keys of those a few ahead fetched while one is compared: most are
+    /// false hits of a table's 7-bit tag, each a stored key read from memory not otherwise touched.
     fn confirm(
         &self,
+        n: usize,
         candidates: &[(u32, u32)],
         column: impl Fn(&Shard) -> &StrColumn,
         holds: impl Fn(&StrColumn, usize, usize) -> bool,
-    ) -> Vec<bool> {
+    ) -> Vec<Option<u32>> {
         const AHEAD: usize = 4;
-        let mut held = vec![false; candidates.len()];
+        let mut owners: Vec<Option<u32>> = vec![None; n];
         let mut order: Vec<usize> = (0..candidates.len()).collect();
         order.sort_unstable_by_key(|&k| candidates[k].1);
         for group in order.chunk_by(|&a, &b| shard_of(candidates[a].1) == shard_of(candidates[b].1)) {
@@ -1006,10 +995,14 @@ impl Store {
                     strings.prefetch(local(candidates[ahead].1), 1);
                 }
                 let (row, ord) = candidates[k];
-                held[k] = holds(strings, local(ord), row as usize);
+                if holds(strings, local(ord), row as usize) {
+                    // A key is held once; were it twice, the lower ordinal, as a probe by row.
+                    let owner = &mut owners[row as usize];
+                    *owner = Some(owner.map_or(ord, |o| o.min(ord)));
+                }
             }
         }
-        held
+        owners
     }
 
     fn allocate(&self, w: &mut WriterState) -> u32 {
@@ -1491,15 +1484,6 @@ fn check_writable(schema: &Schema, batch: &[CustomerPatch]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The `(row, ordinal)` candidates of `row` at the front of `rest` (ordered by row, as
-/// [`IdIndex::candidates`] gives them), taken off it.
-fn take_row<'a>(rest: &mut &'a [(u32, u32)], row: usize) -> &'a [(u32, u32)] {
-    let n = rest.iter().take_while(|&&(r, _)| r as usize == row).count();
-    let (here, after) = rest.split_at(n);
-    *rest = after;
-    here
 }
 
 /// A planned upsert item: the customer's ordinal if it exists.
