@@ -313,21 +313,10 @@ const LOCKED_INSERTS: usize = 64;
 /// its control bytes). A hint only: a wrong guess costs a wasted fetch, never a wrong answer.
 #[inline]
 fn prefetch<T>(table: &hashbrown::raw::RawTable<T>, hash: u64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let i = hash as usize & (table.buckets() - 1);
-        let end = table.data_end().as_ptr();
-        let ctrl = end.cast::<u8>().wrapping_add(i);
-        let bucket = end.wrapping_sub(i + 1);
-        // SAFETY: a prefetch reads nothing and never faults, whatever the address.
-        unsafe {
-            _mm_prefetch(ctrl.cast::<i8>(), _MM_HINT_T0);
-            _mm_prefetch(bucket.cast::<i8>(), _MM_HINT_T0);
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (table, hash);
+    let i = hash as usize & (table.buckets() - 1);
+    let end = table.data_end().as_ptr();
+    crate::store::prefetch(end.cast::<u8>().wrapping_add(i));
+    crate::store::prefetch(end.wrapping_sub(i + 1));
 }
 
 /// Distinct ordinals `ords` in ascending order: through a bitset when they are dense enough

@@ -121,21 +121,16 @@ impl StrColumn {
     /// the bytes it points at (`stage` 1). A hint only: never a wrong answer.
     #[inline]
     pub fn prefetch(&self, local: usize, stage: u8) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let ptr = match stage {
-                0 => self.starts.as_ptr().wrapping_add(local).cast::<i8>(),
-                _ => match self.starts.get(local) {
-                    Some(&start) if start != NONE => self.at(start).as_ptr().cast::<i8>(),
-                    _ => return,
-                },
-            };
-            // SAFETY: a prefetch reads nothing and never faults, whatever the address.
-            unsafe { _mm_prefetch(ptr, _MM_HINT_T0) };
+        match stage {
+            0 => crate::store::prefetch(self.starts.as_ptr().wrapping_add(local)),
+            _ => {
+                if let Some(&start) = self.starts.get(local)
+                    && start != NONE
+                {
+                    crate::store::prefetch(self.at(start).as_ptr());
+                }
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (local, stage);
     }
 
     /// Stores `value` at `local` ("" clears it).
