@@ -642,11 +642,7 @@ impl Store {
 
     /// Whether customer `ord`'s e-mail is `normalized` ([`index::normalize_email`]).
     fn holds_email(&self, ord: u32, normalized: &str) -> bool {
-        self.read_shard(ord, |s| {
-            s.emails
-                .get(local(ord))
-                .is_some_and(|stored| index::normalize_email(stored) == normalized)
-        })
+        self.read_shard(ord, |s| email_is(&s.emails, local(ord), normalized))
     }
 
     /// The ordinal of the customer owning `email` (case-insensitive).
@@ -928,12 +924,7 @@ impl Store {
             n,
             &email_candidates,
             |s| &s.emails,
-            |emails, at, row| {
-                let given = email_of(row).map(index::normalize_email);
-                emails
-                    .get(at)
-                    .is_some_and(|stored| Some(index::normalize_email(stored)) == given)
-            },
+            |emails, at, row| email_of(row).is_some_and(|e| email_is(emails, at, &index::normalize_email(e))),
         );
         for i in 0..n {
             let Some(email) = email_of(i).filter(|e| !e.is_empty()) else {
@@ -1356,6 +1347,13 @@ fn apply_patch(
             s.retime(*attr, ord, old);
         }
     }
+}
+
+/// Whether the e-mail stored at `local` of `emails` is `normalized` ([`index::normalize_email`]).
+fn email_is(emails: &StrColumn, local: usize, normalized: &str) -> bool {
+    emails
+        .get(local)
+        .is_some_and(|stored| index::normalize_email(stored) == normalized)
 }
 
 /// The rows of a batch seen so far under a key (customer id, e-mail), found by the hashes
