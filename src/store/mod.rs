@@ -1004,7 +1004,9 @@ impl Store {
         w.next_ordinal = ord.checked_add(1).expect("fewer than 2^32 customers");
         if local(ord) == 0 {
             if let Some(full) = shard_of(ord).checked_sub(1) {
-                for col in self.write_shard(full).columns.iter_mut().flatten() {
+                // Not `write_shard`: the links are no part of a snapshot, so a cut in progress
+                // needs no copy of the shard before they go.
+                for col in self.shards.get(full).write().columns.iter_mut().flatten() {
                     col.end_fill();
                 }
             }
