@@ -71,10 +71,12 @@ fn main() {
             other => panic!("SEGMENTD_BENCH_ENCODE is columns, rows or send, not `{other}`"),
         })
         .collect();
+    let bytes: usize = batches.iter().map(Message::encoded_len).sum();
     eprintln!(
-        "{:.1}s, {:.1} attributes per customer",
+        "{:.1}s, {:.1} attributes and {:.1} bytes per customer",
         started.elapsed().as_secs_f64(),
-        attrs as f64 / total as f64
+        attrs as f64 / total as f64,
+        bytes as f64 / total as f64
     );
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()

@@ -684,9 +684,24 @@ async fn customers_given_as_columns_read_back_as_given_as_messages() {
         ))
         .await
         .unwrap();
-    let batches: Vec<_> = cols
+    let columns: Vec<_> = cols
         .chunks(100)
-        .map(|c| pb::LoadCustomersRequest::from_columns(&segmentd::api::columns::to_columns(c).unwrap()))
+        .map(|c| segmentd::api::columns::to_columns(c).unwrap())
+        .collect();
+    // Some string columns come dictionary-encoded, some one string per row.
+    let strings: Vec<&pb::StringColumn> = columns
+        .iter()
+        .flat_map(|c| &c.attributes)
+        .filter_map(|a| match &a.values {
+            Some(pb::attribute_column::Values::Strings(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert!(strings.iter().any(|s| !s.indexes.is_empty()));
+    assert!(strings.iter().any(|s| s.indexes.is_empty()));
+    let batches: Vec<_> = columns
+        .iter()
+        .map(pb::LoadCustomersRequest::from_columns)
         .collect();
     let reply = ingest
         .load_customers(tokio_stream::iter(batches))
@@ -813,4 +828,28 @@ async fn bad_columns_are_refused_naming_the_batch_and_field() {
     );
     assert_eq!(customer_count(&server).await, 10);
     assert_eq!(get(&mut ingest, "e0").await.unwrap_err().code(), Code::NotFound);
+
+    // A dictionary-encoded column whose index points past its strings.
+    let mut past = segmentd::api::columns::to_columns(&varied("p", 10)).unwrap();
+    past.attributes.push(pb::AttributeColumn {
+        name: "loyalty_tier".into(),
+        missing: vec![],
+        values: Some(pb::attribute_column::Values::Strings(pb::StringColumn {
+            values: vec!["gold".into(), "silver".into()],
+            indexes: vec![0, 1, 1, 0, 0, 2, 1, 1, 0, 0],
+        })),
+    });
+    let err = ingest
+        .upsert_customers(pb::UpsertCustomersRequest::from_columns(&past))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("customers[5].attributes[\"loyalty_tier\"]")
+            && err.message().contains("index 2 is past the 2 strings"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(customer_count(&server).await, 10);
 }

@@ -102,9 +102,10 @@ pub fn column_batch(schema: &Schema, limits: Option<&Limits>, bytes: &Bytes) -> 
         emails,
         columns: Vec::with_capacity(resolved.len()),
     };
-    for (def, _, column) in resolved {
+    for (def, j, column) in resolved {
         let values = column_values(
             def,
+            j,
             &column.missing,
             column.values.expect("the shape check found values"),
         )?;
@@ -118,8 +119,8 @@ pub fn column_batch(schema: &Schema, limits: Option<&Limits>, bytes: &Bytes) -> 
 }
 
 /// A column's values checked as `Value` messages holding them are; an error names the row of the
-/// first bad one.
-fn column_values(def: &AttrDef, missing: &[u32], values: RawValues) -> Result<ColumnValues> {
+/// first bad one (or, for a distinct string no row picks, the string: column `j`).
+fn column_values(def: &AttrDef, j: usize, missing: &[u32], values: RawValues) -> Result<ColumnValues> {
     let within = |k: usize, e: Error| {
         let row = nth_present(missing, k);
         e.within(&format!("customers[{row}].attributes[\"{}\"]", def.name))
@@ -147,15 +148,16 @@ fn column_values(def: &AttrDef, missing: &[u32], values: RawValues) -> Result<Co
             ColumnValues::I32(days)
         }
         (AttrType::Keyword, RawValues::Strings(v)) => {
-            check_all(v.len(), &|k| input::check_keyword(v.get(k)))?;
-            ColumnValues::Keyword(Coded {
-                strings: v,
-                codes: Vec::new(),
-            })
+            check_strings(&v, j, &within, input::check_keyword)?;
+            ColumnValues::Keyword(v)
         }
         (AttrType::Text, RawValues::Strings(v)) => {
-            check_all(v.len(), &|k| text(v.get(k)))?;
-            ColumnValues::Text(v)
+            check_strings(&v, j, &within, text)?;
+            ColumnValues::Text(if v.picks.is_empty() {
+                v.strings
+            } else {
+                v.strings.pick(&v.picks)
+            })
         }
         (AttrType::Keywords, RawValues::Lists { mut items, mut ends }) => {
             let mut start = 0;
@@ -167,10 +169,7 @@ fn column_values(def: &AttrDef, missing: &[u32], values: RawValues) -> Result<Co
             // As a `Value` message's list: each set sorted, without repeats.
             items.sort_sets(&mut ends);
             ColumnValues::Keywords {
-                items: Coded {
-                    strings: items,
-                    codes: Vec::new(),
-                },
+                items: Coded::plain(items),
                 ends,
             }
         }
@@ -179,6 +178,51 @@ fn column_values(def: &AttrDef, missing: &[u32], values: RawValues) -> Result<Co
             values.kind_name(),
             def.ty.name()
         ),
+    })
+}
+
+/// Checks a column's strings: each distinct one once when they are dictionary-encoded, after
+/// every value's position among them. An error names the first value with a bad string
+/// (`within`), or the string itself in column `j` when no value picks one.
+fn check_strings(
+    v: &Coded,
+    j: usize,
+    within: &dyn Fn(usize, Error) -> Error,
+    check: impl Fn(&str) -> Result<()>,
+) -> Result<()> {
+    if v.picks.is_empty() {
+        return (0..v.strings.len()).try_for_each(|k| check(v.strings.get(k)).map_err(|e| within(k, e)));
+    }
+    let distinct = v.strings.len();
+    if let Some(k) = v.picks.iter().position(|&p| p as usize >= distinct) {
+        return Err(within(
+            k,
+            Error::invalid(
+                "",
+                format!(
+                    "index {} is past the {distinct} strings of columns.attributes[{j}].strings.values",
+                    v.picks[k]
+                ),
+            ),
+        ));
+    }
+    let mut bad: Vec<(u32, Error)> = (0..distinct)
+        .filter_map(|d| check(v.strings.get(d)).err().map(|e| (d as u32, e)))
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let first = v
+        .picks
+        .iter()
+        .enumerate()
+        .find_map(|(k, p)| bad.iter().position(|(d, _)| d == p).map(|at| (k, at)));
+    Err(match first {
+        Some((k, at)) => within(k, bad.swap_remove(at).1),
+        None => {
+            let (d, e) = bad.swap_remove(0);
+            e.within(&format!("columns.attributes[{j}].strings.values[{d}]"))
+        }
     })
 }
 
@@ -203,7 +247,8 @@ enum RawValues {
     Doubles(Vec<f64>),
     Dates(Vec<i64>),
     Timestamps(Vec<i64>),
-    Strings(Strs),
+    /// One string per value, or distinct strings and the value's picks among them.
+    Strings(Coded),
     /// Value `k` is `items[ends[k - 1]..ends[k]]`.
     Lists {
         items: Strs,
@@ -220,7 +265,7 @@ impl RawValues {
             5 => RawValues::Doubles(Vec::new()),
             6 => RawValues::Dates(Vec::new()),
             7 => RawValues::Timestamps(Vec::new()),
-            8 => RawValues::Strings(Strs::over(buf.clone())),
+            8 => RawValues::Strings(Coded::plain(Strs::over(buf.clone()))),
             _ => RawValues::Lists {
                 items: Strs::over(buf.clone()),
                 ends: Vec::new(),
@@ -270,6 +315,10 @@ impl RawValues {
         let ctx = DecodeContext::default;
         while !msg.is_empty() {
             let (tag, wire_type) = encoding::decode_key(&mut msg)?;
+            if let (RawValues::Strings(v), 2) = (&mut *self, tag) {
+                encoding::uint32::merge_repeated(wire_type, &mut v.picks, &mut msg, ctx())?;
+                continue;
+            }
             if tag != 1 {
                 encoding::skip_field(wire_type, tag, &mut msg, ctx())?;
                 continue;
@@ -282,7 +331,7 @@ impl RawValues {
                 RawValues::Doubles(v) => encoding::double::merge_repeated(wire_type, v, &mut msg, ctx())?,
                 RawValues::Strings(v) => {
                     encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-                    v.push(span(bytes, delimited(&mut msg)?))?;
+                    v.strings.push(span(bytes, delimited(&mut msg)?))?;
                 }
                 RawValues::Lists { items, ends } => {
                     encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
@@ -421,8 +470,41 @@ pub fn to_columns(customers: &[pb::Customer]) -> Option<pb::CustomerColumns> {
     for column in &mut out.attributes {
         let filled = column.missing.len() + values_len(column.values.as_ref());
         column.missing.extend(filled as u32..customers.len() as u32);
+        if let Some(Values::Strings(strings)) = &mut column.values {
+            dictionary_encode(strings);
+        }
     }
     Some(out)
+}
+
+/// Gives each distinct string of a column once, with every value's position among them, when
+/// that takes fewer bytes (see `StringColumn`).
+pub fn dictionary_encode(column: &mut pb::StringColumn) {
+    use prost::encoding::encoded_len_varint;
+    if !column.indexes.is_empty() {
+        return;
+    }
+    let mut position: std::collections::HashMap<&str, u32> = Default::default();
+    let mut distinct: Vec<&str> = Vec::new();
+    let indexes: Vec<u32> = column
+        .values
+        .iter()
+        .map(|v| {
+            *position.entry(v).or_insert_with(|| {
+                distinct.push(v);
+                distinct.len() as u32 - 1
+            })
+        })
+        .collect();
+    let field = |s: &&str| 1 + encoded_len_varint(s.len() as u64) + s.len();
+    let plain: usize = column.values.iter().map(|v| field(&v.as_str())).sum();
+    let packed: usize = indexes.iter().map(|&i| encoded_len_varint(u64::from(i))).sum();
+    let encoded = distinct.iter().map(field).sum::<usize>() + 1 + encoded_len_varint(packed as u64) + packed;
+    if encoded < plain {
+        let distinct: Vec<String> = distinct.into_iter().map(str::to_string).collect();
+        column.values = distinct;
+        column.indexes = indexes;
+    }
 }
 
 fn values_len(values: Option<&Values>) -> usize {
@@ -570,6 +652,7 @@ mod tests {
     fn strings(values: &[&str]) -> Option<Values> {
         Some(Values::Strings(pb::StringColumn {
             values: values.iter().map(|s| s.to_string()).collect(),
+            indexes: vec![],
         }))
     }
 
@@ -680,6 +763,86 @@ mod tests {
         let mut empty_id = batch(vec![]);
         empty_id.customer_ids[1].clear();
         assert!(error(empty_id).contains("customers[1].customer_id"));
+    }
+
+    fn dictionary(values: &[&str], indexes: Vec<u32>) -> Option<Values> {
+        Some(Values::Strings(pb::StringColumn {
+            values: values.iter().map(|s| s.to_string()).collect(),
+            indexes,
+        }))
+    }
+
+    #[test]
+    fn dictionary_encoded_strings_mean_their_plain_values() {
+        let schema = Schema::builtin();
+        let plain = column_patches(
+            &schema,
+            None,
+            &batch(vec![
+                column("country", vec![], strings(&["FR", "DE", "FR"])),
+                column("organization", vec![1], strings(&["Acme", "Acme"])),
+            ]),
+        )
+        .unwrap();
+        let encoded = batch(vec![
+            column("country", vec![], dictionary(&["DE", "FR"], vec![1, 0, 1])),
+            column("organization", vec![1], dictionary(&["Acme"], vec![0, 0])),
+        ]);
+        assert_eq!(column_patches(&schema, None, &encoded).unwrap(), plain);
+        // to_columns picks the shorter form for each column.
+        let mut c = pb::StringColumn {
+            values: ["FR", "DE", "FR", "FR"].map(String::from).to_vec(),
+            indexes: vec![],
+        };
+        dictionary_encode(&mut c);
+        assert_eq!(
+            (c.values, c.indexes),
+            (vec!["FR".into(), "DE".into()], vec![0, 1, 0, 0])
+        );
+        let mut c = pb::StringColumn {
+            values: ["75001", "75002", "75003"].map(String::from).to_vec(),
+            indexes: vec![],
+        };
+        dictionary_encode(&mut c);
+        assert!(c.indexes.is_empty() && c.values.len() == 3);
+    }
+
+    #[test]
+    fn dictionary_errors_name_the_customer_or_the_string() {
+        let e = error(batch(vec![column(
+            "country",
+            vec![],
+            dictionary(&["FR", "DE"], vec![0, 2, 1]),
+        )]));
+        assert!(
+            e.contains("customers[1].attributes[\"country\"]")
+                && e.contains("index 2 is past the 2 strings of columns.attributes[0].strings.values"),
+            "{e}"
+        );
+        let long = "x".repeat(input::MAX_KEYWORD + 1);
+        // The first customer whose string is bad is named, whichever string it is.
+        let e = error(batch(vec![column(
+            "country",
+            vec![0],
+            dictionary(&["FR", &long, ""], vec![2, 1]),
+        )]));
+        assert!(e.contains("customers[1].attributes[\"country\"]"), "{e}");
+        let e = error(batch(vec![column(
+            "country",
+            vec![],
+            dictionary(&["FR", &long], vec![0, 0, 0]),
+        )]));
+        assert!(
+            e.contains("columns.attributes[0].strings.values[1]") && !e.contains("customers["),
+            "{e}"
+        );
+        // Indexes count as values.
+        let e = error(batch(vec![column(
+            "country",
+            vec![],
+            dictionary(&["FR"], vec![0, 0]),
+        )]));
+        assert!(e.contains("2 values for 3 customers"), "{e}");
     }
 
     #[test]

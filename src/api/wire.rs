@@ -805,11 +805,31 @@ mod tests {
                         Values::Doubles(pb::DoubleColumn { values: b }),
                     )
                 }
+                // Occurrences merge: the strings and the indexes add up.
+                Values::Strings(c) if !c.indexes.is_empty() => {
+                    let (a, b) = halves(&c.indexes);
+                    (
+                        Values::Strings(pb::StringColumn {
+                            values: c.values,
+                            indexes: a,
+                        }),
+                        Values::Strings(pb::StringColumn {
+                            values: vec![],
+                            indexes: b,
+                        }),
+                    )
+                }
                 Values::Strings(c) => {
                     let (a, b) = halves(&c.values);
                     (
-                        Values::Strings(pb::StringColumn { values: a }),
-                        Values::Strings(pb::StringColumn { values: b }),
+                        Values::Strings(pb::StringColumn {
+                            values: a,
+                            indexes: vec![],
+                        }),
+                        Values::Strings(pb::StringColumn {
+                            values: b,
+                            indexes: vec![],
+                        }),
                     )
                 }
                 Values::Lists(c) => {

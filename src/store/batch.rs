@@ -80,6 +80,14 @@ impl Strs {
         (0..self.len()).map(|i| self.get(i))
     }
 
+    /// The strings at `picks` (positions in these), over the same buffer.
+    pub fn pick(&self, picks: &[u32]) -> Strs {
+        Strs {
+            buf: self.buf.clone(),
+            spans: picks.iter().map(|&p| self.spans[p as usize]).collect(),
+        }
+    }
+
     /// Sorts each set of strings (set `k` ends before `ends[k]`) and drops repeats within it,
     /// moving the sets up over the room repeats leave; `ends` follow.
     pub fn sort_sets(&mut self, ends: &mut [u32]) {
@@ -163,22 +171,70 @@ pub enum ColumnValues {
 }
 
 /// Strings of a dictionary-encoded attribute, with their codes once looked up.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Coded {
+    /// One per value, or, with `picks`, the distinct strings the values pick from.
     pub strings: Strs,
-    /// Empty until [`ColumnBatch::look_up_codes`]; then one per string, [`NO_CODE`] for a string
-    /// not in the dictionary then.
+    /// Empty, or one per value: the position of its string in `strings`.
+    pub picks: Vec<u32>,
+    /// Empty until [`ColumnBatch::look_up_codes`]; then one per string of `strings`,
+    /// [`NO_CODE`] for a string not in the dictionary then.
     pub codes: Vec<u32>,
 }
 
 impl Coded {
-    /// The code of string `k`, interned when it was not known.
+    /// Strings given one per value.
+    pub fn plain(strings: Strs) -> Coded {
+        Coded {
+            strings,
+            ..Coded::default()
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        if self.picks.is_empty() {
+            self.strings.len()
+        } else {
+            self.picks.len()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The position in `strings` of value `k`'s string.
+    #[inline]
+    fn at(&self, k: usize) -> usize {
+        if self.picks.is_empty() {
+            k
+        } else {
+            self.picks[k] as usize
+        }
+    }
+
+    /// Value `k`'s string.
+    #[inline]
+    pub fn string(&self, k: usize) -> &str {
+        self.strings.get(self.at(k))
+    }
+
+    /// The code of value `k`'s string, interned when it was not known.
     #[inline]
     pub fn code(&self, k: usize, dict: &Dict) -> u32 {
-        match self.codes.get(k) {
+        let at = self.at(k);
+        match self.codes.get(at) {
             Some(&code) if code != NO_CODE => code,
-            _ => dict.intern(self.strings.get(k)),
+            _ => dict.intern(self.strings.get(at)),
         }
+    }
+}
+
+/// Values compare by their strings, however they were given.
+impl PartialEq for Coded {
+    fn eq(&self, other: &Coded) -> bool {
+        self.len() == other.len() && (0..self.len()).all(|k| self.string(k) == other.string(k))
     }
 }
 
@@ -205,7 +261,8 @@ impl ColumnBatch {
     }
 
     /// Looks up the dictionary code of every keyword string (off the writer thread, which then
-    /// only interns the new ones). Reads the dictionaries only.
+    /// only interns the new ones), each distinct string of a dictionary-encoded column once.
+    /// Reads the dictionaries only.
     pub fn look_up_codes(&mut self, schema: &Schema) {
         for column in &mut self.columns {
             let Some(dict) = schema.attr(column.attr).dict.as_deref() else {
@@ -259,12 +316,10 @@ impl ColumnValues {
             },
             ColumnValues::F64(v) => Value::Float(v[k]),
             ColumnValues::I32(v) => Value::Date(v[k]),
-            ColumnValues::Keyword(coded) => Value::Keyword(coded.strings.get(k).to_string()),
-            ColumnValues::Keywords { items, ends } => Value::Keywords(
-                item_range(ends, k)
-                    .map(|j| items.strings.get(j).to_string())
-                    .collect(),
-            ),
+            ColumnValues::Keyword(coded) => Value::Keyword(coded.string(k).to_string()),
+            ColumnValues::Keywords { items, ends } => {
+                Value::Keywords(item_range(ends, k).map(|j| items.string(j).to_string()).collect())
+            }
             ColumnValues::Text(v) => Value::Text(v.get(k).to_string()),
         }
     }
@@ -370,13 +425,8 @@ mod tests {
     fn values(attr: &'static str, n: usize) -> BoxedStrategy<(&'static str, ColumnValues)> {
         let strings = |re: &'static str| prop::collection::vec(re, n);
         match attr {
-            "gender" => strings("[FMX]")
-                .prop_map(|v| {
-                    ColumnValues::Keyword(Coded {
-                        strings: Strs::of(v),
-                        codes: vec![],
-                    })
-                })
+            "gender" => (strings("[FMX]"), any::<bool>())
+                .prop_map(|(v, distinct)| ColumnValues::Keyword(coded(v, distinct)))
                 .boxed(),
             "note" => strings("[a-z]{0,2}")
                 .prop_map(|v| ColumnValues::Text(Strs::of(v)))
@@ -509,16 +559,15 @@ mod tests {
                     })
                     .collect(),
             ),
-            ColumnValues::Keyword(_) => ColumnValues::Keyword(Coded {
-                strings: Strs::of(kept.iter().map(|v| {
-                    if let Value::Keyword(x) = v {
+            ColumnValues::Keyword(like) => ColumnValues::Keyword(coded(
+                kept.iter()
+                    .map(|v| {
+                        let Value::Keyword(x) = v else { unreachable!() };
                         x.clone()
-                    } else {
-                        unreachable!()
-                    }
-                })),
-                codes: vec![],
-            }),
+                    })
+                    .collect(),
+                !like.picks.is_empty(),
+            )),
             ColumnValues::Text(_) => ColumnValues::Text(Strs::of(kept.iter().map(|v| {
                 if let Value::Text(x) = v {
                     x.clone()
@@ -542,11 +591,32 @@ mod tests {
             ends.push(strings.len() as u32);
         }
         ColumnValues::Keywords {
-            items: Coded {
-                strings: Strs::of(strings),
-                codes: vec![],
-            },
+            items: Coded::plain(Strs::of(strings)),
             ends,
+        }
+    }
+
+    /// Keyword values given one per value, or each distinct one once when `distinct` (and
+    /// there are any).
+    fn coded(values: Vec<String>, distinct: bool) -> Coded {
+        if !distinct || values.is_empty() {
+            return Coded::plain(Strs::of(values));
+        }
+        let mut strings: Vec<&str> = Vec::new();
+        let picks = values
+            .iter()
+            .map(|v| match strings.iter().position(|s| s == v) {
+                Some(at) => at as u32,
+                None => {
+                    strings.push(v);
+                    strings.len() as u32 - 1
+                }
+            })
+            .collect();
+        Coded {
+            strings: Strs::of(strings),
+            picks,
+            codes: Vec::new(),
         }
     }
 

@@ -4,7 +4,10 @@
 //! cheapest form for the server to read and log. Cells are encoded from the file's text as they are
 //! read, without a `String` or a `Value` per cell.
 
+use std::collections::HashMap;
+
 use bytes::{Buf, BufMut};
+use foldhash::fast::RandomState;
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
@@ -82,9 +85,47 @@ struct Column {
     field: u32,
     slot: usize,
     missing: Vec<u32>,
-    /// Packed numbers (fields 3 to 7), or the encoded entries of field 1 (strings, lists).
+    /// Packed numbers (fields 3 to 7), or the encoded entries of field 1: lists, or each
+    /// distinct string once.
     values: Vec<u8>,
     count: u32,
+    /// Strings: each distinct one's position among them, its entry in `values`, and each
+    /// value's position (sent as `indexes` when that takes fewer bytes than the strings).
+    distinct: HashMap<Box<str>, u32, RandomState>,
+    entries: Vec<std::ops::Range<usize>>,
+    picks: Vec<u32>,
+}
+
+impl Column {
+    /// The `values` field's content: the strings given one per value or dictionary-encoded,
+    /// whichever is shorter; the entries written otherwise.
+    fn content(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.field != 8 {
+            return self.values.as_slice().into();
+        }
+        let plain: usize = self.picks.iter().map(|&p| self.entries[p as usize].len()).sum();
+        let packed: usize = self
+            .picks
+            .iter()
+            .map(|&p| encoding::encoded_len_varint(u64::from(p)))
+            .sum();
+        if self.values.len() + field_len(2, packed) < plain {
+            let mut out = Vec::with_capacity(self.values.len() + field_len(2, packed));
+            out.extend_from_slice(&self.values);
+            encoding::encode_key(2, WireType::LengthDelimited, &mut out);
+            encoding::encode_varint(packed as u64, &mut out);
+            for &p in &self.picks {
+                encoding::encode_varint(u64::from(p), &mut out);
+            }
+            out.into()
+        } else {
+            let mut out = Vec::with_capacity(plain);
+            for &p in &self.picks {
+                out.extend_from_slice(&self.values[self.entries[p as usize].clone()]);
+            }
+            out.into()
+        }
+    }
 }
 
 /// Writes rows into one `CustomerColumns` at a time.
@@ -136,6 +177,9 @@ impl ColumnsWriter {
                     missing: Vec::new(),
                     values: Vec::new(),
                     count: 0,
+                    distinct: HashMap::default(),
+                    entries: Vec::new(),
+                    picks: Vec::new(),
                 });
                 self.columns.len() - 1
             });
@@ -151,7 +195,20 @@ impl ColumnsWriter {
                     encoding::encode_varint(*v as u64, out)
                 }
                 Typed::Double(v) => out.extend_from_slice(&v.to_le_bytes()),
-                Typed::Str(s) => string_field(1, s, out),
+                Typed::Str(s) => {
+                    let pick = match column.distinct.get(s.as_ref()) {
+                        Some(&pick) => pick,
+                        None => {
+                            let start = out.len();
+                            string_field(1, s, out);
+                            column.entries.push(start..out.len());
+                            let pick = column.entries.len() as u32 - 1;
+                            column.distinct.insert(s.as_ref().into(), pick);
+                            pick
+                        }
+                    };
+                    column.picks.push(pick);
+                }
                 Typed::List(items) => {
                     let len: usize = items.iter().map(|s| field_len(1, s.len())).sum();
                     encoding::encode_key(1, WireType::LengthDelimited, out);
@@ -191,10 +248,11 @@ impl ColumnsWriter {
             }
             let name = &self.names[column.slot];
             let packed = column.field <= 7;
+            let content = column.content();
             let values_len = if packed {
-                field_len(1, column.values.len())
+                field_len(1, content.len())
             } else {
-                column.values.len()
+                content.len()
             };
             let mut len = field_len(1, name.len()) + field_len(column.field, values_len);
             if !missing.is_empty() {
@@ -209,9 +267,9 @@ impl ColumnsWriter {
             encoding::encode_key(column.field, WireType::LengthDelimited, &mut out);
             encoding::encode_varint(values_len as u64, &mut out);
             if packed {
-                bytes_field(1, &column.values, &mut out);
+                bytes_field(1, &content, &mut out);
             } else {
-                out.extend_from_slice(&column.values);
+                out.extend_from_slice(&content);
             }
         }
         self.column_of.fill(None);
@@ -296,6 +354,7 @@ mod tests {
                         vec![0, 2],
                         Values::Strings(pb::StringColumn {
                             values: vec!["F".into()],
+                            indexes: vec![],
                         }),
                     ),
                     column(
@@ -343,5 +402,54 @@ mod tests {
         }
         let generic = Generic::decode(request.encode_to_vec().as_slice()).unwrap();
         assert_eq!(generic.columns, Some(decoded));
+    }
+
+    #[test]
+    fn repeated_strings_come_dictionary_encoded_and_distinct_ones_plain() {
+        let names: Vec<String> = ["country", "postal_code"].map(String::from).to_vec();
+        let mut w = ColumnsWriter::new(names);
+        let countries = ["FR", "DE", "FR", "FR", "DE", "ES", "FR", "FR"];
+        for (n, country) in countries.iter().enumerate() {
+            let code = format!("{:05}", 75000 + n);
+            w.push(
+                &format!("c{n}"),
+                None,
+                &[
+                    (0, Typed::Str(Cow::Borrowed(country))),
+                    (1, Typed::Str(Cow::Owned(code))),
+                ],
+            );
+        }
+        let decoded = pb::CustomerColumns::decode(w.take().as_slice()).unwrap();
+        let strings = |name: &str| {
+            let column = decoded.attributes.iter().find(|c| c.name == name).unwrap();
+            match column.values.clone() {
+                Some(Values::Strings(s)) => s,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            strings("country"),
+            pb::StringColumn {
+                values: vec!["FR".into(), "DE".into(), "ES".into()],
+                indexes: vec![0, 1, 0, 0, 1, 2, 0, 0],
+            }
+        );
+        let codes = strings("postal_code");
+        assert!(codes.indexes.is_empty());
+        assert_eq!(
+            codes.values,
+            (0..8).map(|n| format!("{:05}", 75000 + n)).collect::<Vec<_>>()
+        );
+        // The next batch starts afresh.
+        w.push("d", None, &[(1, Typed::Str(Cow::Borrowed("FR")))]);
+        let decoded = pb::CustomerColumns::decode(w.take().as_slice()).unwrap();
+        assert_eq!(
+            decoded.attributes[0].values,
+            Some(Values::Strings(pb::StringColumn {
+                values: vec!["FR".into()],
+                indexes: vec![],
+            }))
+        );
     }
 }
