@@ -10,7 +10,8 @@
 //! - `apply/steady_columns`: `Store::upsert_columns` of that form, in the store of `apply/steady`;
 //! - `prepare/record` and `prepare/codes`: encoding the batch's write-ahead log record and looking
 //!   up its dictionary codes, done where the batch is parsed rather than on the writer thread;
-//!   `prepare/record_as_received`: the record a received batch gets, its customers' own bytes.
+//!   `prepare/record_as_received`: the record a received batch gets, its customers' own bytes;
+//! - `load/writer_columns`: the writer's share of loading 1,000,000 customers given as columns.
 //!
 //! `cargo bench --bench ingest`
 
@@ -160,5 +161,46 @@ fn apply(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, apply);
+/// The writer's share of a whole bulk load: 1,000,000 customers (`SEGMENTD_BENCH_CUSTOMERS`)
+/// applied with `Store::upsert_columns` to an empty store, batch after batch, timed around the
+/// applies only (reading each batch, looking up its codes and hashing its keys are the request
+/// threads' share). Unlike `apply/steady_columns`, it includes the maps' growth and every shard
+/// filling, and runs on one thread with nothing else: the steadiest figure of what a load costs
+/// the writer.
+fn load(c: &mut Criterion) {
+    let total: u64 = std::env::var("SEGMENTD_BENCH_CUSTOMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let limits = Limits::default();
+    let requests: Vec<pb::LoadCustomersRequest> = (0..total.div_ceil(BATCH))
+        .map(|b| {
+            let msg = columns_request(b * BATCH).encode_to_vec();
+            pb::LoadCustomersRequest::decode(msg.as_slice()).unwrap()
+        })
+        .collect();
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    group.bench_function("writer_columns", |b| {
+        b.iter_custom(|iters| {
+            let mut applying = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let store = Store::new();
+                for msg in &requests {
+                    let mut batch = msg.column_batch(&store.schema(), &limits).unwrap().unwrap();
+                    batch.look_up_codes(&store.schema());
+                    let hashes = KeyHashes::of_columns(&batch);
+                    let started = std::time::Instant::now();
+                    store.upsert_columns(&batch, &hashes, &mut no_log).unwrap();
+                    applying += started.elapsed();
+                }
+                assert_eq!(store.customer_count(), total);
+            }
+            applying
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, apply, load);
 criterion_main!(benches);
