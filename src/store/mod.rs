@@ -526,10 +526,12 @@ impl Store {
         for run in ords.chunk_by(|a, b| shard_of(*a) == shard_of(*b)) {
             let s = self.shard(run[0]).read();
             let strings = strings(&s);
-            out.extend(
-                run.iter()
-                    .map(|&ord| index.hash(strings.get(local(ord)).unwrap_or_default())),
-            );
+            for (i, &ord) in run.iter().enumerate() {
+                if let Some(&ahead) = run.get(i + 4) {
+                    strings.prefetch(local(ahead), 1);
+                }
+                out.push(index.hash(strings.get(local(ord)).unwrap_or_default()));
+            }
         }
         out
     }
