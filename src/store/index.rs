@@ -365,7 +365,12 @@ pub fn key_hash(case: KeyCase, key: &str) -> u64 {
 
 /// Lower-cases an e-mail for comparison, without allocating when it already is.
 pub fn normalize_email(email: &str) -> Cow<'_, str> {
-    if email.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
+    // A fold without an early exit, which the compiler turns into wide comparisons: most
+    // e-mails are lower-case ASCII and are read to their end anyway.
+    let lowered = email
+        .bytes()
+        .fold(false, |seen, b| seen | b.is_ascii_uppercase() | !b.is_ascii());
+    if lowered {
         Cow::Owned(email.to_lowercase())
     } else {
         Cow::Borrowed(email)
