@@ -94,13 +94,47 @@ struct Column {
     distinct: HashMap<Box<str>, u32, RandomState>,
     entries: Vec<std::ops::Range<usize>>,
     picks: Vec<u32>,
+    /// Strings written one per value from now on: most were distinct so far (postal codes,
+    /// names), and looking each one up would cost more than it saves.
+    plain: bool,
 }
 
+/// Values a string column gets before it is judged: written one per value when more than half
+/// of them were distinct.
+const JUDGED_AFTER: usize = 64;
+
 impl Column {
+    /// Adds a string value.
+    fn push_str(&mut self, s: &str) {
+        if self.plain {
+            string_field(1, s, &mut self.values);
+            return;
+        }
+        let pick = match self.distinct.get(s) {
+            Some(&pick) => pick,
+            None => {
+                let start = self.values.len();
+                string_field(1, s, &mut self.values);
+                self.entries.push(start..self.values.len());
+                let pick = self.entries.len() as u32 - 1;
+                self.distinct.insert(s.into(), pick);
+                pick
+            }
+        };
+        self.picks.push(pick);
+        if self.picks.len() == JUDGED_AFTER && 2 * self.entries.len() > JUDGED_AFTER {
+            self.values = self.one_per_value();
+            self.plain = true;
+            self.distinct = HashMap::default();
+            self.entries = Vec::new();
+            self.picks = Vec::new();
+        }
+    }
+
     /// The `values` field's content: the strings given one per value or dictionary-encoded,
     /// whichever is shorter; the entries written otherwise.
     fn content(&self) -> std::borrow::Cow<'_, [u8]> {
-        if self.field != 8 {
+        if self.field != 8 || self.plain {
             return self.values.as_slice().into();
         }
         let plain: usize = self.picks.iter().map(|&p| self.entries[p as usize].len()).sum();
@@ -119,12 +153,17 @@ impl Column {
             }
             out.into()
         } else {
-            let mut out = Vec::with_capacity(plain);
-            for &p in &self.picks {
-                out.extend_from_slice(&self.values[self.entries[p as usize].clone()]);
-            }
-            out.into()
+            self.one_per_value().into()
         }
+    }
+
+    /// The string entries, one per value.
+    fn one_per_value(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.values.len() * 2);
+        for &p in &self.picks {
+            out.extend_from_slice(&self.values[self.entries[p as usize].clone()]);
+        }
+        out
     }
 }
 
@@ -180,6 +219,7 @@ impl ColumnsWriter {
                     distinct: HashMap::default(),
                     entries: Vec::new(),
                     picks: Vec::new(),
+                    plain: false,
                 });
                 self.columns.len() - 1
             });
@@ -195,20 +235,7 @@ impl ColumnsWriter {
                     encoding::encode_varint(*v as u64, out)
                 }
                 Typed::Double(v) => out.extend_from_slice(&v.to_le_bytes()),
-                Typed::Str(s) => {
-                    let pick = match column.distinct.get(s.as_ref()) {
-                        Some(&pick) => pick,
-                        None => {
-                            let start = out.len();
-                            string_field(1, s, out);
-                            column.entries.push(start..out.len());
-                            let pick = column.entries.len() as u32 - 1;
-                            column.distinct.insert(s.as_ref().into(), pick);
-                            pick
-                        }
-                    };
-                    column.picks.push(pick);
-                }
+                Typed::Str(s) => column.push_str(s),
                 Typed::List(items) => {
                     let len: usize = items.iter().map(|s| field_len(1, s.len())).sum();
                     encoding::encode_key(1, WireType::LengthDelimited, out);
@@ -406,17 +433,26 @@ mod tests {
 
     #[test]
     fn repeated_strings_come_dictionary_encoded_and_distinct_ones_plain() {
-        let names: Vec<String> = ["country", "postal_code"].map(String::from).to_vec();
+        let names: Vec<String> = ["country", "postal_code", "city"].map(String::from).to_vec();
         let mut w = ColumnsWriter::new(names);
         let countries = ["FR", "DE", "FR", "FR", "DE", "ES", "FR", "FR"];
-        for (n, country) in countries.iter().enumerate() {
-            let code = format!("{:05}", 75000 + n);
+        let code = |n: usize| format!("{:05}", 75000 + n);
+        // Distinct at first, then one value over and over: judged after 64 values.
+        let city = |n: usize| {
+            if n < 40 {
+                format!("city-{n}")
+            } else {
+                "Paris".to_string()
+            }
+        };
+        for n in 0..100 {
             w.push(
                 &format!("c{n}"),
                 None,
                 &[
-                    (0, Typed::Str(Cow::Borrowed(country))),
-                    (1, Typed::Str(Cow::Owned(code))),
+                    (0, Typed::Str(Cow::Borrowed(countries[n % 8]))),
+                    (1, Typed::Str(Cow::Owned(code(n)))),
+                    (2, Typed::Str(Cow::Owned(city(n)))),
                 ],
             );
         }
@@ -428,27 +464,33 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        assert_eq!(
-            strings("country"),
-            pb::StringColumn {
-                values: vec!["FR".into(), "DE".into(), "ES".into()],
-                indexes: vec![0, 1, 0, 0, 1, 2, 0, 0],
-            }
-        );
+        let country = strings("country");
+        assert_eq!(country.values, ["FR", "DE", "ES"]);
+        let expected: Vec<u32> = (0..100)
+            .map(|n| match countries[n % 8] {
+                "FR" => 0,
+                "DE" => 1,
+                _ => 2,
+            })
+            .collect();
+        assert_eq!(country.indexes, expected);
         let codes = strings("postal_code");
         assert!(codes.indexes.is_empty());
-        assert_eq!(
-            codes.values,
-            (0..8).map(|n| format!("{:05}", 75000 + n)).collect::<Vec<_>>()
-        );
+        assert_eq!(codes.values, (0..100).map(code).collect::<Vec<_>>());
+        // Judged after 40 distinct values of 64: one per value, though the rest repeat.
+        let cities = strings("city");
+        assert!(cities.indexes.is_empty());
+        assert_eq!(cities.values, (0..100).map(city).collect::<Vec<_>>());
         // The next batch starts afresh.
-        w.push("d", None, &[(1, Typed::Str(Cow::Borrowed("FR")))]);
+        w.push("d", None, &[(2, Typed::Str(Cow::Borrowed("Paris")))]);
+        w.push("e", None, &[(2, Typed::Str(Cow::Borrowed("Paris")))]);
+        w.push("f", None, &[(2, Typed::Str(Cow::Borrowed("Paris")))]);
         let decoded = pb::CustomerColumns::decode(w.take().as_slice()).unwrap();
         assert_eq!(
             decoded.attributes[0].values,
             Some(Values::Strings(pb::StringColumn {
-                values: vec!["FR".into()],
-                indexes: vec![],
+                values: vec!["Paris".into()],
+                indexes: vec![0, 0, 0],
             }))
         );
     }
