@@ -9,7 +9,8 @@
 //! sends them: column by column (`CustomerColumns`, as `segctl load` does), the figure being the
 //! server's ingest rate. `SEGMENTD_BENCH_ENCODE` picks another form: `rows` sends each batch as
 //! `Customer` messages encoded beforehand, `send` encodes the messages while sending, as a client
-//! holding `Customer` messages does.
+//! holding `Customer` messages does. `SEGMENTD_BENCH_FSYNC` sets the server's `--fsync` (default
+//! `always`).
 
 #[path = "support/gen.rs"]
 mod generator;
@@ -44,7 +45,12 @@ fn main() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = Config::with_data_dir(dir.path().join("data"));
+    let mut config = Config::with_data_dir(dir.path().join("data"));
+    if let Ok(mode) = std::env::var("SEGMENTD_BENCH_FSYNC") {
+        config.fsync = mode
+            .parse()
+            .expect("SEGMENTD_BENCH_FSYNC is always, never or interval=<ms>");
+    }
     server_rt.spawn(segmentd::server::run(listener, config, std::future::pending()));
 
     eprint!("generating {total} customers in batches of {BATCH}... ");

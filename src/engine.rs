@@ -40,6 +40,9 @@ pub struct Logger<'a> {
     last: Option<u64>,
     /// The write's time, which its record carries.
     time: i64,
+    /// Whether the write's caller waits for its records to be durable as soon as it is applied:
+    /// their sync is then asked for at once, to run while the write is applied.
+    awaited: bool,
 }
 
 impl Logger<'_> {
@@ -58,6 +61,9 @@ impl Logger<'_> {
         match self.wal {
             Some(wal) => {
                 let seq = append(wal, self.time)?;
+                if self.awaited {
+                    wal.request(seq);
+                }
                 self.last = Some(seq);
                 Ok(seq)
             }
@@ -429,20 +435,9 @@ impl Engine {
         &self,
         f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (out, last) = self.apply(f).await?;
+        let (out, last) = self.apply_queued(f, self.admit()?, true).await?;
         self.durable(last).await?;
         out
-    }
-
-    /// Runs a write on the writer thread with a logger and returns once it is applied, with the
-    /// sequence of its last record. It is acknowledged only after [`Engine::durable`] of that
-    /// sequence: streams apply batch after batch while earlier ones are being synced.
-    async fn apply<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
-    ) -> Result<(Result<T>, Option<u64>)> {
-        let permit = self.admit()?;
-        self.apply_queued(f, permit).await
     }
 
     /// A place among the writes the server takes on at once, or RESOURCE_EXHAUSTED when they
@@ -466,13 +461,17 @@ impl Engine {
         WritePermit(self.queued.clone())
     }
 
-    /// Queues a write on the writer thread. A write whose caller has gone by the time its turn
-    /// comes (the request was cancelled or its deadline passed) is dropped unapplied: nobody
-    /// would be told it happened.
+    /// Queues a write on the writer thread and returns once it is applied, with the sequence
+    /// of its last record; it is acknowledged only after [`Engine::durable`] of that sequence.
+    /// `awaited`: the caller waits for that at once (its sync is asked for as its records are
+    /// appended); a stream applying batch after batch, acknowledged at its end, does not. A
+    /// write whose caller has gone by the time its turn comes (the request was cancelled or its
+    /// deadline passed) is dropped unapplied: nobody would be told it happened.
     async fn apply_queued<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
         permit: WritePermit,
+        awaited: bool,
     ) -> Result<(Result<T>, Option<u64>)> {
         let wal = self.wal.get().cloned();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -485,6 +484,7 @@ impl Engine {
                 wal: wal.as_deref(),
                 last: None,
                 time,
+                awaited,
             };
             // One time for the whole write: its rules' "now", its events and its record.
             struct Reset<'a>(&'a Store);
@@ -537,6 +537,7 @@ impl Engine {
                     out
                 },
                 permit,
+                true,
             )
             .await?;
         self.durable(last).await?;
@@ -551,24 +552,29 @@ impl Engine {
         batches: Vec<UpsertBatch>,
     ) -> Result<(UpsertOutcome, Option<BatchFailure>, Option<u64>)> {
         let (out, last) = self
-            .apply(move |s, log| {
-                let mut total = UpsertOutcome::default();
-                let mut failure = None;
-                for (index, batch) in batches.iter().enumerate() {
-                    match batch.apply(s, log) {
-                        Ok(o) => {
-                            total.created += o.created;
-                            total.updated += o.updated;
-                        }
-                        Err(error) => {
-                            failure = Some(BatchFailure { index, error });
-                            break;
+            .apply_queued(
+                move |s, log| {
+                    let mut total = UpsertOutcome::default();
+                    let mut failure = None;
+                    for (index, batch) in batches.iter().enumerate() {
+                        match batch.apply(s, log) {
+                            Ok(o) => {
+                                total.created += o.created;
+                                total.updated += o.updated;
+                            }
+                            Err(error) => {
+                                failure = Some(BatchFailure { index, error });
+                                break;
+                            }
                         }
                     }
-                }
-                crate::priority::discard(batches);
-                Ok((total, failure))
-            })
+                    crate::priority::discard(batches);
+                    Ok((total, failure))
+                },
+                // Acknowledged at the stream's end: its batches are not synced one by one.
+                self.admit()?,
+                false,
+            )
             .await?;
         let (total, failure) = out?;
         Ok((total, failure, last))
@@ -613,6 +619,7 @@ impl Engine {
                     s.advance_time(Some(how), &mut || log.append(|| record::advance_time(since)))
                 },
                 self.admit_always(),
+                true,
             )
             .await?;
         self.durable(last).await?;

@@ -30,6 +30,13 @@
 //! write (group commit). A failed `fdatasync` leaves the disk's state unknown, so the log stops
 //! taking writes until the server restarts and recovers from what the disk holds.
 //!
+//! The sync thread syncs when a write waits for it ([`Wal::request`], [`Wal::durable`]), not
+//! whenever records are written: a stream acknowledged once at its end (`LoadCustomers`) is
+//! synced once, not after every batch, each `fdatasync` of a growing file costing a journal
+//! commit and a device flush besides its data. So that last sync finds little left to write,
+//! the thread asks the kernel to start writing records back (`sync_file_range`, Linux) every
+//! [`WRITEBACK_BYTES`] written.
+//!
 //! # Recovery
 //!
 //! Records are read file by file. A record cut short or failing its checksum at the very end of
@@ -63,6 +70,8 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = 24;
 /// Largest record accepted on reading (a bound against garbage lengths).
 const MAX_RECORD: usize = 512 * 1024 * 1024;
+/// Bytes written and not yet synced after which the sync thread starts their writeback.
+pub const WRITEBACK_BYTES: u64 = 8 << 20;
 
 /// When a write's reply waits for its record to be on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +115,8 @@ struct Writer {
     file: File,
     path: PathBuf,
     offset: u64,
+    /// Where the current file's writeback was last started, or its last sync.
+    written_back: u64,
     next_sequence: u64,
     failed: Option<Arc<str>>,
 }
@@ -138,6 +149,8 @@ pub struct Wal {
     segment_bytes: u64,
     mode: FsyncMode,
     written: AtomicU64,
+    /// The highest sequence a write waits to be durable ([`Wal::request`]).
+    wanted: AtomicU64,
     bytes: AtomicU64,
     synced: watch::Sender<Synced>,
     wake: (Mutex<bool>, Condvar),
@@ -232,12 +245,14 @@ impl Wal {
                 file,
                 path,
                 offset: HEADER_LEN as u64,
+                written_back: HEADER_LEN as u64,
                 next_sequence,
                 failed: None,
             }),
             segment_bytes: segment_bytes.max(HEADER_LEN as u64 + 1),
             mode,
             written: AtomicU64::new(next_sequence - 1),
+            wanted: AtomicU64::new(next_sequence - 1),
             bytes: AtomicU64::new(0),
             synced: watch::Sender::new(Synced {
                 sequence: next_sequence - 1,
@@ -324,13 +339,65 @@ impl Wal {
         w.next_sequence += 1;
         self.bytes.fetch_add(total as u64, Ordering::Relaxed);
         self.written.store(sequence, Ordering::Release);
+        let writeback_due = w.offset - w.written_back >= WRITEBACK_BYTES;
         drop(w);
-        if self.mode == FsyncMode::Always {
-            let (lock, cv) = &self.wake;
-            *lock.lock() = true;
-            cv.notify_one();
+        if self.mode == FsyncMode::Always && writeback_due {
+            self.wake_sync();
         }
         Ok(sequence)
+    }
+
+    fn wake_sync(&self) {
+        let (lock, cv) = &self.wake;
+        *lock.lock() = true;
+        cv.notify_one();
+    }
+
+    /// Asks for record `sequence` to be synced (in [`FsyncMode::Always`]) without waiting: a
+    /// write that will wait for its record calls this as soon as it is appended, so the sync
+    /// runs while the write is applied. [`Wal::durable`] asks too.
+    pub fn request(&self, sequence: u64) {
+        if self.mode != FsyncMode::Always || self.synced.borrow().sequence >= sequence {
+            return;
+        }
+        if self.wanted.fetch_max(sequence, Ordering::AcqRel) < sequence {
+            self.wake_sync();
+        }
+    }
+
+    /// Starts writing back what was written since the last sync or writeback start, once that
+    /// is [`WRITEBACK_BYTES`] or more; returns whether it did. Sync thread only.
+    fn start_writeback(&self) -> bool {
+        let (file, from, to) = {
+            let mut w = self.writer.lock();
+            if w.failed.is_some() || w.offset - w.written_back < WRITEBACK_BYTES {
+                return false;
+            }
+            let Ok(file) = w.file.try_clone() else {
+                return false;
+            };
+            let range = (file, w.written_back, w.offset);
+            w.written_back = w.offset;
+            range
+        };
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `file` is an open descriptor owned here for the call; the range is within
+            // what was written. A failure only means writeback starts later: the next sync
+            // writes the range and reports any error.
+            unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    from as libc::off64_t,
+                    (to - from) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (file, from, to);
+        true
     }
 
     fn rotate(&self, w: &mut Writer, next: u64) -> Result<()> {
@@ -341,6 +408,7 @@ impl Wal {
         w.file = file;
         w.path = path;
         w.offset = HEADER_LEN as u64;
+        w.written_back = w.offset;
         Ok(())
     }
 
@@ -349,6 +417,7 @@ impl Wal {
         if self.mode != FsyncMode::Always {
             return Ok(());
         }
+        self.request(sequence);
         let mut rx = self.synced.subscribe();
         let state = rx
             .wait_for(|s| s.sequence >= sequence || s.failed.is_some())
@@ -365,7 +434,8 @@ impl Wal {
     /// Syncs everything written so far (clean shutdown, snapshots).
     pub fn sync(&self) -> Result<()> {
         let (file, upto, path) = {
-            let w = self.writer.lock();
+            let mut w = self.writer.lock();
+            w.written_back = w.offset;
             (
                 w.file
                     .try_clone()
@@ -421,11 +491,21 @@ impl Wal {
 fn sync_loop(wal: std::sync::Weak<Wal>) {
     loop {
         let Some(w) = wal.upgrade() else { return };
-        let pending = w.written.load(Ordering::Acquire) > w.synced.borrow().sequence;
-        if pending && w.synced.borrow().failed.is_none() {
+        let (synced, failed) = {
+            let s = w.synced.borrow();
+            (s.sequence, s.failed.is_some())
+        };
+        let due = match w.mode {
+            FsyncMode::Always => w.wanted.load(Ordering::Acquire) > synced,
+            _ => w.written.load(Ordering::Acquire) > synced,
+        };
+        if due && !failed {
             if let Err(e) = w.sync() {
                 tracing::error!(error = %e, "write-ahead log sync failed; writes are refused until restart");
             }
+            continue;
+        }
+        if w.mode == FsyncMode::Always && w.start_writeback() {
             continue;
         }
         let wait = match w.mode {
@@ -645,6 +725,46 @@ mod tests {
         assert_eq!(stats.last_sequence, 20);
         let (seen, _) = names(dir.path(), 15).unwrap();
         assert_eq!(seen, vec!["s15", "s16", "s17", "s18", "s19"]);
+    }
+
+    /// Records nobody waits for are not synced one by one: a stream's records are written
+    /// back as they pile up and synced once, when its reply waits; a write waiting for its
+    /// record gets a sync of its own.
+    #[tokio::test]
+    async fn the_log_syncs_when_a_write_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), 1, 1 << 30, FsyncMode::Always).unwrap();
+        let big = "x".repeat(1 << 20);
+        // More than WRITEBACK_BYTES: the sync thread starts writeback, but no sync.
+        let n = WRITEBACK_BYTES / (1 << 20) + 4;
+        for _ in 0..n {
+            wal.append(op(&big), 0).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(wal.fsync.count(), 0, "nothing waited, nothing synced");
+        assert_eq!(wal.synced.borrow().sequence, 0);
+        assert!(
+            wal.writer.lock().written_back > WRITEBACK_BYTES,
+            "writeback started"
+        );
+
+        wal.durable(n).await.unwrap();
+        assert_eq!(wal.fsync.count(), 1, "one sync for the whole stream");
+        assert_eq!(wal.synced.borrow().sequence, n);
+
+        // A write asking for its sync as it appends, then waiting: synced at once.
+        let seq = wal.append(op("one"), 0).unwrap();
+        wal.request(seq);
+        tokio::time::timeout(Duration::from_secs(10), wal.durable(seq))
+            .await
+            .expect("synced without more writes")
+            .unwrap();
+        assert_eq!(wal.fsync.count(), 2);
+        // Already durable: no sync asked.
+        wal.durable(seq).await.unwrap();
+        assert_eq!(wal.fsync.count(), 2);
+        let (seen, stats) = names(dir.path(), 0).unwrap();
+        assert_eq!((seen.len() as u64, stats.last_sequence), (n + 1, n + 1));
     }
 
     #[test]
