@@ -103,8 +103,9 @@ impl Ingest for IngestApi {
         let mut stream = request.into_inner();
         let (tx, mut rx) = mpsc::channel::<(u64, UpsertBatch)>(STREAM_QUEUE);
         let engine = self.engine.clone();
-        // Applies groups one after another without waiting for each to be synced: the log syncs
-        // group k while group k+1 applies, and the reply waits for the last record to be durable.
+        // Applies groups one after another without waiting for each to be synced: the reply waits
+        // for the last record to be durable, one sync covering the stream's records (their
+        // writeback started as they piled up).
         let writer = tokio::spawn(async move {
             let mut total = UpsertOutcome::default();
             let mut batches = 0u64;
