@@ -11,7 +11,9 @@
 //! - `prepare/record` and `prepare/codes`: encoding the batch's write-ahead log record and looking
 //!   up its dictionary codes, done where the batch is parsed rather than on the writer thread;
 //!   `prepare/record_as_received`: the record a received batch gets, its customers' own bytes;
-//! - `load/writer_columns`: the writer's share of loading 1,000,000 customers given as columns.
+//! - `load/writer_columns`: the writer's share of loading 1,000,000 customers given as columns;
+//! - `maps/grow`: an id map holding 458,752 keys grown to take as many more: every entry rehashed
+//!   (from its key) into a table twice the size, as a bulk load's growing map does.
 //!
 //! `cargo bench --bench ingest`
 
@@ -202,5 +204,37 @@ fn load(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, apply, load);
+/// An id map at the point of growing: its tables rebuilt at twice the size, entries rehashed from
+/// their keys (the store reads them from its shards; here, from a vector in ordinal order).
+fn maps(c: &mut Criterion) {
+    use segmentd::store::index::{IdIndex, KeyCase};
+    // 7/8 of 2^19: 2^19 buckets (across the map's tables) full.
+    let held = (1 << 19) / 8 * 7;
+    let keys: Vec<String> = (0..2 * held).map(|n| format!("C{n:09}")).collect();
+    let hashes: Vec<u64> = keys
+        .iter()
+        .map(|k| segmentd::store::index::key_hash(KeyCase::Sensitive, k))
+        .collect();
+    let rehash = |ords: &[u32]| ords.iter().map(|&o| hashes[o as usize]).collect::<Vec<u64>>();
+    let mut group = c.benchmark_group("maps");
+    group.sample_size(20);
+    group.bench_function("grow", |b| {
+        b.iter_batched(
+            || {
+                let idx = IdIndex::new(KeyCase::Sensitive);
+                idx.reserve_hashed(hashes[..held].iter().copied(), rehash);
+                idx.insert_many(hashes[..held].iter().copied().zip(0..held as u32));
+                idx
+            },
+            |idx| {
+                idx.reserve_hashed(hashes[held..].iter().copied(), rehash);
+                idx
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, apply, load, maps);
 criterion_main!(benches);

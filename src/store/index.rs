@@ -159,7 +159,8 @@ impl IdIndex {
     ///
     /// A table that must grow is rebuilt beside the one in use, which readers keep reading
     /// (only the writer changes tables, and it is busy here), then swapped in under the write
-    /// lock: lookups never wait for a rehash.
+    /// lock: lookups never wait for a rehash. The slots of the entries ahead are fetched while
+    /// one is moved in, as [`IdIndex::insert_many`] does.
     pub fn reserve<'a>(&self, keys: impl IntoIterator<Item = &'a str>, rehash: impl Fn(&[u32]) -> Vec<u64>) {
         self.reserve_hashed(keys.into_iter().map(|k| self.hash(k)), rehash);
     }
@@ -199,7 +200,10 @@ impl IdIndex {
                 rehash(&ords)
             };
             debug_assert_eq!(hashes.len(), ords.len());
-            for (ord, h) in ords.into_iter().zip(hashes) {
+            for (j, (&ord, &h)) in ords.iter().zip(&hashes).enumerate() {
+                if let Some(&ahead) = hashes.get(j + AHEAD) {
+                    prefetch(&fresh, ahead);
+                }
                 if fresh.try_insert_no_grow(h, (ord, SharedValue::new(()))).is_err() {
                     unreachable!("a table sized for its entries is full");
                 }
