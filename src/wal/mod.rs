@@ -740,13 +740,16 @@ mod tests {
         for _ in 0..n {
             wal.append(op(&big), 0).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // The sync thread starts their writeback (woken by the append that passed the mark)...
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while wal.writer.lock().written_back <= WRITEBACK_BYTES {
+            assert!(std::time::Instant::now() < deadline, "writeback never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // ... and, given more time, still syncs nothing.
+        std::thread::sleep(Duration::from_millis(200));
         assert_eq!(wal.fsync.count(), 0, "nothing waited, nothing synced");
         assert_eq!(wal.synced.borrow().sequence, 0);
-        assert!(
-            wal.writer.lock().written_back > WRITEBACK_BYTES,
-            "writeback started"
-        );
 
         wal.durable(n).await.unwrap();
         assert_eq!(wal.fsync.count(), 1, "one sync for the whole stream");
