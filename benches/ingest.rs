@@ -205,7 +205,7 @@ fn load(c: &mut Criterion) {
 }
 
 /// An id map at the point of growing: its tables rebuilt at twice the size, entries rehashed from
-/// their keys (the store reads them from its shards; here, from a vector in ordinal order).
+/// the hashes recorded for their ordinals.
 fn maps(c: &mut Criterion) {
     use segmentd::store::index::{IdIndex, KeyCase};
     // 7/8 of 2^19: 2^19 buckets (across the map's tables) full.
@@ -215,19 +215,18 @@ fn maps(c: &mut Criterion) {
         .iter()
         .map(|k| segmentd::store::index::key_hash(KeyCase::Sensitive, k))
         .collect();
-    let rehash = |ords: &[u32]| ords.iter().map(|&o| hashes[o as usize]).collect::<Vec<u64>>();
     let mut group = c.benchmark_group("maps");
     group.sample_size(20);
     group.bench_function("grow", |b| {
         b.iter_batched(
             || {
                 let idx = IdIndex::new(KeyCase::Sensitive);
-                idx.reserve_hashed(hashes[..held].iter().copied(), rehash);
+                idx.reserve_hashed(hashes[..held].iter().copied());
                 idx.insert_many(hashes[..held].iter().copied().zip(0..held as u32));
                 idx
             },
             |idx| {
-                idx.reserve_hashed(hashes[held..].iter().copied(), rehash);
+                idx.reserve_hashed(hashes[held..].iter().copied());
                 idx
             },
             BatchSize::PerIteration,

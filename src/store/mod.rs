@@ -495,7 +495,6 @@ impl Store {
             });
             let located = located.into_inner();
             let next = std::sync::atomic::AtomicUsize::new(0);
-            let rehash = |ord: u32| self.stored_hash(field, ord);
             std::thread::scope(|scope| {
                 for _ in 0..threads {
                     scope.spawn(|| {
@@ -504,48 +503,13 @@ impl Store {
                             if b >= tables {
                                 break;
                             }
-                            let count = located.iter().map(|per| per[b].len()).sum();
                             let pairs = located.iter().flat_map(|per| per[b].iter().copied());
-                            index.bulk_fill(b, count, pairs, rehash);
+                            index.bulk_fill(b, pairs);
                         }
                     });
                 }
             });
         }
-    }
-
-    /// The hashes of customers `ords`' stored ids (`field` 0) or e-mails (1), for a growing map:
-    /// each shard is locked once for its run of ordinals.
-    fn stored_hashes(&self, field: u8, ords: &[u32]) -> Vec<u64> {
-        let (index, strings): (&IdIndex, fn(&Shard) -> &StrColumn) = if field == 0 {
-            (&self.ids, |s| &s.ids)
-        } else {
-            (&self.emails, |s| &s.emails)
-        };
-        let mut out = Vec::with_capacity(ords.len());
-        for run in ords.chunk_by(|a, b| shard_of(*a) == shard_of(*b)) {
-            let s = self.shard(run[0]).read();
-            let strings = strings(&s);
-            for (i, &ord) in run.iter().enumerate() {
-                if let Some(&ahead) = run.get(i + 4) {
-                    strings.prefetch(local(ahead), 1);
-                }
-                out.push(index.hash(strings.get(local(ord)).unwrap_or_default()));
-            }
-        }
-        out
-    }
-
-    /// The hash of customer `ord`'s stored id (`field` 0) or e-mail (1), for a growing map.
-    fn stored_hash(&self, field: u8, ord: u32) -> u64 {
-        self.read_shard(ord, |s| {
-            let (index, strings) = if field == 0 {
-                (&self.ids, &s.ids)
-            } else {
-                (&self.emails, &s.emails)
-            };
-            index.hash(strings.get(local(ord)).unwrap_or_default())
-        })
     }
 
     /// Ends the cut; returns its global state (shards were handed out by `take_cut_shard`).
@@ -878,13 +842,9 @@ impl Store {
             .iter()
             .zip(plan)
             .filter(|(_, step)| step.existing.is_none());
-        self.ids
-            .reserve_hashed(created.map(|(&h, _)| h), |ords| self.stored_hashes(0, ords));
+        self.ids.reserve_hashed(created.map(|(&h, _)| h));
         let emails = (0..plan.len()).filter(|&i| email(i).is_some_and(|e| !e.is_empty()));
-        self.emails
-            .reserve_hashed(emails.map(|i| hashes.emails[i]), |ords| {
-                self.stored_hashes(1, ords)
-            });
+        self.emails.reserve_hashed(emails.map(|i| hashes.emails[i]));
         plan.iter()
             .map(|step| step.existing.unwrap_or_else(|| self.allocate(w)))
             .collect()
@@ -1099,8 +1059,7 @@ impl Store {
                         s.live.insert(ord);
                         s.ids.set(local(ord), &order.customer_id);
                     }
-                    self.ids
-                        .reserve([order.customer_id.as_str()], |ords| self.stored_hashes(0, ords));
+                    self.ids.reserve([order.customer_id.as_str()]);
                     self.ids.insert(&order.customer_id, ord);
                     self.customers.fetch_add(1, Ordering::AcqRel);
                     outcome.created_customer_ids.push(order.customer_id.clone());
