@@ -123,15 +123,28 @@ impl UpsertBatch {
         }
     }
 
-    /// Applies the batch on the writer thread, all or nothing, appending its record.
-    fn apply(&self, s: &Store, log: &mut Logger<'_>) -> Result<UpsertOutcome> {
-        let mut append = || log.append_encoded(&self.record);
-        match &self.rows {
+    /// Applies the batch on the writer thread, all or nothing, appending its record. With
+    /// `queue`, new customers given column by column may be left to the store's applier thread
+    /// to write ([`Store::upsert_columns_queued`]); the caller then waits for
+    /// [`Store::wait_written`] before acknowledging them.
+    fn apply(self, s: &Store, log: &mut Logger<'_>, queue: bool) -> Result<UpsertOutcome> {
+        let UpsertBatch { rows, record, hashes } = self;
+        let mut append = || log.append_encoded(&record);
+        let outcome = match rows {
             BatchRows::Patches { patches, known } => {
-                s.upsert_known(patches, known, &self.hashes, &mut append)
+                let outcome = s.upsert_known(&patches, &known, &hashes, &mut append);
+                crate::priority::discard(patches);
+                outcome
             }
-            BatchRows::Columns(columns) => s.upsert_columns(columns, &self.hashes, &mut append),
-        }
+            BatchRows::Columns(columns) if queue => s.upsert_columns_queued(columns, &hashes, &mut append),
+            BatchRows::Columns(columns) => {
+                let outcome = s.upsert_columns(&columns, &hashes, &mut append);
+                crate::priority::discard(columns);
+                outcome
+            }
+        };
+        crate::priority::discard(record);
+        outcome
     }
 
     pub fn len(&self) -> usize {
@@ -235,6 +248,7 @@ impl Engine {
 
     /// An in-memory engine over an existing store.
     pub fn with_store(store: Arc<Store>) -> Engine {
+        store.start_applier();
         Engine {
             writer: writer_thread(store.clone()),
             store,
@@ -530,23 +544,17 @@ impl Engine {
     /// [`Engine::upsert`] of a batch prepared after taking its place with [`Engine::admit`].
     pub async fn upsert_admitted(&self, permit: WritePermit, batch: UpsertBatch) -> Result<UpsertOutcome> {
         let (out, last) = self
-            .apply_queued(
-                move |s, log| {
-                    let out = batch.apply(s, log);
-                    crate::priority::discard(batch);
-                    out
-                },
-                permit,
-                true,
-            )
+            .apply_queued(move |s, log| batch.apply(s, log, false), permit, true)
             .await?;
         self.durable(last).await?;
         out
     }
 
     /// Upserts several batches in order, each all or nothing, stopping at the first that fails.
-    /// Returns once they are applied, with the total of the batches applied, the failure if any,
-    /// and the log sequence to pass to [`Engine::durable`] before acknowledging them.
+    /// Returns once they are checked and logged, with the total of the batches applied, the
+    /// failure if any, and the log sequence to pass to [`Engine::durable`] before acknowledging
+    /// them; batches of new customers may still be being written by the store's applier thread
+    /// until [`Engine::written`] returns, which the acknowledgement waits for too.
     pub async fn upsert_batches(
         &self,
         batches: Vec<UpsertBatch>,
@@ -556,8 +564,9 @@ impl Engine {
                 move |s, log| {
                     let mut total = UpsertOutcome::default();
                     let mut failure = None;
-                    for (index, batch) in batches.iter().enumerate() {
-                        match batch.apply(s, log) {
+                    let mut batches = batches.into_iter();
+                    for (index, batch) in batches.by_ref().enumerate() {
+                        match batch.apply(s, log, true) {
                             Ok(o) => {
                                 total.created += o.created;
                                 total.updated += o.updated;
@@ -568,7 +577,7 @@ impl Engine {
                             }
                         }
                     }
-                    crate::priority::discard(batches);
+                    crate::priority::discard(batches.collect::<Vec<_>>());
                     Ok((total, failure))
                 },
                 // Acknowledged at the stream's end: its batches are not synced one by one.
@@ -578,6 +587,22 @@ impl Engine {
             .await?;
         let (total, failure) = out?;
         Ok((total, failure, last))
+    }
+
+    /// Waits until the customers of every batch [`Engine::upsert_batches`] applied so far are
+    /// written, so that every reader sees them.
+    pub async fn written(&self) -> Result<()> {
+        let (out, _) = self
+            .apply_queued(
+                |s, _| {
+                    s.wait_written();
+                    Ok(())
+                },
+                self.admit_always(),
+                false,
+            )
+            .await?;
+        out
     }
 
     pub async fn delete(&self, key: CustomerKey) -> Result<String> {

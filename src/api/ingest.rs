@@ -137,7 +137,9 @@ impl Ingest for IngestApi {
                 }
                 batches += numbers.len() as u64;
             }
-            // What was applied is acknowledged, even when a later batch failed.
+            // What was applied is acknowledged, even when a later batch failed: once every
+            // reader sees it and it is durable.
+            engine.written().await?;
             engine.durable(last).await?;
             Ok::<_, Error>((total, batches, failure))
         });

@@ -285,7 +285,7 @@ impl Store {
 
     /// Defines a family: its members become segments, evaluated before returning.
     pub fn create_family(&self, family: Family, log: &mut dyn FnMut() -> Result<u64>) -> Result<FamilyInfo> {
-        let mut w = self.writer.lock();
+        let mut w = self.lock_writer();
         family.check()?;
         let schema = self.schema();
         let reg = self.registry();
@@ -364,7 +364,7 @@ impl Store {
     /// Deletes a family and its member segments; refused for the built-in one and while other
     /// segments read a member.
     pub fn delete_family(&self, id: &str, log: &mut dyn FnMut() -> Result<u64>) -> Result<()> {
-        let mut w = self.writer.lock();
+        let mut w = self.lock_writer();
         let reg = self.registry();
         let fe = reg
             .family(id)

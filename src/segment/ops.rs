@@ -462,7 +462,7 @@ impl Store {
         exclude: &[String],
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<SegmentInfo> {
-        let _w = self.writer.lock();
+        let _w = self.lock_writer();
         let schema = self.schema();
         let reg = self.registry();
         if reg.slot(&def.id).is_some() {
@@ -494,7 +494,7 @@ impl Store {
         update: SegmentUpdate,
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<SegmentInfo> {
-        let _w = self.writer.lock();
+        let _w = self.lock_writer();
         let schema = self.schema();
         let reg = self.registry();
         let old = reg
@@ -566,7 +566,7 @@ impl Store {
 
     /// Deletes a segment; refused while other segments read it.
     pub fn delete_segment(&self, id: &str, log: &mut dyn FnMut() -> Result<u64>) -> Result<()> {
-        let _w = self.writer.lock();
+        let _w = self.lock_writer();
         let reg = self.registry();
         let slot = reg
             .slot(id)
@@ -755,7 +755,7 @@ impl Store {
         activity: Option<&str>,
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<ListOutcome> {
-        let mut w = self.writer.lock();
+        let mut w = self.lock_writer();
         let reg = self.registry();
         let e = reg
             .by_id(segment_id)

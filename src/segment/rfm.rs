@@ -111,7 +111,7 @@ impl Store {
     /// Scores every customer with orders as of `as_of` and re-evaluates the RFM family (created
     /// with its score attributes on the first run) and the segments reading the scores.
     pub fn reclassify(&self, as_of: i64, log: &mut dyn FnMut() -> Result<u64>) -> Result<Reclassified> {
-        let mut w = self.writer.lock();
+        let mut w = self.lock_writer();
         let reg = self.registry();
         // What the first run adds: the score attributes and the family.
         let family = rfm_family();

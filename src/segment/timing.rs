@@ -323,7 +323,7 @@ impl Store {
     /// `time` event for each change. Logs only when there are customers to look at. Returns the
     /// number of membership changes.
     pub fn advance_time(&self, how: Option<Advance>, log: &mut dyn FnMut() -> Result<u64>) -> Result<u64> {
-        let mut w = self.writer.lock();
+        let mut w = self.lock_writer();
         let now = self.now();
         let reg = self.registry();
         let schema = self.schema();

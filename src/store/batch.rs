@@ -650,24 +650,37 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
         /// Batches applied column by column leave the store as the same customers applied one
-        /// by one as patches: values, e-mails, segment memberships, refusals.
+        /// by one as patches: values, e-mails, segment memberships, refusals. So do the same
+        /// batches handed to a store's applier thread, several pending at once (new customers
+        /// of one batch updated, or their e-mails claimed, by the next ones).
         #[test]
         fn columns_apply_as_their_patches(
             batches in prop::collection::vec(((1..7usize).prop_flat_map(batch), prop::option::of(0..10u32)), 1..6),
         ) {
             let ((by_columns, clock_a), (by_patches, clock_b)) = (store(), store());
+            let (queued, clock_q) = store();
+            let queued = Arc::new(queued);
+            queued.start_applier();
             for (b, erase) in batches {
                 // An erased customer's ordinal is given to the next one created.
                 if let Some(i) = erase {
                     let key = CustomerKey::Id(format!("c{i}"));
                     let a = by_columns.delete(&key, &mut no_log).is_ok();
                     prop_assert_eq!(a, by_patches.delete(&key, &mut no_log).is_ok());
+                    prop_assert_eq!(a, queued.delete(&key, &mut no_log).is_ok());
                 }
                 let mut columns = column_batch(&by_columns, b);
                 let patches = columns.patches(&by_patches.schema());
                 columns.look_up_codes(&by_columns.schema());
-                let a = by_columns.upsert_columns(&columns, &KeyHashes::of_columns(&columns), &mut no_log);
+                let hashes = KeyHashes::of_columns(&columns);
+                let a = by_columns.upsert_columns(&columns, &hashes, &mut no_log);
+                let q = queued.upsert_columns_queued(columns, &hashes, &mut no_log);
                 let b = by_patches.upsert(&patches, &mut no_log);
+                match (&a, &q) {
+                    (Ok(a), Ok(q)) => prop_assert_eq!(a, q),
+                    (Err(a), Err(q)) => prop_assert_eq!(a.to_string(), q.to_string()),
+                    (a, q) => prop_assert!(false, "columns {a:?} but queued {q:?}"),
+                }
                 match (a, b) {
                     (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
                     (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
@@ -675,12 +688,15 @@ mod tests {
                 }
                 same_state(&by_columns, &by_patches)?;
             }
+            queued.wait_written();
+            same_state(&by_columns, &queued)?;
             // Customers leave `recent` through the time index the writes kept.
-            for (s, clock) in [(&by_columns, &clock_a), (&by_patches, &clock_b)] {
+            for (s, clock) in [(&by_columns, &clock_a), (&by_patches, &clock_b), (&*queued, &clock_q)] {
                 clock.advance(20 * DAY);
                 s.advance_time(None, &mut no_log).unwrap();
             }
             same_state(&by_columns, &by_patches)?;
+            same_state(&by_columns, &queued)?;
         }
     }
 }

@@ -11,6 +11,7 @@
 //! shard's write lock at a time, so readers of other shards never wait. Readers take only read
 //! locks and never `writer`. No lock is held across an `.await`: the store is synchronous.
 
+mod applier;
 pub mod batch;
 pub mod column;
 pub mod dict;
@@ -212,11 +213,18 @@ pub(crate) struct WriterState {
     orders_seen: HashSet<u128>,
     /// Membership changes of the write in progress, committed to the event log at its end.
     pub(crate) noted: Noted,
+    /// Batches handed to the applier thread so far ([`applier`]).
+    handed: u64,
+    /// Those of them possibly not yet applied, oldest first: their keys are in the maps but
+    /// perhaps not yet in the shards, so the writer's checks read them here.
+    pending: applier::Pending,
 }
 
 /// All customers, in sharded columns.
 pub struct Store {
     pub(crate) writer: Mutex<WriterState>,
+    /// The thread finishing new customers' batches behind the writer, once started.
+    applier: std::sync::OnceLock<applier::Applier>,
     schema: RwLock<Arc<Schema>>,
     /// Defined segments; replaced whole on every definition change.
     pub(crate) segments: arc_swap::ArcSwap<Registry>,
@@ -260,6 +268,7 @@ impl Store {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Store {
         Store {
             writer: Mutex::new(WriterState::default()),
+            applier: std::sync::OnceLock::new(),
             schema: RwLock::new(Arc::new(Schema::builtin())),
             segments: arc_swap::ArcSwap::from_pointee(Registry::default()),
             clock,
@@ -296,14 +305,23 @@ impl Store {
 
     /// The write lock of shard `i`, copying the shard first if a snapshot cut still needs it.
     /// Called with the writer lock held.
+    /// Takes the writer lock with every batch handed to the applier thread applied: every write
+    /// but [`Store::upsert_columns_queued`]'s new customers starts here.
+    pub(crate) fn lock_writer(&self) -> parking_lot::MutexGuard<'_, WriterState> {
+        let mut w = self.writer.lock();
+        self.settle(&mut w);
+        w
+    }
+
     pub(crate) fn write_shard(&self, i: usize) -> parking_lot::RwLockWriteGuard<'_, Shard> {
         self.copy_before_write(i);
         self.shards.get(i).write()
     }
 
-    /// Copies shard `i` into the cut in progress, if any and not yet copied. Called with the
-    /// writer lock held (by this thread or the one it works for), so the copy is the state at
-    /// the cut.
+    /// Copies shard `i` into the cut in progress, if any and not yet copied. Called before any
+    /// change to the shard after the cut (by the writer, or by the applier thread, which writes
+    /// only batches logged after a cut began: a cut begins with every handed batch written), so
+    /// the copy is the state at the cut.
     pub(crate) fn copy_before_write(&self, i: usize) {
         if !self.cut_active.load(Ordering::Acquire) {
             return;
@@ -322,7 +340,7 @@ impl Store {
     /// holds the writer lock; `log_sequence` reads the log's last sequence under that lock.
     /// The event log is synced first, so it holds the events of every record the cut covers.
     pub fn begin_cut(&self, log_sequence: impl FnOnce() -> u64) -> Result<u64> {
-        let w = self.writer.lock();
+        let w = self.lock_writer();
         self.events.sync()?;
         let schema = self.schema();
         let sequence = log_sequence();
@@ -367,7 +385,7 @@ impl Store {
                     return None;
                 }
             }
-            let _w = self.writer.lock();
+            let _w = self.lock_writer();
             self.copy_before_write(*next);
         }
     }
@@ -375,7 +393,7 @@ impl Store {
     /// Loads a snapshot into this (empty) store: schema, dictionaries, shards, segments, writer
     /// state; rebuilds the id and e-mail maps from the shards.
     pub fn restore(&self, r: crate::snapshot::Restored) -> Result<()> {
-        let _w = self.writer.lock();
+        let _w = self.lock_writer();
         let bad = |what: String| Error::DataLoss(format!("snapshot {}: {what}", r.sequence));
         {
             let mut schema = self.schema.write();
@@ -690,7 +708,7 @@ impl Store {
     ) -> Result<UpsertOutcome> {
         let mut own = None;
         let hashes = hashes.or_own(batch.len(), &mut own, || KeyHashes::of(batch));
-        let mut w = self.writer.lock();
+        let mut w = self.lock_writer();
         let schema = self.schema();
         check_writable(&schema, batch)?;
         let plan = self.plan_upsert(
@@ -698,6 +716,7 @@ impl Store {
             |i| &batch[i].customer_id,
             |i| batch[i].email.as_deref(),
             hashes,
+            &applier::Pending::default(),
         )?;
         let lsn = log()?;
         let reg = self.registry();
@@ -741,49 +760,52 @@ impl Store {
     ) -> Result<UpsertOutcome> {
         let mut own = None;
         let hashes = hashes.or_own(batch.len(), &mut own, || KeyHashes::of_columns(batch));
-        let mut w = self.writer.lock();
-        let schema = self.schema();
-        let plan = self.plan_upsert(batch.len(), |i| batch.ids.get(i), |i| batch.email(i), hashes)?;
+        let w = self.lock_writer();
+        let plan = self.plan_upsert(
+            batch.len(),
+            |i| batch.ids.get(i),
+            |i| batch.email(i),
+            hashes,
+            &applier::Pending::default(),
+        )?;
+        self.upsert_planned(w, batch, hashes, &plan, log)
+    }
+
+    /// The rest of [`Store::upsert_columns`], once the batch is planned, with no batch pending
+    /// on the applier thread.
+    fn upsert_planned(
+        &self,
+        mut w: parking_lot::MutexGuard<'_, WriterState>,
+        batch: &ColumnBatch,
+        hashes: &KeyHashes,
+        plan: &[Step],
+        log: &mut dyn FnMut() -> Result<u64>,
+    ) -> Result<UpsertOutcome> {
         let lsn = log()?;
+        let schema = self.schema();
         let reg = self.registry();
         let now = self.now();
         let attrs = batch.attrs();
         let mut rows: Vec<Rows<'_>> = batch.columns.iter().map(|c| Rows::new(&c.missing)).collect();
         let mut outcome = UpsertOutcome::default();
-        let ords = self.prepare_rows(&mut w, &plan, hashes, |i| batch.email(i));
+        let ords = self.prepare_rows(&mut w, plan, hashes, |i| batch.email(i));
+        let new = |k: usize| plan[k].existing.is_none();
         for run in shard_runs(&ords) {
             let mut s = self.write_shard(shard_of(ords[run.start]));
-            let created: Vec<u32> = run
-                .clone()
-                .filter(|&k| plan[k].existing.is_none())
-                .map(|k| ords[k])
-                .collect();
-            column::insert_all(&mut s.live, &created);
-            for k in run.clone() {
-                let i = local(ords[k]);
-                if plan[k].existing.is_none() {
-                    s.ids.set(i, batch.ids.get(k));
-                }
-                if let Some(email) = batch.email(k) {
-                    s.emails.set(i, email);
-                }
-            }
-            let first = ords[run.start];
-            let consecutive = ords[run.clone()].iter().zip(first..).all(|(&o, want)| o == want);
-            for (column, rows) in batch.columns.iter().zip(&mut rows) {
-                let def = schema.attr(column.attr);
-                apply_column(&mut s, def, column, run.clone(), &ords, consecutive, rows);
-            }
-            for k in run.clone() {
-                let (ord, new) = (ords[k], plan[k].existing.is_none());
-                let what = if new { Changed::All } else { Changed::Attrs(&attrs) };
-                refresh_customer(&reg, &schema, &mut s, ord, what, now, &mut w.noted.changes, None);
-            }
+            let written = Written {
+                batch,
+                ords: &ords,
+                schema: &schema,
+                reg: &reg,
+                now,
+                attrs: &attrs,
+            };
+            written.run(&mut s, run.clone(), new, &mut rows, &mut w.noted.changes);
             self.map_run(
                 hashes,
                 run,
                 &ords,
-                &plan,
+                plan,
                 |k| batch.email(k).is_some(),
                 &mut outcome,
             );
@@ -852,18 +874,28 @@ impl Store {
 
     /// The checks of an upsert that depend on the store: duplicate ids in the batch, read-only
     /// attributes, e-mails owned by other customers.
+    /// Customers of batches still `pending` on the applier thread are checked against those
+    /// batches, their keys not being in the shards yet.
     fn plan_upsert<'b>(
         &self,
         n: usize,
         id: impl Fn(usize) -> &'b str,
         email_of: impl Fn(usize) -> Option<&'b str>,
         hashes: &KeyHashes,
+        pending: &applier::Pending,
     ) -> Result<Vec<Step>> {
         let item = |i: usize| format!("customers[{i}]");
         let mut plan = Vec::with_capacity(n);
         let mut seen_ids = FirstRows::with_capacity(n);
         let id_candidates = self.ids.candidates(n, |i| Some(hashes.ids[i]));
-        let id_owners = self.confirm(n, &id_candidates, |s| &s.ids, |ids, at, row| ids.is(at, id(row)));
+        let id_owners = self.confirm(
+            n,
+            &id_candidates,
+            pending,
+            |s| &s.ids,
+            |ids, at, row| ids.is(at, id(row)),
+            |batch, k, row| batch.ids.get(k) == id(row),
+        );
         for (i, existing) in id_owners.into_iter().enumerate() {
             let customer_id = id(i);
             if n > 1
@@ -885,8 +917,13 @@ impl Store {
         let email_owners = self.confirm(
             n,
             &email_candidates,
+            pending,
             |s| &s.emails,
             |emails, at, row| email_of(row).is_some_and(|e| email_is(emails, at, &index::normalize_email(e))),
+            |batch, k, row| match (batch.email(k), email_of(row)) {
+                (Some(held), Some(given)) => index::normalize_email(held) == index::normalize_email(given),
+                _ => false,
+            },
         );
         for i in 0..n {
             let Some(email) = email_of(i).filter(|e| !e.is_empty()) else {
@@ -907,7 +944,10 @@ impl Store {
                         && email_of(other).is_some_and(|e| index::normalize_email(e) != norm)
                 });
                 if !released {
-                    let owner_id = self.read_shard(owner, |s| s.ids.get(local(owner)).map(str::to_string));
+                    let owner_id = match pending.find(owner) {
+                        Some((batch, k)) => Some(batch.ids.get(k).to_string()),
+                        None => self.read_shard(owner, |s| s.ids.get(local(owner)).map(str::to_string)),
+                    };
                     return Err(Error::invalid(
                         format!("{}.email", item(i)),
                         format!(
@@ -923,19 +963,32 @@ impl Store {
 
     /// For each of a batch's `n` rows, the customer holding its key among the map's candidates
     /// (`(row, ordinal)` pairs): those for which `holds(column, local, row)`, on the strings
-    /// `column` picks from the candidate's shard. Candidates are taken by ordinal, one read lock
-    /// per shard, the stored keys of those a few ahead fetched while one is compared: most are
-    /// false hits of a table's 7-bit tag, each a stored key read from memory not otherwise touched.
+    /// `column` picks from the candidate's shard, or, for a customer of a `pending` batch,
+    /// `holds_pending(batch, position, row)`. Candidates are taken by ordinal, one read lock per
+    /// shard, the stored keys of those a few ahead fetched while one is compared.
     fn confirm(
         &self,
         n: usize,
         candidates: &[(u32, u32)],
+        pending: &applier::Pending,
         column: impl Fn(&Shard) -> &StrColumn,
         holds: impl Fn(&StrColumn, usize, usize) -> bool,
+        holds_pending: impl Fn(&ColumnBatch, usize, usize) -> bool,
     ) -> Vec<Option<u32>> {
         const AHEAD: usize = 4;
         let mut owners: Vec<Option<u32>> = vec![None; n];
-        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        let mut order: Vec<usize> = Vec::with_capacity(candidates.len());
+        for (k, &(row, ord)) in candidates.iter().enumerate() {
+            match pending.find(ord) {
+                Some((batch, at)) => {
+                    if holds_pending(batch, at, row as usize) {
+                        let owner = &mut owners[row as usize];
+                        *owner = Some(owner.map_or(ord, |o| o.min(ord)));
+                    }
+                }
+                None => order.push(k),
+            }
+        }
         order.sort_unstable_by_key(|&k| candidates[k].1);
         for group in order.chunk_by(|&a, &b| shard_of(candidates[a].1) == shard_of(candidates[b].1)) {
             let s = self.shard(candidates[group[0]].1).read();
@@ -983,7 +1036,7 @@ impl Store {
 
     /// Erases a customer from every column, index and map; returns its id.
     pub fn delete(&self, key: &CustomerKey, log: &mut dyn FnMut() -> Result<u64>) -> Result<String> {
-        let mut w = self.writer.lock();
+        let mut w = self.lock_writer();
         let ord = self.resolve(key).ok_or_else(|| not_found(key))?;
         let lsn = log()?;
         let shard = self.shard(ord);
@@ -1039,7 +1092,7 @@ impl Store {
         for (i, order) in orders.iter().enumerate() {
             order.check().map_err(|e| e.within(&format!("orders[{i}]")))?;
         }
-        let mut w = self.writer.lock();
+        let mut w = self.lock_writer();
         let lsn = log()?;
         let schema = self.schema();
         let reg = self.registry();
@@ -1089,7 +1142,7 @@ impl Store {
         description: &str,
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<Arc<Schema>> {
-        let _w = self.writer.lock();
+        let _w = self.lock_writer();
         let mut schema = self.schema.write();
         let next = Arc::new(schema.with_attribute(name, ty, description)?);
         log()?;
@@ -1107,7 +1160,7 @@ impl Store {
         }
         m.shards += self.shards.heap_bytes();
         let order_dedup = {
-            let w = self.writer.lock();
+            let w = self.lock_writer();
             m.shards += w.free.capacity() * 4;
             table_bytes(w.orders_seen.capacity(), 16)
         };
@@ -1371,6 +1424,57 @@ fn shard_runs(ords: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_
 
 /// Writes one column's values for the rows of `run` (all in shard `s`, their ordinals
 /// `consecutive` or not); `rows` has walked the column's earlier rows.
+/// A batch given column by column being written to the shards, its rows' ordinals chosen.
+struct Written<'a> {
+    batch: &'a ColumnBatch,
+    ords: &'a [u32],
+    schema: &'a Schema,
+    reg: &'a Registry,
+    now: Now,
+    /// The attributes the batch sets.
+    attrs: &'a [AttrId],
+}
+
+impl Written<'_> {
+    /// Writes rows `run` (all in shard `s`; `new(k)` whether row `k` is a new customer) a column
+    /// at a time (`rows`: where each column is), then refreshes their segments, noting changes.
+    fn run(
+        &self,
+        s: &mut Shard,
+        run: std::ops::Range<usize>,
+        new: impl Fn(usize) -> bool,
+        rows: &mut [Rows<'_>],
+        changes: &mut Vec<Change>,
+    ) {
+        let (batch, ords) = (self.batch, self.ords);
+        let created: Vec<u32> = run.clone().filter(|&k| new(k)).map(|k| ords[k]).collect();
+        column::insert_all(&mut s.live, &created);
+        for k in run.clone() {
+            let i = local(ords[k]);
+            if new(k) {
+                s.ids.set(i, batch.ids.get(k));
+            }
+            if let Some(email) = batch.email(k) {
+                s.emails.set(i, email);
+            }
+        }
+        let first = ords[run.start];
+        let consecutive = ords[run.clone()].iter().zip(first..).all(|(&o, want)| o == want);
+        for (column, rows) in batch.columns.iter().zip(rows) {
+            let def = self.schema.attr(column.attr);
+            apply_column(s, def, column, run.clone(), ords, consecutive, rows);
+        }
+        for k in run {
+            let what = if new(k) {
+                Changed::All
+            } else {
+                Changed::Attrs(self.attrs)
+            };
+            refresh_customer(self.reg, self.schema, s, ords[k], what, self.now, changes, None);
+        }
+    }
+}
+
 fn apply_column(
     s: &mut Shard,
     def: &schema::AttrDef,
