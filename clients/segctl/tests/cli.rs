@@ -57,6 +57,27 @@ impl Server {
             .unwrap()
     }
 
+    /// Runs segctl, stopping it after `secs` seconds; whether it exited successfully in time.
+    fn succeeds_within(&self, args: &[&str], secs: u64) -> bool {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_segctl"))
+            .args(args)
+            .env("SEGMENTD_ADDR", &self.addr)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// Runs segctl and returns stdout, failing the test with stderr if it fails.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.segctl(args);
@@ -423,8 +444,8 @@ fn tls_with_client_certificates() {
     );
     let stats: Vec<&str> = ["stats"].iter().chain(&with_identity).copied().collect();
     assert_eq!(stat(&server.ok(&stats), "customers"), 0);
-    // Without a client certificate the handshake is refused, and plain text gets nowhere.
-    let out = server.segctl(&["stats", "--tls-ca", &ca]);
-    assert!(!out.status.success());
-    assert!(!server.segctl(&["stats"]).status.success());
+    // Without a client certificate the handshake is refused, and plain text gets nowhere
+    // (refused, or, seen once on a loaded machine, left waiting: stopped after 30 s).
+    assert!(!server.succeeds_within(&["stats", "--tls-ca", &ca], 30));
+    assert!(!server.succeeds_within(&["stats"], 30));
 }
