@@ -127,24 +127,17 @@ impl UpsertBatch {
     /// `queue`, new customers given column by column may be left to the store's applier thread
     /// to write ([`Store::upsert_columns_queued`]); the caller then waits for
     /// [`Store::wait_written`] before acknowledging them.
-    fn apply(self, s: &Store, log: &mut Logger<'_>, queue: bool) -> Result<UpsertOutcome> {
+    /// A batch handed over is taken out of `self`; the caller frees the rest.
+    fn apply(&mut self, s: &Store, log: &mut Logger<'_>, queue: bool) -> Result<UpsertOutcome> {
         let UpsertBatch { rows, record, hashes } = self;
-        let mut append = || log.append_encoded(&record);
-        let outcome = match rows {
-            BatchRows::Patches { patches, known } => {
-                let outcome = s.upsert_known(&patches, &known, &hashes, &mut append);
-                crate::priority::discard(patches);
-                outcome
+        let mut append = || log.append_encoded(record);
+        match rows {
+            BatchRows::Patches { patches, known } => s.upsert_known(patches, known, hashes, &mut append),
+            BatchRows::Columns(columns) if queue => {
+                s.upsert_columns_queued(std::mem::take(columns), hashes, &mut append)
             }
-            BatchRows::Columns(columns) if queue => s.upsert_columns_queued(columns, &hashes, &mut append),
-            BatchRows::Columns(columns) => {
-                let outcome = s.upsert_columns(&columns, &hashes, &mut append);
-                crate::priority::discard(columns);
-                outcome
-            }
-        };
-        crate::priority::discard(record);
-        outcome
+            BatchRows::Columns(columns) => s.upsert_columns(columns, hashes, &mut append),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -544,7 +537,16 @@ impl Engine {
     /// [`Engine::upsert`] of a batch prepared after taking its place with [`Engine::admit`].
     pub async fn upsert_admitted(&self, permit: WritePermit, batch: UpsertBatch) -> Result<UpsertOutcome> {
         let (out, last) = self
-            .apply_queued(move |s, log| batch.apply(s, log, false), permit, true)
+            .apply_queued(
+                move |s, log| {
+                    let mut batch = batch;
+                    let out = batch.apply(s, log, false);
+                    crate::priority::discard(batch);
+                    out
+                },
+                permit,
+                true,
+            )
             .await?;
         self.durable(last).await?;
         out
@@ -564,8 +566,8 @@ impl Engine {
                 move |s, log| {
                     let mut total = UpsertOutcome::default();
                     let mut failure = None;
-                    let mut batches = batches.into_iter();
-                    for (index, batch) in batches.by_ref().enumerate() {
+                    let mut batches = batches;
+                    for (index, batch) in batches.iter_mut().enumerate() {
                         match batch.apply(s, log, true) {
                             Ok(o) => {
                                 total.created += o.created;
@@ -577,7 +579,7 @@ impl Engine {
                             }
                         }
                     }
-                    crate::priority::discard(batches.collect::<Vec<_>>());
+                    crate::priority::discard(batches);
                     Ok((total, failure))
                 },
                 // Acknowledged at the stream's end: its batches are not synced one by one.

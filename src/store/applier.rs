@@ -136,7 +136,7 @@ impl Store {
                 if let Some(applier) = store.applier.get() {
                     applier.mark_written(fresh.seq);
                 }
-                crate::priority::discard(fresh);
+                // Freed here: a batch given as columns is a few buffers, not a string each.
             }
         });
         if let Err(e) = started {
