@@ -303,8 +303,6 @@ impl Store {
         self.segments.load_full()
     }
 
-    /// The write lock of shard `i`, copying the shard first if a snapshot cut still needs it.
-    /// Called with the writer lock held.
     /// Takes the writer lock with every batch handed to the applier thread applied: every write
     /// but [`Store::upsert_columns_queued`]'s new customers starts here.
     pub(crate) fn lock_writer(&self) -> parking_lot::MutexGuard<'_, WriterState> {
@@ -313,6 +311,8 @@ impl Store {
         w
     }
 
+    /// The write lock of shard `i`, copying the shard first if a snapshot cut still needs it.
+    /// Called by the writer with the writer lock held, or by the applier thread for it.
     pub(crate) fn write_shard(&self, i: usize) -> parking_lot::RwLockWriteGuard<'_, Shard> {
         self.copy_before_write(i);
         self.shards.get(i).write()
@@ -790,16 +790,16 @@ impl Store {
         let mut outcome = UpsertOutcome::default();
         let ords = self.prepare_rows(&mut w, plan, hashes, |i| batch.email(i));
         let new = |k: usize| plan[k].existing.is_none();
+        let written = Written {
+            batch,
+            ords: &ords,
+            schema: &schema,
+            reg: &reg,
+            now,
+            attrs: &attrs,
+        };
         for run in shard_runs(&ords) {
             let mut s = self.write_shard(shard_of(ords[run.start]));
-            let written = Written {
-                batch,
-                ords: &ords,
-                schema: &schema,
-                reg: &reg,
-                now,
-                attrs: &attrs,
-            };
             written.run(&mut s, run.clone(), new, &mut rows, &mut w.noted.changes);
             self.map_run(
                 hashes,
@@ -874,6 +874,7 @@ impl Store {
 
     /// The checks of an upsert that depend on the store: duplicate ids in the batch, read-only
     /// attributes, e-mails owned by other customers.
+    ///
     /// Customers of batches still `pending` on the applier thread are checked against those
     /// batches, their keys not being in the shards yet.
     fn plan_upsert<'b>(
@@ -1160,7 +1161,8 @@ impl Store {
         }
         m.shards += self.shards.heap_bytes();
         let order_dedup = {
-            let w = self.lock_writer();
+            // Only the writer's own state is read: no need to wait for the applier thread.
+            let w = self.writer.lock();
             m.shards += w.free.capacity() * 4;
             table_bytes(w.orders_seen.capacity(), 16)
         };
@@ -1422,8 +1424,6 @@ fn shard_runs(ords: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_
     })
 }
 
-/// Writes one column's values for the rows of `run` (all in shard `s`, their ordinals
-/// `consecutive` or not); `rows` has walked the column's earlier rows.
 /// A batch given column by column being written to the shards, its rows' ordinals chosen.
 struct Written<'a> {
     batch: &'a ColumnBatch,
@@ -1475,6 +1475,8 @@ impl Written<'_> {
     }
 }
 
+/// Writes one column's values for the rows of `run` (all in shard `s`, their ordinals
+/// `consecutive` or not); `rows` has walked the column's earlier rows.
 fn apply_column(
     s: &mut Shard,
     def: &schema::AttrDef,
