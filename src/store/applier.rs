@@ -103,6 +103,14 @@ impl Applier {
         *self.written.lock() = seq;
         self.progress.notify_all();
     }
+
+    /// Waits until the batches handed over up to `seq` are written.
+    fn wait_for(&self, seq: u64) {
+        let mut written = self.written.lock();
+        while *written < seq {
+            self.progress.wait(&mut written);
+        }
+    }
 }
 
 impl Store {
@@ -153,10 +161,7 @@ impl Store {
             return;
         }
         if let Some(applier) = self.applier.get() {
-            let mut written = applier.written.lock();
-            while *written < w.handed {
-                applier.progress.wait(&mut written);
-            }
+            applier.wait_for(w.handed);
         }
         w.pending.0.clear();
     }
@@ -232,21 +237,10 @@ impl Store {
             Err(TrySendError::Disconnected(fresh)) => fresh,
         };
         // The applier thread is gone (it could not start): write here, in order.
-        self.settle_before(&w, fresh.seq);
+        applier.wait_for(fresh.seq - 1);
         self.write_fresh(&fresh, &mut w.noted);
         applier.mark_written(fresh.seq);
         Ok(outcome)
-    }
-
-    /// Waits until every batch handed over before batch `seq` is written.
-    fn settle_before(&self, w: &WriterState, seq: u64) {
-        debug_assert!(seq <= w.handed);
-        if let Some(applier) = self.applier.get() {
-            let mut written = applier.written.lock();
-            while *written + 1 < seq {
-                applier.progress.wait(&mut written);
-            }
-        }
     }
 
     /// Waits until every batch handed to the applier thread so far is written: what a write
