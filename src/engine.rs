@@ -127,6 +127,7 @@ impl UpsertBatch {
     /// `queue`, new customers given column by column may be left to the store's applier thread
     /// to write ([`Store::upsert_columns_queued`]); the caller then waits for
     /// [`Store::wait_written`] before acknowledging them.
+    ///
     /// A batch handed over is taken out of `self`; the caller frees the rest.
     fn apply(&mut self, s: &Store, log: &mut Logger<'_>, queue: bool) -> Result<UpsertOutcome> {
         let UpsertBatch { rows, record, hashes } = self;
