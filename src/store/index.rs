@@ -343,11 +343,8 @@ impl IdIndex {
     /// (no lock contention).
     pub fn bulk_fill(&self, table: usize, pairs: impl IntoIterator<Item = (u64, u32)>) {
         let pairs: Vec<(u64, u32)> = pairs.into_iter().collect();
-        self.short.make_room(pairs.iter().map(|&(_, ord)| ord));
+        self.short.record(&pairs);
         let short = self.short.chunks.read();
-        for &(h, ord) in &pairs {
-            slot(&short, ord).store(short_of(h), Ordering::Relaxed);
-        }
         let mut t = self.map.shards()[table].write();
         t.reserve(pairs.len(), |&(ord, _)| placement(&short, ord));
         for (h, ord) in pairs {
