@@ -59,6 +59,11 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Seconds a client has to complete its TLS handshake; a connection still silent or short
+    /// of a handshake then is closed (a plain-text client of a TLS server, a stalled peer).
+    #[arg(long, env = "SEGMENTD_TLS_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_handshake_timeout_secs: u64,
+
     /// Allow listening on a non-loopback address without tokens (every call open to anyone who
     /// can reach it).
     #[arg(long, env = "SEGMENTD_INSECURE")]
@@ -163,6 +168,7 @@ impl Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_handshake_timeout_secs: 10,
             tokens: None,
             insecure: false,
             max_batch: 10_000,

@@ -330,8 +330,8 @@ const SERVICES: [&str; 5] = [
     "segmentd.v1.Activities",
 ];
 
-/// Refuses calls with UNAVAILABLE until recovery is done.
-/// The server's TLS settings from `--tls-cert`, `--tls-key` and `--tls-client-ca`, if given.
+/// The server's TLS settings from `--tls-cert`, `--tls-key`, `--tls-client-ca` and
+/// `--tls-handshake-timeout-secs`, if TLS is on.
 fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
@@ -339,7 +339,8 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
     let read =
         |p: &std::path::Path| fs::read(p).map_err(|e| ServerError::Tls(format!("{}: {e}", p.display())));
     let mut tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?))
+        .timeout(Duration::from_secs(config.tls_handshake_timeout_secs));
     if let Some(ca) = &config.tls_client_ca {
         tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
     }
