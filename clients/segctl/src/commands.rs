@@ -25,11 +25,17 @@ async fn connect(cli: &Cli) -> Result<Ch> {
         None if tls => format!("https://{server}"),
         None => format!("http://{server}"),
     };
+    // A peer that never answers (a TLS server called in plain text may wait for the rest of
+    // a record forever) ends the connection attempt, or the call, after `--timeout`.
+    let patience = std::time::Duration::from_secs(cli.timeout);
     let mut endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|e| Failure(format!("bad server address `{server}`: {e}")))?
         .initial_connection_window_size(16 << 20)
         .initial_stream_window_size(4 << 20)
-        .connect_timeout(std::time::Duration::from_secs(5));
+        .connect_timeout(patience)
+        .http2_keep_alive_interval(patience / 2)
+        .keep_alive_timeout(patience / 2)
+        .keep_alive_while_idle(true);
     if let Some(ca) = &cli.tls_ca {
         let read =
             |p: &std::path::Path| std::fs::read(p).map_err(|e| Failure(format!("{}: {e}", p.display())));
@@ -47,9 +53,19 @@ async fn connect(cli: &Cli) -> Result<Ch> {
             .tls_config(config)
             .map_err(|e| Failure(format!("TLS settings: {e}")))?;
     }
-    let channel = endpoint
-        .connect()
+    let channel = tokio::time::timeout(patience, endpoint.connect())
         .await
+        .map_err(|_| {
+            let hint = if tls {
+                ""
+            } else {
+                " (if it serves TLS, give --tls-ca)"
+            };
+            Failure(format!(
+                "segmentd at {uri} did not answer within {} s{hint}",
+                cli.timeout
+            ))
+        })?
         .map_err(|e| Failure(format!("cannot reach segmentd at {uri}: {}", causes(&e))))?;
     let bearer = match token {
         Some(t) => Some(

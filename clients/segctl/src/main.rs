@@ -53,6 +53,11 @@ struct Cli {
     /// The name the server's certificate must carry (default: the host of --server).
     #[arg(long, global = true, env = "SEGMENTD_TLS_DOMAIN")]
     tls_domain: Option<String>,
+    /// Seconds to wait for segmentd to accept the connection, and during a call for it to
+    /// answer a keep-alive ping; segctl then gives up with an error. A long call (a big
+    /// snapshot, a load) goes on as long as the server answers.
+    #[arg(long, global = true, env = "SEGMENTD_TIMEOUT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..))]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }

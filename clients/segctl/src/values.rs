@@ -38,7 +38,17 @@ impl From<tonic::Status> for Failure {
             Code::OutOfRange => "out of range",
             _ => "server error",
         };
-        Failure(format!("{what}: {}", s.message()))
+        // A transport failure's status says little ("http2 error"); its causes say what.
+        let mut said = vec![s.message().to_string()];
+        let mut source = std::error::Error::source(&s);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !said.contains(&text) {
+                said.push(text);
+            }
+            source = cause.source();
+        }
+        Failure(format!("{what}: {}", said.join(": ")))
     }
 }
 

@@ -449,3 +449,46 @@ fn tls_with_client_certificates() {
     assert!(!server.succeeds_within(&["stats", "--tls-ca", &ca], 30));
     assert!(!server.succeeds_within(&["stats"], 30));
 }
+
+/// A peer that takes connections and never answers (as a TLS server can, reading a plain-text
+/// client's first bytes as the start of a long record): segctl gives up after `--timeout` with an
+/// error saying so, instead of waiting forever.
+#[test]
+fn a_server_that_never_answers_is_given_up_on() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut reader = conn.try_clone().unwrap();
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            held.push(conn);
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_segctl"))
+        .args(["stats", "--timeout", "2"])
+        .env("SEGMENTD_ADDR", &addr)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("segctl still waiting after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let waited = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "gave up after {waited:?}"
+    );
+    // Connected (TCP, HTTP/2 preface sent), then the call's keep-alive ping went unanswered.
+    assert!(stderr.contains("keep-alive timed out"), "{stderr}");
+}
