@@ -764,8 +764,8 @@ impl Rare {
 
 /// The rare values' tallies by code: in a vector indexed by code while that is no more than a
 /// few times the number of values held (the usual case: a shard holds most of a column's
-/// values), else in a hash table. A bulk load's keyword indexing spent most of its time on
-/// cache misses in the table; the vector is a quarter of its size and takes one access.
+/// values), else in a hash table. A bulk load's keyword indexing was mostly cache misses in hash
+/// tables, this one the largest; the vector is a quarter of its size and takes one access.
 #[derive(Debug, Clone)]
 enum Tallies {
     /// Indexed by code; a zero count holds nothing.
