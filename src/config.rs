@@ -60,7 +60,7 @@ pub struct Config {
     pub tls_client_ca: Option<PathBuf>,
 
     /// Seconds a client has to complete its TLS handshake; a connection still silent or short
-    /// of a handshake then is closed (a plain-text client of a TLS server, a stalled peer).
+    /// of a handshake then is closed (a stalled or hostile peer holds nothing for long).
     #[arg(long, env = "SEGMENTD_TLS_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tls_handshake_timeout_secs: u64,
 

@@ -95,8 +95,8 @@ async fn mutual_tls_round_trip_and_refusals() {
 }
 
 /// A connection that does not complete its handshake in time is closed: one that says nothing,
-/// and one that announces a long handshake record and stops (as a plain-text HTTP/2 client's
-/// first bytes can read). Meanwhile the server goes on answering others.
+/// and one that announces a long handshake record and stops (a stalled or hostile peer).
+/// Meanwhile the server goes on answering others.
 #[tokio::test]
 async fn stalled_handshakes_are_closed_after_the_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

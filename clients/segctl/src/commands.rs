@@ -25,8 +25,9 @@ async fn connect(cli: &Cli) -> Result<Ch> {
         None if tls => format!("https://{server}"),
         None => format!("http://{server}"),
     };
-    // A peer that never answers (a TLS server called in plain text may wait for the rest of
-    // a record forever) ends the connection attempt, or the call, after `--timeout`.
+    // A peer that stops answering (a stalled server, a connection a network device dropped)
+    // ends the connection attempt, or the call, after `--timeout`. Pings go only while a call
+    // is open (an idle connection pinging can be told off by proxies).
     let patience = std::time::Duration::from_secs(cli.timeout);
     let mut endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|e| Failure(format!("bad server address `{server}`: {e}")))?
@@ -34,8 +35,7 @@ async fn connect(cli: &Cli) -> Result<Ch> {
         .initial_stream_window_size(4 << 20)
         .connect_timeout(patience)
         .http2_keep_alive_interval(patience / 2)
-        .keep_alive_timeout(patience / 2)
-        .keep_alive_while_idle(true);
+        .keep_alive_timeout(patience / 2);
     if let Some(ca) = &cli.tls_ca {
         let read =
             |p: &std::path::Path| std::fs::read(p).map_err(|e| Failure(format!("{}: {e}", p.display())));

@@ -450,9 +450,8 @@ fn tls_with_client_certificates() {
     assert!(!server.succeeds_within(&["stats"], 30));
 }
 
-/// A peer that takes connections and never answers (as a TLS server can, reading a plain-text
-/// client's first bytes as the start of a long record): segctl gives up after `--timeout` with an
-/// error saying so, instead of waiting forever.
+/// A peer that takes connections and never answers (a stalled server): segctl gives up after
+/// `--timeout` with an error saying so, instead of waiting forever.
 #[test]
 fn a_server_that_never_answers_is_given_up_on() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
