@@ -19,7 +19,12 @@
 //! | 4 | CRC32C of the payload, u32 LE |
 //! | n | payload: a `segmentd.wal.v1.Record` protobuf (sequence, time, operation) |
 //!
-//! Sequences are contiguous across files. A file is rotated once it passes the configured size.
+//! Sequences are contiguous across files. A file is rotated once it passes the configured size:
+//! synced, then the next one started, so that recovery only ever finds a torn record at the end
+//! of the last file. Every write waits meanwhile; so that this sync finds little to do, the sync
+//! thread syncs the file ahead of time when it comes within [`PRESYNC_BYTES`] of the size, in
+//! every fsync mode (a load writing about 100 MB/s of log waited 49, 50 and 184 ms at the
+//! rotation without it, 18 to 22 ms with it).
 //!
 //! # Durability
 //!
@@ -72,6 +77,9 @@ const HEADER_LEN: usize = 24;
 const MAX_RECORD: usize = 512 * 1024 * 1024;
 /// Bytes written and not yet synced after which the sync thread starts their writeback.
 pub const WRITEBACK_BYTES: u64 = 8 << 20;
+/// How far from its size limit a log file is synced ahead of its rotation (at most half the
+/// limit).
+pub const PRESYNC_BYTES: u64 = 16 << 20;
 
 /// When a write's reply waits for its record to be on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +88,9 @@ pub enum FsyncMode {
     Always,
     /// Replies do not wait; the log is synced every interval. A crash loses at most that long.
     Interval(Duration),
-    /// Never synced by the server; the OS writes back when it likes. A crash can lose anything
-    /// not yet written back.
+    /// Replies never wait for the disk: the server syncs a log file only as it closes it (and
+    /// shortly before, in the background); the OS writes back the rest when it likes. A crash
+    /// can lose anything not yet written back.
     Never,
 }
 
@@ -117,6 +126,8 @@ struct Writer {
     offset: u64,
     /// Where the current file's writeback was last started, or its last sync.
     written_back: u64,
+    /// Whether the current file was handed to the sync thread ahead of its rotation.
+    presynced: bool,
     next_sequence: u64,
     failed: Option<Arc<str>>,
 }
@@ -246,6 +257,7 @@ impl Wal {
                 path,
                 offset: HEADER_LEN as u64,
                 written_back: HEADER_LEN as u64,
+                presynced: false,
                 next_sequence,
                 failed: None,
             }),
@@ -262,13 +274,12 @@ impl Wal {
             fail_appends: std::sync::atomic::AtomicU32::new(0),
             fsync: Default::default(),
         });
-        if mode != FsyncMode::Never {
-            let weak = Arc::downgrade(&wal);
-            std::thread::Builder::new()
-                .name("wal-sync".into())
-                .spawn(move || sync_loop(weak))
-                .map_err(|e| Error::Internal(format!("cannot start the log sync thread: {e}")))?;
-        }
+        // In every mode: with `never` it only syncs files about to be rotated.
+        let weak = Arc::downgrade(&wal);
+        std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || sync_loop(weak))
+            .map_err(|e| Error::Internal(format!("cannot start the log sync thread: {e}")))?;
         Ok(wal)
     }
 
@@ -340,8 +351,15 @@ impl Wal {
         self.bytes.fetch_add(total as u64, Ordering::Relaxed);
         self.written.store(sequence, Ordering::Release);
         let writeback_due = w.offset - w.written_back >= WRITEBACK_BYTES;
+        let presync_due =
+            !w.presynced && w.offset + PRESYNC_BYTES.min(self.segment_bytes / 2) >= self.segment_bytes;
+        w.presynced |= presync_due;
         drop(w);
-        if self.mode == FsyncMode::Always && writeback_due {
+        if presync_due {
+            // Synced as a waiting write's record would be, by the sync thread.
+            self.wanted.fetch_max(sequence, Ordering::AcqRel);
+            self.wake_sync();
+        } else if self.mode == FsyncMode::Always && writeback_due {
             self.wake_sync();
         }
         Ok(sequence)
@@ -409,6 +427,7 @@ impl Wal {
         w.path = path;
         w.offset = HEADER_LEN as u64;
         w.written_back = w.offset;
+        w.presynced = false;
         Ok(())
     }
 
@@ -496,8 +515,9 @@ fn sync_loop(wal: std::sync::Weak<Wal>) {
             (s.sequence, s.failed.is_some())
         };
         let due = match w.mode {
-            FsyncMode::Always => w.wanted.load(Ordering::Acquire) > synced,
-            _ => w.written.load(Ordering::Acquire) > synced,
+            FsyncMode::Interval(_) => w.written.load(Ordering::Acquire) > synced,
+            // Records waiting (always) or a file about to be rotated.
+            FsyncMode::Always | FsyncMode::Never => w.wanted.load(Ordering::Acquire) > synced,
         };
         if due && !failed {
             if let Err(e) = w.sync() {
@@ -725,6 +745,44 @@ mod tests {
         assert_eq!(stats.last_sequence, 20);
         let (seen, _) = names(dir.path(), 15).unwrap();
         assert_eq!(seen, vec!["s15", "s16", "s17", "s18", "s19"]);
+    }
+
+    /// A file nearing its size limit is synced ahead of its rotation by the sync thread, even
+    /// when no write waits for the disk, so the rotation's own sync (every write waits for it)
+    /// finds little left; until then nothing is synced.
+    #[test]
+    fn a_file_is_synced_ahead_of_its_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 64 << 10;
+        let wal = Wal::open(dir.path(), 1, limit, FsyncMode::Never).unwrap();
+        let kib = "x".repeat(1 << 10);
+        // Up to half the limit (the lead for so small a file): no sync.
+        while wal.writer.lock().offset + (2 << 10) < limit / 2 {
+            wal.append(op(&kib), 0).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(wal.fsync.count(), 0, "nothing synced far from the limit");
+        // The append reaching it asks for a sync, done in the background.
+        let reaching = loop {
+            let seq = wal.append(op(&kib), 0).unwrap();
+            if wal.writer.lock().offset >= limit / 2 {
+                break seq;
+            }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while wal.synced.borrow().sequence < reaching {
+            assert!(std::time::Instant::now() < deadline, "never synced ahead");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(files(dir.path()).unwrap().len(), 1, "not rotated yet");
+        assert_eq!(wal.fsync.count(), 1, "once for the file");
+        // Rotated at the limit, every record kept.
+        let mut seq = reaching;
+        while files(dir.path()).unwrap().len() < 2 {
+            seq = wal.append(op(&kib), 0).unwrap();
+        }
+        let (seen, stats) = names(dir.path(), 0).unwrap();
+        assert_eq!((seen.len() as u64, stats.last_sequence), (seq, seq));
     }
 
     /// Records nobody waits for are not synced one by one: a stream's records are written
