@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
 const WAL_PROTO: &str = "proto/segmentd/wal/v1/wal.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    commit();
     for proto in PROTOS.iter().chain([&WAL_PROTO]) {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -45,4 +46,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .compile_fds(protox::compile([WAL_PROTO], ["proto"])?)?;
     Ok(())
+}
+
+/// Sets `SEGMENTD_COMMIT` for `segmentd_build_info`: the variable if the build sets it (an image
+/// built without `.git`), else the checkout's commit, else `unknown`.
+fn commit() {
+    println!("cargo:rerun-if-env-changed=SEGMENTD_COMMIT");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+    };
+    // Rebuild when HEAD moves: HEAD itself, the branch it points at, and the packed refs.
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        let dir = PathBuf::from(dir);
+        let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+        // Only files that exist: cargo reruns on every build for one that does not.
+        for file in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+            let path = dir.join(file);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
+    let commit = env::var("SEGMENTD_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=SEGMENTD_COMMIT={commit}");
 }

@@ -2,18 +2,21 @@
 //!
 //! Each service needs a role: `reader` calls `Membership`, `activity` calls `Activities`, `loader`
 //! calls `Ingest`, and `admin` calls everything (`Segments` and `Admin` only admin). A call carries
-//! `authorization: Bearer <token>`. Tokens come from a file (`--tokens-file`) or the environment
-//! (`SEGMENTD_TOKENS`), one `role token` pair a line (or comma-separated in the variable); a token
-//! may be given as `sha256:<64 hex digits>` so the file holds no secret. Tokens are kept only as
-//! SHA-256 digests and a presented token is compared with every one in constant time. The file is
-//! read again on SIGHUP. Missing or wrong token: UNAUTHENTICATED; right token, wrong role:
-//! PERMISSION_DENIED; neither says which tokens exist. Health and reflection stay open.
+//! `authorization: Bearer <token>` (the scheme in any case). Tokens come from a file
+//! (`--tokens-file`) or the environment (`SEGMENTD_TOKENS`), one `role token` pair a line (or
+//! comma-separated); `#` starts a comment to the end of the line; a token may be given as
+//! `sha256:<64 hex digits>` so the file holds no secret. Tokens are kept only as SHA-256 digests
+//! and a presented token is compared with every one in constant time. The file is read again on
+//! SIGHUP; a file that cannot be read, does not parse or holds no token keeps the tokens in force
+//! (a reload never opens a server). Missing or wrong token: UNAUTHENTICATED; right token, wrong
+//! role: PERMISSION_DENIED; neither says which tokens exist. Health and reflection stay open.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
 use crate::error::{Error, Result};
@@ -68,34 +71,42 @@ fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }
 
-/// Equal in time independent of where the bytes differ.
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Tokens {
-    /// Parses `role token` (or `role sha256:<hex>`) lines; `#` starts a comment. `source` names
-    /// where they come from in errors (which never repeat a token).
+    /// Parses `role token` (or `role sha256:<hex>`) entries, one a line or several on a line
+    /// separated by commas; `#` starts a comment that runs to the end of its line (commas in it
+    /// included). `source` names where they come from in errors, which give the line and never
+    /// repeat a token.
     pub fn parse(text: &str, source: &str) -> Result<Tokens> {
         let mut entries = Vec::new();
-        for (n, line) in text.lines().flat_map(|l| l.split(',')).enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("");
+            let several = line.contains(',');
+            for (k, entry) in line.split(',').enumerate() {
+                let entry = entry.trim();
+                if entry.is_empty() {
+                    continue;
+                }
+                let bad = |why: &str| {
+                    let at = if several {
+                        format!("{source}:{} (entry {} of the line)", n + 1, k + 1)
+                    } else {
+                        format!("{source}:{}", n + 1)
+                    };
+                    Error::invalid(at, why)
+                };
+                let mut words = entry.split_whitespace();
+                let (Some(role), Some(token), None) = (words.next(), words.next(), words.next()) else {
+                    return Err(bad("expected `role token`"));
+                };
+                let role =
+                    Role::parse(role).ok_or_else(|| bad("the role is reader, activity, loader or admin"))?;
+                let hash = match token.strip_prefix("sha256:") {
+                    Some(hex) => decode_hex(hex).ok_or_else(|| bad("sha256: needs 64 hex digits"))?,
+                    None if token.len() < 16 => return Err(bad("a token needs at least 16 characters")),
+                    None => digest(token.as_bytes()),
+                };
+                entries.push((hash, role));
             }
-            let bad = |why: &str| Error::invalid("tokens", format!("{source}: entry {}: {why}", n + 1));
-            let mut words = line.split_whitespace();
-            let (Some(role), Some(token), None) = (words.next(), words.next(), words.next()) else {
-                return Err(bad("expected `role token`"));
-            };
-            let role =
-                Role::parse(role).ok_or_else(|| bad("the role is reader, activity, loader or admin"))?;
-            let hash = match token.strip_prefix("sha256:") {
-                Some(hex) => decode_hex(hex).ok_or_else(|| bad("sha256: needs 64 hex digits"))?,
-                None if token.len() < 16 => return Err(bad("a token needs at least 16 characters")),
-                None => digest(token.as_bytes()),
-            };
-            entries.push((hash, role));
         }
         Ok(Tokens { entries })
     }
@@ -108,17 +119,32 @@ impl Tokens {
         self.entries.len()
     }
 
-    /// The role of `token`, comparing with every entry (no early exit).
+    /// The role of `token`, comparing its digest with every entry in constant time (no early
+    /// exit, so the time tells nothing of which digest bytes matched).
     pub fn role(&self, token: &str) -> Option<Role> {
         let hash = digest(token.as_bytes());
         let mut found = None;
         for (h, role) in &self.entries {
-            if ct_eq(h, &hash) && found.is_none() {
+            if bool::from(h.ct_eq(&hash)) && found.is_none() {
                 found = Some(*role);
             }
         }
         found
     }
+}
+
+fn reload_failures_counter() -> prometheus::IntCounter {
+    prometheus::IntCounter::new(
+        "segmentd_tokens_reload_failures_total",
+        "Token reloads (SIGHUP) refused; the tokens in force stayed.",
+    )
+    .expect("a valid counter name")
+}
+
+/// The token of an `authorization` value whose scheme is `Bearer`, in any case (RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn decode_hex(hex: &str) -> Option<[u8; 32]> {
@@ -138,6 +164,8 @@ pub struct Auth {
     tokens: ArcSwap<Tokens>,
     file: Option<PathBuf>,
     env: Option<String>,
+    /// Reloads refused (`segmentd_tokens_reload_failures_total`).
+    reload_failures: prometheus::IntCounter,
 }
 
 impl Auth {
@@ -147,27 +175,62 @@ impl Auth {
             tokens: ArcSwap::from_pointee(Tokens::default()),
             file: file.map(Path::to_path_buf),
             env,
+            reload_failures: reload_failures_counter(),
         };
-        auth.reload()?;
+        auth.tokens.store(Arc::new(auth.read()?));
         Ok(auth)
     }
 
-    /// Reads the file (and the environment) again; on error the tokens in force stay.
+    /// Reads the file (and the environment) again and puts the new tokens in force. A file that
+    /// cannot be read or parsed, or that would leave a server started with tokens without any,
+    /// is refused: the tokens in force stay and the failure is counted. A reload never opens a
+    /// server; only a restart without tokens does.
     pub fn reload(&self) -> Result<usize> {
+        let result = self.read().and_then(|tokens| {
+            if tokens.is_empty() && self.enabled() {
+                let source = match &self.file {
+                    Some(path) => path.display().to_string(),
+                    None => "SEGMENTD_TOKENS".to_string(),
+                };
+                return Err(Error::invalid(
+                    source,
+                    "holds no token: a reload never opens the server (restart it without tokens to do so)",
+                ));
+            }
+            Ok(tokens)
+        });
+        match result {
+            Ok(tokens) => {
+                let n = tokens.len();
+                self.tokens.store(Arc::new(tokens));
+                Ok(n)
+            }
+            Err(e) => {
+                self.reload_failures.inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads refused since start, for `/metrics`.
+    pub fn reload_failures(&self) -> &prometheus::IntCounter {
+        &self.reload_failures
+    }
+
+    /// The tokens of the environment and the file, as they read now.
+    fn read(&self) -> Result<Tokens> {
         let mut tokens = match &self.env {
             Some(text) => Tokens::parse(text, "SEGMENTD_TOKENS")?,
             None => Tokens::default(),
         };
         if let Some(path) = &self.file {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::invalid("tokens_file", format!("{}: {e}", path.display())))?;
+                .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
             tokens
                 .entries
                 .extend(Tokens::parse(&text, &path.display().to_string())?.entries);
         }
-        let n = tokens.len();
-        self.tokens.store(Arc::new(tokens));
-        Ok(n)
+        Ok(tokens)
     }
 
     /// Whether any token is configured (calls are checked).
@@ -185,8 +248,7 @@ impl Auth {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
+            .and_then(bearer);
         let Some(role) = presented.and_then(|t| tokens.role(t)) else {
             return Err(Status::unauthenticated(
                 "missing or invalid bearer token (authorization: Bearer <token>)",
@@ -231,10 +293,39 @@ mod tests {
             "reader sha256:abc",
             "a b c",
         ] {
-            let e = Tokens::parse(bad, "f").unwrap_err().to_string();
-            assert!(e.contains("f: entry 1"), "{bad}: {e}");
+            let e = Tokens::parse(&format!("# first line\n{bad}"), "f")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("f:2: "), "{bad}: {e}");
             assert!(!e.contains("0123456789"), "never repeats the token: {e}");
         }
+    }
+
+    #[test]
+    fn comments_run_to_the_end_of_the_line_commas_included() {
+        let t = Tokens::parse(
+            "reader reader-token-0123456789   # shared laptop, old key\n# admin, loader\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.role("reader-token-0123456789"), Some(Role::Reader));
+        let e = Tokens::parse("reader r-token-0123456789, admin short # c", "f")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "f:1 (entry 2 of the line): a token needs at least 16 characters"
+        );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
     }
 
     #[test]
@@ -249,6 +340,7 @@ mod tests {
             ),
             file: None,
             env: None,
+            reload_failures: reload_failures_counter(),
         };
         let call = |token: Option<&str>| {
             let mut r = Request::new(());

@@ -142,6 +142,10 @@ pub struct Config {
     #[arg(skip)]
     pub clock: Option<std::sync::Arc<dyn crate::time::Clock>>,
 
+    /// Disk faults to inject into the log (tests and drills; no flag).
+    #[arg(skip)]
+    pub faults: Option<std::sync::Arc<crate::wal::Faults>>,
+
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "SEGMENTD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -185,6 +189,7 @@ impl Config {
             watch_stall_secs: 60,
             reclassify_interval_hours: 720,
             clock: None,
+            faults: None,
             event_retention_events: crate::events::DEFAULT_MAX_EVENTS,
             event_retention_secs: crate::events::DEFAULT_MAX_AGE_SECS,
         }

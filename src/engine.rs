@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, Page};
-use crate::metrics::requests::RequestMetrics;
 use crate::segment::family::{Family, FamilyInfo};
 use crate::segment::ops::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
@@ -203,8 +202,6 @@ pub struct Engine {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// When this server first saw orders with no RFM yet: the first scheduled run counts from it.
     schedule_anchor: Arc<parking_lot::Mutex<Option<i64>>>,
-    /// Calls by method and status (recorded by the server's layer).
-    requests: Arc<RequestMetrics>,
     /// Writes queued for or running on the writer thread, and the most allowed.
     queued: Arc<std::sync::atomic::AtomicUsize>,
     max_queued: Arc<std::sync::atomic::AtomicUsize>,
@@ -213,6 +210,8 @@ pub struct Engine {
     /// Each connected watcher's position (the last sequence handed to it).
     watchers: Arc<dashmap::DashMap<u64, Arc<std::sync::atomic::AtomicU64>>>,
     next_watcher: Arc<std::sync::atomic::AtomicU64>,
+    /// Disk faults injected into the log it opens (tests and drills).
+    faults: Arc<wal::Faults>,
 }
 
 /// A watcher's registration: its position, removed when the watch ends.
@@ -252,13 +251,19 @@ impl Engine {
             snapshots: Arc::new(tokio::sync::Mutex::new((Instant::now(), 0))),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
             schedule_anchor: Arc::default(),
-            requests: Arc::default(),
             queued: Arc::default(),
             max_queued: Arc::new(std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_QUEUED_WRITES)),
             last_snapshot: Arc::default(),
             watchers: Arc::default(),
             next_watcher: Arc::default(),
+            faults: Arc::default(),
         }
+    }
+
+    /// The same engine, opening its log with `faults` injected (before [`Engine::recover`]).
+    pub fn with_faults(mut self, faults: Arc<wal::Faults>) -> Engine {
+        self.faults = faults;
+        self
     }
 
     /// Sets how many writes may wait for the writer thread before more are refused.
@@ -269,11 +274,6 @@ impl Engine {
     /// Writes queued for or running on the writer thread.
     pub fn queued_writes(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
-    }
-
-    /// Calls by method and status, for the server's recording layer and `/metrics`.
-    pub fn request_metrics(&self) -> &Arc<RequestMetrics> {
-        &self.requests
     }
 
     /// The last snapshot written by this process: (when, seconds it took, bytes).
@@ -359,7 +359,13 @@ impl Engine {
         let dir = dir.as_path();
         let stats = wal::replay(dir, after, |rec| record::apply(&self.store, rec))?;
         events.recovered(stats.last_sequence)?;
-        let log = Wal::open(dir, stats.last_sequence + 1, segment_bytes, mode)?;
+        let log = Wal::open_with_faults(
+            dir,
+            stats.last_sequence + 1,
+            segment_bytes,
+            mode,
+            self.faults.clone(),
+        )?;
         let _ = self.wal.set(log);
         self.ready.store(true, Ordering::Release);
         tracing::info!(

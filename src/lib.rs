@@ -15,7 +15,8 @@
 //! - [`store`]: dense ordinals, shards of 65,536 customers, typed columns ([`store::column`]),
 //!   value dictionaries ([`store::dict`]), id and e-mail maps ([`store::index`]), the schema
 //!   ([`store::schema`]) and input checks ([`store::input`]).
-//! - [`metrics`]: Prometheus text on `/metrics`.
+//! - [`metrics`]: Prometheus text on `/metrics`: call metrics, process, build and engine state;
+//!   [`latency`]: the latency buckets the engine's own histograms share with it.
 //! - [`error`]: the engine's one error type.
 //! - [`alloc`]: the allocator's tuning, for the binary and the benchmarks.
 //! - [`time`]: calendar arithmetic for dates and timestamps.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod latency;
 pub mod metrics;
 pub mod priority;
 pub mod segment;

@@ -25,6 +25,7 @@ use crate::api::{FILE_DESCRIPTOR_SET, Limits, admin::AdminApi, ingest::IngestApi
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 
 /// HTTP/2 flow-control windows. h2 sizes its small-DATA-frame flood guard from the connection
 /// window (half of it), so large windows let a client stream 100,000 one-customer messages
@@ -50,6 +51,8 @@ pub enum ServerError {
     Insecure(String),
     #[error("metrics address {addr}: {source}")]
     Metrics { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Internal(String),
     #[error("recovery failed: {0}")]
     Recovery(crate::error::Error),
     #[error("reflection: {0}")]
@@ -69,6 +72,10 @@ pub async fn run(
         Some(clock) => Engine::recovering_with(Arc::new(crate::store::Store::with_clock(clock.clone()))),
         None => Engine::recovering(),
     };
+    let engine = match &config.faults {
+        Some(faults) => engine.with_faults(faults.clone()),
+        None => engine,
+    };
     engine.store().set_eval_threads(config.eval_threads);
     engine.store().events().set_retention(config.event_retention());
     engine.set_max_queued_writes(config.max_queued_writes);
@@ -76,7 +83,25 @@ pub async fn run(
         max_batch: config.max_batch,
     };
 
-    let metrics = match config.metrics_addr {
+    // Tokens: without them, only loopback (unless told otherwise).
+    let auth = Arc::new(
+        Auth::load(config.tokens_file.as_deref(), config.tokens.clone()).map_err(ServerError::Tokens)?,
+    );
+
+    let metrics = Arc::new(
+        Metrics::new(
+            engine.clone(),
+            &[
+                FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+            &[auth.reload_failures().clone()],
+        )
+        .map_err(|e| ServerError::Internal(format!("metrics: {e}")))?,
+    );
+    let metrics_server = match config.metrics_addr {
         Some(addr) => {
             let l = TcpListener::bind(addr)
                 .await
@@ -85,15 +110,10 @@ pub async fn run(
                     source,
                 })?;
             tracing::info!(addr = %l.local_addr().unwrap_or(addr), "metrics on /metrics");
-            Some(tokio::spawn(crate::metrics::serve(l, engine.clone())))
+            Some(tokio::spawn(crate::metrics::serve(l, metrics.clone())))
         }
         None => None,
     };
-
-    // Tokens: without them, only loopback (unless told otherwise).
-    let auth = Arc::new(
-        Auth::load(config.tokens_file.as_deref(), config.tokens.clone()).map_err(ServerError::Tokens)?,
-    );
     let loopback = listener
         .local_addr()
         .map(|a| a.ip().is_loopback())
@@ -120,7 +140,7 @@ pub async fn run(
             while hup.recv().await.is_some() {
                 match auth.reload() {
                     Ok(n) => tracing::info!(tokens = n, "tokens reloaded"),
-                    Err(e) => tracing::error!(error = %e, "tokens not reloaded; the previous ones stay"),
+                    Err(e) => tracing::error!(error = %e, "tokens not reloaded; the tokens in force stay"),
                 }
             }
         })
@@ -158,6 +178,15 @@ pub async fn run(
                     health.set_service_status("", ServingStatus::Serving).await;
                     for name in SERVICES {
                         health.set_service_status(name, ServingStatus::Serving).await;
+                    }
+                    // A failed log refuses every write until restart: say so to load balancers.
+                    if let Some(wal) = engine.wal().cloned() {
+                        let why = wal.failed().await;
+                        tracing::error!(error = %why, "NOT_SERVING until restart: the write-ahead log failed");
+                        health.set_service_status("", ServingStatus::NotServing).await;
+                        for name in SERVICES {
+                            health.set_service_status(name, ServingStatus::NotServing).await;
+                        }
                     }
                 }
                 Ok(Err(e)) => {
@@ -264,9 +293,7 @@ pub async fn run(
             .map_err(|e| ServerError::Tls(e.to_string()))?;
     }
     let result = builder
-        .layer(crate::metrics::requests::RecordLayer(
-            engine.request_metrics().clone(),
-        ))
+        .layer(crate::metrics::requests::RecordLayer(metrics.requests().clone()))
         .tcp_nodelay(true)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_stream_window_size(STREAM_WINDOW)
@@ -298,7 +325,7 @@ pub async fn run(
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    if let Some(m) = metrics {
+    if let Some(m) = metrics_server {
         m.abort();
     }
     snapshots.abort();

@@ -1,5 +1,6 @@
 //! Roles and tokens against a real server: each role allowed and refused per service, wrong and
-//! missing tokens, open health and reflection, the loopback rule, and a reload on SIGHUP.
+//! missing tokens, open health and reflection, the loopback rule, and reloads on SIGHUP (which
+//! never open a server).
 
 mod common;
 
@@ -157,11 +158,25 @@ async fn each_role_reaches_its_services_only() {
     assert!(stream.message().await.unwrap().is_some());
 
     // A new file, then SIGHUP: the reader's token is gone, a new one works.
+    let _hup = HUP.lock().await;
     std::fs::write(
         &tokens,
         format!("admin {ADMIN}\nreader reader-token-NEW-0123456789\n"),
     )
     .unwrap();
+    hangup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while codes(&server, Some(READER)).await[0] != Who {
+        assert!(std::time::Instant::now() < deadline, "tokens not reloaded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(codes(&server, Some("reader-token-NEW-0123456789")).await[0], Ok);
+}
+
+/// SIGHUP reaches every server of this test process: the tests that send it take turns.
+static HUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn hangup() {
     let pid = std::process::id().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -170,12 +185,60 @@ async fn each_role_reaches_its_services_only() {
             .unwrap()
             .success()
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while codes(&server, Some(READER)).await[0] != Who {
-        assert!(std::time::Instant::now() < deadline, "tokens not reloaded");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn a_reload_never_opens_the_server_and_a_refused_one_is_counted() {
+    let _hup = HUP.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    // A comment holding a comma after a token, and the scheme in upper case, are fine.
+    std::fs::write(&tokens, format!("admin {ADMIN}   # shared laptop, old key\n")).unwrap();
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = probe.local_addr().unwrap();
+    drop(probe);
+    let server = TestServer::start_with(|c| {
+        c.tokens_file = Some(tokens.clone());
+        c.metrics_addr = Some(metrics_addr);
+    })
+    .await;
+    let mut upper = tonic::Request::new(pb::StatsRequest {});
+    upper
+        .metadata_mut()
+        .insert("authorization", format!("BEARER {ADMIN}").parse().unwrap());
+    server.admin().await.stats(upper).await.unwrap();
+    let failures = "segmentd_tokens_reload_failures_total";
+    let m = scrape(metrics_addr).await;
+    assert_eq!(m[failures], 0.0);
+
+    // An empty file, one of comments only, a bad one and a missing one: each reload is refused,
+    // counted, and the admin token stays the only way in.
+    let cases: [Option<&str>; 4] = [Some(""), Some("# all gone\n"), Some("admin short\n"), None];
+    for (n, text) in cases.into_iter().enumerate() {
+        match text {
+            Some(text) => std::fs::write(&tokens, text).unwrap(),
+            None => std::fs::remove_file(&tokens).unwrap(),
+        }
+        hangup();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while scrape(metrics_addr).await[failures] < (n + 1) as f64 {
+            assert!(std::time::Instant::now() < deadline, "reload {n} not refused");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(codes(&server, None).await, [Code::Unauthenticated; 5], "{text:?}");
+        assert_eq!(codes(&server, Some(ADMIN)).await[4], Code::Ok, "{text:?}");
     }
-    assert_eq!(codes(&server, Some("reader-token-NEW-0123456789")).await[0], Ok);
+    // A good file is taken again.
+    std::fs::write(&tokens, format!("reader {READER}\n")).unwrap();
+    hangup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // No segment exists: the reader's call gets past the token to NOT_FOUND.
+    while codes(&server, Some(READER)).await[0] != Code::NotFound {
+        assert!(std::time::Instant::now() < deadline, "tokens not reloaded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(codes(&server, Some(ADMIN)).await[4], Code::Unauthenticated);
+    assert_eq!(codes(&server, None).await[0], Code::Unauthenticated);
 }
 
 #[tokio::test]
@@ -213,5 +276,12 @@ async fn without_tokens_only_loopback_unless_insecure() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("entry 1") && !err.contains("secret-token"), "{err}");
+    assert!(
+        err.contains("bad-tokens:1: the role is") && !err.contains("secret-token"),
+        "{err}"
+    );
+    assert!(
+        err.starts_with("tokens: ") && !err.contains("tokens: tokens"),
+        "{err}"
+    );
 }

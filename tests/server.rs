@@ -91,7 +91,7 @@ async fn metrics_endpoint_serves_prometheus_text() {
         .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut body = String::new();
@@ -99,25 +99,6 @@ async fn metrics_endpoint_serves_prometheus_text() {
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains("\nsegmentd_customers 2\n"), "{body}");
     assert!(body.contains("# TYPE segmentd_bytes_used gauge"), "{body}");
-}
-
-/// Scrapes `/metrics` and parses every sample line (`name{labels} value`).
-async fn scrape(addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).await.unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    let mut out = std::collections::BTreeMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line}"));
-        assert!(out.insert(name.to_string(), value).is_none(), "{name} twice");
-    }
-    out
 }
 
 #[tokio::test]
@@ -170,26 +151,118 @@ async fn metrics_cover_requests_segments_events_log_and_snapshots() {
         *m.get(k)
             .unwrap_or_else(|| panic!("no {k} in {:#?}", m.keys().collect::<Vec<_>>()))
     };
-    let call = |method: &str, code: &str| {
-        format!("segmentd_request_seconds_count{{method=\"/segmentd.v1.{method}\",code=\"{code}\"}}")
+    let call = |service: &str, method: &str, code: &str| {
+        format!(
+            "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"segmentd.v1.{service}\",grpc_type=\"unary\"}}"
+        )
     };
-    assert_eq!(get(&call("Ingest/UpsertCustomers", "OK")), 1.0);
-    assert_eq!(get(&call("Membership/IsMember", "OK")), 1.0);
-    assert_eq!(get(&call("Membership/IsMember", "NOT_FOUND")), 1.0);
-    let bucket = "segmentd_request_seconds_bucket{method=\"/segmentd.v1.Membership/IsMember\",code=\"OK\",le=\"+Inf\"}";
-    assert_eq!(get(bucket), 1.0);
+    assert_eq!(get(&call("Ingest", "UpsertCustomers", "OK")), 1.0);
+    assert_eq!(get(&call("Membership", "IsMember", "OK")), 1.0);
+    assert_eq!(get(&call("Membership", "IsMember", "NotFound")), 1.0);
+    let bucket = "grpc_server_handling_seconds_bucket{grpc_method=\"IsMember\",grpc_service=\"segmentd.v1.Membership\",grpc_type=\"unary\",le=\"+Inf\"}";
+    assert_eq!(get(bucket), 2.0);
     assert_eq!(get("segmentd_segments"), 1.0);
     assert_eq!(get("segmentd_segment_members{segment=\"vips\"}"), 1.0);
     assert_eq!(get("segmentd_events_last_sequence"), 1.0);
     assert_eq!(get("segmentd_watchers"), 1.0);
     assert_eq!(get("segmentd_watcher_lag_events"), 0.0);
-    assert!(get("segmentd_wal_bytes_written") > 0.0);
+    assert!(get("segmentd_wal_written_bytes_total") > 0.0);
     assert!(get("segmentd_wal_fsync_seconds_count") >= 1.0);
     assert!(get("segmentd_evaluation_seconds_count") >= 1.0);
     assert!(get("segmentd_snapshot_age_seconds") >= 0.0);
     assert!(get("segmentd_snapshot_bytes") > 0.0);
     assert_eq!(get("segmentd_time_flips_total"), 0.0);
     drop(watch);
+}
+
+/// Calls `path` with an empty message and no token, returning the status code.
+async fn call_path(channel: tonic::transport::Channel, path: &str) -> tonic::Code {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::try_from(path).unwrap();
+    grpc.unary::<(), (), _>(tonic::Request::new(()), path, tonic_prost::ProstCodec::default())
+        .await
+        .unwrap_err()
+        .code()
+}
+
+#[tokio::test]
+async fn metrics_label_only_the_servers_methods_whatever_paths_callers_send() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = probe.local_addr().unwrap();
+    drop(probe);
+    let server = TestServer::start_with(|c| {
+        c.metrics_addr = Some(metrics_addr);
+        c.tokens = Some("admin admin-token-0123456789".into());
+    })
+    .await;
+    let before = scrape(metrics_addr).await;
+    let channel = server.channel().await;
+    // Junk paths, one with a quote, and a real method without a token: none authenticated.
+    for i in 0..300 {
+        let path = match i % 3 {
+            0 => format!("/junk.Service{i}/Method"),
+            1 => format!("/x\"y{i}/z"),
+            _ => "/segmentd.v1.Membership/IsMember".to_string(),
+        };
+        let code = call_path(channel.clone(), &path).await;
+        let expected = if i % 3 == 2 {
+            tonic::Code::Unauthenticated
+        } else {
+            tonic::Code::Unimplemented
+        };
+        assert_eq!(code, expected, "{path}");
+    }
+    // `scrape` panics on any line that is not `name{labels} value`.
+    let after = scrape(metrics_addr).await;
+    let unknown = "grpc_server_handled_total{grpc_code=\"Unimplemented\",grpc_method=\"unknown\",grpc_service=\"unknown\",grpc_type=\"unknown\"}";
+    assert_eq!(after[unknown], 200.0);
+    let refused = "grpc_server_handled_total{grpc_code=\"Unauthenticated\",grpc_method=\"IsMember\",grpc_service=\"segmentd.v1.Membership\",grpc_type=\"unary\"}";
+    assert_eq!(after[refused], 100.0);
+    assert!(after.keys().all(|k| !k.contains("junk") && !k.contains("y1")));
+    // Two counters and two histograms of 19 lines each (buckets, +Inf, sum, count), whatever the
+    // number of paths.
+    assert!(
+        after.len() <= before.len() + 2 + 2 * 19,
+        "{} series before, {} after",
+        before.len(),
+        after.len()
+    );
+    // The process's own series and the build.
+    assert!(after.contains_key("process_cpu_seconds_total"));
+    assert!(after["process_start_time_seconds"] > 1.7e9);
+    assert!(after["process_resident_memory_bytes"] > 0.0);
+    let build = format!(
+        "segmentd_build_info{{commit=\"{}\",version=\"{}\"}}",
+        env!("SEGMENTD_COMMIT"),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        after.get(&build),
+        Some(&1.0),
+        "{:?}",
+        after.keys().filter(|k| k.contains("build")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn metrics_endpoint_times_out_a_client_that_never_sends_its_request() {
+    use tokio::io::AsyncReadExt;
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = probe.local_addr().unwrap();
+    drop(probe);
+    let _server = TestServer::start_with(|c| c.metrics_addr = Some(metrics_addr)).await;
+    let mut idle = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // The server closes the connection after its header timeout (10 s), well before 30 s.
+    tokio::time::timeout(std::time::Duration::from_secs(30), idle.read_to_end(&mut buf))
+        .await
+        .expect("the server closed an idle connection")
+        .ok();
+    assert!(started.elapsed() >= std::time::Duration::from_secs(5));
+    // Meanwhile and after, scrapes are served.
+    assert!(scrape(metrics_addr).await.contains_key("segmentd_customers"));
 }
 
 #[tokio::test]

@@ -1,114 +1,143 @@
-//! Prometheus text exposition over a minimal HTTP/1.1 endpoint (`GET /metrics`).
+//! Prometheus metrics on `GET /metrics`, encoded by the `prometheus` crate and served over HTTP/1.1
+//! by hyper and axum with timeouts, on an address of its own (`--metrics-addr`).
+//!
+//! Counters and histograms updated as things happen (calls, token reloads, fsyncs, evaluations)
+//! live in their owners; the engine's state (customers, segments, the log, snapshots) is read at
+//! scrape time into gauges made for that scrape, so nothing else has to remember to update them.
 
 pub mod requests;
 
-use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{Encoder, IntCounter, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
 
 use crate::engine::Engine;
+use requests::RequestMetrics;
 
-/// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, engine: Engine) {
-    loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(conn, &engine).await {
-                tracing::debug!(error = %e, "metrics connection");
-            }
-        });
+/// Most segments whose size `/metrics` reports.
+const MAX_SIZED: usize = 10_000;
+
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one connection may stay open, whatever it does.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connections served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 64;
+
+/// The server's metrics: the registry of what is recorded as it happens, and the engine whose
+/// state is read at scrape time.
+pub struct Metrics {
+    registry: Registry,
+    requests: Arc<RequestMetrics>,
+    engine: Engine,
+}
+
+impl Metrics {
+    /// Registers the call metrics of the methods in `descriptor_sets`, the process's own series,
+    /// `segmentd_build_info` and `extra` (counters owned elsewhere, such as token reloads).
+    pub fn new(
+        engine: Engine,
+        descriptor_sets: &[&[u8]],
+        extra: &[IntCounter],
+    ) -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let requests = Arc::new(RequestMetrics::new(descriptor_sets, &registry)?);
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "segmentd_build_info",
+                "The running build: always 1, its version and commit as labels.",
+            ),
+            &["version", "commit"],
+        )?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SEGMENTD_COMMIT")])
+            .set(1);
+        registry.register(Box::new(build))?;
+        for counter in extra {
+            registry.register(Box::new(counter.clone()))?;
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            engine,
+        })
+    }
+
+    /// The call metrics, for the server's recording layer.
+    pub fn requests(&self) -> &Arc<RequestMetrics> {
+        &self.requests
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub async fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        match self.engine.stats().await {
+            Ok(stats) => families.extend(engine_families(&self.engine, &stats)),
+            Err(e) => tracing::warn!(error = %e, "metrics: engine state not read"),
+        }
+        // The encoder refuses a family without samples (no segments yet, say).
+        families.retain(|f| !f.get_metric().is_empty());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "metrics: encoding failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-async fn handle(mut conn: TcpStream, engine: &Engine) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    // Read the request head; bodies are not expected.
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        if len == buf.len() {
-            return conn
-                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
-                .await;
-        }
-        let n = conn.read(&mut buf[len..]).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", render(engine).await),
-        ("GET", _) => ("404 Not Found", "not found: try /metrics\n".to_string()),
-        _ => ("405 Method Not Allowed", String::new()),
+/// The engine's state as metric families, read now.
+fn engine_families(engine: &Engine, s: &crate::store::StoreStats) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        let g = prometheus::Gauge::new(name, help).expect("a valid gauge name");
+        g.set(value);
+        out.extend(g.collect());
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+    gauge("segmentd_customers", "Customers held.", s.customers as f64);
+    gauge(
+        "segmentd_shards",
+        "Column shards of 65,536 ordinals.",
+        s.shards as f64,
     );
-    conn.write_all(response.as_bytes()).await?;
-    conn.shutdown().await
-}
-
-/// The current metrics in Prometheus text format.
-pub async fn render(engine: &Engine) -> String {
-    let mut out = String::new();
-    let Ok(s) = engine.stats().await else {
-        return out;
-    };
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-    };
-    gauge("segmentd_customers", "Customers held.", s.customers);
-    gauge("segmentd_shards", "Column shards of 65,536 ordinals.", s.shards);
-    gauge("segmentd_attributes", "Attributes in the schema.", s.attributes);
+    gauge(
+        "segmentd_attributes",
+        "Attributes in the schema.",
+        s.attributes as f64,
+    );
     gauge(
         "segmentd_orders_recorded",
         "Distinct orders counted into aggregates.",
-        s.orders_recorded,
+        s.orders_recorded as f64,
     );
     gauge(
         "segmentd_bytes_used",
         "Estimated heap bytes held by customers.",
-        s.bytes_used,
+        s.bytes_used as f64,
     );
     let store = engine.store();
     let reg = store.registry();
     gauge(
         "segmentd_segments",
         "Segments defined (family members included).",
-        reg.len() as u64,
+        reg.len() as f64,
     );
     gauge(
         "segmentd_families",
         "Families defined.",
-        reg.families().len() as u64,
+        reg.families().len() as f64,
     );
-    // Sizes of the first segments by id (every one, up to MAX_SIZED).
-    let _ = writeln!(
-        out,
-        "# HELP segmentd_segment_members Members of each segment (the first {MAX_SIZED} by id).\n# TYPE segmentd_segment_members gauge"
-    );
-    let mut ids: Vec<(&str, u32)> = reg.in_order().map(|e| (e.def.id.as_str(), e.slot)).collect();
-    ids.sort_unstable();
-    for (id, slot) in ids.into_iter().take(MAX_SIZED) {
-        let _ = writeln!(
-            out,
-            "segmentd_segment_members{{segment=\"{}\"}} {}",
-            label(id),
-            store.segment_size(slot)
-        );
-    }
     let events = store.events();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-    };
     gauge(
         "segmentd_events_last_sequence",
         "Sequence of the last membership event published to watchers.",
@@ -131,11 +160,6 @@ pub async fn render(engine: &Engine) -> String {
         lag as f64,
     );
     if let Some(wal) = engine.wal() {
-        gauge(
-            "segmentd_wal_bytes_written",
-            "Write-ahead log bytes appended since start.",
-            wal.bytes_written() as f64,
-        );
         gauge(
             "segmentd_wal_last_sequence",
             "Sequence of the last write-ahead log record.",
@@ -166,44 +190,90 @@ pub async fn render(engine: &Engine) -> String {
             -1.0,
         ),
     }
-    let _ = writeln!(
-        out,
-        "# HELP segmentd_time_flips_total Membership changes applied as the clock moved.\n# TYPE segmentd_time_flips_total counter\nsegmentd_time_flips_total {}",
-        store.time_flips.load(std::sync::atomic::Ordering::Relaxed)
-    );
     if let Some(at) = engine.reclassified_at() {
-        let _ = writeln!(
-            out,
-            "# HELP segmentd_rfm_reclassified_timestamp_seconds When RFM was last reclassified (as_of).\n# TYPE segmentd_rfm_reclassified_timestamp_seconds gauge\nsegmentd_rfm_reclassified_timestamp_seconds {}",
-            at as f64 / 1e6
+        gauge(
+            "segmentd_rfm_reclassified_timestamp_seconds",
+            "When RFM was last reclassified (as_of).",
+            at as f64 / 1e6,
         );
     }
-    let histogram = |out: &mut String, name: &str, help: &str, h: &requests::Histogram| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        h.render(out, name, "");
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let c = IntCounter::new(name, help).expect("a valid counter name");
+        c.inc_by(value);
+        out.extend(c.collect());
     };
-    histogram(
-        &mut out,
-        "segmentd_evaluation_seconds",
-        "Whole-segment and whole-family evaluations.",
-        &store.eval_seconds,
+    counter(
+        "segmentd_time_flips_total",
+        "Membership changes applied as the clock moved.",
+        store.time_flips.load(std::sync::atomic::Ordering::Relaxed),
     );
     if let Some(wal) = engine.wal() {
-        histogram(
-            &mut out,
-            "segmentd_wal_fsync_seconds",
-            "Write-ahead log fdatasync calls.",
-            &wal.fsync,
+        counter(
+            "segmentd_wal_written_bytes_total",
+            "Write-ahead log bytes appended since start.",
+            wal.bytes_written(),
         );
+        out.extend(wal.fsync.collect());
     }
-    engine.request_metrics().render(&mut out);
+    out.extend(store.eval_seconds.collect());
+    // Sizes of the first segments by id (every one, up to MAX_SIZED).
+    let sizes = IntGaugeVec::new(
+        Opts::new(
+            "segmentd_segment_members",
+            format!("Members of each segment (the first {MAX_SIZED} by id)."),
+        ),
+        &["segment"],
+    )
+    .expect("a valid gauge name");
+    let mut ids: Vec<(&str, u32)> = reg.in_order().map(|e| (e.def.id.as_str(), e.slot)).collect();
+    ids.sort_unstable();
+    for (id, slot) in ids.into_iter().take(MAX_SIZED) {
+        sizes
+            .with_label_values(&[id])
+            .set(store.segment_size(slot) as i64);
+    }
+    out.extend(sizes.collect());
     out
 }
 
-/// Most segments whose size `/metrics` reports.
-const MAX_SIZED: usize = 10_000;
-
-/// A label value with `\`, `"` and newlines escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// Serves `/metrics` on `listener` until the task is dropped: HTTP/1.1 with a deadline for the
+/// request head and for the whole connection, at most [`MAX_CONNECTIONS`] at once.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(m): axum::extract::State<Arc<Metrics>>| async move {
+                    (
+                        [(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                        m.render().await,
+                    )
+                },
+            ),
+        )
+        .fallback(|| async { (http::StatusCode::NOT_FOUND, "not found: try /metrics\n") })
+        .with_state(metrics);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let served = http.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection"),
+                Err(_) => tracing::debug!("metrics connection closed after {CONNECTION_TIMEOUT:?}"),
+                Ok(Ok(())) => {}
+            }
+            drop(permit);
+        });
+    }
 }

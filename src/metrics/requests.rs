@@ -1,137 +1,147 @@
-//! Request counts and latency histograms per gRPC method and status code, recorded by a tower
-//! layer around every service.
+//! Calls counted and timed per gRPC method and status code, recorded by a tower layer around
+//! every service, under the names and labels of grpc-ecosystem's interceptors so their dashboards
+//! work as they are: `grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}` and
+//! the histogram `grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}`.
+//!
+//! Only the methods the server defines get labels of their own (read from the compiled
+//! descriptors); any other path, whoever sends it and before any token is checked, counts as
+//! `grpc_service="unknown",grpc_method="unknown"`, so the series stay bounded.
 //!
 //! The status is the `grpc-status` of the response headers: every refusal of a unary call and
 //! every stream that fails before its first message carries it there ("trailers-only"); a call
 //! without it is counted as OK. The latency runs to the response headers: the whole call for a
 //! unary one, the time to the first message for a stream.
 
-use std::fmt::Write as _;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use dashmap::DashMap;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
-/// Upper bounds of the latency buckets, in seconds.
-pub const BUCKETS: [f64; 16] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    10.0,
-];
-
-/// A Prometheus histogram with fixed buckets, updated without locks.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Per bucket (not cumulative), then the overflow.
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    pub fn record(&self, seconds: f64) {
-        let i = BUCKETS
-            .iter()
-            .position(|&b| seconds <= b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    /// Writes `name_bucket`, `name_sum` and `name_count` lines with `labels` (`k="v",...` or "").
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{braces} {}",
-            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-        );
-        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
-    }
-}
-
-/// Every method's calls, by status code.
-#[derive(Debug, Default)]
-pub struct RequestMetrics {
-    by_method: DashMap<String, Arc<PerMethod>>,
-}
-
-/// One method's latency histogram for each status code.
-#[derive(Debug, Default)]
-struct PerMethod {
-    by_code: [Histogram; CODES.len()],
-}
-
-/// gRPC status names by code.
+/// gRPC status names by code, as grpc-go spells them (the `grpc_code` label).
 const CODES: [&str; 17] = [
     "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
 ];
 
-impl RequestMetrics {
-    /// The method's histograms, looked up without allocating once the method was seen.
-    fn method(&self, method: &str) -> Arc<PerMethod> {
-        if let Some(m) = self.by_method.get(method) {
-            return m.clone();
-        }
-        self.by_method.entry(method.to_string()).or_default().clone()
-    }
+/// Every known method's series, found by request path.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    /// `/package.Service/Method` to its index in `methods`.
+    by_path: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// The known methods, then the one that stands for every unknown path.
+    methods: Vec<Method>,
+    handled: IntCounterVec,
+    handling: HistogramVec,
+}
 
-    /// `segmentd_request_seconds` (a histogram; its `_count` is the request count) per
-    /// `method` and `code`.
-    pub fn render(&self, out: &mut String) {
-        let name = "segmentd_request_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} gRPC calls by method and status code: latency to the response headers.\n# TYPE {name} histogram"
-        );
-        let mut methods: Vec<_> = self
-            .by_method
-            .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect();
-        methods.sort_by(|a, b| a.0.cmp(&b.0));
-        for (method, m) in methods {
-            for (code, h) in CODES.iter().zip(&m.by_code) {
-                if h.count() > 0 {
-                    h.render(out, name, &format!("method=\"{method}\",code=\"{code}\""));
+/// One method's labels, its latency histogram and its per-code counters, each made on first use
+/// so that methods never called and codes never returned add no series.
+#[derive(Debug)]
+struct Method {
+    labels: [String; 3],
+    handling: OnceLock<Histogram>,
+    handled: [OnceLock<IntCounter>; CODES.len()],
+}
+
+impl RequestMetrics {
+    /// The methods of the services in the encoded descriptor sets, registered in `registry`.
+    pub fn new(descriptor_sets: &[&[u8]], registry: &Registry) -> prometheus::Result<RequestMetrics> {
+        let labels = ["grpc_type", "grpc_service", "grpc_method"];
+        let handled = IntCounterVec::new(
+            Opts::new(
+                "grpc_server_handled_total",
+                "gRPC calls completed, by status code.",
+            ),
+            &[labels[0], labels[1], labels[2], "grpc_code"],
+        )?;
+        let handling = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_server_handling_seconds",
+                "gRPC call latency to the response headers (a stream's first message).",
+            )
+            .buckets(crate::latency::BUCKETS.to_vec()),
+            &labels,
+        )?;
+        registry.register(Box::new(handled.clone()))?;
+        registry.register(Box::new(handling.clone()))?;
+        let mut names = Vec::new();
+        for set in descriptor_sets {
+            let set = <prost_types::FileDescriptorSet as prost::Message>::decode(*set)
+                .map_err(|e| prometheus::Error::Msg(format!("descriptor set: {e}")))?;
+            for file in &set.file {
+                for service in &file.service {
+                    let service_name = format!("{}.{}", file.package(), service.name());
+                    for m in &service.method {
+                        let kind = match (m.client_streaming(), m.server_streaming()) {
+                            (false, false) => "unary",
+                            (true, false) => "client_stream",
+                            (false, true) => "server_stream",
+                            (true, true) => "bidi_stream",
+                        };
+                        names.push([kind.to_string(), service_name.clone(), m.name().to_string()]);
+                    }
                 }
             }
         }
+        names.push(["unknown".into(), "unknown".into(), "unknown".into()]);
+        let mut by_path = HashMap::default();
+        let mut methods = Vec::with_capacity(names.len());
+        for labels in names {
+            let path = format!("/{}/{}", labels[1], labels[2]);
+            if labels[1] != "unknown" {
+                by_path.insert(path, methods.len());
+            }
+            methods.push(Method {
+                labels,
+                handling: OnceLock::new(),
+                handled: Default::default(),
+            });
+        }
+        Ok(RequestMetrics {
+            by_path,
+            methods,
+            handled,
+            handling,
+        })
+    }
+
+    /// The index of the method at `path`, or of the one standing for unknown paths.
+    fn index(&self, path: &str) -> usize {
+        self.by_path.get(path).copied().unwrap_or(self.methods.len() - 1)
+    }
+
+    fn record(&self, method: &Method, code: usize, seconds: f64) {
+        let [kind, service, name] = &method.labels;
+        method
+            .handling
+            .get_or_init(|| self.handling.with_label_values(&[kind, service, name]))
+            .observe(seconds);
+        method.handled[code]
+            .get_or_init(|| {
+                self.handled
+                    .with_label_values(&[kind.as_str(), service, name, CODES[code]])
+            })
+            .inc();
     }
 }
 
@@ -193,7 +203,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = self.metrics.method(request.uri().path());
+        let metrics = self.metrics.clone();
         // The caller's request id (x-request-id), or a new one: in every log line of the call
         // and in the reply's headers.
         let id = request
@@ -203,7 +213,9 @@ where
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
-        let span = tracing::info_span!("call", request_id = %id, method = %request.uri().path());
+        let path = request.uri().path();
+        let index = metrics.index(path);
+        let span = tracing::info_span!("call", request_id = %id, method = %path);
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
@@ -223,10 +235,38 @@ where
                     .and_then(|v| v.parse::<usize>().ok())
                     .filter(|&c| c < CODES.len())
                     .unwrap_or(0),
-                Err(_) => 14, // UNAVAILABLE
+                Err(_) => 14, // Unavailable
             };
-            method.by_code[code].record(started.elapsed().as_secs_f64());
+            metrics.record(&metrics.methods[index], code, started.elapsed().as_secs_f64());
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_methods_have_their_labels_and_every_other_path_is_one_series() {
+        let registry = Registry::new();
+        let m = RequestMetrics::new(&[crate::api::FILE_DESCRIPTOR_SET], &registry).unwrap();
+        let method = |path: &str| &m.methods[m.index(path)];
+        let is_member = method("/segmentd.v1.Membership/IsMember");
+        assert_eq!(is_member.labels, ["unary", "segmentd.v1.Membership", "IsMember"]);
+        let watch = method("/segmentd.v1.Segments/WatchMemberships");
+        assert_eq!(watch.labels[0], "server_stream");
+        for junk in ["/x", "/segmentd.v1.Membership/Nope", "/\"\n", ""] {
+            assert_eq!(method(junk).labels, ["unknown", "unknown", "unknown"], "{junk:?}");
+        }
+        m.record(method("/a"), 16, 0.001);
+        m.record(method("/b"), 16, 0.001);
+        let handled = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "grpc_server_handled_total")
+            .unwrap();
+        assert_eq!(handled.get_metric().len(), 1);
+        assert_eq!(handled.get_metric()[0].get_counter().get_value(), 2.0);
     }
 }

@@ -405,7 +405,7 @@ impl Store {
         });
         let mut found = found.into_inner();
         found.sort_unstable_by_key(|f| f.0);
-        self.eval_seconds.record(started.elapsed().as_secs_f64());
+        self.eval_seconds.observe(started.elapsed().as_secs_f64());
         concat_changes(found)
     }
 

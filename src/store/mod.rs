@@ -236,7 +236,7 @@ pub struct Store {
     /// Every membership change, in order.
     pub(crate) events: Arc<EventLog>,
     /// How long whole-segment and whole-family evaluations took.
-    pub eval_seconds: crate::metrics::requests::Histogram,
+    pub eval_seconds: prometheus::Histogram,
     /// Membership changes applied by time flips, in all.
     pub time_flips: AtomicU64,
     /// The instant up to which time flips are applied (`i64::MIN`: not yet since the start).
@@ -275,7 +275,10 @@ impl Store {
             write_time: std::sync::atomic::AtomicI64::new(i64::MIN),
             events: Arc::new(EventLog::default()),
             time_applied: std::sync::atomic::AtomicI64::new(i64::MIN),
-            eval_seconds: Default::default(),
+            eval_seconds: crate::latency::histogram(
+                "segmentd_evaluation_seconds",
+                "Whole-segment and whole-family evaluations.",
+            ),
             time_flips: AtomicU64::new(0),
             eval_threads: std::sync::atomic::AtomicUsize::new(0),
             cut: Mutex::new(None),

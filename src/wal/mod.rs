@@ -165,10 +165,38 @@ pub struct Wal {
     bytes: AtomicU64,
     synced: watch::Sender<Synced>,
     wake: (Mutex<bool>, Condvar),
-    /// Appends to fail as if the disk refused them (fault injection for tests and drills).
-    fail_appends: std::sync::atomic::AtomicU32,
+    /// Disk faults to inject (tests and drills).
+    faults: Arc<Faults>,
     /// How long each fdatasync took.
-    pub fsync: crate::metrics::requests::Histogram,
+    pub fsync: prometheus::Histogram,
+}
+
+/// Disk faults to inject into a log (tests and drills): the next `n` appends fail as a full disk
+/// would, or the next `n` fsyncs fail as a failing disk would.
+#[derive(Debug, Default)]
+pub struct Faults {
+    appends: std::sync::atomic::AtomicU32,
+    syncs: std::sync::atomic::AtomicU32,
+}
+
+impl Faults {
+    /// Makes the next `n` appends fail (half the record written, then `ENOSPC`).
+    pub fn fail_appends(&self, n: u32) {
+        self.appends.store(n, Ordering::Release);
+    }
+
+    /// Makes the next `n` fdatasync calls of log files fail (`EIO`).
+    pub fn fail_syncs(&self, n: u32) {
+        self.syncs.store(n, Ordering::Release);
+    }
+
+    /// Takes one injected failure from `counter`, if any is left.
+    fn take(counter: &std::sync::atomic::AtomicU32) -> bool {
+        counter.load(Ordering::Relaxed) > 0
+            && counter
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+    }
 }
 
 fn file_name(first_sequence: u64) -> String {
@@ -248,6 +276,17 @@ fn create_segment(dir: &Path, first_sequence: u64) -> Result<(File, PathBuf)> {
 impl Wal {
     /// Opens the log for appending, starting a new file at `next_sequence`.
     pub fn open(dir: &Path, next_sequence: u64, segment_bytes: u64, mode: FsyncMode) -> Result<Arc<Wal>> {
+        Wal::open_with_faults(dir, next_sequence, segment_bytes, mode, Arc::default())
+    }
+
+    /// [`Wal::open`] with disk faults that tests and drills inject through `faults`.
+    pub fn open_with_faults(
+        dir: &Path,
+        next_sequence: u64,
+        segment_bytes: u64,
+        mode: FsyncMode,
+        faults: Arc<Faults>,
+    ) -> Result<Arc<Wal>> {
         fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
         let (file, path) = create_segment(dir, next_sequence)?;
         let wal = Arc::new(Wal {
@@ -271,8 +310,11 @@ impl Wal {
                 failed: None,
             }),
             wake: (Mutex::new(false), Condvar::new()),
-            fail_appends: std::sync::atomic::AtomicU32::new(0),
-            fsync: Default::default(),
+            faults,
+            fsync: crate::latency::histogram(
+                "segmentd_wal_fsync_seconds",
+                "Write-ahead log fdatasync calls.",
+            ),
         });
         // In every mode: with `never` it only syncs files about to be rotated.
         let weak = Arc::downgrade(&wal);
@@ -320,10 +362,7 @@ impl Wal {
         if w.offset >= self.segment_bytes {
             self.rotate(&mut w, sequence)?;
         }
-        let injected = self
-            .fail_appends
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok();
+        let injected = Faults::take(&self.faults.appends);
         let total = frame.len() + op.len();
         let written = if injected {
             // Write half the record, then fail, as a full disk would.
@@ -418,11 +457,21 @@ impl Wal {
         true
     }
 
+    /// Closes the current file and starts the next at sequence `next`. Any failure fails the
+    /// log: the closing sync may have lost written pages, and the new file or its directory
+    /// entry may not be durable; retrying a failed fsync proves nothing (the kernel may already
+    /// have dropped the dirty pages and cleared the error).
     fn rotate(&self, w: &mut Writer, next: u64) -> Result<()> {
-        w.file
-            .sync_data()
-            .map_err(|e| io_err("cannot sync", &w.path, e))?;
-        let (file, path) = create_segment(&w.dir, next)?;
+        let rotated = self
+            .sync_file(&w.file, &w.path)
+            .and_then(|()| create_segment(&w.dir, next));
+        let (file, path) = match rotated {
+            Ok(created) => created,
+            Err(e) => {
+                self.fail(w, format!("rotating {}: {e}", w.path.display()).into());
+                return Err(e);
+            }
+        };
         w.file = file;
         w.path = path;
         w.offset = HEADER_LEN as u64;
@@ -463,27 +512,54 @@ impl Wal {
                 w.path.clone(),
             )
         };
-        let started = std::time::Instant::now();
-        let synced = file.sync_data();
-        self.fsync.record(started.elapsed().as_secs_f64());
-        match synced {
+        match self.sync_file(&file, &path) {
             Ok(()) => {
                 self.synced.send_modify(|s| s.sequence = s.sequence.max(upto));
                 Ok(())
             }
             Err(e) => {
-                let why: Arc<str> = format!("{}: {e}", path.display()).into();
-                self.writer.lock().failed = Some(why.clone());
-                self.synced.send_modify(|s| s.failed = Some(why));
-                Err(io_err("cannot sync", &path, e))
+                self.fail(&mut self.writer.lock(), e.to_string().into());
+                Err(e)
             }
         }
+    }
+
+    /// One fdatasync of a log file, timed; the caller fails the log if it fails.
+    fn sync_file(&self, file: &File, path: &Path) -> Result<()> {
+        let started = std::time::Instant::now();
+        let synced = if Faults::take(&self.faults.syncs) {
+            Err(std::io::Error::other("input/output error (injected)"))
+        } else {
+            file.sync_data()
+        };
+        self.fsync.observe(started.elapsed().as_secs_f64());
+        synced.map_err(|e| io_err("cannot sync", path, e))
+    }
+
+    /// Fails the log for good: every later write is refused and waiting ones are told.
+    fn fail(&self, w: &mut Writer, why: Arc<str>) {
+        tracing::error!(error = %why, "write-ahead log failed; writes are refused until restart");
+        w.failed = Some(why.clone());
+        self.synced.send_modify(|s| s.failed = Some(why));
+    }
+
+    /// Resolves once the log has failed (a sync or rotation error): the server reports
+    /// NOT_SERVING from then on.
+    pub async fn failed(&self) -> Arc<str> {
+        let mut rx = self.synced.subscribe();
+        // The sender lives as long as the log: waiting cannot end otherwise.
+        let why = rx
+            .wait_for(|s| s.failed.is_some())
+            .await
+            .ok()
+            .and_then(|s| s.failed.clone());
+        why.unwrap_or_else(|| "write-ahead log closed".into())
     }
 
     /// Makes the next `n` appends fail as a full disk would (fault injection).
     #[doc(hidden)]
     pub fn inject_append_failures(&self, n: u32) {
-        self.fail_appends.store(n, Ordering::Release);
+        self.faults.fail_appends(n);
     }
 
     /// The last sequence written.
@@ -520,9 +596,8 @@ fn sync_loop(wal: std::sync::Weak<Wal>) {
             FsyncMode::Always | FsyncMode::Never => w.wanted.load(Ordering::Acquire) > synced,
         };
         if due && !failed {
-            if let Err(e) = w.sync() {
-                tracing::error!(error = %e, "write-ahead log sync failed; writes are refused until restart");
-            }
+            // A failure fails the log and is logged there.
+            let _ = w.sync();
             continue;
         }
         if w.mode == FsyncMode::Always && w.start_writeback() {
@@ -747,6 +822,49 @@ mod tests {
         assert_eq!(seen, vec!["s15", "s16", "s17", "s18", "s19"]);
     }
 
+    /// A failed sync while rotating fails the log: the write that rotated and every later one
+    /// are refused, and [`Wal::failed`] resolves, though the next file could have been created.
+    #[test]
+    fn a_failed_sync_on_rotation_fails_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 64 << 10;
+        let faults = Arc::new(Faults::default());
+        let wal = Wal::open_with_faults(dir.path(), 1, limit, FsyncMode::Never, faults.clone()).unwrap();
+        let kib = "x".repeat(1 << 10);
+        // Past half the limit the sync thread syncs ahead; wait for it, so that the next sync is
+        // the rotation's own.
+        while wal.fsync.get_sample_count() == 0 {
+            if wal.writer.lock().offset < limit / 2 + (4 << 10) {
+                wal.append(op(&kib), 0).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        faults.fail_syncs(1);
+        let err = loop {
+            match wal.append(op(&kib), 0) {
+                Ok(_) => assert_eq!(files(dir.path()).unwrap().len(), 1, "rotated without a sync"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.contains("injected")),
+            "{err}"
+        );
+        // No retry of the sync can make the lost pages durable: every later write is refused.
+        for _ in 0..3 {
+            let again = wal.append(op("later"), 0).unwrap_err();
+            assert!(
+                matches!(&again, Error::Unavailable(m) if m.contains("unavailable")),
+                "{again}"
+            );
+        }
+        let why = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(wal.failed());
+        assert!(why.contains("rotating"), "{why}");
+    }
+
     /// A file nearing its size limit is synced ahead of its rotation by the sync thread, even
     /// when no write waits for the disk, so the rotation's own sync (every write waits for it)
     /// finds little left; until then nothing is synced.
@@ -761,7 +879,11 @@ mod tests {
             wal.append(op(&kib), 0).unwrap();
         }
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(wal.fsync.count(), 0, "nothing synced far from the limit");
+        assert_eq!(
+            wal.fsync.get_sample_count(),
+            0,
+            "nothing synced far from the limit"
+        );
         // The append reaching it asks for a sync, done in the background.
         let reaching = loop {
             let seq = wal.append(op(&kib), 0).unwrap();
@@ -775,7 +897,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(files(dir.path()).unwrap().len(), 1, "not rotated yet");
-        assert_eq!(wal.fsync.count(), 1, "once for the file");
+        assert_eq!(wal.fsync.get_sample_count(), 1, "once for the file");
         // Rotated at the limit, every record kept.
         let mut seq = reaching;
         while files(dir.path()).unwrap().len() < 2 {
@@ -806,11 +928,11 @@ mod tests {
         }
         // ... and, given more time, still syncs nothing.
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(wal.fsync.count(), 0, "nothing waited, nothing synced");
+        assert_eq!(wal.fsync.get_sample_count(), 0, "nothing waited, nothing synced");
         assert_eq!(wal.synced.borrow().sequence, 0);
 
         wal.durable(n).await.unwrap();
-        assert_eq!(wal.fsync.count(), 1, "one sync for the whole stream");
+        assert_eq!(wal.fsync.get_sample_count(), 1, "one sync for the whole stream");
         assert_eq!(wal.synced.borrow().sequence, n);
 
         // A write asking for its sync as it appends, then waiting: synced at once.
@@ -820,10 +942,10 @@ mod tests {
             .await
             .expect("synced without more writes")
             .unwrap();
-        assert_eq!(wal.fsync.count(), 2);
+        assert_eq!(wal.fsync.get_sample_count(), 2);
         // Already durable: no sync asked.
         wal.durable(seq).await.unwrap();
-        assert_eq!(wal.fsync.count(), 2);
+        assert_eq!(wal.fsync.get_sample_count(), 2);
         let (seen, stats) = names(dir.path(), 0).unwrap();
         assert_eq!((seen.len() as u64, stats.last_sequence), (n + 1, n + 1));
     }

@@ -331,3 +331,22 @@ pub async fn upsert(server: &TestServer, customers: Vec<pb::Customer>) {
         .await
         .unwrap();
 }
+
+/// Scrapes `/metrics` and parses every sample line (`name{labels} value`).
+pub async fn scrape(addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    let mut out = std::collections::BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line}"));
+        assert!(out.insert(name.to_string(), value).is_none(), "{name} twice");
+    }
+    out
+}
