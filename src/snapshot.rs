@@ -9,7 +9,7 @@
 //! | file | content |
 //! |---|---|
 //! | `MANIFEST` | text: `segmentd-snapshot 1`, `sequence <n>`, then `file <name> <bytes> <crc32c hex>` per file |
-//! | `meta.bin` | magic `SEGDMETA`, version; sequence; next ordinal and free ordinals; order count and the 128-bit hashes of every order id; custom attributes; dictionary values in code order; segment definitions (rules as text) in dependency order with their slots |
+//! | `meta.bin` | magic `SEGDMETA`, version; sequence; next ordinal and free ordinals; order count and the 128-bit hashes of every order id; custom attributes; dictionary values in code order (empty: no customer held it); segment definitions (rules as text) in dependency order with their slots |
 //! | `shard-<n>.bin` | magic `SEGDSHRD`, version, shard index; live bitmap; the id and e-mail columns (u32 offsets, then bytes holding each string behind a varint length); each column (presence bitmap, then values: dense vectors, dictionary codes and the bitmaps of common values (the index of rare values is rebuilt from the codes), or strings); each segment's members, include, exclude and activity bitmaps |
 //!
 //! Integers are little-endian; strings and lists are length-prefixed (u32); bitmaps are in the
@@ -20,7 +20,16 @@
 //!
 //! The two newest snapshots are kept. Log files are deleted only when every record in them is
 //! covered by the older of the two, so a damaged newest snapshot falls back to the previous one
-//! plus the log.
+//! plus the log. Nothing is deleted before the new snapshot's files read back with the sizes and
+//! checksums of its manifest.
+//!
+//! # Erasure
+//!
+//! A snapshot taken after a `DeleteCustomer` rolls the log at its cut, so the records it covers
+//! lie in whole files; once it is written and verified, the older snapshot and every log file it
+//! covers are deleted. Dictionaries are written without the values no live customer holds (an
+//! empty string keeps the code), and erased ids and e-mails were zeroed in the shards, so no file
+//! but the event log (customer ids only) names the customer.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -410,7 +419,44 @@ fn decode_shard(file: &str, data: &[u8], expect_index: usize) -> Result<Shard> {
     Ok(s)
 }
 
-fn encode_meta(cut: &Cut) -> Vec<u8> {
+/// The dictionary codes that live customers of the cut hold, per attribute: a value no one holds
+/// is written as an empty string (no keyword value is empty), so an erased or replaced value does
+/// not outlive its last holder on disk.
+#[derive(Default)]
+struct UsedCodes(foldhash::HashMap<usize, RoaringBitmap>);
+
+impl UsedCodes {
+    fn add(&mut self, s: &Shard) {
+        for (attr, col) in s.columns.iter().enumerate() {
+            let Some(col) = col else { continue };
+            match &col.data {
+                ColumnData::Keyword { codes, .. } => {
+                    let used = self.0.entry(attr).or_default();
+                    for ord in &col.present {
+                        if let Some(code) = codes.get(local(ord)) {
+                            used.insert(code);
+                        }
+                    }
+                }
+                ColumnData::Keywords { by_value } => {
+                    let used = self.0.entry(attr).or_default();
+                    for (&code, holders) in by_value {
+                        if !holders.is_disjoint(&s.live) {
+                            used.insert(code);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn holds(&self, attr: usize, code: u32) -> bool {
+        self.0.get(&attr).is_some_and(|b| b.contains(code))
+    }
+}
+
+fn encode_meta(cut: &Cut, used: &UsedCodes) -> Vec<u8> {
     let mut o = Out(Vec::new());
     o.0.extend_from_slice(META_MAGIC);
     o.u32(VERSION);
@@ -439,7 +485,11 @@ fn encode_meta(cut: &Cut) -> Vec<u8> {
         o.u16(a.id);
         o.len(n);
         for code in 0..n as u32 {
-            o.str(&dict.value(code));
+            if used.holds(usize::from(a.id), code) {
+                o.str(&dict.value(code));
+            } else {
+                o.str("");
+            }
         }
     }
     let segments: Vec<_> = cut.registry.in_order().collect();
@@ -623,7 +673,15 @@ fn take_with(
     let root = snapshots_dir(data_dir);
     fs::create_dir_all(&root)
         .map_err(|e| Error::Unavailable(format!("snapshot: {}: {e}", root.display())))?;
-    let sequence = store.begin_cut(|| wal.map_or(0, |w| w.last_sequence()))?;
+    // An erasure since the newest snapshot: this one must let every older file go, so the log
+    // is rolled at the cut and what precedes it lies in whole files.
+    let newest = list(data_dir)?.first().map_or(0, |s| s.0);
+    let erasing = store.erased_at() > newest;
+    let sequence = store.begin_cut(|| match wal {
+        Some(w) if erasing => w.roll(),
+        Some(w) => Ok(w.last_sequence()),
+        None => Ok(0),
+    })?;
     // Always end the cut, or writers would keep copying shards.
     struct EndCut<'a>(&'a Store);
     impl Drop for EndCut<'_> {
@@ -649,6 +707,7 @@ fn take_with(
     // Shards are copied one at a time (under the writer lock), then encoded, written and synced
     // by several threads at once.
     let files = parking_lot::Mutex::new(Vec::new());
+    let used = parking_lot::Mutex::new(UsedCodes::default());
     let failed = parking_lot::Mutex::new(None);
     let next = parking_lot::Mutex::new(0usize);
     let threads = std::thread::available_parallelism()
@@ -666,6 +725,7 @@ fn take_with(
                     };
                     let mut shard = shard;
                     let data = encode_shard(i, &mut shard);
+                    used.lock().add(&shard);
                     drop(shard);
                     match write_file(&tmp, &format!("shard-{i:05}.bin"), &data) {
                         Ok(f) => files.lock().push(f),
@@ -683,7 +743,11 @@ fn take_with(
         .end_cut()
         .ok_or_else(|| Error::Internal("snapshot cut vanished".into()))?;
     drop(guard);
-    files.push(write_file(&tmp, "meta.bin", &encode_meta(&cut))?);
+    files.push(write_file(
+        &tmp,
+        "meta.bin",
+        &encode_meta(&cut, &used.into_inner()),
+    )?);
     files.sort();
     let mut manifest = format!("{MANIFEST_HEADER}\nsequence {sequence}\n");
     for (name, bytes, crc) in &files {
@@ -702,7 +766,7 @@ fn take_with(
         path: final_dir,
         duration: started.elapsed(),
     };
-    retain(data_dir)?;
+    retain(data_dir, erasing.then_some(sequence))?;
     Ok(info)
 }
 
@@ -717,16 +781,28 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Keeps the two newest snapshots and the log back to the older of them.
-fn retain(data_dir: &Path) -> Result<()> {
+/// Keeps the two newest snapshots and the log back to the older of them, once the newest reads
+/// back whole; nothing is deleted otherwise. After an erasure (`erased`: the new snapshot's
+/// sequence, which the log was rolled at), only the new snapshot and the log after it are kept,
+/// so that no file holds what was erased.
+fn retain(data_dir: &Path, erased: Option<u64>) -> Result<()> {
     let snaps = list(data_dir)?;
-    for (_, path) in snaps.iter().skip(2) {
+    let Some((newest, newest_path)) = snaps.first() else {
+        return Ok(());
+    };
+    verify(newest_path)?;
+    let keep = if erased.is_some() { 1 } else { 2 };
+    for (_, path) in snaps.iter().skip(keep) {
         if let Err(e) = fs::remove_dir_all(path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot delete an old snapshot");
         }
     }
-    let Some(&(covered, _)) = snaps.get(1) else {
-        return Ok(());
+    let covered = match erased {
+        Some(sequence) => sequence.min(*newest),
+        None => match snaps.get(1) {
+            Some(&(older, _)) => older,
+            None => return Ok(()),
+        },
     };
     let wal_dir = data_dir.join("wal");
     let files = wal::files(&wal_dir)?;
@@ -744,6 +820,43 @@ fn retain(data_dir: &Path) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Reading
+
+/// Reads a snapshot's files back and checks them against its manifest (sizes and checksums)
+/// without decoding them: retention deletes nothing older until this holds.
+fn verify(path: &Path) -> Result<()> {
+    let manifest_path = path.join("MANIFEST");
+    let manifest = fs::read_to_string(&manifest_path)
+        .map_err(|e| Error::DataLoss(format!("snapshot check: {}: {e}", manifest_path.display())))?;
+    let mut files = 0;
+    for line in manifest.lines().filter(|l| l.starts_with("file ")) {
+        let parts: Vec<_> = line.split(' ').collect();
+        let ["file", name, bytes, crc] = parts.as_slice() else {
+            return Err(Error::DataLoss(format!(
+                "snapshot check: {}: bad line `{line}`",
+                manifest_path.display()
+            )));
+        };
+        let file = path.join(name);
+        let data = fs::read(&file)
+            .map_err(|e| Error::DataLoss(format!("snapshot check: {}: {e}", file.display())))?;
+        if bytes.parse::<u64>().ok() != Some(data.len() as u64)
+            || u32::from_str_radix(crc, 16).ok() != Some(crc32c::crc32c(&data))
+        {
+            return Err(Error::DataLoss(format!(
+                "snapshot check: {} does not match its manifest; older snapshots and the log are kept",
+                file.display()
+            )));
+        }
+        files += 1;
+    }
+    if files == 0 {
+        return Err(Error::DataLoss(format!(
+            "snapshot check: {} lists no file",
+            manifest_path.display()
+        )));
+    }
+    Ok(())
+}
 
 fn read_one(path: &Path) -> Result<Restored> {
     let manifest_path = path.join("MANIFEST");

@@ -476,29 +476,50 @@ async fn snapshots_restore_with_the_log_after_them_and_trim_the_log() {
         .await
         .unwrap();
     let before = observe(&server, &ids).await;
-    let files_before = wal_files(&data).len();
     let second = take_snapshot(&server).await;
     assert!(second.sequence > first.sequence);
-    upsert(&server, vec![customer("later", None, &[])]).await;
+    // Enough writes for several log files after each of the next snapshots.
+    let later: Vec<String> = (0..400).map(|i| format!("later-{i:03}")).collect();
+    for batch in later.chunks(10) {
+        upsert(&server, batch.iter().map(|id| customer(id, None, &[])).collect()).await;
+    }
     let third = take_snapshot(&server).await;
+    let more: Vec<String> = (0..400).map(|i| format!("more-{i:03}")).collect();
+    for batch in more.chunks(10) {
+        upsert(&server, batch.iter().map(|id| customer(id, None, &[])).collect()).await;
+    }
+    let fourth = take_snapshot(&server).await;
+    // No log file is left whose records the older kept snapshot (the third) all covers.
+    let firsts: Vec<u64> = wal_files(&data)
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
     assert!(
-        wal_files(&data).len() < files_before,
-        "log files covered by the older kept snapshot are deleted"
+        firsts.len() >= 2
+            && firsts[0] <= third.sequence + 1
+            && firsts.windows(2).all(|w| w[1] - 1 > third.sequence),
+        "log files covered by the older kept snapshot ({}) are deleted: {firsts:?}",
+        third.sequence
     );
     let kept: Vec<_> = std::fs::read_dir(data.join("snapshots"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(kept.len(), 2, "{kept:?}");
-    assert!(!std::path::Path::new(&first.path).exists());
+    for gone in [&first.path, &second.path] {
+        assert!(!std::path::Path::new(gone).exists());
+    }
     assert!(std::path::Path::new(&third.path).exists());
+    assert!(std::path::Path::new(&fourth.path).exists());
     server.stop().await.unwrap();
 
     let server = TestServer::start_at(data.clone(), |_| {}).await;
     let after = observe(&server, &ids).await;
     assert_eq!(after.segments, before.segments);
     assert_eq!(after.customers, before.customers);
-    assert!(get(&mut server.ingest().await, "later").await.is_ok());
+    for id in later.iter().chain(&more).step_by(37) {
+        assert!(get(&mut server.ingest().await, id).await.is_ok(), "{id}");
+    }
     assert!(is_member(&server, "late", "golf").await.1, "known after restart");
 }
 
@@ -687,5 +708,116 @@ async fn a_failed_fsync_refuses_every_write_until_restart() {
         let found = server.ingest().await.get_customer(by_id(id)).await;
         assert!(found.unwrap().into_inner().customer.is_some(), "{id}");
     }
+    server.stop().await.unwrap();
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Erasure reaches the disk: once the first snapshot after a `DeleteCustomer` is written, no
+/// file of the data directory holds the customer's e-mail, keyword values or text (the log
+/// files it covers, the older snapshot and the dictionary entries no one holds are gone), and
+/// a restart from that snapshot alone keeps everyone else.
+#[tokio::test]
+async fn an_erased_customer_is_in_no_file_once_the_next_snapshot_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let no_shutdown_snapshot = |c: &mut segmentd::config::Config| c.no_snapshot_on_shutdown = true;
+    let server = TestServer::start_at(data.clone(), no_shutdown_snapshot).await;
+    server
+        .admin()
+        .await
+        .define_attribute(pb::DefineAttributeRequest {
+            name: "notes".into(),
+            r#type: pb::AttributeType::Text as i32,
+            description: "Free text".into(),
+        })
+        .await
+        .unwrap();
+    const EMAIL: &str = "erased.person@example.org";
+    const CITY: &str = "Zzyzxville-7731";
+    const POSTAL: &str = "ZZ-99-erased";
+    const NOTES: &str = "prefers the blue catalogue";
+    let erased = |city: &str| {
+        customer(
+            "erase-me",
+            Some(EMAIL),
+            &[("city", s(city)), ("postal_code", s(POSTAL)), ("notes", s(NOTES))],
+        )
+    };
+    // An older value, replaced before the erasure, must go too.
+    upsert(
+        &server,
+        vec![
+            erased("Oldtown-4410"),
+            customer("stays", Some("stays@example.org"), &[("city", s("Paris"))]),
+        ],
+    )
+    .await;
+    create(&server, text_segment("paris", "city = \"Paris\""))
+        .await
+        .unwrap();
+    // (A rule's own text is the marketer's, not the customer's: it names only a prefix here.)
+    create(&server, text_segment("zzyzx", "city starts_with \"Zzyzx\""))
+        .await
+        .unwrap();
+    take_snapshot(&server).await;
+    upsert(&server, vec![erased(CITY)]).await;
+    assert_eq!(is_member(&server, "erase-me", "zzyzx").await, (true, true));
+    take_snapshot(&server).await;
+    for needle in [EMAIL, CITY, POSTAL, NOTES] {
+        assert!(
+            !files_holding(&data, needle).is_empty(),
+            "{needle} is on disk before the erasure"
+        );
+    }
+
+    server
+        .ingest()
+        .await
+        .delete_customer(pb::DeleteCustomerRequest {
+            key: Some(pb::delete_customer_request::Key::Email(EMAIL.into())),
+        })
+        .await
+        .unwrap();
+    upsert(&server, vec![customer("after", None, &[("city", s("Paris"))])]).await;
+    take_snapshot(&server).await;
+    for needle in [EMAIL, CITY, POSTAL, NOTES, "Oldtown-4410"] {
+        assert_eq!(files_holding(&data, needle), Vec::<PathBuf>::new(), "{needle}");
+    }
+    // Writes after the snapshot go on into the log.
+    upsert(&server, vec![customer("later", None, &[("city", s("Paris"))])]).await;
+    server.stop().await.unwrap();
+
+    // The snapshot and the log after it hold everything else.
+    let server = TestServer::start_at(data.clone(), no_shutdown_snapshot).await;
+    assert_eq!(customer_count(&server).await, 3);
+    for id in ["stays", "after", "later"] {
+        assert_eq!(is_member(&server, id, "paris").await, (true, true), "{id}");
+    }
+    let gone = server.ingest().await.get_customer(by_id("erase-me")).await;
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+    // The forgotten value is a value like any other when it comes back.
+    upsert(&server, vec![customer("newcomer", None, &[("city", s(CITY))])]).await;
+    assert_eq!(is_member(&server, "newcomer", "zzyzx").await, (true, true));
+    assert_eq!(is_member(&server, "stays", "zzyzx").await, (false, true));
     server.stop().await.unwrap();
 }

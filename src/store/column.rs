@@ -49,7 +49,8 @@ impl Codes {
         }
     }
 
-    fn get(&self, local: usize) -> Option<u32> {
+    /// The code at `local`, if one is set there.
+    pub fn get(&self, local: usize) -> Option<u32> {
         let stored = match self {
             Codes::U8(v) => v.get(local).map(|&c| u32::from(c)),
             Codes::U16(v) => v.get(local).map(|&c| u32::from(c)),

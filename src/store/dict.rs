@@ -121,6 +121,15 @@ impl Dict {
         code
     }
 
+    /// Takes the next code for a value that is forgotten: it is never found by a lookup and
+    /// reads as an empty string. (A snapshot drops the values no customer holds.)
+    pub fn push_forgotten(&self) -> u32 {
+        let mut inner = self.inner.write();
+        let code = u32::try_from(inner.values.len()).expect("fewer than 2^32 distinct values");
+        inner.values.push(Arc::from(""));
+        code
+    }
+
     /// The string of `code`.
     pub fn value(&self, code: u32) -> Arc<str> {
         self.inner.read().values[code as usize].clone()

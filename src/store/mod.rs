@@ -239,6 +239,9 @@ pub struct Store {
     pub eval_seconds: prometheus::Histogram,
     /// Membership changes applied by time flips, in all.
     pub time_flips: AtomicU64,
+    /// The log sequence of the last erasure (0: none since start): the next snapshot covering it
+    /// removes every file that still holds the erased customer.
+    pub(crate) erased_at: AtomicU64,
     /// The instant up to which time flips are applied (`i64::MIN`: not yet since the start).
     pub(crate) time_applied: std::sync::atomic::AtomicI64,
     /// A snapshot's cut in progress: shards not yet copied are copied before a write changes them.
@@ -280,6 +283,7 @@ impl Store {
                 "Whole-segment and whole-family evaluations.",
             ),
             time_flips: AtomicU64::new(0),
+            erased_at: AtomicU64::new(0),
             eval_threads: std::sync::atomic::AtomicUsize::new(0),
             cut: Mutex::new(None),
             cut_active: std::sync::atomic::AtomicBool::new(false),
@@ -342,11 +346,11 @@ impl Store {
     /// Starts a snapshot cut at log sequence `sequence` (the last record applied). Briefly
     /// holds the writer lock; `log_sequence` reads the log's last sequence under that lock.
     /// The event log is synced first, so it holds the events of every record the cut covers.
-    pub fn begin_cut(&self, log_sequence: impl FnOnce() -> u64) -> Result<u64> {
+    pub fn begin_cut(&self, log_sequence: impl FnOnce() -> Result<u64>) -> Result<u64> {
         let w = self.lock_writer();
         self.events.sync()?;
         let schema = self.schema();
-        let sequence = log_sequence();
+        let sequence = log_sequence()?;
         let cut = Cut {
             sequence,
             dict_lens: schema
@@ -417,7 +421,14 @@ impl Store {
                 .flatten()
                 .ok_or_else(|| bad(format!("dictionary for attribute {attr} without one")))?;
             for (code, v) in values.iter().enumerate() {
-                if dict.intern(v) as usize != code {
+                // An empty value stands for one no customer held when the snapshot was written
+                // (no keyword value is empty): its code stays taken, its text is gone.
+                let got = if v.is_empty() {
+                    dict.push_forgotten()
+                } else {
+                    dict.intern(v)
+                };
+                if got as usize != code {
                     return Err(bad(format!(
                         "dictionary of attribute {attr} has a repeated value"
                     )));
@@ -1038,11 +1049,17 @@ impl Store {
         ord
     }
 
+    /// The log sequence of the last erasure since start (0: none).
+    pub fn erased_at(&self) -> u64 {
+        self.erased_at.load(Ordering::Acquire)
+    }
+
     /// Erases a customer from every column, index and map; returns its id.
     pub fn delete(&self, key: &CustomerKey, log: &mut dyn FnMut() -> Result<u64>) -> Result<String> {
         let mut w = self.lock_writer();
         let ord = self.resolve(key).ok_or_else(|| not_found(key))?;
         let lsn = log()?;
+        self.erased_at.fetch_max(lsn, Ordering::AcqRel);
         let shard = self.shard(ord);
         let (id, email) = {
             let s = shard.read();

@@ -480,6 +480,23 @@ impl Wal {
         Ok(())
     }
 
+    /// Closes the current file and starts a new one if the current one holds records, so that
+    /// every record written so far is in files that can be deleted whole. Returns the last
+    /// sequence written, read under the same lock: every later record is in the new file.
+    pub fn roll(&self) -> Result<u64> {
+        let mut w = self.writer.lock();
+        if let Some(why) = &w.failed {
+            return Err(Error::Unavailable(format!("write-ahead log unavailable: {why}")));
+        }
+        let next = w.next_sequence;
+        if w.offset > HEADER_LEN as u64 {
+            self.rotate(&mut w, next)?;
+            // Everything written is in closed, synced files now.
+            self.synced.send_modify(|s| s.sequence = s.sequence.max(next - 1));
+        }
+        Ok(next - 1)
+    }
+
     /// Waits until record `sequence` is as durable as the fsync mode promises.
     pub async fn durable(&self, sequence: u64) -> Result<()> {
         if self.mode != FsyncMode::Always {
