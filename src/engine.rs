@@ -354,6 +354,7 @@ impl Engine {
             None => 0,
         };
         let events = self.store.events();
+        events.set_faults(self.faults.clone());
         events.open(&data_dir.join("events"), self.store.now().micros)?;
         let dir = data_dir.join("wal");
         let dir = dir.as_path();

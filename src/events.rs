@@ -7,7 +7,8 @@
 //! durable, so an event never announces a change a crash could take back.
 //!
 //! The event log is written to the OS at every batch and synced at every snapshot cut and clean
-//! shutdown. Recovery loads it, then replays the write-ahead log: records after the event log's last
+//! shutdown. A failed write keeps the batch (and the ones after it) in memory and writes them, in
+//! order, at a later batch or the next sync; until then syncs fail, so snapshots wait. Recovery loads it, then replays the write-ahead log: records after the event log's last
 //! batch make their events again (replay runs each record at its own time, so it makes the same
 //! ones). Because a snapshot cut syncs the event log first, the records a snapshot covers never hold
 //! events the event log lacks. Batches for records the write-ahead log lost (a power cut before an
@@ -355,9 +356,17 @@ struct Writer {
     file: File,
     path: PathBuf,
     bytes: u64,
-    /// Set by a failed write: later batches are not written (their records replay them).
+    /// Set by a failed write, cleared once every pending batch is written.
     failed: Option<String>,
+    /// Framed batches not yet written since a write failed, oldest first, with their first
+    /// sequence: written in order once the disk takes them again, so the file never has a gap.
+    pending: VecDeque<(u64, Vec<u8>)>,
+    /// When writing the pending batches is tried next (a full disk is not hammered).
+    retry_at: std::time::Instant,
 }
+
+/// How long after a failed event log write the next attempt waits.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One page of events read for a watcher.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -375,6 +384,10 @@ pub struct EventLog {
     /// Batches loaded from disk, until recovery has checked them against the write-ahead log.
     loaded: Mutex<(Vec<PathBuf>, Vec<LoadedBatch>)>,
     published: tokio::sync::watch::Sender<u64>,
+    /// Failed attempts to write batches (`segmentd_event_log_write_failures_total`).
+    write_failures: std::sync::atomic::AtomicU64,
+    /// Disk faults to inject (tests and drills).
+    faults: arc_swap::ArcSwap<crate::wal::Faults>,
 }
 
 impl Default for EventLog {
@@ -440,6 +453,8 @@ impl EventLog {
             writer: Mutex::new(None),
             loaded: Mutex::new((Vec::new(), Vec::new())),
             published: tokio::sync::watch::Sender::new(0),
+            write_failures: std::sync::atomic::AtomicU64::new(0),
+            faults: arc_swap::ArcSwap::from_pointee(crate::wal::Faults::default()),
         }
     }
 
@@ -616,6 +631,8 @@ impl EventLog {
             path,
             bytes: MAGIC.len() as u64,
             failed: None,
+            pending: VecDeque::new(),
+            retry_at: std::time::Instant::now(),
         })
     }
 
@@ -749,7 +766,7 @@ impl EventLog {
             numbers[slot as usize] = n;
             n
         };
-        let record = writer.as_ref().is_some_and(|w| w.failed.is_none());
+        let record = writer.is_some();
         // Straight into the retained events (one allocation, no intermediate copy).
         inner.events.reserve(noted.changes.len());
         for c in &noted.changes {
@@ -785,11 +802,11 @@ impl EventLog {
                 value: id.to_string(),
             })
             .collect();
-        if let Some(w) = writer.as_mut().filter(|w| w.failed.is_none())
-            && let Err(e) = Self::append(w, first_sequence, &batch)
-        {
-            tracing::error!(error = %e, "event log write failed; events are rebuilt from the write-ahead log on restart");
-            w.failed = Some(e.to_string());
+        if let Some(w) = writer.as_mut() {
+            w.pending.push_back((first_sequence, frame(&batch)));
+            if w.failed.is_none() || std::time::Instant::now() >= w.retry_at {
+                let _ = self.write_pending(w);
+            }
         }
         drop(writer);
         for (ord, _) in &noted.erased {
@@ -808,21 +825,75 @@ impl EventLog {
         noted.clear();
     }
 
-    fn append(w: &mut Writer, first_sequence: u64, batch: &EventBatch) -> Result<()> {
+    /// Writes the pending batches in order. A failure keeps them (and the ones after them)
+    /// for the next attempt, at the next batch after [`RETRY_AFTER`] or the next sync, is
+    /// logged once and counted; success after a failure says so.
+    fn write_pending(&self, w: &mut Writer) -> Result<()> {
+        let faults = self.faults.load();
+        while let Some(first_sequence) = w.pending.front().map(|p| p.0) {
+            let data = std::mem::take(&mut w.pending[0].1);
+            if let Err(e) = Self::append(w, first_sequence, &data, &faults) {
+                w.pending[0].1 = data;
+                if w.failed.is_none() {
+                    tracing::error!(error = %e, "event log write failed; the events are kept and written when the disk takes them, snapshots wait for them");
+                }
+                self.write_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                w.failed = Some(e.to_string());
+                w.retry_at = std::time::Instant::now() + RETRY_AFTER;
+                return Err(e);
+            }
+            w.pending.pop_front();
+        }
+        if w.failed.take().is_some() {
+            tracing::info!("event log writes resumed; no event was lost");
+        }
+        Ok(())
+    }
+
+    fn append(w: &mut Writer, first_sequence: u64, data: &[u8], faults: &crate::wal::Faults) -> Result<()> {
         if w.bytes >= FILE_BYTES {
             w.file
                 .sync_data()
                 .map_err(|e| io_err("cannot sync", &w.path, e))?;
             let dir = w.dir.clone();
-            *w = Self::create_file(&dir, first_sequence)?;
+            let (pending, failed, retry_at) = (std::mem::take(&mut w.pending), w.failed.take(), w.retry_at);
+            let next = Self::create_file(&dir, first_sequence);
+            let created = next.map(|n| *w = n);
+            (w.pending, w.failed, w.retry_at) = (pending, failed, retry_at);
+            created?;
         }
-        let data = frame(batch);
-        if let Err(e) = w.file.write_all(&data) {
+        let written = if faults.take_event_write() {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (injected)",
+            ))
+        } else {
+            w.file.write_all(data)
+        };
+        if let Err(e) = written {
+            // Cut a partial batch off and write the next attempt where it began.
             let _ = w.file.set_len(w.bytes);
+            let _ = std::io::Seek::seek(&mut w.file, std::io::SeekFrom::Start(w.bytes));
             return Err(io_err("cannot append to", &w.path, e));
         }
         w.bytes += data.len() as u64;
         Ok(())
+    }
+
+    /// Event batches whose write failed (each attempt), since start.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether event batches wait for the disk (a write failed and was not yet retried whole).
+    pub fn write_failing(&self) -> bool {
+        self.writer.lock().as_ref().is_some_and(|w| w.failed.is_some())
+    }
+
+    /// Sets the disk faults injected into event log writes (tests and drills).
+    pub fn set_faults(&self, faults: Arc<crate::wal::Faults>) {
+        self.faults.store(faults);
     }
 
     /// Makes the batches of log records up to `log_sequence` visible to watchers: their records
@@ -850,8 +921,13 @@ impl EventLog {
     pub fn sync(&self) -> Result<()> {
         let mut writer = self.writer.lock();
         let Some(w) = writer.as_mut() else { return Ok(()) };
-        if let Some(why) = &w.failed {
-            return Err(Error::Unavailable(format!("event log unavailable: {why}")));
+        if w.failed.is_some() {
+            self.write_pending(w).map_err(|e| {
+                Error::Unavailable(format!(
+                    "event log: {} batches wait for the disk: {e}",
+                    w.pending.len()
+                ))
+            })?;
         }
         w.file
             .sync_data()

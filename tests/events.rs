@@ -407,3 +407,53 @@ async fn a_watcher_that_stops_reading_is_told_where_to_resume() {
     let mut resumed = watch(&server, last, &[]).await.unwrap();
     assert_eq!(take(&mut resumed, 1).await[0].sequence, last + 1);
 }
+
+/// A failed event log write is retried, not given up: the batches wait in memory, snapshots wait
+/// for them (refused with UNAVAILABLE meanwhile, then taken), the failures are counted, and
+/// after a restart from a snapshot that covers them, every event is still there.
+#[tokio::test]
+async fn event_log_write_failures_are_retried_and_snapshots_resume() {
+    let faults = std::sync::Arc::new(segmentd::wal::Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = probe.local_addr().unwrap();
+    drop(probe);
+    let f = faults.clone();
+    let server = TestServer::start_at(data.clone(), move |c| {
+        c.faults = Some(f);
+        c.metrics_addr = Some(metrics_addr);
+        c.no_snapshot_on_shutdown = true;
+    })
+    .await;
+    create(&server, text_segment("vips", "vip")).await.unwrap();
+    upsert(&server, vec![customer("a", None, &[("vip", b(true))])]).await;
+    // Three attempts fail: the write of b's event, then two snapshots' retries.
+    faults.fail_event_writes(3);
+    upsert(&server, vec![customer("b", None, &[("vip", b(true))])]).await;
+    upsert(&server, vec![customer("c", None, &[("vip", b(true))])]).await;
+    let m = scrape(metrics_addr).await;
+    assert_eq!(m["segmentd_event_log_failing"], 1.0);
+    let mut admin = server.admin().await;
+    for _ in 0..2 {
+        let err = admin.snapshot(pb::SnapshotRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+        assert!(err.message().contains("event log"), "{}", err.message());
+    }
+    admin.snapshot(pb::SnapshotRequest {}).await.unwrap();
+    let m = scrape(metrics_addr).await;
+    assert_eq!(m["segmentd_event_log_write_failures_total"], 3.0);
+    assert_eq!(m["segmentd_event_log_failing"], 0.0);
+    upsert(&server, vec![customer("d", None, &[("vip", b(true))])]).await;
+    server.stop().await.unwrap();
+
+    let server = TestServer::start_at(data, |_| {}).await;
+    let mut stream = watch(&server, 0, &[]).await.unwrap();
+    let events = take(&mut stream, 4).await;
+    assert_contiguous(&events, 1);
+    assert_eq!(
+        brief(&events),
+        ["a", "b", "c", "d"].map(|c| ev("vips", c, true, C::Rule))
+    );
+    server.stop().await.unwrap();
+}

@@ -148,6 +148,11 @@ fn engine_families(engine: &Engine, s: &crate::store::StoreStats) -> Vec<MetricF
         "Oldest membership event retained.",
         events.oldest() as f64,
     );
+    gauge(
+        "segmentd_event_log_failing",
+        "1 while event batches wait for the disk (snapshots wait for them too).",
+        if events.write_failing() { 1.0 } else { 0.0 },
+    );
     let (watchers, lag) = engine.watcher_lag();
     gauge(
         "segmentd_watchers",
@@ -202,6 +207,11 @@ fn engine_families(engine: &Engine, s: &crate::store::StoreStats) -> Vec<MetricF
         c.inc_by(value);
         out.extend(c.collect());
     };
+    counter(
+        "segmentd_event_log_write_failures_total",
+        "Failed attempts to write membership events to the event log (each is retried).",
+        events.write_failures(),
+    );
     counter(
         "segmentd_time_flips_total",
         "Membership changes applied as the clock moved.",

@@ -177,6 +177,7 @@ pub struct Wal {
 pub struct Faults {
     appends: std::sync::atomic::AtomicU32,
     syncs: std::sync::atomic::AtomicU32,
+    event_writes: std::sync::atomic::AtomicU32,
 }
 
 impl Faults {
@@ -188,6 +189,16 @@ impl Faults {
     /// Makes the next `n` fdatasync calls of log files fail (`EIO`).
     pub fn fail_syncs(&self, n: u32) {
         self.syncs.store(n, Ordering::Release);
+    }
+
+    /// Makes the next `n` writes of event log batches fail (`ENOSPC`).
+    pub fn fail_event_writes(&self, n: u32) {
+        self.event_writes.store(n, Ordering::Release);
+    }
+
+    /// Whether an injected event log write failure is due (and takes it).
+    pub(crate) fn take_event_write(&self) -> bool {
+        Faults::take(&self.event_writes)
     }
 
     /// Takes one injected failure from `counter`, if any is left.
