@@ -269,6 +269,38 @@ async fn a_torn_final_record_is_cut_and_everything_before_it_kept() {
     assert_eq!(customer_count(&server).await, 3);
 }
 
+/// A power cut can leave the last log file ending in zeros (space allocated, never written) after
+/// its records: start-up cuts them with a warning and replays every record before them, from the
+/// log alone (no snapshot was written).
+#[tokio::test]
+async fn a_log_ending_in_zeros_after_a_power_cut_opens_with_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let no_snapshot = |c: &mut segmentd::config::Config| c.no_snapshot_on_shutdown = true;
+    let server = TestServer::start_at(data.clone(), no_snapshot).await;
+    upsert(
+        &server,
+        vec![customer("a", None, &[("vip", b(true))]), customer("b", None, &[])],
+    )
+    .await;
+    create(&server, text_segment("vips", "vip")).await.unwrap();
+    server.stop().await.unwrap();
+    assert!(
+        !data.join("snapshots").exists() || std::fs::read_dir(data.join("snapshots")).unwrap().count() == 0
+    );
+    let path = last_wal_file(&data);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let good = bytes.len();
+    bytes.extend(std::iter::repeat_n(0u8, 64 << 10));
+    std::fs::write(&path, &bytes).unwrap();
+
+    let server = TestServer::start_at(data.clone(), no_snapshot).await;
+    assert_eq!(is_member(&server, "a", "vips").await, (true, true));
+    assert_eq!(customer_count(&server).await, 2);
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, good);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn damage_before_the_tail_or_an_unknown_version_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();

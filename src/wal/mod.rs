@@ -44,10 +44,12 @@
 //!
 //! # Recovery
 //!
-//! Records are read file by file. A record cut short or failing its checksum at the very end of
-//! the last file is a write torn by a crash: it is cut off with a warning (its write was never
-//! acknowledged). Any other bad header or record stops start-up with an error naming the file
-//! and offset.
+//! Records are read file by file. The last file may end badly after a crash or a power cut: a
+//! record cut short, several records whose pages never reached the disk, or zeros where the
+//! file system allocated space it never wrote. As long as no valid record follows, that tail is
+//! cut off with a warning naming the file, offset, bytes and reason (no write in it was
+//! acknowledged). A bad record followed by a valid one, or any bad header or record in an
+//! earlier file, stops start-up with an error naming the file and offsets.
 
 pub mod record;
 
@@ -682,6 +684,40 @@ pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// The record framed at the start of `rest` and its payload's length, or why there is none.
+fn read_record(rest: &[u8]) -> std::result::Result<(pb::Record, usize), &'static str> {
+    if rest.len() < 8 {
+        return Err("record header cut short");
+    }
+    if rest[..8].iter().all(|&b| b == 0) {
+        return Err("zeros where a record should begin");
+    }
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if len > MAX_RECORD {
+        return Err("implausible record length");
+    }
+    if rest.len() < 8 + len {
+        return Err("record cut short");
+    }
+    let payload = &rest[8..8 + len];
+    if crc32c::crc32c(payload) != crc {
+        return Err("record checksum mismatch");
+    }
+    let record = pb::Record::decode(payload).map_err(|_| "undecodable record")?;
+    if record.sequence == 0 {
+        return Err("record without a sequence");
+    }
+    Ok((record, len))
+}
+
+/// The offset in `rest` (past its start) of the first valid record, if any: a damaged record
+/// followed by a valid one is damage, not a torn tail. A scan of every offset, run only when the
+/// last file ends badly.
+fn next_valid_record(rest: &[u8]) -> Option<usize> {
+    (1..rest.len().saturating_sub(8)).find(|&at| read_record(&rest[at..]).is_ok())
+}
+
 /// Reads every record after sequence `after`, in order, calling `apply` on each. Cuts a torn
 /// final record off the last file; any other damage is an error naming the file and offset.
 pub fn replay(
@@ -755,29 +791,25 @@ pub fn replay(
                 stats.torn_bytes = rest.len() as u64;
                 Ok(())
             };
-            if rest.len() < 8 {
-                torn(&mut stats, "record header cut short")?;
-                break;
-            }
-            let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-            if len > MAX_RECORD {
-                return Err(bad(offset, &format!("record length {len} is not plausible")));
-            }
-            if rest.len() < 8 + len {
-                torn(&mut stats, "record cut short")?;
-                break;
-            }
-            let payload = &rest[8..8 + len];
-            if crc32c::crc32c(payload) != crc {
-                if 8 + len == rest.len() {
-                    torn(&mut stats, "checksum mismatch in the final record")?;
-                    break;
-                }
-                return Err(bad(offset, "record checksum mismatch"));
-            }
-            let record =
-                pb::Record::decode(payload).map_err(|e| bad(offset, &format!("undecodable record: {e}")))?;
+            let (record, len) = match read_record(rest) {
+                Ok(record) => record,
+                // The last file's tail after a power cut: zeros (space allocated, never written),
+                // records cut short, or pages that never reached the disk. Cut only if no valid
+                // record follows: damage before valid records is not a torn tail.
+                Err(why) if last_file => match next_valid_record(rest) {
+                    None => {
+                        torn(&mut stats, why)?;
+                        break;
+                    }
+                    Some(at) => {
+                        return Err(bad(
+                            offset,
+                            &format!("{why}, followed by a valid record at offset {}", offset + at),
+                        ));
+                    }
+                },
+                Err(why) => return Err(bad(offset, why)),
+            };
             if let Some(want) = expected
                 && record.sequence != want
             {
@@ -1029,6 +1061,54 @@ mod tests {
         fs::write(&path, &v2).unwrap();
         let e = names(dir.path(), 0).unwrap_err().to_string();
         assert!(e.contains("unknown format version 2"), "{e}");
+    }
+
+    /// After a power cut the last file may end in zeros (space the file system allocated but
+    /// never wrote) or in several damaged records: each is cut with a warning, as long as no valid
+    /// record follows; one that does makes it damage, refused with the offsets.
+    #[test]
+    fn a_power_cut_tail_of_zeros_or_several_torn_records_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), 1, 1 << 20, FsyncMode::Never).unwrap();
+        let mut ends = Vec::new();
+        for i in 0..5 {
+            wal.append(op(&format!("s{i}")), 0).unwrap();
+            ends.push(wal.writer.lock().offset as usize);
+        }
+        drop(wal);
+        let (_, path) = files(dir.path()).unwrap().pop().unwrap();
+        let full = fs::read(&path).unwrap();
+
+        // Zeros after the last record.
+        let mut zeros = full.clone();
+        zeros.extend(std::iter::repeat_n(0u8, 8192));
+        fs::write(&path, &zeros).unwrap();
+        let (seen, stats) = names(dir.path(), 0).unwrap();
+        assert_eq!((seen.len(), stats.torn_bytes), (5, 8192));
+        assert_eq!(fs::read(&path).unwrap(), full);
+
+        // The fourth record damaged and the fifth half written: both cut.
+        let mut torn = full[..ends[4] - 5].to_vec();
+        torn[ends[2] + 9] ^= 0xff;
+        fs::write(&path, &torn).unwrap();
+        let (seen, stats) = names(dir.path(), 0).unwrap();
+        assert_eq!(seen, vec!["s0", "s1", "s2"]);
+        assert_eq!(stats.torn_bytes as usize, ends[4] - 5 - ends[2]);
+        assert_eq!(fs::read(&path).unwrap(), full[..ends[2]]);
+
+        // The fourth record damaged, the fifth whole: damage, named with both offsets.
+        let mut damaged = full.clone();
+        damaged[ends[2] + 9] ^= 0xff;
+        fs::write(&path, &damaged).unwrap();
+        let e = names(dir.path(), 0).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "offset {}: record checksum mismatch, followed by a valid record at offset {}",
+                ends[2], ends[3]
+            )),
+            "{e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), damaged, "nothing cut");
     }
 
     #[test]
