@@ -371,6 +371,7 @@ impl Engine {
         self.ready.store(true, Ordering::Release);
         tracing::info!(
             files = stats.files,
+            skipped_files = stats.skipped_files,
             records = stats.records,
             bytes = stats.bytes,
             torn_bytes = stats.torn_bytes,

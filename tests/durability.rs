@@ -301,6 +301,53 @@ async fn a_log_ending_in_zeros_after_a_power_cut_opens_with_every_record() {
     server.stop().await.unwrap();
 }
 
+/// Start-up does not read the log files whose records the loaded snapshot holds: a damaged one
+/// (kept for the older snapshot) does not stop it, and the log after the snapshot is replayed.
+#[tokio::test]
+async fn recovery_skips_the_log_files_the_snapshot_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tune = |c: &mut segmentd::config::Config| {
+        c.no_snapshot_on_shutdown = true;
+        c.wal_segment_bytes = 4096;
+    };
+    let server = TestServer::start_at(data.clone(), tune).await;
+    let ids: Vec<String> = (0..600).map(|i| format!("c{i:03}")).collect();
+    for (n, batch) in ids.chunks(10).enumerate() {
+        upsert(&server, batch.iter().map(|id| customer(id, None, &[])).collect()).await;
+        if n == 20 || n == 40 {
+            take_snapshot(&server).await;
+        }
+    }
+    server.stop().await.unwrap();
+    let snapshots: Vec<u64> = std::fs::read_dir(data.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    let newest = *snapshots.iter().max().unwrap();
+    let files = wal_files(&data);
+    let firsts: Vec<u64> = files
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
+    // A file the newest snapshot covers whole (kept for the older one): overwrite its records.
+    let covered = (0..files.len() - 1)
+        .find(|&i| firsts[i + 1] <= newest + 1)
+        .expect("a log file covered by the newest snapshot");
+    let mut bytes = std::fs::read(&files[covered]).unwrap();
+    for b in &mut bytes[30..] {
+        *b = 0x5a;
+    }
+    std::fs::write(&files[covered], &bytes).unwrap();
+
+    let server = TestServer::start_at(data.clone(), tune).await;
+    assert_eq!(customer_count(&server).await, 600);
+    for id in ids.iter().step_by(41) {
+        assert!(get(&mut server.ingest().await, id).await.is_ok(), "{id}");
+    }
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn damage_before_the_tail_or_an_unknown_version_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();

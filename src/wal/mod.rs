@@ -658,6 +658,8 @@ pub struct ReplayStats {
     pub last_sequence: u64,
     /// Bytes of a torn final record that were cut off.
     pub torn_bytes: u64,
+    /// Files not read because the snapshot holds all their records.
+    pub skipped_files: usize,
 }
 
 /// WAL files of `dir`, oldest first, with their first sequence.
@@ -734,6 +736,15 @@ pub fn replay(
     let mut expected_first_after = Some(after + 1);
     for (n, (first, path)) in files.iter().enumerate() {
         let last_file = n + 1 == files.len();
+        // A file whose records a snapshot holds (they end where the next file begins) is not
+        // read: after a snapshot at `after`, reading it would only be skipped record by record.
+        if let Some((next_first, _)) = files.get(n + 1)
+            && *next_first <= after + 1
+        {
+            stats.skipped_files += 1;
+            expected = None;
+            continue;
+        }
         let data =
             fs::read(path).map_err(|e| Error::DataLoss(format!("cannot read {}: {e}", path.display())))?;
         let bad = |offset: usize, what: &str| {
