@@ -260,7 +260,8 @@ impl Engine {
         }
     }
 
-    /// The same engine, opening its log with `faults` injected (before [`Engine::recover`]).
+    /// The same engine with `faults` injected into its log, event log and write admission
+    /// (before [`Engine::recover`]).
     pub fn with_faults(mut self, faults: Arc<wal::Faults>) -> Engine {
         self.faults = faults;
         self
@@ -463,7 +464,7 @@ impl Engine {
     pub fn admit(&self) -> Result<WritePermit> {
         let max = self.max_queued.load(Ordering::Relaxed);
         let permit = self.admit_always();
-        if permit.0.load(Ordering::Acquire) > max {
+        if permit.0.load(Ordering::Acquire) > max || self.faults.take_busy() {
             return Err(Error::ResourceExhausted(format!(
                 "the server is busy: {max} writes are queued; retry with backoff"
             )));

@@ -853,3 +853,76 @@ async fn bad_columns_are_refused_naming_the_batch_and_field() {
     );
     assert_eq!(customer_count(&server).await, 10);
 }
+
+/// A load refused part way for overload ends with RESOURCE_EXHAUSTED that says what was applied
+/// (in the message and as an ErrorInfo a loader reads to resume) and when to retry (RetryInfo);
+/// the batches before the refusal stay applied and durable, none after it is.
+#[tokio::test]
+async fn a_load_refused_part_way_for_overload_says_what_was_applied() {
+    use tonic_types::StatusExt;
+    let faults = std::sync::Arc::new(segmentd::wal::Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let f = faults.clone();
+    let server = TestServer::start_at(data.clone(), move |c| {
+        c.faults = Some(f);
+        c.fsync = segmentd::wal::FsyncMode::Always;
+        c.no_snapshot_on_shutdown = true;
+    })
+    .await;
+    let batch = |n: usize| {
+        pb::LoadCustomersRequest::new(
+            (0..3)
+                .map(|k| customer(&format!("b{n}-{k}"), None, &[]))
+                .collect(),
+        )
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut ingest = server.ingest().await;
+    let call = tokio::spawn(async move {
+        ingest
+            .load_customers(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    for n in 0..2 {
+        tx.send(batch(n)).await.unwrap();
+    }
+    // Once the first two batches are applied, the server turns busy for the next write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get(&mut server.ingest().await, "b1-2").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "batches not applied");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    faults.refuse_writes(1);
+    for n in 2..4 {
+        let _ = tx.send(batch(n)).await;
+    }
+    drop(tx);
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message().contains("batch[2]")
+            && err
+                .message()
+                .contains("2 earlier batches were applied (6 customers created, 0 updated)"),
+        "{}",
+        err.message()
+    );
+    let details = err.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("PARTIALLY_APPLIED", "segmentd")
+    );
+    assert_eq!(info.metadata["applied_batches"], "2");
+    assert_eq!(info.metadata["created"], "6");
+    let retry = details.retry_info().expect("RetryInfo");
+    assert!(retry.retry_delay.is_some_and(|d| !d.is_zero()));
+    assert_eq!(customer_count(&server).await, 6);
+    server.stop().await.unwrap();
+
+    // What was acknowledged as applied is durable: it survives a restart from the log alone.
+    let server = TestServer::start_at(data, |_| {}).await;
+    assert_eq!(customer_count(&server).await, 6);
+    assert!(get(&mut server.ingest().await, "b2-0").await.is_err());
+}

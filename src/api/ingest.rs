@@ -124,9 +124,17 @@ impl Ingest for IngestApi {
                     }
                 }
                 let numbers: Vec<u64> = group.iter().map(|(n, _)| *n).collect();
-                let (applied, failed, seq) = engine
+                let (applied, failed, seq) = match engine
                     .upsert_batches(group.into_iter().map(|(_, b)| b).collect())
-                    .await?;
+                    .await
+                {
+                    Ok(done) => done,
+                    // Refused whole (the server busy, the log failed): what came before stands.
+                    Err(error) => {
+                        failure = Some((numbers[0], error));
+                        break;
+                    }
+                };
                 total.created += applied.created;
                 total.updated += applied.updated;
                 last = seq.or(last);
@@ -198,20 +206,36 @@ impl Ingest for IngestApi {
         let (total, batches, failure) = writer
             .await
             .map_err(|e| Status::internal(format!("load task failed: {e}")))??;
+        // The stream stopped part way: the message and an ErrorInfo say what was applied (and
+        // acknowledged, durable), so a loader resumes from `applied_batches`.
         let applied = |status: Status| {
-            Status::new(
-                status.code(),
-                format!(
-                    "{}; {} earlier batches were applied ({} customers created, {} updated)",
-                    status.message(),
-                    batches,
-                    total.created,
-                    total.updated
-                ),
+            let message = format!(
+                "{}; {} earlier batches were applied ({} customers created, {} updated)",
+                status.message(),
+                batches,
+                total.created,
+                total.updated
+            );
+            super::status::with_details(
+                Status::new(status.code(), message),
+                "PARTIALLY_APPLIED",
+                vec![
+                    ("applied_batches", batches.to_string()),
+                    ("created", total.created.to_string()),
+                    ("updated", total.updated.to_string()),
+                ],
             )
         };
         if let Some((n, error)) = failure {
-            return Err(applied(error.within(&format!("batch[{n}]")).into()));
+            let at = format!("batch[{n}]");
+            let status: Status = match error {
+                e @ Error::InvalidArgument { .. } => e.within(&at).into(),
+                e => {
+                    let status = Status::from(e);
+                    Status::new(status.code(), format!("{at}: {}", status.message()))
+                }
+            };
+            return Err(applied(status));
         }
         if let Some(status) = read_error {
             return Err(applied(status));

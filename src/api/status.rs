@@ -1,8 +1,33 @@
 //! The one mapping from engine errors to gRPC statuses.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::Error;
+
+/// The retry delay a RESOURCE_EXHAUSTED status suggests (`google.rpc.RetryInfo`): long enough for
+/// the queued writes ahead to drain, short enough not to idle a loader.
+pub const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// `status` again with `google.rpc` details: `RetryInfo` when it is RESOURCE_EXHAUSTED, and an
+/// `ErrorInfo` in the `segmentd` domain with `reason` and `metadata` (what was applied before a
+/// stream stopped, say), so a client reads them instead of parsing the message.
+pub fn with_details(status: Status, reason: &str, metadata: Vec<(&str, String)>) -> Status {
+    let mut details = ErrorDetails::with_error_info(
+        reason,
+        "segmentd",
+        metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<std::collections::HashMap<_, _>>(),
+    );
+    if status.code() == Code::ResourceExhausted {
+        details.set_retry_info(Some(RETRY_DELAY));
+    }
+    Status::with_error_details(status.code(), status.message(), details)
+}
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
@@ -19,6 +44,13 @@ impl From<Error> for Status {
         };
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");
+        }
+        if code == Code::ResourceExhausted {
+            return Status::with_error_details(
+                code,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
+            );
         }
         Status::new(code, e.to_string())
     }

@@ -180,6 +180,7 @@ pub struct Faults {
     appends: std::sync::atomic::AtomicU32,
     syncs: std::sync::atomic::AtomicU32,
     event_writes: std::sync::atomic::AtomicU32,
+    busy: std::sync::atomic::AtomicU32,
 }
 
 impl Faults {
@@ -196,6 +197,17 @@ impl Faults {
     /// Makes the next `n` writes of event log batches fail (`ENOSPC`).
     pub fn fail_event_writes(&self, n: u32) {
         self.event_writes.store(n, Ordering::Release);
+    }
+
+    /// Makes the next `n` writes refused as if the server were busy (RESOURCE_EXHAUSTED), as
+    /// when every place in the write queue is taken.
+    pub fn refuse_writes(&self, n: u32) {
+        self.busy.store(n, Ordering::Release);
+    }
+
+    /// Whether an injected refusal of a write is due (and takes it).
+    pub(crate) fn take_busy(&self) -> bool {
+        Faults::take(&self.busy)
     }
 
     /// Whether an injected event log write failure is due (and takes it).
