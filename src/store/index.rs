@@ -1,7 +1,7 @@
 //! Concurrent external key → ordinal maps (customer ids, e-mails).
 //!
-//! Each customer costs one 4-byte entry, its ordinal, and its key's 32-bit hash beside it in an
-//! array by ordinal: the key itself lives once, in the shard's string column. An entry sits where
+//! Each customer costs one 4-byte entry, its ordinal, and its key's 32-bit hash (xxh3 keyed by a
+//! secret drawn at start, so callers cannot craft colliding ids) beside it in an array by ordinal: the key itself lives once, in the shard's string column. An entry sits where
 //! the hash of its key puts it; a lookup gathers the ordinals whose hash tag matches and confirms
 //! each against the stored key. A key's 64-bit placement hash is its 32-bit hash spread by a
 //! multiplier ([`key_hash`]), so the array gives it back: a growing table rehashes its entries
@@ -408,9 +408,22 @@ pub fn key_hash(case: KeyCase, key: &str) -> u64 {
     }
 }
 
-/// The placement hash of a normalized key: 32 bits of its xxh3 hash, spread over 64.
+/// The placement hash of a normalized key: 32 bits of its xxh3 hash keyed by [`seed`], spread
+/// over 64.
 fn normalized_hash(key: &str) -> u64 {
-    spread(xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as u32)
+    spread(xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), seed()) as u32)
+}
+
+/// The secret key of [`normalized_hash`], drawn from the OS's randomness once per process.
+/// Without it, anyone who may send customer ids could compute ids that share a hash and pile
+/// them into one bucket (hash flooding). Hashes are never written to disk (a restart rebuilds
+/// them from the ids), so a new key each start costs nothing and leaves nothing to learn.
+fn seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+    })
 }
 
 /// Spreads a 32-bit hash over the 64 bits a table reads (its low bits choose the bucket, its
@@ -599,6 +612,27 @@ mod tests {
         for (ord, k) in keys.iter().enumerate() {
             assert_eq!(idx.get(k, holds), Some(ord as u32));
         }
+    }
+
+    #[test]
+    fn ids_that_collide_in_the_unkeyed_hash_do_not_in_the_index() {
+        // Pairs with the same 32-bit unkeyed xxh3 hash (found offline among `flood-N`).
+        let pairs = [
+            ("flood-659", "flood-13295"),
+            ("flood-46647", "flood-123436"),
+            ("flood-36317", "flood-135431"),
+            ("flood-23578", "flood-193829"),
+            ("flood-25787", "flood-217289"),
+        ];
+        let unkeyed = |k: &str| xxhash_rust::xxh3::xxh3_64(k.as_bytes()) as u32;
+        let index = IdIndex::new(KeyCase::Sensitive);
+        let mut apart = 0;
+        for (a, b) in pairs {
+            assert_eq!(unkeyed(a), unkeyed(b), "{a} {b}");
+            apart += usize::from(index.hash(a) != index.hash(b));
+        }
+        // Each pair collides again with probability 2^-32.
+        assert_eq!(apart, pairs.len());
     }
 
     #[test]
