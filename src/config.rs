@@ -78,6 +78,16 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_MAX_QUEUED_WRITES", default_value_t = crate::engine::DEFAULT_MAX_QUEUED_WRITES)]
     pub max_queued_writes: usize,
 
+    /// Hours an order id is remembered after it was recorded, so that a retried order is not
+    /// counted twice; an order retried later counts again.
+    #[arg(long, env = "SEGMENTD_ORDER_DEDUP_WINDOW_HOURS", default_value_t = crate::store::dedup::DEFAULT_WINDOW_HOURS)]
+    pub order_dedup_window_hours: u64,
+
+    /// Most order ids remembered for deduplication (about 35 bytes each); past it the oldest
+    /// are forgotten before the window ends.
+    #[arg(long, env = "SEGMENTD_ORDER_DEDUP_MAX_IDS", default_value_t = crate::store::dedup::DEFAULT_MAX_IDS)]
+    pub order_dedup_max_ids: usize,
+
     /// Concurrent HTTP/2 streams (calls) per connection.
     #[arg(long, env = "SEGMENTD_MAX_STREAMS", default_value_t = 1024)]
     pub max_concurrent_streams: u32,
@@ -177,6 +187,8 @@ impl Config {
             insecure: false,
             max_batch: 10_000,
             max_queued_writes: crate::engine::DEFAULT_MAX_QUEUED_WRITES,
+            order_dedup_window_hours: crate::store::dedup::DEFAULT_WINDOW_HOURS,
+            order_dedup_max_ids: crate::store::dedup::DEFAULT_MAX_IDS,
             max_concurrent_streams: 1024,
             eval_threads: 0,
             fsync: FsyncMode::Always,

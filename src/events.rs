@@ -988,7 +988,7 @@ impl EventLog {
         } else {
             after
         };
-        if after + 1 < inner.first {
+        if after.saturating_add(1) < inner.first {
             return Err(Error::OutOfRange(format!(
                 "from_sequence: events after {after} are no longer retained; the oldest retained is {} \
                  (watch from {} to read on from there)",

@@ -77,6 +77,10 @@ pub async fn run(
         None => engine,
     };
     engine.store().set_eval_threads(config.eval_threads);
+    engine.store().set_order_dedup(
+        Duration::from_secs(config.order_dedup_window_hours.saturating_mul(3600)),
+        config.order_dedup_max_ids,
+    );
     engine.store().events().set_retention(config.event_retention());
     engine.set_max_queued_writes(config.max_queued_writes);
     let limits = Limits {

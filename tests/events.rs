@@ -457,3 +457,33 @@ async fn event_log_write_failures_are_retried_and_snapshots_resume() {
     );
     server.stop().await.unwrap();
 }
+
+/// Positions at the edges answer cleanly: past the end (up to 2^64-1) is OUT_OF_RANGE naming the
+/// last sequence, the last sequence itself waits for what comes next, and 0 and 1 start at the
+/// oldest retained.
+#[tokio::test]
+async fn watching_from_edge_positions_answers_cleanly() {
+    let server = TestServer::start().await;
+    create(&server, text_segment("vips", "vip")).await.unwrap();
+    upsert(&server, vec![customer("a", None, &[("vip", b(true))])]).await;
+    for from in [u64::MAX, u64::MAX - 1, 1 << 63, 2] {
+        let err = match watch(&server, from, &[]).await {
+            Err(status) => status,
+            Ok(mut stream) => stream.message().await.unwrap_err(),
+        };
+        assert_eq!(err.code(), Code::OutOfRange, "{from}: {}", err.message());
+        assert!(err.message().contains('1'), "{from}: {}", err.message());
+    }
+    for from in [0, 1] {
+        let mut stream = watch(&server, from, &[]).await.unwrap();
+        upsert(
+            &server,
+            vec![customer(&format!("b{from}"), None, &[("vip", b(true))])],
+        )
+        .await;
+        // From 0: a, then b0. From 1 (after a): b0, then b1.
+        let events = take(&mut stream, 2).await;
+        assert_eq!(events[0].sequence, from + 1);
+        assert_eq!(events[1].customer_id, format!("b{from}"));
+    }
+}

@@ -926,3 +926,64 @@ async fn a_load_refused_part_way_for_overload_says_what_was_applied() {
     assert_eq!(customer_count(&server).await, 6);
     assert!(get(&mut server.ingest().await, "b2-0").await.is_err());
 }
+
+/// Order ids are remembered for the dedup window (`--order-dedup-window-hours`) after they were
+/// recorded: a retry within it counts nothing, one after it counts again, as documented; the
+/// same holds after a restart that replays the log.
+#[tokio::test]
+async fn a_retried_order_counts_once_within_the_dedup_window_and_again_after_it() {
+    use segmentd::time::ManualClock;
+    const HOUR: i64 = 3_600 * 1_000_000;
+    let clock = std::sync::Arc::new(ManualClock::new(1_800_000_000 * 1_000_000));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = clock.clone();
+    let tune = move |cfg: &mut segmentd::config::Config| {
+        cfg.clock = Some(c.clone());
+        cfg.order_dedup_window_hours = 8;
+        cfg.no_snapshot_on_shutdown = true;
+    };
+    let server = TestServer::start_at(data.clone(), tune.clone()).await;
+    let mut ingest = server.ingest().await;
+    let record = |id: &str| pb::RecordOrdersRequest {
+        orders: vec![order(id, "C1", 1_700_000_000, 1_000, false, &[])],
+    };
+    let counts = |r: pb::RecordOrdersResponse| (r.applied, r.duplicates);
+    assert_eq!(
+        counts(ingest.record_orders(record("o1")).await.unwrap().into_inner()),
+        (1, 0)
+    );
+    clock.advance(7 * HOUR);
+    assert_eq!(
+        counts(ingest.record_orders(record("o1")).await.unwrap().into_inner()),
+        (0, 1)
+    );
+    // Orders of later hours; then, past the window, o1 is forgotten.
+    for h in 0..12 {
+        clock.advance(HOUR);
+        ingest.record_orders(record(&format!("later-{h}"))).await.unwrap();
+    }
+    assert_eq!(
+        counts(ingest.record_orders(record("o1")).await.unwrap().into_inner()),
+        (1, 0)
+    );
+    let count = |c: pb::Customer| c.attributes["order_count"].clone();
+    assert_eq!(count(get(&mut ingest, "C1").await.unwrap()), i(14));
+    server.stop().await.unwrap();
+
+    // Replayed from the log alone, at each record's own time: the same counts.
+    let server = TestServer::start_at(data, tune).await;
+    let mut ingest = server.ingest().await;
+    assert_eq!(count(get(&mut ingest, "C1").await.unwrap()), i(14));
+    assert_eq!(
+        counts(
+            ingest
+                .record_orders(record("later-11"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        (0, 1)
+    );
+    server.stop().await.unwrap();
+}

@@ -14,6 +14,7 @@
 mod applier;
 pub mod batch;
 pub mod column;
+pub mod dedup;
 pub mod dict;
 pub mod index;
 pub mod input;
@@ -22,7 +23,6 @@ pub mod shards;
 pub mod strings;
 pub mod value;
 
-use foldhash::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -209,8 +209,9 @@ pub(crate) struct WriterState {
     next_ordinal: u32,
     /// Ordinals of erased customers, reused before new ones.
     free: Vec<u32>,
-    /// 128-bit hashes of every order id recorded: a retried order is never counted twice.
-    orders_seen: HashSet<u128>,
+    /// 128-bit hashes of the order ids recorded within the dedup window: a retried order is
+    /// not counted twice ([`dedup`]).
+    orders_seen: dedup::OrderDedup,
     /// Membership changes of the write in progress, committed to the event log at its end.
     pub(crate) noted: Noted,
     /// Batches handed to the applier thread so far ([`applier`]).
@@ -362,7 +363,7 @@ impl Store {
             registry: self.registry(),
             next_ordinal: w.next_ordinal,
             free: w.free.clone(),
-            orders_seen: w.orders_seen.iter().copied().collect(),
+            orders_seen: w.orders_seen.keys().collect(),
             orders: self.orders.load(Ordering::Acquire),
             shards: (0..self.shards.len()).map(|_| None).collect(),
             waiting: Vec::new(),
@@ -487,7 +488,7 @@ impl Store {
         let mut w = _w;
         w.next_ordinal = r.next_ordinal;
         w.free = r.free;
-        w.orders_seen = r.orders_seen.into_iter().collect();
+        w.orders_seen.restore(r.orders_seen, self.clock_micros());
         self.orders.store(r.orders, Ordering::Release);
         self.customers.store(customers, Ordering::Release);
         Ok(())
@@ -551,6 +552,13 @@ impl Store {
     }
 
     /// Sets the threads used to evaluate a segment over all customers (0: one per core).
+    /// Bounds the order dedup window: ids are remembered `window` after they were recorded, and
+    /// at most about `max_ids` of them ([`dedup`]).
+    pub fn set_order_dedup(&self, window: std::time::Duration, max_ids: usize) {
+        let micros = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+        self.writer.lock().orders_seen.set_bounds(micros, max_ids);
+    }
+
     pub fn set_eval_threads(&self, threads: usize) {
         self.eval_threads.store(threads, Ordering::Relaxed);
     }
@@ -1120,7 +1128,7 @@ impl Store {
         let now = self.now();
         let mut outcome = OrdersOutcome::default();
         for order in orders {
-            if !w.orders_seen.insert(order_key(&order.order_id)) {
+            if !w.orders_seen.insert(order_key(&order.order_id), now.micros) {
                 outcome.duplicates += 1;
                 continue;
             }
