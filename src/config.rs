@@ -132,8 +132,8 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_EVENT_RETENTION_SECS", default_value_t = crate::events::DEFAULT_MAX_AGE_SECS)]
     pub event_retention_secs: u64,
 
-    /// Seconds a watcher (WatchMemberships) may leave its buffer full before its stream ends with
-    /// ABORTED naming the sequence to resume from.
+    /// Seconds a watcher (WatchMemberships) or an export (ExportSegment) may leave its buffer
+    /// full before its stream ends with ABORTED (a watcher's names the sequence to resume from).
     #[arg(long, env = "SEGMENTD_WATCH_STALL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub watch_stall_secs: u64,
 

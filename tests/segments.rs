@@ -932,3 +932,64 @@ async fn oversized_and_too_deep_inputs_are_refused_with_their_codes() {
             .is_err()
     );
 }
+
+/// An export whose reader stops reading ends after the stall limit with ABORTED saying how many
+/// customers were sent, instead of holding its stream open for as long as the client likes.
+#[tokio::test]
+async fn an_export_nobody_reads_ends_after_the_stall_limit() {
+    let server = TestServer::start_with(|c| c.watch_stall_secs = 1).await;
+    server
+        .admin()
+        .await
+        .define_attribute(pb::DefineAttributeRequest {
+            name: "notes".into(),
+            r#type: pb::AttributeType::Text as i32,
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    // 1,000 customers of 4 KB each: more than the stream's HTTP/2 window (2 MiB) can hold.
+    let notes = "n".repeat(4000);
+    for chunk in 0..10 {
+        upsert(
+            &server,
+            (0..100)
+                .map(|k| customer(&format!("c{chunk}-{k:03}"), None, &[("notes", s(&notes))]))
+                .collect(),
+        )
+        .await;
+    }
+    create(&server, text_segment("all", "notes is set"))
+        .await
+        .unwrap();
+    let mut stream = server
+        .segments()
+        .await
+        .export_segment(pb::ExportSegmentRequest {
+            segment_id: "all".into(),
+            fields: vec!["notes".into()],
+            batch_size: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Read nothing past the stall limit, then everything there is.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(batch)) => received += batch.customers.len(),
+            Ok(None) => panic!("the export ran to its end ({received} customers) for a reader that stalled"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Aborted, "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains(&format!("{received} customers were sent")),
+        "{received}: {}",
+        status.message()
+    );
+    assert!(received > 0 && received < 1000, "{received}");
+}

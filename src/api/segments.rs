@@ -26,6 +26,8 @@ const MAX_WATCH_SEGMENTS: usize = 1000;
 /// Most events in one watch message, and most looked at per read of the event log.
 const WATCH_BATCH: usize = 1000;
 const WATCH_SCAN: usize = 65_536;
+/// Events behind past which a watcher's page is read on the blocking pool rather than inline.
+const WATCH_INLINE: u64 = 4_096;
 /// Messages buffered for one watcher.
 const WATCH_BUFFER: usize = 4;
 /// How often a filtered watch reports its position when no event passes the filter.
@@ -289,7 +291,8 @@ impl Segments for SegmentsApi {
         Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExportSegmentResponse, Status>> + Send + 'static>>;
 
     /// Pages through the members one batch at a time; the bounded channel makes a slow client
-    /// slow the export down instead of growing server memory.
+    /// slow the export down instead of growing server memory, and one that reads nothing for
+    /// the stall limit (`--watch-stall-secs`) ends with ABORTED saying how many were sent.
     async fn export_segment(
         &self,
         request: Request<pb::ExportSegmentRequest>,
@@ -325,16 +328,33 @@ impl Segments for SegmentsApi {
             .await?;
         let (tx, rx) = mpsc::channel(2);
         let engine = self.engine.clone();
+        let stall = self.watch_stall;
         tokio::spawn(async move {
             let (mut page, mut next) = first;
+            let mut sent = 0u64;
             loop {
                 if !page.is_empty() {
+                    let n = page.len() as u64;
                     let msg = pb::ExportSegmentResponse {
                         customers: page.into_iter().map(convert::customer_out).collect(),
                     };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return; // the client went away
+                    // A reader that takes nothing for the stall limit ends its export, as a
+                    // watcher does: the server holds no page for it past that.
+                    match tokio::time::timeout(stall, tx.reserve()).await {
+                        Ok(Ok(permit)) => permit.send(Ok(msg)),
+                        Ok(Err(_)) => return, // the client went away
+                        Err(_) => {
+                            let _ = tx
+                                .send(Err(Status::aborted(format!(
+                                    "the export read nothing for {} s; {sent} customers were sent, \
+                                     export again to get them all",
+                                    stall.as_secs_f64()
+                                ))))
+                                .await;
+                            return;
+                        }
                     }
+                    sent += n;
                 }
                 let Some(from) = next else { return };
                 match engine.export_page(id.clone(), from, batch, attrs.clone()).await {
@@ -388,8 +408,22 @@ impl Segments for SegmentsApi {
             let mut after = from_sequence;
             let mut reported = from_sequence;
             let mut last_report = std::time::Instant::now();
+            let segment_ids = std::sync::Arc::new(segment_ids);
             loop {
-                let page = match engine.read_events(after, &segment_ids, WATCH_BATCH, WATCH_SCAN) {
+                // A watcher far behind reads pages of up to WATCH_SCAN events: on the blocking
+                // pool, so the async workers stay free for request-time calls.
+                let behind = engine.store().events().published().saturating_sub(after);
+                let read = if behind > WATCH_INLINE {
+                    let (engine, ids) = (engine.clone(), segment_ids.clone());
+                    tokio::task::spawn_blocking(move || {
+                        engine.read_events(after, &ids, WATCH_BATCH, WATCH_SCAN)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Internal(format!("event read task: {e}"))))
+                } else {
+                    engine.read_events(after, &segment_ids, WATCH_BATCH, WATCH_SCAN)
+                };
+                let page = match read {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;

@@ -1171,11 +1171,12 @@ impl Store {
         description: &str,
         log: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<Arc<Schema>> {
+        // The writer lock keeps other schema changes out; readers keep reading the schema in
+        // force while the change is logged (no lock is held across the log's I/O).
         let _w = self.lock_writer();
-        let mut schema = self.schema.write();
-        let next = Arc::new(schema.with_attribute(name, ty, description)?);
+        let next = Arc::new(self.schema().with_attribute(name, ty, description)?);
         log()?;
-        *schema = next.clone();
+        *self.schema.write() = next.clone();
         Ok(next)
     }
 
@@ -1661,6 +1662,31 @@ mod tests {
                 .map(|(name, v)| (schema.get(name).unwrap().id, Some(v.clone())))
                 .collect(),
         }
+    }
+
+    /// Defining an attribute logs it without holding the schema's lock: readers (every request
+    /// that reads the schema) are not held up by the log's I/O.
+    #[test]
+    fn the_schema_stays_readable_while_an_attribute_is_logged() {
+        let store = Arc::new(Store::new());
+        let before = store.schema().len();
+        let reader = store.clone();
+        store
+            .define_attribute("golf_handicap", AttrType::Float, "", &mut || {
+                // Stands for the log's write: another thread reads the schema meanwhile.
+                let reader = reader.clone();
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = tx.send(reader.schema().len());
+                });
+                let seen = rx
+                    .recv_timeout(std::time::Duration::from_secs(5))
+                    .expect("the schema was locked while the change was logged");
+                assert_eq!(seen, before, "the change shows only once logged");
+                Ok(1)
+            })
+            .unwrap();
+        assert_eq!(store.schema().len(), before + 1);
     }
 
     #[test]
