@@ -86,6 +86,7 @@ pub async fn run(
     let limits = Limits {
         max_batch: config.max_batch,
     };
+    crate::api::wire::raise_decode_ceiling(config.max_batch);
 
     // Tokens: without them, only loopback (unless told otherwise).
     let auth = Arc::new(

@@ -17,7 +17,7 @@ use crate::api::{Limits, convert};
 use crate::error::{Error, Result};
 use crate::store::batch::{AttrColumn, Coded, ColumnBatch, ColumnValues, Strs};
 use crate::store::input;
-use crate::store::schema::{AttrDef, AttrType, Schema};
+use crate::store::schema::{AttrDef, AttrType, MAX_ATTRIBUTES, Schema};
 use crate::time;
 
 /// Every customer of `columns` as a patch checked against `schema`, or the first failure; the
@@ -38,12 +38,18 @@ pub(crate) fn column_patches(
 /// the first failure; the number of customers is checked against `limits` first. Its strings stay
 /// in `bytes`.
 pub fn column_batch(schema: &Schema, limits: Option<&Limits>, bytes: &Bytes) -> Result<ColumnBatch> {
+    let max = limits.map_or(usize::MAX, |l| l.max_batch);
     let Read {
         ids,
         emails,
         attributes,
-    } = read(bytes)
-        .map_err(|e| Error::invalid("columns", format!("malformed CustomerColumns message: {e}")))?;
+    } = read(bytes, max).map_err(|e| match e {
+        Malformed::TooMany { field, max } => Error::invalid(
+            format!("columns.{field}"),
+            format!("more than the limit of {max} per message"),
+        ),
+        e => Error::invalid("columns", format!("malformed CustomerColumns message: {e}")),
+    })?;
     let n = ids.len();
     if let Some(limits) = limits {
         limits.check_batch("columns.customer_ids", n)?;
@@ -311,11 +317,14 @@ impl RawValues {
 
     /// Merges one occurrence of its field (a `BoolColumn`, `IntColumn`, ... message): repeated
     /// values add up, as protobuf merges a message field given twice.
-    fn merge(&mut self, bytes: &Bytes, mut msg: &[u8]) -> std::result::Result<(), Malformed> {
+    /// No more than `max` values (and list items per value allowed) are taken: see [`read`].
+    fn merge(&mut self, bytes: &Bytes, mut msg: &[u8], max: usize) -> std::result::Result<(), Malformed> {
         let ctx = DecodeContext::default;
+        const FIELD: &str = "attributes.values";
         while !msg.is_empty() {
             let (tag, wire_type) = encoding::decode_key(&mut msg)?;
             if let (RawValues::Strings(v), 2) = (&mut *self, tag) {
+                reserve_packed(&mut v.picks, wire_type, msg, 1, max, FIELD)?;
                 encoding::uint32::merge_repeated(wire_type, &mut v.picks, &mut msg, ctx())?;
                 continue;
             }
@@ -324,22 +333,42 @@ impl RawValues {
                 continue;
             }
             match self {
-                RawValues::Bools(v) => encoding::bool::merge_repeated(wire_type, v, &mut msg, ctx())?,
+                RawValues::Bools(v) => {
+                    reserve_packed(v, wire_type, msg, 1, max, FIELD)?;
+                    encoding::bool::merge_repeated(wire_type, v, &mut msg, ctx())?
+                }
                 RawValues::Ints(v) | RawValues::Dates(v) | RawValues::Timestamps(v) => {
+                    reserve_packed(v, wire_type, msg, 1, max, FIELD)?;
                     encoding::int64::merge_repeated(wire_type, v, &mut msg, ctx())?
                 }
-                RawValues::Doubles(v) => encoding::double::merge_repeated(wire_type, v, &mut msg, ctx())?,
+                RawValues::Doubles(v) => {
+                    reserve_packed(v, wire_type, msg, 8, max, FIELD)?;
+                    encoding::double::merge_repeated(wire_type, v, &mut msg, ctx())?
+                }
                 RawValues::Strings(v) => {
                     encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    if v.strings.len() >= max {
+                        return Err(Malformed::TooMany { field: FIELD, max });
+                    }
                     v.strings.push(span(bytes, delimited(&mut msg)?))?;
                 }
                 RawValues::Lists { items, ends } => {
                     encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    if ends.len() >= max {
+                        return Err(Malformed::TooMany { field: FIELD, max });
+                    }
                     let mut list = delimited(&mut msg)?;
+                    let max_items = max.saturating_mul(input::MAX_LIST_ITEMS);
                     while !list.is_empty() {
                         let (tag, wire_type) = encoding::decode_key(&mut list)?;
                         if tag == 1 {
                             encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                            if items.len() >= max_items {
+                                return Err(Malformed::TooMany {
+                                    field: FIELD,
+                                    max: max_items,
+                                });
+                            }
                             items.push(span(bytes, delimited(&mut list)?))?;
                         } else {
                             encoding::skip_field(wire_type, tag, &mut list, ctx())?;
@@ -356,7 +385,12 @@ impl RawValues {
 /// Reads an encoded `CustomerColumns` as protobuf decoding would (unknown fields skipped,
 /// repeated scalars packed or not, a `values` field given twice merged when of the same kind and
 /// replaced when not, the last `name` kept), its strings left in `bytes`.
-fn read(bytes: &Bytes) -> std::result::Result<Read<'_>, Malformed> {
+///
+/// No field may hold more than `max` items (customers, a column's values or missing rows), nor
+/// the message more columns than attributes can exist: any valid message fits, and a crafted
+/// one is refused before its items are decoded, so what it makes the server hold is bounded by
+/// the limits rather than by its size (a packed 1-byte integer decodes to 8).
+fn read(bytes: &Bytes, max: usize) -> std::result::Result<Read<'_>, Malformed> {
     let mut out = Read {
         ids: Strs::over(bytes.clone()),
         emails: Strs::over(bytes.clone()),
@@ -368,12 +402,25 @@ fn read(bytes: &Bytes) -> std::result::Result<Read<'_>, Malformed> {
         match tag {
             1 | 2 => {
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let to = if tag == 1 { &mut out.ids } else { &mut out.emails };
+                let (to, field) = if tag == 1 {
+                    (&mut out.ids, "customer_ids")
+                } else {
+                    (&mut out.emails, "emails")
+                };
+                if to.len() >= max {
+                    return Err(Malformed::TooMany { field, max });
+                }
                 to.push(span(bytes, delimited(&mut buf)?))?;
             }
             3 => {
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let column = read_column(bytes, delimited(&mut buf)?)?;
+                if out.attributes.len() >= MAX_ATTRIBUTES {
+                    return Err(Malformed::TooMany {
+                        field: "attributes",
+                        max: MAX_ATTRIBUTES,
+                    });
+                }
+                let column = read_column(bytes, delimited(&mut buf)?, max)?;
                 out.attributes.push(column);
             }
             _ => encoding::skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
@@ -382,7 +429,11 @@ fn read(bytes: &Bytes) -> std::result::Result<Read<'_>, Malformed> {
     Ok(out)
 }
 
-fn read_column<'a>(bytes: &Bytes, mut msg: &'a [u8]) -> std::result::Result<RawColumn<'a>, Malformed> {
+fn read_column<'a>(
+    bytes: &Bytes,
+    mut msg: &'a [u8],
+    max: usize,
+) -> std::result::Result<RawColumn<'a>, Malformed> {
     let mut column = RawColumn {
         name: "",
         missing: Vec::new(),
@@ -395,12 +446,15 @@ fn read_column<'a>(bytes: &Bytes, mut msg: &'a [u8]) -> std::result::Result<RawC
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
                 column.name = std::str::from_utf8(delimited(&mut msg)?).map_err(|_| Malformed::NotUtf8)?;
             }
-            2 => encoding::uint32::merge_repeated(
-                wire_type,
-                &mut column.missing,
-                &mut msg,
-                DecodeContext::default(),
-            )?,
+            2 => {
+                reserve_packed(&mut column.missing, wire_type, msg, 1, max, "attributes.missing")?;
+                encoding::uint32::merge_repeated(
+                    wire_type,
+                    &mut column.missing,
+                    &mut msg,
+                    DecodeContext::default(),
+                )?
+            }
             3..=9 => {
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
                 let field = delimited(&mut msg)?;
@@ -408,12 +462,42 @@ fn read_column<'a>(bytes: &Bytes, mut msg: &'a [u8]) -> std::result::Result<RawC
                     Some(v) if v.tag() == tag => v,
                     other => other.insert(RawValues::empty(tag, bytes)),
                 };
-                values.merge(bytes, field)?;
+                values.merge(bytes, field, max)?;
             }
             _ => encoding::skip_field(wire_type, tag, &mut msg, DecodeContext::default())?,
         }
     }
     Ok(column)
+}
+
+/// Before a repeated scalar field at the start of `msg` is merged into `v`: refuses it if `v` would
+/// then hold more than `max` items, and reserves room for exactly what it adds (so a vector never
+/// doubles past what the message holds). `width` is the bytes of a fixed-width item (8 for a
+/// double), 1 for a varint (counted by its last bytes).
+fn reserve_packed<T>(
+    v: &mut Vec<T>,
+    wire_type: WireType,
+    msg: &[u8],
+    width: usize,
+    max: usize,
+    field: &'static str,
+) -> std::result::Result<(), Malformed> {
+    let adds = if wire_type == WireType::LengthDelimited {
+        let mut peek = msg;
+        let packed = delimited(&mut peek)?;
+        if width == 1 {
+            packed.iter().filter(|&&b| b < 0x80).count()
+        } else {
+            packed.len() / width
+        }
+    } else {
+        1
+    };
+    if v.len().saturating_add(adds) > max {
+        return Err(Malformed::TooMany { field, max });
+    }
+    v.reserve_exact(adds);
+    Ok(())
 }
 
 /// Where `part` (a slice of `bytes`) lies in it.

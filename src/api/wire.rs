@@ -33,8 +33,35 @@ pub struct CustomerBatch {
     /// Customers as received, one encoded `Customer` each.
     encoded: Vec<Bytes>,
     /// The `columns` field: an encoded `CustomerColumns` (kept as bytes until parsed, and logged
-    /// as they are), with the number of customer ids it holds.
-    columns: Option<(Bytes, usize)>,
+    /// as they are): its first occurrence as received, the next ones appended together (a message
+    /// field given twice merges: its encodings concatenated), and the customer ids they hold.
+    /// Joining each occurrence to the whole so far as it arrived was quadratic in a message
+    /// repeating the field, and a handle per occurrence held several times its bytes.
+    columns: Option<Bytes>,
+    more_columns: Vec<u8>,
+    column_ids: usize,
+    /// `columns` and `more_columns` joined, once, when there are both.
+    joined: std::sync::OnceLock<Bytes>,
+    /// Customers past [`decode_ceiling`] in this message: counted, not kept.
+    overflow: usize,
+}
+
+/// The most customers one decoded message keeps: the largest `--max-batch` of the process's
+/// servers. Past it a message's customers are only counted (and the batch refused by its
+/// size), so a message of tiny customers cannot make the decoder hold 16 times its size in
+/// handles first.
+static DECODE_CEILING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Raises the decode ceiling to `max_batch` (the server calls this with its limit).
+pub fn raise_decode_ceiling(max_batch: usize) {
+    DECODE_CEILING.fetch_max(max_batch, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn decode_ceiling() -> usize {
+    match DECODE_CEILING.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => Limits::default().max_batch,
+        n => n,
+    }
 }
 
 impl CustomerBatch {
@@ -58,14 +85,27 @@ impl CustomerBatch {
     /// cheapest form to send and to apply.
     pub fn from_columns(columns: &pb::CustomerColumns) -> Self {
         CustomerBatch {
-            columns: Some((columns.encode_to_vec().into(), columns.customer_ids.len())),
+            columns: Some(columns.encode_to_vec().into()),
+            column_ids: columns.customer_ids.len(),
             ..CustomerBatch::default()
         }
     }
 
     /// Number of customers in the batch.
     pub fn len(&self) -> usize {
-        self.messages.len() + self.encoded.len() + self.columns.as_ref().map_or(0, |(_, n)| *n)
+        self.messages.len() + self.encoded.len() + self.overflow + self.column_ids
+    }
+
+    /// The `columns` field as one encoded message, if the batch has it.
+    fn columns_bytes(&self) -> Option<&Bytes> {
+        let first = self.columns.as_ref()?;
+        if self.more_columns.is_empty() {
+            return Some(first);
+        }
+        Some(
+            self.joined
+                .get_or_init(|| [first.as_ref(), &self.more_columns].concat().into()),
+        )
     }
 
     pub fn is_empty(&self) -> bool {
@@ -83,16 +123,15 @@ impl CustomerBatch {
 
     /// The `columns` field, decoded; `None` when the batch has none.
     pub fn columns(&self) -> std::result::Result<Option<pb::CustomerColumns>, DecodeError> {
-        self.columns
-            .as_ref()
-            .map(|(bytes, _)| pb::CustomerColumns::decode(bytes.as_ref()))
+        self.columns_bytes()
+            .map(|bytes| pb::CustomerColumns::decode(bytes.as_ref()))
             .transpose()
     }
 
     /// The batch made ready for the writer: its patches, and a log record holding the customers'
     /// bytes as received (replay reads them again the same way).
     pub fn upsert_batch(&self, schema: &Schema, limits: &Limits) -> Result<UpsertBatch> {
-        if let Some((bytes, _)) = &self.columns {
+        if let Some(bytes) = self.columns_bytes() {
             let columns = self.checked_columns(bytes, schema, limits)?;
             let record = crate::wal::record::encode_upsert_columns(bytes);
             return Ok(UpsertBatch::columns(schema, columns, record));
@@ -110,7 +149,7 @@ impl CustomerBatch {
     /// Every customer as a patch checked against `schema`, or the first failure naming its item
     /// (`customers[3].email`); the batch size is checked against `limits` first.
     pub fn patches(&self, schema: &Schema, limits: &Limits) -> Result<Vec<CustomerPatch>> {
-        if let Some((bytes, _)) = &self.columns {
+        if let Some(bytes) = self.columns_bytes() {
             return Ok(self.checked_columns(bytes, schema, limits)?.patches(schema));
         }
         limits.check_batch("customers", self.len())?;
@@ -130,15 +169,14 @@ impl CustomerBatch {
     /// The customers given as `columns`, checked against `schema` and `limits`; `None` when the
     /// batch gives them as messages.
     pub fn column_batch(&self, schema: &Schema, limits: &Limits) -> Result<Option<ColumnBatch>> {
-        self.columns
-            .as_ref()
-            .map(|(bytes, _)| self.checked_columns(bytes, schema, limits))
+        self.columns_bytes()
+            .map(|bytes| self.checked_columns(bytes, schema, limits))
             .transpose()
     }
 
     /// The `columns` field (`bytes`) checked against `schema` and `limits`.
     fn checked_columns(&self, bytes: &Bytes, schema: &Schema, limits: &Limits) -> Result<ColumnBatch> {
-        if !self.messages.is_empty() || !self.encoded.is_empty() {
+        if !self.messages.is_empty() || !self.encoded.is_empty() || self.overflow > 0 {
             return Err(Error::invalid(
                 "columns",
                 "a request gives its customers as `customers` or as `columns`, not both",
@@ -184,8 +222,11 @@ impl Message for CustomerBatch {
         for bytes in &self.encoded {
             encoding::bytes::encode(1, bytes, buf);
         }
-        if let Some((bytes, _)) = &self.columns {
+        if let Some(bytes) = &self.columns {
             encoding::bytes::encode(2, bytes, buf);
+        }
+        if !self.more_columns.is_empty() {
+            encoding::bytes::encode(2, &self.more_columns, buf);
         }
     }
 
@@ -201,17 +242,21 @@ impl Message for CustomerBatch {
                 // Zero-copy when the buffer is `Bytes`-backed, as tonic's is.
                 let mut customer = Bytes::new();
                 encoding::bytes::merge(wire_type, &mut customer, buf, ctx)?;
-                self.encoded.push(customer);
+                if self.encoded.len() < decode_ceiling() {
+                    self.encoded.push(customer);
+                } else {
+                    self.overflow += 1;
+                }
             }
             2 => {
                 let mut more = Bytes::new();
                 encoding::bytes::merge(wire_type, &mut more, buf, ctx)?;
-                let ids = count_fields(&more, 1);
-                // A message field given twice merges: its encodings concatenated.
-                self.columns = Some(match self.columns.take() {
-                    None => (more, ids),
-                    Some((first, n)) => ([first, more].concat().into(), n + ids),
-                });
+                self.column_ids += count_fields(&more, 1);
+                self.joined = std::sync::OnceLock::new();
+                match &self.columns {
+                    None => self.columns = Some(more),
+                    Some(_) => self.more_columns.extend_from_slice(&more),
+                }
             }
             _ => encoding::skip_field(wire_type, tag, buf, ctx)?,
         }
@@ -228,13 +273,16 @@ impl Message for CustomerBatch {
             + self
                 .columns
                 .as_ref()
-                .map_or(0, |(b, _)| encoding::bytes::encoded_len(2, b))
+                .map_or(0, |b| encoding::bytes::encoded_len(2, b))
+            + if self.more_columns.is_empty() {
+                0
+            } else {
+                encoding::bytes::encoded_len(2, &self.more_columns)
+            }
     }
 
     fn clear(&mut self) {
-        self.messages.clear();
-        self.encoded.clear();
-        self.columns = None;
+        *self = CustomerBatch::default();
     }
 }
 
@@ -395,6 +443,9 @@ pub(crate) enum Malformed {
     Truncated,
     #[error("a string is not UTF-8")]
     NotUtf8,
+    /// More items in one field than any valid message holds: refused before they are decoded.
+    #[error("{field}: more than the limit of {max} per message")]
+    TooMany { field: &'static str, max: usize },
 }
 
 impl From<std::str::Utf8Error> for Malformed {
