@@ -187,6 +187,12 @@ impl Stored {
         (self.flags & MOVE != 0).then_some(self.aux)
     }
 
+    /// The number of the activity that made this event, if an activity did.
+    fn activity(&self) -> Option<u32> {
+        (self.flags & MOVE == 0 && cause_of(self.flags) == Cause::Activity && self.aux != 0)
+            .then_some(self.aux)
+    }
+
     fn touches(&self, segments: &[u32]) -> bool {
         segments.contains(&self.segment) || self.moved_from().is_some_and(|s| segments.contains(&s))
     }
@@ -197,6 +203,8 @@ impl Stored {
 struct Names {
     list: Vec<Arc<str>>,
     index: HashMap<Arc<str>, u32>,
+    /// Numbers of forgotten names, given to new ones.
+    free: Vec<u32>,
 }
 
 impl Default for Names {
@@ -204,20 +212,41 @@ impl Default for Names {
         Names {
             list: vec![Arc::from("")],
             index: HashMap::default(),
+            free: Vec::new(),
         }
     }
 }
 
 impl Names {
-    /// The number of `name`, and whether it is new.
+    /// The number of `name`, and whether it is new (then a batch declares it).
     fn intern(&mut self, name: &Arc<str>) -> (u32, bool) {
         if let Some(&n) = self.index.get(name) {
             return (n, false);
         }
-        let n = self.list.len() as u32;
-        self.list.push(name.clone());
+        let n = match self.free.pop() {
+            Some(n) => {
+                self.list[n as usize] = name.clone();
+                n
+            }
+            None => {
+                self.list.push(name.clone());
+                self.list.len() as u32 - 1
+            }
+        };
         self.index.insert(name.clone(), n);
         (n, true)
+    }
+
+    /// Forgets every name whose number `used` does not hold; their numbers go to new names.
+    fn forget_unused(&mut self, used: &[bool]) {
+        let empty: Arc<str> = Arc::from("");
+        for n in 1..self.list.len() {
+            if !used.get(n).copied().unwrap_or(false) && !self.list[n].is_empty() {
+                self.index.remove(&self.list[n]);
+                self.list[n] = empty.clone();
+                self.free.push(n as u32);
+            }
+        }
     }
 
     fn set(&mut self, number: u32, name: &str) -> Result<()> {
@@ -231,7 +260,11 @@ impl Names {
         if n == self.list.len() {
             self.list.push(name.clone());
         } else {
-            self.list[n] = name.clone();
+            // A number given again to a new name (the old one was forgotten).
+            let old = std::mem::replace(&mut self.list[n], name.clone());
+            if self.index.get(&old) == Some(&number) {
+                self.index.remove(&old);
+            }
         }
         self.index.insert(name, number);
         Ok(())
@@ -275,7 +308,12 @@ struct Inner {
     /// The last event sequence watchers may see.
     published: u64,
     retention: Retention,
+    /// Events dropped since activity names were last swept.
+    dropped_since_sweep: u64,
 }
+
+/// Fewest dropped events between two sweeps of activity names.
+const ACTIVITY_SWEEP_MIN: u64 = 4_096;
 
 impl Inner {
     fn next(&self) -> u64 {
@@ -303,6 +341,20 @@ impl Inner {
         if drop > 0 {
             self.events.drain(..drop);
             self.first += drop as u64;
+            // Activity ids live as long as an event names them: once retention has dropped as
+            // many events as it holds (amortized, one pass over the retained), forget the
+            // others, so distinct activity ids are bounded by retention, not kept forever.
+            self.dropped_since_sweep += drop as u64;
+            if self.dropped_since_sweep >= (self.events.len() as u64).max(ACTIVITY_SWEEP_MIN) {
+                self.dropped_since_sweep = 0;
+                let mut used = vec![false; self.activities.list.len()];
+                for n in self.events.iter().filter_map(Stored::activity) {
+                    if let Some(u) = used.get_mut(n as usize) {
+                        *u = true;
+                    }
+                }
+                self.activities.forget_unused(&used);
+            }
         }
         while let Some(&(end, ord)) = self.erased_order.front() {
             if end > self.first {

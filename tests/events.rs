@@ -487,3 +487,64 @@ async fn watching_from_edge_positions_answers_cleanly() {
         assert_eq!(events[1].customer_id, format!("b{from}"));
     }
 }
+
+/// Activity ids are kept as long as a retained event names them: thousands of distinct ones
+/// under a small retention leave the event log's memory bounded, and the retained events still
+/// name their activities, before and after a restart.
+#[tokio::test]
+async fn activity_ids_are_forgotten_with_the_events_that_named_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tune = |c: &mut segmentd::config::Config| c.event_retention_events = 100;
+    let server = TestServer::start_at(data.clone(), tune).await;
+    upsert(&server, vec![customer("c1", None, &[])]).await;
+    let mut golfers = text_segment("golfers", "");
+    golfers.allow_activities = true;
+    create(&server, golfers).await.unwrap();
+    let event_log_bytes = |s: pb::StatsResponse| {
+        s.memory
+            .iter()
+            .find(|m| m.name == "event_log")
+            .map_or(0, |m| m.bytes)
+    };
+    let mut activities = server.activities().await;
+    let mut after_first = 0;
+    for k in 0..3_000 {
+        let request = pb::AddToSegmentRequest {
+            segment_id: "golfers".into(),
+            customer_ids: vec!["c1".into()],
+            activity_id: format!("campaign-{k:05}-{}", "x".repeat(40)),
+            ..Default::default()
+        };
+        activities.add_to_segment(request).await.unwrap();
+        activities
+            .remove_from_segment(pb::RemoveFromSegmentRequest {
+                segment_id: "golfers".into(),
+                customer_ids: vec!["c1".into()],
+                activity_id: format!("campaign-{k:05}-{}", "x".repeat(40)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if k == 499 {
+            after_first = event_log_bytes(stats(&server).await);
+        }
+    }
+    let bytes = event_log_bytes(stats(&server).await);
+    // 2,500 more distinct ids (about 90 bytes each with their entry) did not add up.
+    assert!(bytes < after_first + 100_000, "{after_first} -> {bytes}");
+    let check = |events: Vec<pb::MembershipEvent>| {
+        assert_eq!(events.len(), 100);
+        for e in &events {
+            let k: usize = e.activity_id.get(9..14).unwrap().parse().unwrap();
+            assert!(k >= 2_950, "{e:?}");
+        }
+    };
+    let mut stream = watch(&server, 0, &[]).await.unwrap();
+    check(take(&mut stream, 100).await);
+    drop(stream);
+    server.stop().await.unwrap();
+    let server = TestServer::start_at(data, tune).await;
+    let mut stream = watch(&server, 0, &[]).await.unwrap();
+    check(take(&mut stream, 100).await);
+}
