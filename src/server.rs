@@ -166,13 +166,11 @@ pub async fn run(
 
     // NOT_SERVING until the log is replayed; data calls meanwhile get UNAVAILABLE.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
-    for name in SERVICES {
-        health.set_service_status(name, ServingStatus::NotServing).await;
-    }
+    set_health(&health, ServingStatus::NotServing).await;
     let failure: Arc<Mutex<Option<crate::error::Error>>> = Arc::default();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
-    {
+    // Recovery, then (until shutdown aborts it) the wait for a failure of the log.
+    let recovery = {
         let (engine, health, failure) = (engine.clone(), health.clone(), failure.clone());
         let dir = config.data_dir.clone();
         let (fsync, segment_bytes) = (config.fsync, config.wal_segment_bytes);
@@ -180,18 +178,12 @@ pub async fn run(
             let e = engine.clone();
             match tokio::task::spawn_blocking(move || e.recover(&dir, fsync, segment_bytes)).await {
                 Ok(Ok(_)) => {
-                    health.set_service_status("", ServingStatus::Serving).await;
-                    for name in SERVICES {
-                        health.set_service_status(name, ServingStatus::Serving).await;
-                    }
+                    set_health(&health, ServingStatus::Serving).await;
                     // A failed log refuses every write until restart: say so to load balancers.
                     if let Some(wal) = engine.wal().cloned() {
                         let why = wal.failed().await;
                         tracing::error!(error = %why, "NOT_SERVING until restart: the write-ahead log failed");
-                        health.set_service_status("", ServingStatus::NotServing).await;
-                        for name in SERVICES {
-                            health.set_service_status(name, ServingStatus::NotServing).await;
-                        }
+                        set_health(&health, ServingStatus::NotServing).await;
                     }
                 }
                 Ok(Err(e)) => {
@@ -204,8 +196,8 @@ pub async fn run(
                     let _ = failed_tx.send(());
                 }
             }
-        });
-    }
+        })
+    };
     // Snapshots on a timer and after enough log bytes.
     let snapshots = {
         let engine = engine.clone();
@@ -333,6 +325,7 @@ pub async fn run(
     if let Some(m) = metrics_server {
         m.abort();
     }
+    recovery.abort();
     snapshots.abort();
     ticker.abort();
     #[cfg(unix)]
@@ -351,6 +344,14 @@ pub async fn run(
     }
     tracing::info!("segmentd stopped");
     Ok(result?)
+}
+
+/// Reports `status` for the server and each of its services.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in SERVICES {
+        health.set_service_status(name, status).await;
+    }
 }
 
 /// The gRPC services behind the ready check, by full name (health reports each).
