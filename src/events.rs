@@ -14,6 +14,10 @@
 //! events the event log lacks. Batches for records the write-ahead log lost (a power cut before an
 //! unacknowledged write reached the disk) are cut off the event log.
 //!
+//! Batches name segments and activities by number, declaring a name in the batch that first uses
+//! it; each new file starts with a batch declaring every name known, so the files retention
+//! leaves never need a deleted one.
+//!
 //! Events name customers by ordinal, and an erased customer's ordinal is reused: each erasure is
 //! recorded with the customer id, and an event resolves to the id its ordinal had at that time.
 
@@ -251,10 +255,21 @@ impl Names {
 
     fn set(&mut self, number: u32, name: &str) -> Result<()> {
         let n = number as usize;
-        if n == 0 || n > self.list.len() {
+        if n == 0 || n > MAX_NAMES {
             return Err(Error::DataLoss(format!(
-                "event log: name number {number} out of order"
+                "event log: name number {number} out of range"
             )));
+        }
+        if n > self.list.len() {
+            // Files written before each file declared its names may rely on names declared in a
+            // file retention deleted: the names between stay unknown (events naming them read
+            // with an empty name) rather than the server refusing to start.
+            tracing::warn!(
+                number,
+                known = self.list.len() - 1,
+                "event log: names declared in a deleted file are unknown"
+            );
+            self.list.resize(n, Arc::from(""));
         }
         let name: Arc<str> = Arc::from(name);
         if n == self.list.len() {
@@ -312,12 +327,40 @@ struct Inner {
     dropped_since_sweep: u64,
 }
 
+/// More names than any event log declares (segments and activities are numbered from 1).
+const MAX_NAMES: usize = 1 << 28;
+
 /// Fewest dropped events between two sweeps of activity names.
 const ACTIVITY_SWEEP_MIN: u64 = 4_096;
 
 impl Inner {
     fn next(&self) -> u64 {
         self.first + self.events.len() as u64
+    }
+
+    /// A batch without events that declares every name known, written first in each new file:
+    /// a name is otherwise declared once, in the batch that first used it, and retention deletes
+    /// old files, so a file must not rely on an older one for its names.
+    fn names_batch(&self, first_sequence: u64) -> EventBatch {
+        let declare = |names: &Names| {
+            names
+                .list
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(n, v)| Name {
+                    number: n as u32,
+                    value: v.to_string(),
+                })
+                .collect()
+        };
+        EventBatch {
+            first_sequence,
+            segments: declare(&self.segments),
+            activities: declare(&self.activities),
+            ..EventBatch::default()
+        }
     }
 
     fn push_batch(&mut self, time: i64, stored: impl Iterator<Item = Stored>, erased: Vec<(u32, Arc<str>)>) {
@@ -440,6 +483,8 @@ pub struct EventLog {
     write_failures: std::sync::atomic::AtomicU64,
     /// Disk faults to inject (tests and drills).
     faults: arc_swap::ArcSwap<crate::wal::Faults>,
+    /// Size at which a file is closed and the next one started ([`FILE_BYTES`]; tests lower it).
+    file_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Default for EventLog {
@@ -507,6 +552,7 @@ impl EventLog {
             published: tokio::sync::watch::Sender::new(0),
             write_failures: std::sync::atomic::AtomicU64::new(0),
             faults: arc_swap::ArcSwap::from_pointee(crate::wal::Faults::default()),
+            file_bytes: std::sync::atomic::AtomicU64::new(FILE_BYTES),
         }
     }
 
@@ -595,7 +641,8 @@ impl EventLog {
         drop(inner);
         *self.loaded.lock() = (paths, batches);
         self.published.send_replace(next - 1);
-        *self.writer.lock() = Some(Self::create_file(dir, next)?);
+        let file = Self::create_file(dir, next, &self.inner.read())?;
+        *self.writer.lock() = Some(file);
         self.remove_old_files(dir);
         Ok(())
     }
@@ -665,7 +712,9 @@ impl EventLog {
         Ok(())
     }
 
-    fn create_file(dir: &Path, first_sequence: u64) -> Result<Writer> {
+    /// A new event log file whose batches begin at `first_sequence`, starting with the names
+    /// `inner` knows.
+    fn create_file(dir: &Path, first_sequence: u64, inner: &Inner) -> Result<Writer> {
         let path = dir.join(file_name(first_sequence));
         let mut file = OpenOptions::new()
             .create(true)
@@ -673,7 +722,9 @@ impl EventLog {
             .write(true)
             .open(&path)
             .map_err(|e| io_err("cannot create", &path, e))?;
+        let names = frame(&inner.names_batch(first_sequence));
         file.write_all(MAGIC)
+            .and_then(|()| file.write_all(&names))
             .and_then(|()| file.sync_data())
             .and_then(|()| crate::wal::sync_dir(dir))
             .map_err(|e| io_err("cannot write", &path, e))?;
@@ -681,7 +732,7 @@ impl EventLog {
             dir: dir.to_path_buf(),
             file,
             path,
-            bytes: MAGIC.len() as u64,
+            bytes: (MAGIC.len() + names.len()) as u64,
             failed: None,
             pending: VecDeque::new(),
             retry_at: std::time::Instant::now(),
@@ -733,7 +784,7 @@ impl EventLog {
                 let found: Vec<(u64, PathBuf)> = paths.iter().map(|p| (0, p.clone())).collect();
                 Self::cut_files(&found, b.file, b.offset)?;
                 if let Some(dir) = dir {
-                    *writer = Some(Self::create_file(&dir, next)?);
+                    *writer = Some(Self::create_file(&dir, next, &inner)?);
                 }
             }
         }
@@ -857,7 +908,7 @@ impl EventLog {
         if let Some(w) = writer.as_mut() {
             w.pending.push_back((first_sequence, frame(&batch)));
             if w.failed.is_none() || std::time::Instant::now() >= w.retry_at {
-                let _ = self.write_pending(w);
+                let _ = self.write_pending(w, &inner);
             }
         }
         drop(writer);
@@ -880,11 +931,12 @@ impl EventLog {
     /// Writes the pending batches in order. A failure keeps them (and the ones after them)
     /// for the next attempt, at the next batch after [`RETRY_AFTER`] or the next sync, is
     /// logged once and counted; success after a failure says so.
-    fn write_pending(&self, w: &mut Writer) -> Result<()> {
+    fn write_pending(&self, w: &mut Writer, inner: &Inner) -> Result<()> {
         let faults = self.faults.load();
+        let file_bytes = self.file_bytes.load(std::sync::atomic::Ordering::Relaxed);
         while let Some(first_sequence) = w.pending.front().map(|p| p.0) {
             let data = std::mem::take(&mut w.pending[0].1);
-            if let Err(e) = Self::append(w, first_sequence, &data, &faults) {
+            if let Err(e) = Self::append(w, first_sequence, &data, &faults, inner, file_bytes) {
                 w.pending[0].1 = data;
                 if w.failed.is_none() {
                     tracing::error!(error = %e, "event log write failed; the events are kept and written when the disk takes them, snapshots wait for them");
@@ -903,14 +955,21 @@ impl EventLog {
         Ok(())
     }
 
-    fn append(w: &mut Writer, first_sequence: u64, data: &[u8], faults: &crate::wal::Faults) -> Result<()> {
-        if w.bytes >= FILE_BYTES {
+    fn append(
+        w: &mut Writer,
+        first_sequence: u64,
+        data: &[u8],
+        faults: &crate::wal::Faults,
+        inner: &Inner,
+        file_bytes: u64,
+    ) -> Result<()> {
+        if w.bytes >= file_bytes {
             w.file
                 .sync_data()
                 .map_err(|e| io_err("cannot sync", &w.path, e))?;
             let dir = w.dir.clone();
             let (pending, failed, retry_at) = (std::mem::take(&mut w.pending), w.failed.take(), w.retry_at);
-            let next = Self::create_file(&dir, first_sequence);
+            let next = Self::create_file(&dir, first_sequence, inner);
             let created = next.map(|n| *w = n);
             (w.pending, w.failed, w.retry_at) = (pending, failed, retry_at);
             created?;
@@ -974,7 +1033,9 @@ impl EventLog {
         let mut writer = self.writer.lock();
         let Some(w) = writer.as_mut() else { return Ok(()) };
         if w.failed.is_some() {
-            self.write_pending(w).map_err(|e| {
+            // The lock order of commits: writer, then inner.
+            let inner = self.inner.read();
+            self.write_pending(w, &inner).map_err(|e| {
                 Error::Unavailable(format!(
                     "event log: {} batches wait for the disk: {e}",
                     w.pending.len()
@@ -1154,6 +1215,50 @@ mod tests {
 
     fn change(ord: u32, slot: u32, entered: bool) -> Change {
         Change::new(ord, slot, entered, Cause::Rule)
+    }
+
+    /// Retention deletes old files, and a name is declared in the batch that first used it: each
+    /// new file declares every name first, so the files left always load (a restart at
+    /// 10,000,000 customers failed with "name number 70 out of order").
+    #[test]
+    fn files_left_by_retention_hold_the_names_their_events_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention {
+            max_events: 50,
+            max_age_micros: i64::MAX,
+        };
+        let log = EventLog::new(retention);
+        log.file_bytes.store(300, std::sync::atomic::Ordering::Relaxed);
+        log.open(dir.path(), 0).unwrap();
+        log.recovered(0).unwrap();
+        // Both segments named in the first batch only.
+        let mut n = Noted {
+            changes: vec![change(0, 1, true), change(1, 2, true)],
+            ..Noted::default()
+        };
+        log.commit(1, 10, &mut n, &segs);
+        for k in 0..200u32 {
+            n.changes = vec![change(k % 7, 2, k % 2 == 0)];
+            log.commit(2 + u64::from(k), 20, &mut n, &segs);
+        }
+        // A new segment, declared in a file far from the first.
+        n.changes = vec![change(3, 3, true)];
+        log.commit(300, 30, &mut n, &segs);
+        log.sync().unwrap();
+        let first_file = dir.path().join(file_name(1));
+        assert!(!first_file.exists(), "retention deleted the first file");
+        drop(log);
+
+        let again = EventLog::new(retention);
+        again.open(dir.path(), 40).unwrap();
+        again.recovered(300).unwrap();
+        let page = again.read(0, &[], 100, 100, &ids(&[])).unwrap();
+        assert_eq!(page.events.len(), 50);
+        assert!(
+            page.events[..49].iter().all(|e| &*e.segment_id == "seg2"),
+            "{page:?}"
+        );
+        assert_eq!(&*page.events[49].segment_id, "seg3");
     }
 
     #[test]
