@@ -2,7 +2,8 @@
 //! 100 segments, and acknowledged single-customer upserts per second with the default fsync
 //! mode (`always`, group commit) and 64 concurrent callers over gRPC.
 //!
-//! `cargo bench --bench durability` (SEGMENTD_BENCH_CUSTOMERS=N to change the 10,000,000 default).
+//! `cargo bench --bench durability` (SEGMENTD_BENCH_CUSTOMERS=N to change the 10,000,000 default;
+//! SEGMENTD_BENCH_LOG=1 to see the engine's log lines, which time the restart's steps).
 //! Uses a data directory under `target/`, on the same disk as the build.
 
 #[path = "support/gen.rs"]
@@ -97,6 +98,14 @@ fn build(store: &Store, n: usize) {
 }
 
 fn main() {
+    // SEGMENTD_BENCH_LOG=1: the engine's own log lines too (how the restart's time divides:
+    // "snapshot loaded" and "recovered" give their seconds).
+    if std::env::var_os("SEGMENTD_BENCH_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter("segmentd=info")
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let n: usize = std::env::var("SEGMENTD_BENCH_CUSTOMERS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -344,10 +344,12 @@ impl Engine {
         let after = match snapshot::load(data_dir)? {
             Some(restored) => {
                 let sequence = restored.sequence;
+                let read = started.elapsed();
                 self.store.restore(restored)?;
                 tracing::info!(
                     sequence,
                     seconds = started.elapsed().as_secs_f64(),
+                    read_seconds = read.as_secs_f64(),
                     "snapshot loaded"
                 );
                 sequence
