@@ -135,10 +135,18 @@ impl Shard {
                 days: BTreeMap::new(),
             };
             if let Some(col) = self.column(attr) {
-                for ord in &col.present {
-                    if let Some(v) = raw(self, attr, ord) {
-                        idx.days.entry(idx.day(v)).or_default().insert(ord);
-                    }
+                // Sorted by day, then ordinal: each day's bitmap is built from its run at once,
+                // rather than a map lookup and a bitmap insert per customer.
+                let mut by_day: Vec<(i32, u32)> = col
+                    .present
+                    .iter()
+                    .filter_map(|ord| raw(self, attr, ord).map(|v| (idx.day(v), ord)))
+                    .collect();
+                by_day.sort_unstable();
+                for run in by_day.chunk_by(|a, b| a.0 == b.0) {
+                    let ords = RoaringBitmap::from_sorted_iter(run.iter().map(|&(_, ord)| ord))
+                        .expect("ordinals sorted within a day");
+                    idx.days.insert(run[0].0, ords);
                 }
             }
             self.timed.push(idx);
@@ -298,16 +306,20 @@ impl Store {
     /// Called with the writer lock held, whenever the registry changes.
     pub(crate) fn sync_time_indexes(&self, reg: &Registry) {
         let wanted = timed_attrs(reg, &self.schema());
-        for i in 0..self.shards.len() {
-            let shard = self.shards.get(i);
+        let shards = self.shards.snapshot();
+        // Each shard's indexes come from its own columns: shards in parallel (at a restart of
+        // 10,000,000 customers this was the longest serial step, 1.6 s of CPU).
+        let threads = self.eval_threads.load(Ordering::Relaxed);
+        crate::segment::ops::for_each_shard(&shards, threads, |i, shard| {
             let same = {
                 let s = shard.read();
                 s.timed.len() == wanted.len() && wanted.iter().all(|w| s.timed.iter().any(|t| t.attr == w.0))
             };
             if !same {
-                self.write_shard(i).set_time_indexes(&wanted);
+                self.copy_before_write(i);
+                shard.write().set_time_indexes(&wanted);
             }
-        }
+        });
     }
 
     /// The instant up to which time flips are applied; `None` before the first advance.
