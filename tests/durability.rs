@@ -236,11 +236,10 @@ fn last_wal_file(data: &Path) -> PathBuf {
     files.pop().expect("a log file with records")
 }
 
-#[tokio::test]
-async fn a_torn_final_record_is_cut_and_everything_before_it_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = TestServer::start_at(data.clone(), |_| {}).await;
+/// Customers `a` (a vip) and `b` and the segment `vips`, written by a server on `data` that then
+/// stops; returns the last log file and its length.
+async fn two_customers_then_stop(data: &Path, tune: fn(&mut segmentd::config::Config)) -> (PathBuf, usize) {
+    let server = TestServer::start_at(data.to_path_buf(), tune).await;
     upsert(
         &server,
         vec![customer("a", None, &[("vip", b(true))]), customer("b", None, &[])],
@@ -248,10 +247,18 @@ async fn a_torn_final_record_is_cut_and_everything_before_it_kept() {
     .await;
     create(&server, text_segment("vips", "vip")).await.unwrap();
     server.stop().await.unwrap();
+    let path = last_wal_file(data);
+    let len = std::fs::metadata(&path).unwrap().len() as usize;
+    (path, len)
+}
+
+#[tokio::test]
+async fn a_torn_final_record_is_cut_and_everything_before_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (path, good) = two_customers_then_stop(&data, |_| {}).await;
     // A crash in the middle of an append: a length and checksum, then half a payload.
-    let path = last_wal_file(&data);
     let mut bytes = std::fs::read(&path).unwrap();
-    let good = bytes.len();
     bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]);
     std::fs::write(&path, &bytes).unwrap();
 
@@ -277,20 +284,11 @@ async fn a_log_ending_in_zeros_after_a_power_cut_opens_with_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let no_snapshot = |c: &mut segmentd::config::Config| c.no_snapshot_on_shutdown = true;
-    let server = TestServer::start_at(data.clone(), no_snapshot).await;
-    upsert(
-        &server,
-        vec![customer("a", None, &[("vip", b(true))]), customer("b", None, &[])],
-    )
-    .await;
-    create(&server, text_segment("vips", "vip")).await.unwrap();
-    server.stop().await.unwrap();
+    let (path, good) = two_customers_then_stop(&data, no_snapshot).await;
     assert!(
         !data.join("snapshots").exists() || std::fs::read_dir(data.join("snapshots")).unwrap().count() == 0
     );
-    let path = last_wal_file(&data);
     let mut bytes = std::fs::read(&path).unwrap();
-    let good = bytes.len();
     bytes.extend(std::iter::repeat_n(0u8, 64 << 10));
     std::fs::write(&path, &bytes).unwrap();
 
@@ -821,16 +819,7 @@ async fn an_erased_customer_is_in_no_file_once_the_next_snapshot_is_written() {
     let data = dir.path().join("data");
     let no_shutdown_snapshot = |c: &mut segmentd::config::Config| c.no_snapshot_on_shutdown = true;
     let server = TestServer::start_at(data.clone(), no_shutdown_snapshot).await;
-    server
-        .admin()
-        .await
-        .define_attribute(pb::DefineAttributeRequest {
-            name: "notes".into(),
-            r#type: pb::AttributeType::Text as i32,
-            description: "Free text".into(),
-        })
-        .await
-        .unwrap();
+    define_text(&server, "notes").await;
     const EMAIL: &str = "erased.person@example.org";
     const CITY: &str = "Zzyzxville-7731";
     const POSTAL: &str = "ZZ-99-erased";

@@ -938,16 +938,7 @@ async fn oversized_and_too_deep_inputs_are_refused_with_their_codes() {
 #[tokio::test]
 async fn an_export_nobody_reads_ends_after_the_stall_limit() {
     let server = TestServer::start_with(|c| c.watch_stall_secs = 1).await;
-    server
-        .admin()
-        .await
-        .define_attribute(pb::DefineAttributeRequest {
-            name: "notes".into(),
-            r#type: pb::AttributeType::Text as i32,
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    define_text(&server, "notes").await;
     // 1,000 customers of 4 KB each: more than the stream's HTTP/2 window (2 MiB) can hold.
     let notes = "n".repeat(4000);
     for chunk in 0..10 {

@@ -350,3 +350,17 @@ pub async fn scrape(addr: std::net::SocketAddr) -> std::collections::BTreeMap<St
     }
     out
 }
+
+/// Defines a custom `text` attribute.
+pub async fn define_text(server: &TestServer, name: &str) {
+    server
+        .admin()
+        .await
+        .define_attribute(pb::DefineAttributeRequest {
+            name: name.into(),
+            r#type: pb::AttributeType::Text as i32,
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+}
