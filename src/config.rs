@@ -78,6 +78,12 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_MAX_QUEUED_WRITES", default_value_t = crate::engine::DEFAULT_MAX_QUEUED_WRITES)]
     pub max_queued_writes: usize,
 
+    /// Most bytes the queued writes may hold (a request counts six times its size: the message
+    /// and what decoding keeps of it); past it a write is refused with RESOURCE_EXHAUSTED, unless
+    /// it would be alone.
+    #[arg(long, env = "SEGMENTD_MAX_QUEUED_BYTES", default_value_t = crate::engine::DEFAULT_MAX_QUEUED_BYTES)]
+    pub max_queued_bytes: usize,
+
     /// Hours an order id is remembered after it was recorded, so that a retried order is not
     /// counted twice; an order retried later counts again.
     #[arg(long, env = "SEGMENTD_ORDER_DEDUP_WINDOW_HOURS", default_value_t = crate::store::dedup::DEFAULT_WINDOW_HOURS)]
@@ -187,6 +193,7 @@ impl Config {
             insecure: false,
             max_batch: 10_000,
             max_queued_writes: crate::engine::DEFAULT_MAX_QUEUED_WRITES,
+            max_queued_bytes: crate::engine::DEFAULT_MAX_QUEUED_BYTES,
             order_dedup_window_hours: crate::store::dedup::DEFAULT_WINDOW_HOURS,
             order_dedup_max_ids: crate::store::dedup::DEFAULT_MAX_IDS,
             max_concurrent_streams: 1024,

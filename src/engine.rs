@@ -157,13 +157,27 @@ impl UpsertBatch {
 pub const DEFAULT_MAX_QUEUED_WRITES: usize = 256;
 
 /// A write's place in the writer's queue, given back when dropped.
-pub struct WritePermit(Arc<std::sync::atomic::AtomicUsize>);
+pub struct WritePermit {
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// The bytes this write holds, counted in `held`.
+    bytes: usize,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl Drop for WritePermit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
+
+/// The default most bytes queued writes may hold: 1 GiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 30;
+
+/// What a request holds while it is decoded and applied, per byte received: the received
+/// message and what decoding keeps of it stay within six times its size (the bound the decoding
+/// test checks).
+pub const HELD_PER_BYTE: usize = 6;
 
 /// A write to run on the writer thread.
 type Job = Box<dyn FnOnce(&Store) + Send>;
@@ -205,6 +219,9 @@ pub struct Engine {
     /// Writes queued for or running on the writer thread, and the most allowed.
     queued: Arc<std::sync::atomic::AtomicUsize>,
     max_queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes the queued writes hold, and the most allowed.
+    held_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    max_held_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// The last snapshot written: when, how long it took, its bytes.
     last_snapshot: Arc<parking_lot::Mutex<Option<(Instant, f64, u64)>>>,
     /// Each connected watcher's position (the last sequence handed to it).
@@ -253,6 +270,8 @@ impl Engine {
             schedule_anchor: Arc::default(),
             queued: Arc::default(),
             max_queued: Arc::new(std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_QUEUED_WRITES)),
+            held_bytes: Arc::default(),
+            max_held_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_QUEUED_BYTES)),
             last_snapshot: Arc::default(),
             watchers: Arc::default(),
             next_watcher: Arc::default(),
@@ -464,20 +483,45 @@ impl Engine {
     /// ever longer line. Taken before a request's batch is even parsed, so a refusal costs next
     /// to nothing.
     pub fn admit(&self) -> Result<WritePermit> {
+        self.admit_holding(0)
+    }
+
+    /// [`Engine::admit`] for a write that holds `bytes` while it waits and runs: refused too
+    /// when the queued writes would hold more than `--max-queued-bytes`, unless it would be
+    /// alone (a write larger than the budget still runs on an idle server).
+    pub fn admit_holding(&self, bytes: usize) -> Result<WritePermit> {
         let max = self.max_queued.load(Ordering::Relaxed);
-        let permit = self.admit_always();
-        if permit.0.load(Ordering::Acquire) > max || self.faults.take_busy() {
+        let max_bytes = self.max_held_bytes.load(Ordering::Relaxed);
+        let permit = self.admit_always(bytes);
+        if permit.queued.load(Ordering::Acquire) > max || self.faults.take_busy() {
             return Err(Error::ResourceExhausted(format!(
                 "the server is busy: {max} writes are queued; retry with backoff"
+            )));
+        }
+        let held = permit.held.load(Ordering::Acquire);
+        if held > max_bytes && held > bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "the server is busy: queued writes hold {held} bytes, more than {max_bytes}; \
+                 retry with backoff"
             )));
         }
         Ok(permit)
     }
 
+    /// Sets the most bytes queued writes may hold (`--max-queued-bytes`).
+    pub fn set_max_queued_bytes(&self, n: usize) {
+        self.max_held_bytes.store(n.max(1), Ordering::Relaxed);
+    }
+
     /// A place among the writes whatever the load (the server's own writes: time flips).
-    fn admit_always(&self) -> WritePermit {
+    fn admit_always(&self, bytes: usize) -> WritePermit {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        WritePermit(self.queued.clone())
+        self.held_bytes.fetch_add(bytes, Ordering::AcqRel);
+        WritePermit {
+            queued: self.queued.clone(),
+            bytes,
+            held: self.held_bytes.clone(),
+        }
     }
 
     /// Queues a write on the writer thread and returns once it is applied, with the sequence
@@ -612,7 +656,7 @@ impl Engine {
                     s.wait_written();
                     Ok(())
                 },
-                self.admit_always(),
+                self.admit_always(0),
                 false,
             )
             .await?;
@@ -657,7 +701,7 @@ impl Engine {
                     let how = since.map_or(Advance::Full, Advance::Since);
                     s.advance_time(Some(how), &mut || log.append(|| record::advance_time(since)))
                 },
-                self.admit_always(),
+                self.admit_always(0),
                 true,
             )
             .await?;
@@ -878,6 +922,28 @@ mod tests {
         engine.upsert(vec![patch("after")]).await.unwrap();
         assert!(engine.store().ordinal_of_id("gone").is_none());
         assert!(engine.store().ordinal_of_id("after").is_some());
+        assert_eq!(engine.queued_writes(), 0);
+    }
+
+    /// Admission counts the bytes queued writes hold: past the budget a write is refused, unless
+    /// it would be alone, and the bytes come back when a write ends.
+    #[test]
+    fn admission_counts_the_bytes_queued_writes_hold() {
+        let engine = Engine::new();
+        engine.set_max_queued_bytes(1_000_000);
+        let first = engine.admit_holding(600_000).unwrap();
+        let err = engine.admit_holding(600_000).err().expect("over the budget");
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("1200000 bytes")),
+            "{err}"
+        );
+        assert!(engine.admit_holding(300_000).is_ok(), "within the budget");
+        drop(first);
+        assert_eq!(engine.held_bytes.load(Ordering::Relaxed), 0);
+        // Alone, a write larger than the budget runs.
+        let big = engine.admit_holding(5_000_000).unwrap();
+        assert!(engine.admit_holding(1).is_err());
+        drop(big);
         assert_eq!(engine.queued_writes(), 0);
     }
 

@@ -83,6 +83,7 @@ pub async fn run(
     );
     engine.store().events().set_retention(config.event_retention());
     engine.set_max_queued_writes(config.max_queued_writes);
+    engine.set_max_queued_bytes(config.max_queued_bytes);
     let limits = Limits {
         max_batch: config.max_batch,
     };

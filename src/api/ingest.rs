@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::pb::{self, ingest_server::Ingest};
 use crate::api::wire::CustomerBatch;
 use crate::api::{Limits, convert};
-use crate::engine::{BatchFailure, Engine, UpsertBatch};
+use crate::engine::{BatchFailure, Engine, HELD_PER_BYTE, UpsertBatch};
 use crate::error::{Error, Result};
 use crate::store::UpsertOutcome;
 use crate::store::schema::Schema;
@@ -84,8 +84,10 @@ impl Ingest for IngestApi {
         &self,
         request: Request<pb::UpsertCustomersRequest>,
     ) -> Result<Response<pb::UpsertCustomersResponse>, Status> {
-        // Refused before parsing when the server is overloaded.
-        let permit = self.engine.admit()?;
+        // Refused before parsing when the server is overloaded: by queued writes, and by the
+        // bytes they hold (this one's, as it will be decoded).
+        let held = prost::Message::encoded_len(request.get_ref()).saturating_mul(HELD_PER_BYTE);
+        let permit = self.engine.admit_holding(held)?;
         let schema = self.engine.schema();
         let batch = Parse::start(&schema, self.limits, request.into_inner())
             .finish()
