@@ -340,19 +340,15 @@ impl Segments for SegmentsApi {
                     };
                     // A reader that takes nothing for the stall limit ends its export, as a
                     // watcher does: the server holds no page for it past that.
-                    match tokio::time::timeout(stall, tx.reserve()).await {
-                        Ok(Ok(permit)) => permit.send(Ok(msg)),
-                        Ok(Err(_)) => return, // the client went away
-                        Err(_) => {
-                            let _ = tx
-                                .send(Err(Status::aborted(format!(
-                                    "the export read nothing for {} s; {sent} customers were sent, \
-                                     export again to get them all",
-                                    stall.as_secs_f64()
-                                ))))
-                                .await;
-                            return;
-                        }
+                    let stalled = || {
+                        format!(
+                            "the export read nothing for {} s; {sent} customers were sent, \
+                             export again to get them all",
+                            stall.as_secs_f64()
+                        )
+                    };
+                    if !send_within(&tx, msg, stall, stalled).await {
+                        return;
                     }
                     sent += n;
                 }
@@ -439,21 +435,17 @@ impl Segments for SegmentsApi {
                         events: page.events.iter().map(event_out).collect(),
                         last_sequence: page.last,
                     };
-                    match tokio::time::timeout(stall, tx.reserve()).await {
-                        Ok(Ok(permit)) => permit.send(Ok(msg)),
-                        Ok(Err(_)) => return, // the watcher went away
-                        Err(_) => {
-                            // Stalled with a full buffer: after what is buffered, it learns
-                            // where to resume, and the server keeps nothing more for it.
-                            let _ = tx
-                                .send(Err(Status::aborted(format!(
-                                    "the watcher read nothing for {} s and fell behind; resume with \
-                                     from_sequence {reported}",
-                                    stall.as_secs_f64()
-                                ))))
-                                .await;
-                            return;
-                        }
+                    // Stalled with a full buffer: after what is buffered, it learns where to
+                    // resume, and the server keeps nothing more for it.
+                    let stalled = || {
+                        format!(
+                            "the watcher read nothing for {} s and fell behind; resume with \
+                             from_sequence {reported}",
+                            stall.as_secs_f64()
+                        )
+                    };
+                    if !send_within(&tx, msg, stall, stalled).await {
+                        return;
                     }
                     reported = page.last;
                     last_report = std::time::Instant::now();
@@ -594,5 +586,27 @@ fn event_out(e: &Event) -> pb::MembershipEvent {
         cause: cause_out(e.cause) as i32,
         activity_id: e.activity_id.as_deref().unwrap_or_default().to_string(),
         from_segment_id: e.from_segment_id.as_deref().unwrap_or_default().to_string(),
+    }
+}
+
+/// Sends `msg` to a stream's reader, waiting at most `stall` for room in its buffer. A reader
+/// that stayed that long without reading gets, after what is buffered, ABORTED saying
+/// `stalled()`. Whether the stream goes on (false: the reader left, or stalled).
+async fn send_within<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    msg: T,
+    stall: std::time::Duration,
+    stalled: impl FnOnce() -> String,
+) -> bool {
+    match tokio::time::timeout(stall, tx.reserve()).await {
+        Ok(Ok(permit)) => {
+            permit.send(Ok(msg));
+            true
+        }
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let _ = tx.send(Err(Status::aborted(stalled()))).await;
+            false
+        }
     }
 }
