@@ -8,8 +8,9 @@
 //!
 //! The event log is written to the OS at every batch and synced at every snapshot cut and clean
 //! shutdown. A failed write keeps the batch (and the ones after it) in memory and writes them, in
-//! order, at a later batch or the next sync; until then syncs fail, so snapshots wait. Recovery loads it, then replays the write-ahead log: records after the event log's last
-//! batch make their events again (replay runs each record at its own time, so it makes the same
+//! order, at a later batch or the next sync; until then syncs fail, so snapshots wait. Recovery
+//! loads it, then replays the write-ahead log: records after the event log's last batch make
+//! their events again (replay runs each record at its own time, so it makes the same
 //! ones). Because a snapshot cut syncs the event log first, the records a snapshot covers never hold
 //! events the event log lacks. Batches for records the write-ahead log lost (a power cut before an
 //! unacknowledged write reached the disk) are cut off the event log.
@@ -327,7 +328,9 @@ struct Inner {
     dropped_since_sweep: u64,
 }
 
-/// More names than any event log declares (segments and activities are numbered from 1).
+/// More names than any event log declares: segments and activities are numbered from 1, and
+/// activity numbers are reused once no retained event names them (at most twice the events
+/// retained are in use between two sweeps).
 const MAX_NAMES: usize = 1 << 28;
 
 /// Fewest dropped events between two sweeps of activity names.
