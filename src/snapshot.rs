@@ -824,41 +824,26 @@ fn retain(data_dir: &Path, erased: Option<u64>) -> Result<()> {
 /// Reads a snapshot's files back and checks them against its manifest (sizes and checksums)
 /// without decoding them: retention deletes nothing older until this holds.
 fn verify(path: &Path) -> Result<()> {
-    let manifest_path = path.join("MANIFEST");
-    let manifest = fs::read_to_string(&manifest_path)
-        .map_err(|e| Error::DataLoss(format!("snapshot check: {}: {e}", manifest_path.display())))?;
-    let mut files = 0;
-    for line in manifest.lines().filter(|l| l.starts_with("file ")) {
-        let parts: Vec<_> = line.split(' ').collect();
-        let ["file", name, bytes, crc] = parts.as_slice() else {
-            return Err(Error::DataLoss(format!(
-                "snapshot check: {}: bad line `{line}`",
-                manifest_path.display()
-            )));
-        };
-        let file = path.join(name);
-        let data = fs::read(&file)
-            .map_err(|e| Error::DataLoss(format!("snapshot check: {}: {e}", file.display())))?;
-        if bytes.parse::<u64>().ok() != Some(data.len() as u64)
-            || u32::from_str_radix(crc, 16).ok() != Some(crc32c::crc32c(&data))
-        {
-            return Err(Error::DataLoss(format!(
-                "snapshot check: {} does not match its manifest; older snapshots and the log are kept",
-                file.display()
-            )));
-        }
-        files += 1;
-    }
-    if files == 0 {
-        return Err(Error::DataLoss(format!(
-            "snapshot check: {} lists no file",
-            manifest_path.display()
-        )));
+    let (_, entries) = manifest(path)?;
+    for listed in &entries {
+        read_listed(path, listed).map_err(|e| {
+            Error::DataLoss(format!(
+                "snapshot check: {e}; older snapshots and the log are kept"
+            ))
+        })?;
     }
     Ok(())
 }
 
-fn read_one(path: &Path) -> Result<Restored> {
+/// A file a manifest lists: its name, and the size and checksum it must have.
+struct Listed {
+    name: String,
+    bytes: String,
+    crc: String,
+}
+
+/// The sequence and files of the snapshot at `path`, from its manifest.
+fn manifest(path: &Path) -> Result<(u64, Vec<Listed>)> {
     let manifest_path = path.join("MANIFEST");
     let manifest = fs::read_to_string(&manifest_path)
         .map_err(|e| Error::DataLoss(format!("{}: {e}", manifest_path.display())))?;
@@ -884,24 +869,46 @@ fn read_one(path: &Path) -> Result<Restored> {
         let ["file", name, bytes, crc] = parts.as_slice() else {
             return Err(bad(&format!("bad line `{line}`")));
         };
-        entries.push((name.to_string(), bytes.to_string(), crc.to_string()));
+        entries.push(Listed {
+            name: name.to_string(),
+            bytes: bytes.to_string(),
+            crc: crc.to_string(),
+        });
     }
+    if entries.is_empty() {
+        return Err(bad("lists no file"));
+    }
+    Ok((sequence, entries))
+}
+
+/// The bytes of a listed file of the snapshot at `path`, once their size and checksum match.
+fn read_listed(path: &Path, listed: &Listed) -> Result<Vec<u8>> {
+    let file = path.join(&listed.name);
+    let data = fs::read(&file).map_err(|e| Error::DataLoss(format!("{}: {e}", file.display())))?;
+    if listed.bytes.parse::<u64>().ok() != Some(data.len() as u64) {
+        return Err(Error::DataLoss(format!(
+            "{}: size differs from the manifest",
+            file.display()
+        )));
+    }
+    if u32::from_str_radix(&listed.crc, 16).ok() != Some(crc32c::crc32c(&data)) {
+        return Err(Error::DataLoss(format!("{}: checksum mismatch", file.display())));
+    }
+    Ok(data)
+}
+
+fn read_one(path: &Path) -> Result<Restored> {
+    let (sequence, entries) = manifest(path)?;
+    let manifest_path = path.join("MANIFEST");
+    let bad = |what: &str| Error::DataLoss(format!("{}: {what}", manifest_path.display()));
     enum Part {
         Meta(Box<Restored>),
         Shard(usize, Box<Shard>),
     }
-    let read_part = |(name, bytes, crc): &(String, String, String)| -> Result<Part> {
-        let file = path.join(name);
-        let data = fs::read(&file).map_err(|e| Error::DataLoss(format!("{}: {e}", file.display())))?;
-        let fname = file.display().to_string();
-        if bytes.parse::<u64>().ok() != Some(data.len() as u64) {
-            return Err(Error::DataLoss(format!(
-                "{fname}: size differs from the manifest"
-            )));
-        }
-        if u32::from_str_radix(crc, 16).ok() != Some(crc32c::crc32c(&data)) {
-            return Err(Error::DataLoss(format!("{fname}: checksum mismatch")));
-        }
+    let read_part = |listed: &Listed| -> Result<Part> {
+        let data = read_listed(path, listed)?;
+        let name = &listed.name;
+        let fname = path.join(name).display().to_string();
         if name == "meta.bin" {
             Ok(Part::Meta(Box::new(decode_meta(&fname, &data)?)))
         } else if let Some(i) = name
