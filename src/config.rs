@@ -160,7 +160,7 @@ pub struct Config {
 
     /// Disk faults to inject into the log (tests and drills; no flag).
     #[arg(skip)]
-    pub faults: Option<std::sync::Arc<crate::wal::Faults>>,
+    pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
 
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "SEGMENTD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]

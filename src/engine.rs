@@ -228,7 +228,7 @@ pub struct Engine {
     watchers: Arc<dashmap::DashMap<u64, Arc<std::sync::atomic::AtomicU64>>>,
     next_watcher: Arc<std::sync::atomic::AtomicU64>,
     /// Disk faults injected into the log it opens (tests and drills).
-    faults: Arc<wal::Faults>,
+    faults: Arc<crate::faults::Faults>,
 }
 
 /// A watcher's registration: its position, removed when the watch ends.
@@ -281,7 +281,7 @@ impl Engine {
 
     /// The same engine with `faults` injected into its log, event log and write admission
     /// (before [`Engine::recover`]).
-    pub fn with_faults(mut self, faults: Arc<wal::Faults>) -> Engine {
+    pub fn with_faults(mut self, faults: Arc<crate::faults::Faults>) -> Engine {
         self.faults = faults;
         self
     }

@@ -485,7 +485,7 @@ pub struct EventLog {
     /// Failed attempts to write batches (`segmentd_event_log_write_failures_total`).
     write_failures: std::sync::atomic::AtomicU64,
     /// Disk faults to inject (tests and drills).
-    faults: arc_swap::ArcSwap<crate::wal::Faults>,
+    faults: arc_swap::ArcSwap<crate::faults::Faults>,
     /// Size at which a file is closed and the next one started ([`FILE_BYTES`]; tests lower it).
     file_bytes: std::sync::atomic::AtomicU64,
 }
@@ -554,7 +554,7 @@ impl EventLog {
             loaded: Mutex::new((Vec::new(), Vec::new())),
             published: tokio::sync::watch::Sender::new(0),
             write_failures: std::sync::atomic::AtomicU64::new(0),
-            faults: arc_swap::ArcSwap::from_pointee(crate::wal::Faults::default()),
+            faults: arc_swap::ArcSwap::from_pointee(crate::faults::Faults::default()),
             file_bytes: std::sync::atomic::AtomicU64::new(FILE_BYTES),
         }
     }
@@ -962,7 +962,7 @@ impl EventLog {
         w: &mut Writer,
         first_sequence: u64,
         data: &[u8],
-        faults: &crate::wal::Faults,
+        faults: &crate::faults::Faults,
         inner: &Inner,
         file_bytes: u64,
     ) -> Result<()> {
@@ -1006,7 +1006,7 @@ impl EventLog {
     }
 
     /// Sets the disk faults injected into event log writes (tests and drills).
-    pub fn set_faults(&self, faults: Arc<crate::wal::Faults>) {
+    pub fn set_faults(&self, faults: Arc<crate::faults::Faults>) {
         self.faults.store(faults);
     }
 

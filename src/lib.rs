@@ -19,6 +19,7 @@
 //!   [`latency`]: the latency buckets the engine's own histograms share with it.
 //! - [`error`]: the engine's one error type.
 //! - [`alloc`]: the allocator's tuning, for the binary and the benchmarks.
+//! - [`faults`]: disk and load faults injected by tests and drills.
 //! - [`time`]: calendar arithmetic for dates and timestamps.
 
 pub mod alloc;
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 #[doc(hidden)]
+pub mod faults;
 pub mod fuzzing;
 pub mod latency;
 pub mod metrics;

@@ -739,10 +739,10 @@ async fn health(server: &TestServer) -> i32 {
 /// again and nothing acknowledged is missing.
 #[tokio::test]
 async fn a_failed_fsync_refuses_every_write_until_restart() {
-    let faults = Arc::new(segmentd::wal::Faults::default());
+    let faults = Arc::new(segmentd::faults::Faults::default());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let tune = |f: Option<Arc<segmentd::wal::Faults>>| {
+    let tune = |f: Option<Arc<segmentd::faults::Faults>>| {
         move |c: &mut segmentd::config::Config| {
             c.fsync = FsyncMode::Always;
             c.faults = f;

@@ -413,7 +413,7 @@ async fn a_watcher_that_stops_reading_is_told_where_to_resume() {
 /// after a restart from a snapshot that covers them, every event is still there.
 #[tokio::test]
 async fn event_log_write_failures_are_retried_and_snapshots_resume() {
-    let faults = std::sync::Arc::new(segmentd::wal::Faults::default());
+    let faults = std::sync::Arc::new(segmentd::faults::Faults::default());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -860,7 +860,7 @@ async fn bad_columns_are_refused_naming_the_batch_and_field() {
 #[tokio::test]
 async fn a_load_refused_part_way_for_overload_says_what_was_applied() {
     use tonic_types::StatusExt;
-    let faults = std::sync::Arc::new(segmentd::wal::Faults::default());
+    let faults = std::sync::Arc::new(segmentd::faults::Faults::default());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let f = faults.clone();

@@ -65,6 +65,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::faults::Faults;
 
 /// Generated `segmentd.wal.v1` messages.
 pub mod pb {
@@ -171,57 +172,6 @@ pub struct Wal {
     faults: Arc<Faults>,
     /// How long each fdatasync took.
     pub fsync: prometheus::Histogram,
-}
-
-/// Disk faults to inject into a log (tests and drills): the next `n` appends fail as a full disk
-/// would, or the next `n` fsyncs fail as a failing disk would.
-#[derive(Debug, Default)]
-pub struct Faults {
-    appends: std::sync::atomic::AtomicU32,
-    syncs: std::sync::atomic::AtomicU32,
-    event_writes: std::sync::atomic::AtomicU32,
-    busy: std::sync::atomic::AtomicU32,
-}
-
-impl Faults {
-    /// Makes the next `n` appends fail (half the record written, then `ENOSPC`).
-    pub fn fail_appends(&self, n: u32) {
-        self.appends.store(n, Ordering::Release);
-    }
-
-    /// Makes the next `n` fdatasync calls of log files fail (`EIO`).
-    pub fn fail_syncs(&self, n: u32) {
-        self.syncs.store(n, Ordering::Release);
-    }
-
-    /// Makes the next `n` writes of event log batches fail (`ENOSPC`).
-    pub fn fail_event_writes(&self, n: u32) {
-        self.event_writes.store(n, Ordering::Release);
-    }
-
-    /// Makes the next `n` writes refused as if the server were busy (RESOURCE_EXHAUSTED), as
-    /// when every place in the write queue is taken.
-    pub fn refuse_writes(&self, n: u32) {
-        self.busy.store(n, Ordering::Release);
-    }
-
-    /// Whether an injected refusal of a write is due (and takes it).
-    pub(crate) fn take_busy(&self) -> bool {
-        Faults::take(&self.busy)
-    }
-
-    /// Whether an injected event log write failure is due (and takes it).
-    pub(crate) fn take_event_write(&self) -> bool {
-        Faults::take(&self.event_writes)
-    }
-
-    /// Takes one injected failure from `counter`, if any is left.
-    fn take(counter: &std::sync::atomic::AtomicU32) -> bool {
-        counter.load(Ordering::Relaxed) > 0
-            && counter
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                .is_ok()
-    }
 }
 
 fn file_name(first_sequence: u64) -> String {
@@ -387,7 +337,7 @@ impl Wal {
         if w.offset >= self.segment_bytes {
             self.rotate(&mut w, sequence)?;
         }
-        let injected = Faults::take(&self.faults.appends);
+        let injected = self.faults.take_append();
         let total = frame.len() + op.len();
         let written = if injected {
             // Write half the record, then fail, as a full disk would.
@@ -569,7 +519,7 @@ impl Wal {
     /// One fdatasync of a log file, timed; the caller fails the log if it fails.
     fn sync_file(&self, file: &File, path: &Path) -> Result<()> {
         let started = std::time::Instant::now();
-        let synced = if Faults::take(&self.faults.syncs) {
+        let synced = if self.faults.take_sync() {
             Err(std::io::Error::other("input/output error (injected)"))
         } else {
             file.sync_data()

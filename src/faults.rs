@@ -1,0 +1,66 @@
+//! Faults injected for tests and drills (`Config::faults`): the engine, its log and its event log
+//! consult one shared [`Faults`], each taking the failures meant for it.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Faults to inject: the next `n` log appends fail as a full disk would, the next `n` fsyncs
+/// as a failing disk would, the next `n` event log writes, or the next `n` writes are refused as
+/// if the server were busy.
+#[derive(Debug, Default)]
+pub struct Faults {
+    appends: AtomicU32,
+    syncs: AtomicU32,
+    event_writes: AtomicU32,
+    busy: AtomicU32,
+}
+
+impl Faults {
+    /// Makes the next `n` appends fail (half the record written, then `ENOSPC`).
+    pub fn fail_appends(&self, n: u32) {
+        self.appends.store(n, Ordering::Release);
+    }
+
+    /// Makes the next `n` fdatasync calls of log files fail (`EIO`).
+    pub fn fail_syncs(&self, n: u32) {
+        self.syncs.store(n, Ordering::Release);
+    }
+
+    /// Makes the next `n` writes of event log batches fail (`ENOSPC`).
+    pub fn fail_event_writes(&self, n: u32) {
+        self.event_writes.store(n, Ordering::Release);
+    }
+
+    /// Makes the next `n` writes refused as if the server were busy (RESOURCE_EXHAUSTED), as
+    /// when every place in the write queue is taken.
+    pub fn refuse_writes(&self, n: u32) {
+        self.busy.store(n, Ordering::Release);
+    }
+
+    /// Whether an injected append failure is due (and takes it).
+    pub(crate) fn take_append(&self) -> bool {
+        Faults::take(&self.appends)
+    }
+
+    /// Whether an injected fsync failure is due (and takes it).
+    pub(crate) fn take_sync(&self) -> bool {
+        Faults::take(&self.syncs)
+    }
+
+    /// Whether an injected refusal of a write is due (and takes it).
+    pub(crate) fn take_busy(&self) -> bool {
+        Faults::take(&self.busy)
+    }
+
+    /// Whether an injected event log write failure is due (and takes it).
+    pub(crate) fn take_event_write(&self) -> bool {
+        Faults::take(&self.event_writes)
+    }
+
+    /// Takes one injected failure from `counter`, if any is left.
+    fn take(counter: &AtomicU32) -> bool {
+        counter.load(Ordering::Relaxed) > 0
+            && counter
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+    }
+}
