@@ -6,6 +6,15 @@ use common::*;
 use segmentd::api::pb;
 use tonic::Code;
 
+/// A server whose clock stands at 2026-12-01 00:00 UTC: the ages these tests expect (ann 36, bob
+/// 56, cat 66) do not move with the calendar.
+async fn server_on_a_fixed_date() -> TestServer {
+    let day = segmentd::time::days_from_civil(2026, 12, 1).unwrap();
+    let micros = i64::from(day) * 86_400 * 1_000_000;
+    let clock = std::sync::Arc::new(segmentd::time::ManualClock::new(micros));
+    TestServer::start_with(move |c| c.clock = Some(clock)).await
+}
+
 /// Six customers covering every attribute type.
 async fn base(server: &TestServer) {
     upsert(
@@ -80,7 +89,7 @@ async fn members(server: &TestServer, rule: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn every_predicate_kind() {
-    let server = TestServer::start().await;
+    let server = server_on_a_fixed_date().await;
     base(&server).await;
     let cases: &[(&str, &[&str])] = &[
         ("registered", &["ann", "bob"]),
@@ -120,7 +129,7 @@ async fn every_predicate_kind() {
 
 #[tokio::test]
 async fn segments_are_materialized_and_read_your_writes() {
-    let server = TestServer::start().await;
+    let server = server_on_a_fixed_date().await;
     base(&server).await;
     let seg = create(
         &server,
@@ -622,7 +631,7 @@ async fn bad_rules_are_refused_with_positions_and_names() {
 
 #[tokio::test]
 async fn tree_spelling_preview_explain_overlap_export() {
-    let server = TestServer::start().await;
+    let server = server_on_a_fixed_date().await;
     base(&server).await;
     // A segment created from the tree comes back with its text.
     let tree = pb::Rule {
