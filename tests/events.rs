@@ -366,12 +366,22 @@ async fn time_moves_customers_in_and_out_with_time_events() {
 
     // The birthday passes: the window closes.
     clock.advance(3 * DAY * 1_000_000);
-    assert_eq!(
-        brief(&take(&mut stream, 1).await),
-        vec![ev("birthday", "c2", false, C::Time)]
-    );
+    let closed = take(&mut stream, 1).await;
+    assert_eq!(brief(&closed), vec![ev("birthday", "c2", false, C::Time)]);
     assert_eq!(is_member(&server, "c2", "birthday").await, (false, true));
-    assert!(clock.now_micros() > t0 * 1_000_000);
+    // The exit is stamped with the server's clock of the flip: after the entries, by the time the
+    // clock now shows.
+    let at = closed[0].time.as_ref().unwrap().seconds;
+    let entered = moved
+        .iter()
+        .map(|e| e.time.as_ref().unwrap().seconds)
+        .max()
+        .unwrap();
+    assert!(
+        entered < at && at <= clock.now_micros() / 1_000_000,
+        "entered {entered}, left {at}, clock {}",
+        clock.now_micros() / 1_000_000
+    );
 }
 
 #[tokio::test]
