@@ -139,12 +139,18 @@ async fn metrics_cover_requests_segments_events_log_and_snapshots() {
         .unwrap()
         .into_inner();
     watch.message().await.unwrap().unwrap();
-    server
+    let snapshot = server
         .admin()
         .await
         .snapshot(segmentd::api::pb::SnapshotRequest {})
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    // Every record the log holds, framed: its bytes since start.
+    let wal_bytes: u64 = std::fs::read_dir(server.data.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len() - 24)
+        .sum();
 
     let m = scrape(metrics_addr).await;
     let get = |k: &str| {
@@ -166,11 +172,15 @@ async fn metrics_cover_requests_segments_events_log_and_snapshots() {
     assert_eq!(get("segmentd_events_last_sequence"), 1.0);
     assert_eq!(get("segmentd_watchers"), 1.0);
     assert_eq!(get("segmentd_watcher_lag_events"), 0.0);
-    assert!(get("segmentd_wal_written_bytes_total") > 0.0);
-    assert!(get("segmentd_wal_fsync_seconds_count") >= 1.0);
-    assert!(get("segmentd_evaluation_seconds_count") >= 1.0);
-    assert!(get("segmentd_snapshot_age_seconds") >= 0.0);
-    assert!(get("segmentd_snapshot_bytes") > 0.0);
+    assert_eq!(get("segmentd_wal_written_bytes_total"), wal_bytes as f64);
+    assert_eq!(get("segmentd_wal_last_sequence"), snapshot.sequence as f64);
+    // With fsync always, each acknowledged write waited for a sync.
+    assert!(get("segmentd_wal_fsync_seconds_count") >= 2.0);
+    // The segment was evaluated once, over every customer.
+    assert_eq!(get("segmentd_evaluation_seconds_count"), 1.0);
+    let age = get("segmentd_snapshot_age_seconds");
+    assert!((0.0..30.0).contains(&age), "{age}");
+    assert_eq!(get("segmentd_snapshot_bytes"), snapshot.bytes as f64);
     assert_eq!(get("segmentd_time_flips_total"), 0.0);
     drop(watch);
 }
