@@ -681,6 +681,13 @@ async fn a_snapshot_taken_during_concurrent_writes_restores_consistently() {
     assert_eq!(before.counts.0, 600);
     server.stop().await.unwrap();
     assert!(snaps.windows(2).all(|w| w[0] <= w[1]), "{snaps:?}");
+    // The log holds the segment, then 1,200 writes: the newest snapshot, the one the restart
+    // loads, was cut among them (after the first, before the last), so the log after it replays.
+    let last = 1 + 4 * 150 * 2;
+    assert!(
+        snaps[2] > 1 && snaps[2] < last,
+        "the snapshots {snaps:?} did not land among the writes (1 to {last})"
+    );
 
     let server = TestServer::start_at(data, |_| {}).await;
     let after = observe(&server, &ids).await;
