@@ -194,9 +194,7 @@ async fn a_reload_never_opens_the_server_and_a_refused_one_is_counted() {
     let tokens = dir.path().join("tokens");
     // A comment holding a comma after a token, and the scheme in upper case, are fine.
     std::fs::write(&tokens, format!("admin {ADMIN}   # shared laptop, old key\n")).unwrap();
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics_addr = probe.local_addr().unwrap();
-    drop(probe);
+    let metrics_addr = free_local_addr();
     let server = TestServer::start_with(|c| {
         c.tokens_file = Some(tokens.clone());
         c.metrics_addr = Some(metrics_addr);

@@ -426,9 +426,7 @@ async fn event_log_write_failures_are_retried_and_snapshots_resume() {
     let faults = std::sync::Arc::new(segmentd::faults::Faults::default());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics_addr = probe.local_addr().unwrap();
-    drop(probe);
+    let metrics_addr = free_local_addr();
     let f = faults.clone();
     let server = TestServer::start_at(data.clone(), move |c| {
         c.faults = Some(f);

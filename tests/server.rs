@@ -77,9 +77,7 @@ async fn a_second_server_cannot_share_the_data_dir() {
 
 #[tokio::test]
 async fn metrics_endpoint_serves_prometheus_text() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics_addr = probe.local_addr().unwrap();
-    drop(probe);
+    let metrics_addr = free_local_addr();
     let server = TestServer::start_with(|c| c.metrics_addr = Some(metrics_addr)).await;
     let mut ingest = server.ingest().await;
     ingest
@@ -103,9 +101,7 @@ async fn metrics_endpoint_serves_prometheus_text() {
 
 #[tokio::test]
 async fn metrics_cover_requests_segments_events_log_and_snapshots() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics_addr = probe.local_addr().unwrap();
-    drop(probe);
+    let metrics_addr = free_local_addr();
     let server = TestServer::start_with(|c| {
         c.metrics_addr = Some(metrics_addr);
         c.fsync = segmentd::wal::FsyncMode::Always;
@@ -198,9 +194,7 @@ async fn call_path(channel: tonic::transport::Channel, path: &str) -> tonic::Cod
 
 #[tokio::test]
 async fn metrics_label_only_the_servers_methods_whatever_paths_callers_send() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics_addr = probe.local_addr().unwrap();
-    drop(probe);
+    let metrics_addr = free_local_addr();
     let server = TestServer::start_with(|c| {
         c.metrics_addr = Some(metrics_addr);
         c.tokens = Some("admin admin-token-0123456789".into());
@@ -258,9 +252,7 @@ async fn metrics_label_only_the_servers_methods_whatever_paths_callers_send() {
 #[tokio::test]
 async fn metrics_endpoint_times_out_a_client_that_never_sends_its_request() {
     use tokio::io::AsyncReadExt;
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics_addr = probe.local_addr().unwrap();
-    drop(probe);
+    let metrics_addr = free_local_addr();
     let _server = TestServer::start_with(|c| c.metrics_addr = Some(metrics_addr)).await;
     let mut idle = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
     let started = std::time::Instant::now();

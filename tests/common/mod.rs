@@ -364,3 +364,10 @@ pub async fn define_text(server: &TestServer, name: &str) {
         .await
         .unwrap();
 }
+
+/// A loopback address with a port free a moment ago (for a listener the server binds itself,
+/// such as `--metrics-addr`).
+pub fn free_local_addr() -> std::net::SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
