@@ -15,7 +15,8 @@ pub const RETRY_DELAY: Duration = Duration::from_millis(200);
 /// `ErrorInfo` in the `segmentd` domain with `reason` and `metadata` (what was applied before a
 /// stream stopped, say), so a client reads them instead of parsing the message.
 pub fn with_details(status: Status, reason: &str, metadata: Vec<(&str, String)>) -> Status {
-    let mut details = ErrorDetails::with_error_info(
+    let mut details = details_of(status.code()).unwrap_or_default();
+    details.set_error_info(
         reason,
         "segmentd",
         metadata
@@ -23,10 +24,12 @@ pub fn with_details(status: Status, reason: &str, metadata: Vec<(&str, String)>)
             .map(|(k, v)| (k.to_string(), v))
             .collect::<std::collections::HashMap<_, _>>(),
     );
-    if status.code() == Code::ResourceExhausted {
-        details.set_retry_info(Some(RETRY_DELAY));
-    }
     Status::with_error_details(status.code(), status.message(), details)
+}
+
+/// The details every status of `code` carries, if any: `RetryInfo` for RESOURCE_EXHAUSTED.
+fn details_of(code: Code) -> Option<ErrorDetails> {
+    (code == Code::ResourceExhausted).then(|| ErrorDetails::with_retry_info(Some(RETRY_DELAY)))
 }
 
 impl From<Error> for Status {
@@ -45,13 +48,9 @@ impl From<Error> for Status {
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");
         }
-        if code == Code::ResourceExhausted {
-            return Status::with_error_details(
-                code,
-                e.to_string(),
-                ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
-            );
+        match details_of(code) {
+            Some(details) => Status::with_error_details(code, e.to_string(), details),
+            None => Status::new(code, e.to_string()),
         }
-        Status::new(code, e.to_string())
     }
 }
