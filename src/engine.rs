@@ -412,8 +412,12 @@ impl Engine {
             return Ok(None);
         };
         let mut last = self.snapshots.lock().await;
-        let (store, wal) = (self.store.clone(), self.wal.get().cloned());
-        let info = tokio::task::spawn_blocking(move || snapshot::take(&store, wal.as_deref(), &dir))
+        let (store, wal, disk) = (
+            self.store.clone(),
+            self.wal.get().cloned(),
+            self.faults.disk().clone(),
+        );
+        let info = tokio::task::spawn_blocking(move || snapshot::take(&store, wal.as_deref(), &dir, &disk))
             .await
             .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
         *last = (Instant::now(), self.wal.get().map_or(0, |w| w.bytes_written()));

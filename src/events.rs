@@ -23,8 +23,8 @@
 //! recorded with the customer id, and an event resolves to the id its ordinal had at that time.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,6 +32,7 @@ use foldhash::HashMap;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
 
+use crate::disk::{self, Disk};
 use crate::error::{Error, Result};
 use crate::wal::pb::{EventBatch, Name};
 
@@ -451,7 +452,7 @@ impl Inner {
 #[derive(Debug)]
 struct Writer {
     dir: PathBuf,
-    file: File,
+    file: disk::File,
     path: PathBuf,
     bytes: u64,
     /// Set by a failed write, cleared once every pending batch is written.
@@ -628,9 +629,10 @@ impl EventLog {
                 at += 8 + len;
             }
         }
+        let disk = self.faults.load().disk().clone();
         if let Some((i, offset, why)) = cut {
             tracing::warn!(file = %found[i].1.display(), offset, why, "event log cut at a bad batch; later ones are rebuilt from the write-ahead log where it still holds them");
-            Self::cut_files(&found, i, offset)?;
+            Self::cut_files(&found, i, offset, &disk)?;
             paths.truncate(i + 1);
         }
         inner.prune(now);
@@ -644,28 +646,25 @@ impl EventLog {
         drop(inner);
         *self.loaded.lock() = (paths, batches);
         self.published.send_replace(next - 1);
-        let file = Self::create_file(dir, next, &self.inner.read())?;
+        let file = Self::create_file(dir, next, &self.inner.read(), &disk)?;
         *self.writer.lock() = Some(file);
         self.remove_old_files(dir);
         Ok(())
     }
 
     /// Truncates file `i` of `found` at `offset` and deletes the files after it.
-    fn cut_files(found: &[(u64, PathBuf)], i: usize, offset: u64) -> Result<()> {
+    fn cut_files(found: &[(u64, PathBuf)], i: usize, offset: u64, disk: &Arc<Disk>) -> Result<()> {
         let (_, path) = &found[i];
         if offset == 0 {
-            fs::remove_file(path).map_err(|e| io_err("cannot delete", path, e))?;
+            disk::remove_file(path, disk).map_err(|e| io_err("cannot delete", path, e))?;
         } else {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| io_err("cannot open", path, e))?;
+            let f = disk::File::open_write(path, disk).map_err(|e| io_err("cannot open", path, e))?;
             f.set_len(offset)
                 .and_then(|()| f.sync_data())
                 .map_err(|e| io_err("cannot cut", path, e))?;
         }
         for (_, later) in &found[i + 1..] {
-            fs::remove_file(later).map_err(|e| io_err("cannot delete", later, e))?;
+            disk::remove_file(later, disk).map_err(|e| io_err("cannot delete", later, e))?;
         }
         Ok(())
     }
@@ -717,19 +716,14 @@ impl EventLog {
 
     /// A new event log file whose batches begin at `first_sequence`, starting with the names
     /// `inner` knows.
-    fn create_file(dir: &Path, first_sequence: u64, inner: &Inner) -> Result<Writer> {
+    fn create_file(dir: &Path, first_sequence: u64, inner: &Inner, disk: &Arc<Disk>) -> Result<Writer> {
         let path = dir.join(file_name(first_sequence));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err("cannot create", &path, e))?;
+        let mut file = disk::File::create(&path, disk).map_err(|e| io_err("cannot create", &path, e))?;
         let names = frame(&inner.names_batch(first_sequence));
         file.write_all(MAGIC)
             .and_then(|()| file.write_all(&names))
             .and_then(|()| file.sync_data())
-            .and_then(|()| crate::wal::sync_dir(dir))
+            .and_then(|()| disk::sync_dir(dir, disk))
             .map_err(|e| io_err("cannot write", &path, e))?;
         Ok(Writer {
             dir: dir.to_path_buf(),
@@ -746,10 +740,11 @@ impl EventLog {
     fn remove_old_files(&self, dir: &Path) {
         let first = self.inner.read().first;
         let Ok(found) = files(dir) else { return };
+        let disk = self.faults.load().disk().clone();
         for pair in found.windows(2) {
             let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
             if *next_first <= first
-                && let Err(e) = fs::remove_file(path)
+                && let Err(e) = disk::remove_file(path, &disk)
             {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete an old event log file");
             }
@@ -781,13 +776,14 @@ impl EventLog {
                 let next = inner.next();
                 let mut writer = self.writer.lock();
                 let dir = writer.as_ref().map(|w| w.dir.clone());
+                let disk = self.faults.load().disk().clone();
                 if let Some(w) = writer.take() {
-                    let _ = fs::remove_file(&w.path);
+                    let _ = disk::remove_file(&w.path, &disk);
                 }
                 let found: Vec<(u64, PathBuf)> = paths.iter().map(|p| (0, p.clone())).collect();
-                Self::cut_files(&found, b.file, b.offset)?;
+                Self::cut_files(&found, b.file, b.offset, &disk)?;
                 if let Some(dir) = dir {
-                    *writer = Some(Self::create_file(&dir, next, &inner)?);
+                    *writer = Some(Self::create_file(&dir, next, &inner, &disk)?);
                 }
             }
         }
@@ -972,7 +968,7 @@ impl EventLog {
                 .map_err(|e| io_err("cannot sync", &w.path, e))?;
             let dir = w.dir.clone();
             let (pending, failed, retry_at) = (std::mem::take(&mut w.pending), w.failed.take(), w.retry_at);
-            let next = Self::create_file(&dir, first_sequence, inner);
+            let next = Self::create_file(&dir, first_sequence, inner, faults.disk());
             let created = next.map(|n| *w = n);
             (w.pending, w.failed, w.retry_at) = (pending, failed, retry_at);
             created?;
@@ -988,7 +984,7 @@ impl EventLog {
         if let Err(e) = written {
             // Cut a partial batch off and write the next attempt where it began.
             let _ = w.file.set_len(w.bytes);
-            let _ = std::io::Seek::seek(&mut w.file, std::io::SeekFrom::Start(w.bytes));
+            let _ = w.file.seek_to(w.bytes);
             return Err(io_err("cannot append to", &w.path, e));
         }
         w.bytes += data.len() as u64;
@@ -1398,7 +1394,7 @@ mod tests {
         log.sync().unwrap();
         let (_, path) = files(dir.path()).unwrap().pop().unwrap();
         let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
             .unwrap()

@@ -1,5 +1,6 @@
 //! Faults injected for tests and drills (`Config::faults`): the engine, its log and its event log
-//! consult one shared [`Faults`], each taking the failures meant for it.
+//! consult one shared [`Faults`], each taking the failures meant for it. The file layer
+//! ([`crate::disk`]) consults it too, for its power-loss model.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -12,9 +13,31 @@ pub struct Faults {
     syncs: AtomicU32,
     event_writes: AtomicU32,
     busy: AtomicU32,
+    /// The file layer under the log, snapshots and event log.
+    disk: std::sync::Arc<crate::disk::Disk>,
 }
 
 impl Faults {
+    /// Faults whose file layer remembers what every file held at its last sync, so that
+    /// [`Faults::power_cut`] can drop the rest (see [`crate::disk`]).
+    pub fn simulating_power_loss() -> Faults {
+        Faults {
+            disk: std::sync::Arc::new(crate::disk::Disk::simulating_power_loss()),
+            ..Faults::default()
+        }
+    }
+
+    /// Cuts the power: every later file operation fails, and what was not synced is dropped
+    /// from the disk. Does nothing unless built by [`Faults::simulating_power_loss`].
+    pub fn power_cut(&self) -> crate::disk::PowerCut {
+        self.disk.power_cut()
+    }
+
+    /// The file layer the log, the snapshots and the event log write through.
+    pub fn disk(&self) -> &std::sync::Arc<crate::disk::Disk> {
+        &self.disk
+    }
+
     /// Makes the next `n` appends fail (half the record written, then `ENOSPC`).
     pub fn fail_appends(&self, n: u32) {
         self.appends.store(n, Ordering::Release);

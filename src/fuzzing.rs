@@ -118,7 +118,7 @@ pub fn snapshot_shard(data: &[u8]) {
             &mut no_log,
         )
         .expect("upsert");
-    let info = crate::snapshot::take(&store, None, dir.path()).expect("snapshot");
+    let info = crate::snapshot::take(&store, None, dir.path(), &Default::default()).expect("snapshot");
     let shard = info.path.join("shard-00000.bin");
     std::fs::write(&shard, data).expect("write shard");
     // Vouch for the new bytes so the decoder, not the checksum, meets them.
@@ -216,7 +216,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 attrs: vec![],
             };
             store.upsert(&[patch], &mut no_log).expect("upsert");
-            let info = crate::snapshot::take(&store, None, dir.path()).expect("snapshot");
+            let info =
+                crate::snapshot::take(&store, None, dir.path(), &Default::default()).expect("snapshot");
             vec![std::fs::read(info.path.join("shard-00000.bin")).expect("shard")]
         }
         "event_log" => vec![vec![0; 8], vec![1, 0, 0, 0, 0, 0, 0, 0, 0]],

@@ -26,6 +26,7 @@ pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod disk;
 pub mod engine;
 pub mod error;
 pub mod events;

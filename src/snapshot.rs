@@ -31,13 +31,14 @@
 //! empty string keeps the code), and erased ids and e-mails were zeroed in the shards, so no file
 //! but the event log (customer ids only) names the customer.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use roaring::RoaringBitmap;
 
+use crate::disk::{self, Disk, File};
 use crate::error::{Error, Result};
 use crate::segment::SegShard;
 use crate::segment::family::{Family, FamilyMember};
@@ -624,11 +625,11 @@ fn decode_meta(file: &str, data: &[u8]) -> Result<Restored> {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-fn write_file(dir: &Path, name: &str, data: &[u8]) -> Result<(String, u64, u32)> {
+fn write_file(dir: &Path, name: &str, data: &[u8], disk: &Arc<Disk>) -> Result<(String, u64, u32)> {
     let path = dir.join(name);
     let io =
         |e: std::io::Error| Error::Unavailable(format!("snapshot: cannot write {}: {e}", path.display()));
-    let mut f = File::create(&path).map_err(io)?;
+    let mut f = File::create(&path, disk).map_err(io)?;
     f.write_all(data).and_then(|()| f.sync_data()).map_err(io)?;
     Ok((name.to_string(), data.len() as u64, crc32c::crc32c(data)))
 }
@@ -656,9 +657,15 @@ fn list(data_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Writes a snapshot of `store` as of the log's last sequence, without stopping reads and
-/// holding the writer lock only a shard copy at a time. Then applies retention.
-pub fn take(store: &Store, wal: Option<&wal::Wal>, data_dir: &Path) -> Result<SnapshotInfo> {
-    take_with(store, wal, data_dir, || {})
+/// holding the writer lock only a shard copy at a time, through the file layer `disk`. Then
+/// applies retention.
+pub fn take(
+    store: &Store,
+    wal: Option<&wal::Wal>,
+    data_dir: &Path,
+    disk: &Arc<Disk>,
+) -> Result<SnapshotInfo> {
+    take_with(store, wal, data_dir, disk, || {})
 }
 
 /// [`take`], running `after_cut` once the cut is taken and before any shard is copied (tests use
@@ -667,6 +674,7 @@ fn take_with(
     store: &Store,
     wal: Option<&wal::Wal>,
     data_dir: &Path,
+    disk: &Arc<Disk>,
     after_cut: impl FnOnce(),
 ) -> Result<SnapshotInfo> {
     let started = Instant::now();
@@ -727,7 +735,7 @@ fn take_with(
                     let data = encode_shard(i, &mut shard);
                     used.lock().add(&shard);
                     drop(shard);
-                    match write_file(&tmp, &format!("shard-{i:05}.bin"), &data) {
+                    match write_file(&tmp, &format!("shard-{i:05}.bin"), &data, disk) {
                         Ok(f) => files.lock().push(f),
                         Err(e) => *failed.lock() = Some(e),
                     }
@@ -747,18 +755,20 @@ fn take_with(
         &tmp,
         "meta.bin",
         &encode_meta(&cut, &used.into_inner()),
+        disk,
     )?);
     files.sort();
     let mut manifest = format!("{MANIFEST_HEADER}\nsequence {sequence}\n");
     for (name, bytes, crc) in &files {
         manifest.push_str(&format!("file {name} {bytes} {crc:08x}\n"));
     }
-    write_file(&tmp, "MANIFEST", manifest.as_bytes())?;
+    write_file(&tmp, "MANIFEST", manifest.as_bytes(), disk)?;
     let sync = |p: &Path| {
-        wal::sync_dir(p).map_err(|e| Error::Unavailable(format!("snapshot: sync {}: {e}", p.display())))
+        disk::sync_dir(p, disk)
+            .map_err(|e| Error::Unavailable(format!("snapshot: sync {}: {e}", p.display())))
     };
     sync(&tmp)?;
-    fs::rename(&tmp, &final_dir).map_err(|e| Error::Unavailable(format!("snapshot: rename: {e}")))?;
+    disk::rename(&tmp, &final_dir, disk).map_err(|e| Error::Unavailable(format!("snapshot: rename: {e}")))?;
     sync(&root)?;
     let info = SnapshotInfo {
         sequence,
@@ -766,7 +776,7 @@ fn take_with(
         path: final_dir,
         duration: started.elapsed(),
     };
-    retain(data_dir, erasing.then_some(sequence))?;
+    retain(data_dir, erasing.then_some(sequence), disk)?;
     Ok(info)
 }
 
@@ -785,7 +795,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// back whole; nothing is deleted otherwise. After an erasure (`erased`: the new snapshot's
 /// sequence, which the log was rolled at), only the new snapshot and the log after it are kept,
 /// so that no file holds what was erased.
-fn retain(data_dir: &Path, erased: Option<u64>) -> Result<()> {
+fn retain(data_dir: &Path, erased: Option<u64>, disk: &Disk) -> Result<()> {
     let snaps = list(data_dir)?;
     let Some((newest, newest_path)) = snaps.first() else {
         return Ok(());
@@ -793,7 +803,7 @@ fn retain(data_dir: &Path, erased: Option<u64>) -> Result<()> {
     verify(newest_path)?;
     let keep = if erased.is_some() { 1 } else { 2 };
     for (_, path) in snaps.iter().skip(keep) {
-        if let Err(e) = fs::remove_dir_all(path) {
+        if let Err(e) = disk::remove_dir_all(path, disk) {
             tracing::warn!(path = %path.display(), error = %e, "cannot delete an old snapshot");
         }
     }
@@ -810,7 +820,7 @@ fn retain(data_dir: &Path, erased: Option<u64>) -> Result<()> {
     for pair in files.windows(2) {
         let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
         if next_first - 1 <= covered
-            && let Err(e) = fs::remove_file(path)
+            && let Err(e) = disk::remove_file(path, disk)
         {
             tracing::warn!(path = %path.display(), error = %e, "cannot delete a covered log file");
         }
@@ -1038,7 +1048,7 @@ mod tests {
         store
             .record_orders(&[order("o1", "a", 500)], &mut no_log)
             .unwrap();
-        let info = take_with(&store, None, dir.path(), || {
+        let info = take_with(&store, None, dir.path(), &Arc::default(), || {
             store
                 .record_orders(&[order("o2", "a", 700)], &mut no_log)
                 .unwrap();

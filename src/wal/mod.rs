@@ -53,8 +53,8 @@
 
 pub mod record;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{IoSlice, Write};
+use std::fs::{self, OpenOptions};
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +64,7 @@ use parking_lot::{Condvar, Mutex};
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::disk::{self, Disk, File};
 use crate::error::{Error, Result};
 use crate::faults::Faults;
 
@@ -188,37 +189,13 @@ fn header(first_sequence: u64) -> [u8; HEADER_LEN] {
     h
 }
 
-/// Writes every byte of `bufs` in order (`write_vectored` may write only part of them).
-fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match file.write_vectored(bufs) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    "the file took no more bytes",
-                ));
-            }
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::Unavailable(format!("write-ahead log: {what} {}: {e}", path.display()))
 }
 
-/// Fsyncs a directory so that a file created or renamed in it survives a crash.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn create_segment(dir: &Path, first_sequence: u64) -> Result<(File, PathBuf)> {
+fn create_segment(dir: &Path, first_sequence: u64, disk: &Arc<Disk>) -> Result<(File, PathBuf)> {
     let path = dir.join(file_name(first_sequence));
-    let mut file = match OpenOptions::new().create_new(true).append(true).open(&path) {
+    let mut file = match File::create_new(&path, disk) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // Left by a run that wrote nothing (or whose only records were torn off): reuse it
@@ -232,18 +209,14 @@ fn create_segment(dir: &Path, first_sequence: u64) -> Result<(File, PathBuf)> {
                     path.display()
                 )));
             }
-            fs::remove_file(&path).map_err(|e| io_err("cannot replace", &path, e))?;
-            OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| io_err("cannot create", &path, e))?
+            disk::remove_file(&path, disk).map_err(|e| io_err("cannot replace", &path, e))?;
+            File::create_new(&path, disk).map_err(|e| io_err("cannot create", &path, e))?
         }
         Err(e) => return Err(io_err("cannot create", &path, e)),
     };
     file.write_all(&header(first_sequence))
         .and_then(|()| file.sync_data())
-        .and_then(|()| sync_dir(dir))
+        .and_then(|()| disk::sync_dir(dir, disk))
         .map_err(|e| io_err("cannot write", &path, e))?;
     Ok((file, path))
 }
@@ -263,7 +236,7 @@ impl Wal {
         faults: Arc<Faults>,
     ) -> Result<Arc<Wal>> {
         fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
-        let (file, path) = create_segment(dir, next_sequence)?;
+        let (file, path) = create_segment(dir, next_sequence, faults.disk())?;
         let wal = Arc::new(Wal {
             writer: Mutex::new(Writer {
                 dir: dir.to_path_buf(),
@@ -348,7 +321,8 @@ impl Wal {
                 "no space left on device (injected)",
             ))
         } else {
-            write_all_vectored(&mut w.file, &mut [IoSlice::new(&frame), IoSlice::new(op)])
+            w.file
+                .write_all_vectored(&mut [IoSlice::new(&frame), IoSlice::new(op)])
         };
         if let Err(e) = written {
             // Cut the partial record back off so the file stays readable; refuse the change.
@@ -420,7 +394,7 @@ impl Wal {
             // writes the range and reports any error.
             unsafe {
                 libc::sync_file_range(
-                    file.as_raw_fd(),
+                    file.std().as_raw_fd(),
                     from as libc::off64_t,
                     (to - from) as libc::off64_t,
                     libc::SYNC_FILE_RANGE_WRITE,
@@ -439,7 +413,7 @@ impl Wal {
     fn rotate(&self, w: &mut Writer, next: u64) -> Result<()> {
         let rotated = self
             .sync_file(&w.file, &w.path)
-            .and_then(|()| create_segment(&w.dir, next));
+            .and_then(|()| create_segment(&w.dir, next, self.faults.disk()));
         let (file, path) = match rotated {
             Ok(created) => created,
             Err(e) => {
