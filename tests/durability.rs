@@ -386,9 +386,12 @@ async fn damage_before_the_tail_or_an_unknown_version_stops_start_up() {
     assert_eq!(customer_count(&server).await, 5);
 }
 
-/// The real binary, killed with SIGKILL during concurrent acknowledged writes.
+/// The real binary, killed with SIGKILL during concurrent acknowledged writes, load streams, log
+/// rotations (64 KiB files) and snapshots (one every 100 ms of log); every writer's error is
+/// recorded, and none may come before the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -404,7 +407,14 @@ async fn acknowledged_writes_survive_kill_9() {
                 "--data-dir",
                 data.to_str().unwrap(),
             ])
-            .args(["--fsync", "always"])
+            .args([
+                "--fsync",
+                "always",
+                "--wal-segment-bytes",
+                "65536",
+                "--snapshot-wal-bytes",
+                "200000",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -422,9 +432,20 @@ async fn acknowledged_writes_survive_kill_9() {
 
     let acked: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
     let picked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let loaded: Arc<Mutex<Vec<String>>> = Arc::default();
+    let killed = Arc::new(AtomicBool::new(false));
+    let errors_before_kill: Arc<Mutex<Vec<String>>> = Arc::default();
+    let failed = {
+        let (killed, errors) = (killed.clone(), errors_before_kill.clone());
+        move |what: String| {
+            if !killed.load(Ordering::Acquire) {
+                errors.lock().unwrap().push(what);
+            }
+        }
+    };
     let mut tasks = Vec::new();
-    for t in 0..8 {
-        let (acked, picked) = (acked.clone(), picked.clone());
+    for t in 0..6 {
+        let (acked, picked, failed) = (acked.clone(), picked.clone(), failed.clone());
         let channel = server.channel().await;
         tasks.push(tokio::spawn(async move {
             let mut ingest = pb::ingest_client::IngestClient::new(channel.clone());
@@ -439,8 +460,8 @@ async fn acknowledged_writes_survive_kill_9() {
                         &[("vip", b(vip))],
                     )]))
                     .await;
-                if upsert.is_err() {
-                    return;
+                if let Err(e) = upsert {
+                    return failed(format!("upsert {id}: {e}"));
                 }
                 acked.lock().unwrap().push((id.clone(), vip));
                 if n % 2 == 0 {
@@ -452,20 +473,42 @@ async fn acknowledged_writes_survive_kill_9() {
                             activity_id: "crash-test".into(),
                         })
                         .await;
-                    if add.is_err() {
-                        return;
+                    if let Err(e) = add {
+                        return failed(format!("add {id}: {e}"));
                     }
                     picked.lock().unwrap().push(id);
                 }
             }
         }));
     }
+    for t in 0..2 {
+        let (loaded, failed, mut ingest) = (loaded.clone(), failed.clone(), server.ingest().await);
+        tasks.push(tokio::spawn(async move {
+            for n in 0.. {
+                let ids: Vec<String> = (0..200).map(|c| format!("l{t}-{n}-{c}")).collect();
+                let batches = ids
+                    .chunks(50)
+                    .map(|c| {
+                        pb::LoadCustomersRequest::new(c.iter().map(|id| customer(id, None, &[])).collect())
+                    })
+                    .collect::<Vec<_>>();
+                if let Err(e) = ingest.load_customers(tokio_stream::iter(batches)).await {
+                    return failed(format!("load {t}-{n}: {e}"));
+                }
+                loaded.lock().unwrap().extend(ids);
+            }
+        }));
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    killed.store(true, Ordering::Release);
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
     for t in tasks {
-        let _ = t.await;
+        t.await.expect("writer task");
     }
+    let errors = errors_before_kill.lock().unwrap().clone();
+    assert!(errors.is_empty(), "errors before the kill: {errors:?}");
+    let loaded = loaded.lock().unwrap().clone();
     let acked = acked.lock().unwrap().clone();
     let picked = picked.lock().unwrap().clone();
     assert!(
@@ -491,6 +534,9 @@ async fn acknowledged_writes_survive_kill_9() {
         if picked.contains(id) {
             assert!(r.member[1], "acknowledged activity for {id} lost");
         }
+    }
+    for (id, (known, ..)) in loaded.iter().zip(known_vip_picked(&server, &loaded).await) {
+        assert!(known, "acknowledged load of {id} lost");
     }
     // The materialized segment equals a fresh evaluation of its rule.
     let fresh = server
