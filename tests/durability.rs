@@ -208,20 +208,29 @@ async fn populate(server: &TestServer) -> Vec<String> {
 async fn restart_keeps_customers_orders_segments_lists_and_memberships() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = TestServer::start_at(data.clone(), |c| c.fsync = FsyncMode::Always).await;
+    // No snapshot at any stop: each restart replays the whole log.
+    let log_only = |c: &mut segmentd::config::Config| c.no_snapshot_on_shutdown = true;
+    let server = TestServer::start_at(data.clone(), |c| {
+        c.fsync = FsyncMode::Always;
+        c.no_snapshot_on_shutdown = true;
+    })
+    .await;
     let ids = populate(&server).await;
     let before = observe(&server, &ids).await;
     assert_eq!(before.counts, (300, 4, 3));
     assert!(before.segments.iter().all(|(s, m)| s.size as usize == m.len()));
     server.stop().await.unwrap();
+    assert!(
+        !data.join("snapshots").exists() || std::fs::read_dir(data.join("snapshots")).unwrap().count() == 0
+    );
 
-    let server = TestServer::start_at(data.clone(), |_| {}).await;
+    let server = TestServer::start_at(data.clone(), log_only).await;
     let after = observe(&server, &ids).await;
     assert_eq!(after, before);
     // Writes continue after recovery and survive another restart.
     upsert(&server, vec![customer("after", None, &[("vip", b(true))])]).await;
     server.stop().await.unwrap();
-    let server = TestServer::start_at(data, |_| {}).await;
+    let server = TestServer::start_at(data, log_only).await;
     assert!(get(&mut server.ingest().await, "after").await.is_ok());
     assert_eq!(observe(&server, &ids).await.segments, before.segments);
 }
@@ -256,13 +265,13 @@ async fn two_customers_then_stop(data: &Path, tune: fn(&mut segmentd::config::Co
 async fn a_torn_final_record_is_cut_and_everything_before_it_kept() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (path, good) = two_customers_then_stop(&data, |_| {}).await;
+    let (path, good) = two_customers_then_stop(&data, |c| c.no_snapshot_on_shutdown = true).await;
     // A crash in the middle of an append: a length and checksum, then half a payload.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]);
     std::fs::write(&path, &bytes).unwrap();
 
-    let server = TestServer::start_at(data.clone(), |_| {}).await;
+    let server = TestServer::start_at(data.clone(), |c| c.no_snapshot_on_shutdown = true).await;
     assert_eq!(is_member(&server, "a", "vips").await, (true, true));
     assert_eq!(customer_count(&server).await, 2);
     assert_eq!(
@@ -350,7 +359,8 @@ async fn recovery_skips_the_log_files_the_snapshot_covers() {
 async fn damage_before_the_tail_or_an_unknown_version_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = TestServer::start_at(data.clone(), |_| {}).await;
+    // No snapshot: the damaged records are the only copy, as after a crash.
+    let server = TestServer::start_at(data.clone(), |c| c.no_snapshot_on_shutdown = true).await;
     for n in 0..5 {
         upsert(&server, vec![customer(&format!("c{n}"), None, &[])]).await;
     }
@@ -578,7 +588,11 @@ fn wal_files(data: &Path) -> Vec<PathBuf> {
 async fn snapshots_restore_with_the_log_after_them_and_trim_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = TestServer::start_at(data.clone(), |c| c.wal_segment_bytes = 4096).await;
+    let server = TestServer::start_at(data.clone(), |c| {
+        c.wal_segment_bytes = 4096;
+        c.no_snapshot_on_shutdown = true;
+    })
+    .await;
     let ids = populate(&server).await;
     let first = take_snapshot(&server).await;
     assert!(first.sequence > 10 && first.bytes > 0, "{first:?}");
@@ -634,9 +648,13 @@ async fn snapshots_restore_with_the_log_after_them_and_trim_the_log() {
     }
     assert!(std::path::Path::new(&third.path).exists());
     assert!(std::path::Path::new(&fourth.path).exists());
+    // After the newest snapshot, only the log has these (no snapshot at shutdown).
+    upsert(&server, vec![customer("after-fourth", None, &[("vip", b(true))])]).await;
     server.stop().await.unwrap();
+    assert_eq!(std::fs::read_dir(data.join("snapshots")).unwrap().count(), 2);
 
     let server = TestServer::start_at(data.clone(), |_| {}).await;
+    assert!(get(&mut server.ingest().await, "after-fourth").await.is_ok());
     let after = observe(&server, &ids).await;
     assert_eq!(after.segments, before.segments);
     assert_eq!(after.customers, before.customers);
@@ -1406,4 +1424,389 @@ async fn power_cut_during_a_load_stream() {
     let lost = lost_after_restart(&server, &acked).await;
     assert!(lost.is_empty(), "lost after {cut:?}: {lost:?}");
     server.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay from the log alone: no snapshot is written, so the restart rebuilds every kind of change
+// from its log records, and the whole observable state must come back identical.
+
+/// Every kind of logged change.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Customers,
+    Loads,
+    Orders,
+    Erasure,
+    Attributes,
+    Segments,
+    Lists,
+    Activities,
+    MemberLoads,
+    Families,
+    Reclassification,
+    Time,
+}
+
+const DAY: i64 = 86_400;
+
+/// Every customer id the changes below may create.
+fn replay_ids() -> Vec<String> {
+    let mut ids: Vec<String> = (0..40).map(|n| format!("c{n:02}")).collect();
+    ids.extend((0..10).map(|n| format!("row-{n}")));
+    ids.extend((0..10).map(|n| format!("col-{n}")));
+    ids.extend(["n1", "n2", "buyer"].map(String::from));
+    ids
+}
+
+/// The whole observable state: segments with members and lists, customers with their values,
+/// counts, schema, families, and every customer's retained events.
+#[derive(Debug, PartialEq)]
+struct Dump {
+    state: State,
+    schema: pb::GetSchemaResponse,
+    families: Vec<pb::Family>,
+    events: BTreeMap<String, Option<Vec<pb::MembershipEvent>>>,
+}
+
+async fn dump(server: &TestServer) -> Dump {
+    let ids = replay_ids();
+    let state = observe(server, &ids).await;
+    let schema = server
+        .admin()
+        .await
+        .get_schema(pb::GetSchemaRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut segs = server.segments().await;
+    let families = segs
+        .list_families(pb::ListFamiliesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .families;
+    let mut events = BTreeMap::new();
+    for id in ids {
+        let history = segs
+            .get_membership_history(pb::GetMembershipHistoryRequest {
+                customer_id: id.clone(),
+                segment_id: String::new(),
+            })
+            .await
+            .ok()
+            .map(|h| h.into_inner().events);
+        events.insert(id, history);
+    }
+    Dump {
+        state,
+        schema,
+        families,
+        events,
+    }
+}
+
+/// Customers across every shard, segments reading them, and orders: what each change starts from.
+async fn replay_base(server: &TestServer, t0: i64) {
+    let customers = (0..40)
+        .map(|n| {
+            let id = format!("c{n:02}");
+            customer(
+                &id,
+                Some(&format!("{id}@example.com")),
+                &[
+                    ("vip", b(n % 4 == 0)),
+                    ("gender", s(if n % 3 == 0 { "F" } else { "M" })),
+                    ("tags", list(if n % 5 == 0 { &["golf"] } else { &["ski"] })),
+                    ("account_id", s(&format!("acct-{}", n % 5))),
+                    ("birth_date", date(1980 + n % 20, 3, 12 + n % 3)),
+                ],
+            )
+        })
+        .collect();
+    upsert(server, customers).await;
+    let orders = (0..10)
+        .map(|n| {
+            order(
+                &format!("b{n}"),
+                &format!("c{n:02}"),
+                t0 - (85 + n) * DAY,
+                10_000 * (n + 1),
+                n % 2 == 0,
+                &["golf"],
+            )
+        })
+        .collect();
+    server
+        .ingest()
+        .await
+        .record_orders(pb::RecordOrdersRequest { orders })
+        .await
+        .unwrap();
+    create(server, text_segment("vips", "vip")).await.unwrap();
+    create(server, text_segment("golf", r#"tags has_any ("golf")"#))
+        .await
+        .unwrap();
+    create(server, text_segment("recent", "last_order_at within 90 days"))
+        .await
+        .unwrap();
+    let mut picked = text_segment("picked", "");
+    picked.allow_activities = true;
+    create(server, picked).await.unwrap();
+}
+
+async fn write_change(server: &TestServer, change: Change, clock: &segmentd::time::ManualClock, t0: i64) {
+    let mut ingest = server.ingest().await;
+    let mut segs = server.segments().await;
+    match change {
+        Change::Customers => {
+            upsert(
+                server,
+                vec![
+                    customer("c01", None, &[("vip", b(true)), ("tags", clear())]),
+                    customer("c02", Some("new-c02@example.com"), &[("gender", s("F"))]),
+                    customer("n1", Some("n1@example.com"), &[("vip", b(true))]),
+                ],
+            )
+            .await
+        }
+        Change::Loads => {
+            let rows: Vec<pb::Customer> = (0..10)
+                .map(|n| customer(&format!("row-{n}"), None, &[("vip", b(n % 2 == 0))]))
+                .collect();
+            let mut cols: Vec<pb::Customer> = (0..10)
+                .map(|n| customer(&format!("col-{n}"), None, &[("tags", list(&["golf"]))]))
+                .collect();
+            cols.push(customer("c03", None, &[("vip", b(true))]));
+            ingest
+                .load_customers(tokio_stream::iter(vec![
+                    pb::LoadCustomersRequest::new(rows),
+                    pb::LoadCustomersRequest::from_columns(
+                        &segmentd::api::columns::to_columns(&cols).unwrap(),
+                    ),
+                ]))
+                .await
+                .unwrap();
+        }
+        Change::Orders => {
+            let orders = vec![
+                order("x1", "c20", t0 - DAY, 250_000, true, &["ski", "golf"]),
+                order("x1", "c20", t0 - DAY, 250_000, true, &["ski", "golf"]),
+                order("x2", "buyer", t0 - 2 * DAY, 5_000, false, &[]),
+            ];
+            ingest
+                .record_orders(pb::RecordOrdersRequest { orders })
+                .await
+                .unwrap();
+        }
+        Change::Erasure => {
+            ingest.delete_customer(delete_id("c04")).await.unwrap();
+            ingest
+                .delete_customer(pb::DeleteCustomerRequest {
+                    key: Some(pb::delete_customer_request::Key::Email("c05@example.com".into())),
+                })
+                .await
+                .unwrap();
+            // Takes an erased customer's place.
+            upsert(server, vec![customer("n2", None, &[("vip", b(true))])]).await;
+        }
+        Change::Attributes => {
+            server
+                .admin()
+                .await
+                .define_attribute(pb::DefineAttributeRequest {
+                    name: "golf_handicap".into(),
+                    r#type: pb::AttributeType::Float as i32,
+                    description: "Handicap".into(),
+                })
+                .await
+                .unwrap();
+            upsert(server, vec![customer("c06", None, &[("golf_handicap", f(12.5))])]).await;
+            create(server, text_segment("good", "golf_handicap < 20"))
+                .await
+                .unwrap();
+        }
+        Change::Segments => {
+            create(server, text_segment("women", r#"gender = "F""#))
+                .await
+                .unwrap();
+            create(
+                server,
+                text_segment("golf_women", r#"in segment "golf" and in segment "women""#),
+            )
+            .await
+            .unwrap();
+            update(
+                &mut segs,
+                text_segment("golf", r#"tags has_any ("golf", "ski") and vip"#),
+                &["rule_text"],
+            )
+            .await;
+            segs.delete_segment(pb::DeleteSegmentRequest {
+                segment_id: "golf_women".into(),
+            })
+            .await
+            .unwrap();
+        }
+        Change::Lists => {
+            let mut golf = text_segment("golf", "");
+            golf.include_customer_ids = vec!["c07".into()];
+            golf.exclude_customer_ids = vec!["c10".into()];
+            golf.include_account_ids = vec!["acct-2".into()];
+            update(
+                &mut segs,
+                golf,
+                &[
+                    "include_customer_ids",
+                    "exclude_customer_ids",
+                    "include_account_ids",
+                ],
+            )
+            .await;
+        }
+        Change::Activities => {
+            let mut acts = server.activities().await;
+            acts.add_to_segment(pb::AddToSegmentRequest {
+                segment_id: "picked".into(),
+                customer_ids: vec!["c11".into(), "c12".into()],
+                emails: vec!["c13@example.com".into()],
+                activity_id: "mail-1".into(),
+            })
+            .await
+            .unwrap();
+            acts.remove_from_segment(pb::RemoveFromSegmentRequest {
+                segment_id: "picked".into(),
+                customer_ids: vec!["c12".into()],
+                emails: vec![],
+                activity_id: "mail-2".into(),
+            })
+            .await
+            .unwrap();
+        }
+        Change::MemberLoads => {
+            let load = |ids: &[&str], emails: &[&str], mode: pb::MemberMode| pb::LoadSegmentMembersRequest {
+                segment_id: "vips".into(),
+                customer_ids: ids.iter().map(|s| s.to_string()).collect(),
+                emails: emails.iter().map(|s| s.to_string()).collect(),
+                mode: mode as i32,
+            };
+            ingest
+                .load_segment_members(tokio_stream::iter(vec![
+                    load(&["c14", "c15"], &["c17@example.com"], pb::MemberMode::Include),
+                    load(&["c16"], &[], pb::MemberMode::Exclude),
+                ]))
+                .await
+                .unwrap();
+        }
+        Change::Families => {
+            let member = |id: &str, rule: &str| pb::FamilyMember {
+                segment_id: id.into(),
+                name: id.into(),
+                rule_text: rule.into(),
+                ..Default::default()
+            };
+            for id in ["value", "doomed"] {
+                segs.create_family(pb::CreateFamilyRequest {
+                    family: Some(pb::Family {
+                        family_id: id.into(),
+                        name: id.into(),
+                        members: vec![member(&format!("{id}.big"), "total_spent >= 500")],
+                        catch_all: Some(member(&format!("{id}.small"), "")),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap();
+            }
+            segs.delete_family(pb::DeleteFamilyRequest {
+                family_id: "doomed".into(),
+            })
+            .await
+            .unwrap();
+        }
+        Change::Reclassification => {
+            segs.reclassify(pb::ReclassifyRequest::default()).await.unwrap();
+            // Between runs, a customer whose orders age moves down a recency grade.
+            clock.advance(120 * DAY * 1_000_000);
+            segs.reclassify(pb::ReclassifyRequest::default()).await.unwrap();
+        }
+        Change::Time => {
+            // c05..c09 ordered 90 to 94 days ago: each leaves `recent` as its 90 days pass.
+            let before = size(server, "recent").await;
+            clock.advance(3 * DAY * 1_000_000);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while size(server, "recent").await == before {
+                assert!(std::time::Instant::now() < deadline, "no time flip");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn update(
+    segs: &mut pb::segments_client::SegmentsClient<tonic::transport::Channel>,
+    segment: pb::Segment,
+    paths: &[&str],
+) {
+    segs.update_segment(pb::UpdateSegmentRequest {
+        segment: Some(segment),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    })
+    .await
+    .unwrap();
+}
+
+/// Writes the base and `change` with no snapshot at any point, restarts, and compares the whole
+/// state with what it was before the restart.
+async fn replays_from_the_log_alone(change: Change) {
+    use segmentd::time::{ManualClock, days_from_civil};
+    let t0 = i64::from(days_from_civil(2026, 3, 10).unwrap()) * DAY;
+    let clock = Arc::new(ManualClock::new(t0 * 1_000_000));
+    let tune = |c: &mut segmentd::config::Config| {
+        c.clock = Some(clock.clone());
+        c.time_tick_ms = 20;
+        c.no_snapshot_on_shutdown = true;
+        c.snapshot_interval_secs = 0;
+        c.reclassify_interval_hours = 0;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(data.clone(), tune).await;
+    replay_base(&server, t0).await;
+    write_change(&server, change, &clock, t0).await;
+    let before = dump(&server).await;
+    server.stop().await.unwrap();
+    let snapshots = std::fs::read_dir(data.join("snapshots")).map_or(0, |d| d.count());
+    assert_eq!(snapshots, 0, "{change:?}: the restart must read the log alone");
+    let server = TestServer::start_at(data, tune).await;
+    let after = dump(&server).await;
+    if after != before {
+        assert_eq!(format!("{:#?}", after), format!("{:#?}", before), "{change:?}");
+    }
+    server.stop().await.unwrap();
+}
+
+macro_rules! replay_tests {
+    ($($name:ident: $change:expr,)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            replays_from_the_log_alone($change).await;
+        }
+    )*};
+}
+
+replay_tests! {
+    customers_replay_from_the_log_alone: Change::Customers,
+    loads_replay_from_the_log_alone: Change::Loads,
+    orders_replay_from_the_log_alone: Change::Orders,
+    erasure_replays_from_the_log_alone: Change::Erasure,
+    attributes_replay_from_the_log_alone: Change::Attributes,
+    segment_changes_replay_from_the_log_alone: Change::Segments,
+    lists_replay_from_the_log_alone: Change::Lists,
+    activities_replay_from_the_log_alone: Change::Activities,
+    member_loads_replay_from_the_log_alone: Change::MemberLoads,
+    families_replay_from_the_log_alone: Change::Families,
+    reclassification_replays_from_the_log_alone: Change::Reclassification,
+    time_replays_from_the_log_alone: Change::Time,
 }
