@@ -53,15 +53,16 @@ pub fn rule_text(data: &[u8]) {
     }
 }
 
-/// A rule tree from the wire: decoded, converted, compiled.
+/// A rule tree from the wire: decoded, converted, compiled; printed as text, it reads back as
+/// the same rule.
 pub fn rule_tree(data: &[u8]) {
     let Ok(rule) = pb::Rule::decode(data) else { return };
     if let Ok(rule) = crate::api::rules::rule_in(rule) {
         let _ = crate::segment::compile::compile(&rule, &Schema::builtin(), &|_| None);
         let printed = crate::segment::text::print(&rule);
-        if let Err(e) = crate::segment::text::parse(&printed) {
-            panic!("{printed:?} does not parse: {e}");
-        }
+        let again = crate::segment::text::parse(&printed)
+            .unwrap_or_else(|e| panic!("{printed:?} does not parse: {e}"));
+        assert_eq!(again, rule, "printed as {printed:?}");
     }
 }
 

@@ -66,9 +66,9 @@ macro_rules! fuzz {
 fuzz!(rule_text_never_panics, "rule_text", 2000);
 fuzz!(rule_tree_never_panics, "rule_tree", 2000);
 fuzz!(customer_batch_never_panics, "customer_batch", 1000);
-fuzz!(wal_tail_never_panics, "wal_tail", 200);
-fuzz!(snapshot_shard_never_panics, "snapshot_shard", 200);
-fuzz!(event_log_never_panics, "event_log", 200);
+fuzz!(wal_tail_never_panics, "wal_tail", 1000);
+fuzz!(snapshot_shard_never_panics, "snapshot_shard", 1000);
+fuzz!(event_log_never_panics, "event_log", 1000);
 
 /// Writes the seeds into `fuzz/corpus/<target>/` for `cargo fuzz` (run by hand:
 /// `cargo test --test fuzzing write_seed_corpus -- --ignored`).
