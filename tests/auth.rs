@@ -283,3 +283,97 @@ async fn without_tokens_only_loopback_unless_insecure() {
         "{err}"
     );
 }
+
+/// The real binary with tokens from `SEGMENTD_TOKENS` and logs at debug level, in `format`:
+/// the tokens take effect, and nothing it logs holds a token, an e-mail or a customer's values,
+/// whether the calls succeed or fail.
+fn logs_hold_no_secrets(format: &str) {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_local_addr();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segmentd"))
+        .args(["--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--log-format", format])
+        .env("SEGMENTD_TOKENS", format!("admin {ADMIN}, reader {READER}"))
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start segmentd");
+    const EMAIL: &str = "very.private.person@example.com";
+    const VALUE: &str = "privatevalue4711";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = TestServer::external(addr);
+        server.wait_serving().await;
+        let mut ingest = server.ingest().await;
+        let upsert = |token: Option<&str>, vip: pb::Value| {
+            with_token(
+                pb::UpsertCustomersRequest::new(vec![customer(
+                    "private-1",
+                    Some(EMAIL),
+                    &[("tags", list(&[VALUE])), ("vip", vip)],
+                )]),
+                token,
+            )
+        };
+        // The environment's tokens are in force: none and a reader's are refused, an admin's taken.
+        let none = ingest.upsert_customers(upsert(None, b(true))).await.unwrap_err();
+        assert_eq!(none.code(), Code::Unauthenticated);
+        let reader = ingest
+            .upsert_customers(upsert(Some(READER), b(true)))
+            .await
+            .unwrap_err();
+        assert_eq!(reader.code(), Code::PermissionDenied);
+        ingest
+            .upsert_customers(upsert(Some(ADMIN), b(true)))
+            .await
+            .unwrap();
+        // A refused value, a wrong token, a lookup by e-mail.
+        let bad = ingest
+            .upsert_customers(upsert(Some(ADMIN), s(VALUE)))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        let wrong = ingest
+            .upsert_customers(upsert(Some("not-a-token-but-long-enough"), b(true)))
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), Code::Unauthenticated);
+        ingest
+            .get_customer(with_token(by_email(EMAIL), Some(ADMIN)))
+            .await
+            .unwrap();
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut logs = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut logs).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(
+        logs.lines().count() > 3,
+        "{format}: too little logged to prove anything: {logs}"
+    );
+    for secret in [ADMIN, READER, EMAIL, VALUE, "not-a-token-but-long-enough"] {
+        assert!(
+            !logs.contains(secret),
+            "{format}: the log holds {secret:?}:\n{logs}"
+        );
+    }
+    if format == "json" {
+        for line in logs.lines().filter(|l| !l.is_empty()) {
+            assert!(line.starts_with('{') && line.ends_with('}'), "not JSON: {line}");
+        }
+    }
+}
+
+#[test]
+fn tokens_from_the_environment_apply_and_text_logs_hold_no_secrets() {
+    logs_hold_no_secrets("text");
+}
+
+#[test]
+fn json_logs_hold_no_secrets() {
+    logs_hold_no_secrets("json");
+}

@@ -1810,3 +1810,89 @@ replay_tests! {
     reclassification_replays_from_the_log_alone: Change::Reclassification,
     time_replays_from_the_log_alone: Change::Time,
 }
+
+/// Snapshots the server took by itself, written whole (temporary directories aside).
+fn snapshots_on_disk(data: &Path) -> usize {
+    std::fs::read_dir(data.join("snapshots")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    })
+}
+
+/// Waits (checks run every 5 s) until `server` has written a snapshot by itself.
+async fn first_snapshot_after_writes(server: &TestServer) -> Duration {
+    let started = std::time::Instant::now();
+    let ids: Vec<String> = (0..2000).map(|n| format!("c{n}")).collect();
+    for chunk in ids.chunks(500) {
+        upsert(
+            server,
+            chunk
+                .iter()
+                .map(|id| customer(id, Some(&format!("{id}@example.com")), &[]))
+                .collect(),
+        )
+        .await;
+    }
+    while snapshots_on_disk(&server.data) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no snapshot was taken"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_taken_after_enough_log_bytes_and_after_the_interval() {
+    let by_bytes = TestServer::start_with(|c| {
+        c.snapshot_interval_secs = 0;
+        c.snapshot_wal_bytes = 32 * 1024;
+    })
+    .await;
+    let by_time = TestServer::start_with(|c| {
+        c.snapshot_interval_secs = 2;
+        c.snapshot_wal_bytes = 0;
+    })
+    .await;
+    // Neither trigger set: no snapshot however much is written.
+    let never = TestServer::start_with(|c| {
+        c.snapshot_interval_secs = 0;
+        c.snapshot_wal_bytes = 0;
+    })
+    .await;
+    let (bytes, time, _) = tokio::join!(
+        first_snapshot_after_writes(&by_bytes),
+        first_snapshot_after_writes(&by_time),
+        async {
+            let _ = tokio::time::timeout(Duration::from_secs(12), first_snapshot_after_writes(&never)).await;
+        }
+    );
+    assert!(
+        time >= Duration::from_secs(2),
+        "the interval's snapshot came after {time:?}"
+    );
+    assert!(bytes < Duration::from_secs(12), "{bytes:?}");
+    assert_eq!(snapshots_on_disk(&never.data), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_interval_makes_a_write_durable_within_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (server, faults) =
+        power_loss_server(&data, FsyncMode::Interval(Duration::from_millis(50)), false).await;
+    upsert(&server, vec![customer("synced", None, &[("vip", b(true))])]).await;
+    // Five intervals later the sync thread has run; then the power goes.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let cut = faults.power_cut();
+    let _ = server.stop().await;
+    let server = TestServer::start_at(data, |_| {}).await;
+    assert_eq!(
+        is_member(&server, "synced", "vips").await,
+        (true, true),
+        "lost after {cut:?}"
+    );
+    server.stop().await.unwrap();
+}

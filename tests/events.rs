@@ -556,3 +556,54 @@ async fn activity_ids_are_forgotten_with_the_events_that_named_them() {
     let mut stream = watch(&server, 0, &[]).await.unwrap();
     check(take(&mut stream, 100).await);
 }
+
+#[tokio::test]
+async fn events_older_than_the_retention_age_are_dropped_and_stay_dropped_after_a_restart() {
+    use segmentd::time::ManualClock;
+    const DAY: i64 = 86_400;
+    let clock = std::sync::Arc::new(ManualClock::new(1_780_000_000 * 1_000_000));
+    let tune = |c: &mut segmentd::config::Config| {
+        c.clock = Some(clock.clone());
+        c.event_retention_secs = DAY as u64;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(data.clone(), tune).await;
+    create(&server, text_segment("vips", "vip")).await.unwrap();
+    upsert(&server, vec![customer("old", None, &[("vip", b(true))])]).await;
+    clock.advance(2 * DAY * 1_000_000);
+    upsert(&server, vec![customer("new", None, &[("vip", b(true))])]).await;
+    let mut segs = server.segments().await;
+    let history = |id: &str| pb::GetMembershipHistoryRequest {
+        customer_id: id.into(),
+        segment_id: String::new(),
+    };
+    let old = segs
+        .get_membership_history(history("old"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        old.events.is_empty() && old.oldest_retained_sequence == 2,
+        "{old:?}"
+    );
+    let new = segs
+        .get_membership_history(history("new"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(new.events.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![2]);
+    server.stop().await.unwrap();
+    // After a restart the dropped events do not come back from the log.
+    let server = TestServer::start_at(data, tune).await;
+    let mut segs = server.segments().await;
+    let old = segs
+        .get_membership_history(history("old"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        old.events.is_empty() && old.oldest_retained_sequence == 2,
+        "{old:?}"
+    );
+}
