@@ -607,3 +607,57 @@ async fn events_older_than_the_retention_age_are_dropped_and_stay_dropped_after_
         "{old:?}"
     );
 }
+
+#[tokio::test]
+async fn a_filtered_watch_reports_its_position_alone_and_shutdown_ends_it_naming_where_to_resume() {
+    let server = TestServer::start().await;
+    create(&server, text_segment("vips", "vip")).await.unwrap();
+    create(&server, text_segment("women", r#"gender = "F""#))
+        .await
+        .unwrap();
+    let mut stream = watch(&server, 0, &["women"]).await.unwrap();
+    // Three events, none in `women`: the watcher hears only how far it has got.
+    upsert(
+        &server,
+        (0..3)
+            .map(|n| customer(&format!("m{n}"), None, &[("vip", b(true)), ("gender", s("M"))]))
+            .collect(),
+    )
+    .await;
+    let position = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a position report")
+            .unwrap()
+            .unwrap();
+        assert!(msg.events.is_empty(), "filtered out: {msg:?}");
+        if msg.last_sequence == 3 {
+            break msg.last_sequence;
+        }
+    };
+    // One event it wants, then shutdown: it ends UNAVAILABLE naming the sequence to resume from.
+    upsert(&server, vec![customer("w", None, &[("gender", s("F"))])]).await;
+    let got = take(&mut stream, 1).await;
+    assert_eq!(
+        (got[0].sequence, got[0].customer_id.as_str()),
+        (position + 1, "w")
+    );
+    let stop = tokio::spawn(server.stop());
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(msg)) => assert!(msg.events.is_empty(), "{msg:?}"),
+            Ok(None) => panic!("the stream ended without saying where to resume"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert!(
+        end.message()
+            .ends_with(&format!("resume with from_sequence {}", position + 1)),
+        "{end:?}"
+    );
+    stop.await.unwrap().unwrap();
+}

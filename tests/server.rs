@@ -373,3 +373,61 @@ async fn every_call_has_a_request_id_in_its_reply() {
         .unwrap_err();
     assert!(err.metadata().get("x-request-id").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_recovery_health_is_not_serving_and_data_calls_are_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log_only = |c: &mut segmentd::config::Config| c.no_snapshot_on_shutdown = true;
+    let server = TestServer::start_at(data.clone(), log_only).await;
+    // A log long enough that replaying it takes a while.
+    let batches: Vec<segmentd::api::pb::LoadCustomersRequest> = (0..40)
+        .map(|b| {
+            segmentd::api::pb::LoadCustomersRequest::new(
+                (0..10_000)
+                    .map(|n| customer(&format!("c{b}-{n}"), None, &[("vip", common::b(n % 2 == 0))]))
+                    .collect(),
+            )
+        })
+        .collect();
+    server
+        .ingest()
+        .await
+        .load_customers(tokio_stream::iter(batches))
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+
+    let started = std::time::Instant::now();
+    let server = TestServer::spawn_at(data, log_only).await;
+    let channel = loop {
+        if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+        {
+            break c;
+        }
+    };
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    let call = segmentd::api::pb::admin_client::AdminClient::new(channel)
+        .stats(segmentd::api::pb::StatsRequest {})
+        .await;
+    let asked_after = started.elapsed();
+    assert_eq!(
+        health, 2,
+        "NOT_SERVING while recovering (asked after {asked_after:?})"
+    );
+    let status = call.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    server.wait_serving().await;
+    assert_eq!(customer_count(&server).await, 400_000);
+    server.stop().await.unwrap();
+}
