@@ -1896,3 +1896,72 @@ async fn fsync_interval_makes_a_write_durable_within_its_interval() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_torn_file_before_the_last_or_a_missing_file_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log_only = |c: &mut segmentd::config::Config| {
+        c.no_snapshot_on_shutdown = true;
+        c.wal_segment_bytes = 4096;
+    };
+    let server = TestServer::start_at(data.clone(), log_only).await;
+    for n in 0..300 {
+        upsert(
+            &server,
+            vec![customer(
+                &format!("c{n}"),
+                Some(&format!("c{n}@example.com")),
+                &[],
+            )],
+        )
+        .await;
+    }
+    server.stop().await.unwrap();
+    let files: Vec<PathBuf> = wal_files(&data)
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 24)
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    let middle = &files[1];
+    let original = std::fs::read(middle).unwrap();
+
+    // Torn, but followed by another file: records after the tear were acknowledged, so it is
+    // damage, not an unfinished append.
+    std::fs::write(middle, &original[..original.len() - 5]).unwrap();
+    let err = TestServer::spawn_at(data.clone(), log_only)
+        .await
+        .finished()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(middle.to_str().unwrap()) && err.contains("record cut short"),
+        "{err}"
+    );
+
+    // Gone altogether: the sequence jumps from one file to the one after.
+    std::fs::remove_file(middle).unwrap();
+    let err = TestServer::spawn_at(data.clone(), log_only)
+        .await
+        .finished()
+        .await
+        .unwrap_err()
+        .to_string();
+    let next = &files[2];
+    let first = |p: &Path| p.file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap();
+    assert!(
+        err.contains(next.to_str().unwrap())
+            && err.contains(&format!(
+                "sequence {} where {} was expected",
+                first(next),
+                first(middle)
+            )),
+        "{err}"
+    );
+
+    std::fs::write(middle, &original).unwrap();
+    let server = TestServer::start_at(data, log_only).await;
+    assert_eq!(customer_count(&server).await, 300);
+    server.stop().await.unwrap();
+}

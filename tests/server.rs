@@ -431,3 +431,37 @@ async fn during_recovery_health_is_not_serving_and_data_calls_are_unavailable() 
     assert_eq!(customer_count(&server).await, 400_000);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_connection_gets_at_most_max_concurrent_streams_calls_at_once() {
+    use segmentd::api::pb;
+    let server = TestServer::start_with(|c| c.max_concurrent_streams = 2).await;
+    let channel = server.channel().await;
+    let watch = || {
+        let mut client = pb::segments_client::SegmentsClient::new(channel.clone());
+        async move {
+            client
+                .watch_memberships(pb::WatchMembershipsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // Two watches hold both streams of the connection open.
+    let (first, _second) = (watch().await, watch().await);
+    let mut admin = pb::admin_client::AdminClient::new(channel.clone());
+    let stats = admin.stats(pb::StatsRequest {});
+    tokio::pin!(stats);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), &mut stats)
+            .await
+            .is_err(),
+        "a third call on the connection must wait for a stream"
+    );
+    // One watch ends: the waiting call goes through.
+    drop(first);
+    tokio::time::timeout(std::time::Duration::from_secs(5), stats)
+        .await
+        .expect("the call proceeds once a stream is free")
+        .unwrap();
+}
