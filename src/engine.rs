@@ -356,7 +356,7 @@ impl Engine {
     }
 
     /// Loads the newest usable snapshot of `data_dir`, replays the log after it, then opens the
-    /// log for appending. Blocking.
+    /// log for appending. Blocking. Calls are let in by [`Engine::open_for_calls`].
     pub fn recover(&self, data_dir: &Path, mode: FsyncMode, segment_bytes: u64) -> Result<ReplayStats> {
         let started = Instant::now();
         let _ = self.data_dir.set(data_dir.to_path_buf());
@@ -390,7 +390,6 @@ impl Engine {
             self.faults.clone(),
         )?;
         let _ = self.wal.set(log);
-        self.ready.store(true, Ordering::Release);
         tracing::info!(
             files = stats.files,
             skipped_files = stats.skipped_files,
@@ -693,6 +692,15 @@ impl Engine {
             })
         })
         .await
+    }
+
+    /// Ends recovery: applies the time flips due while the server was down (re-evaluating every
+    /// time-dependent segment), then lets calls in, so that no answer is stale by more than a
+    /// tick. The flips failing (a failed log) is reported, and calls are let in regardless.
+    pub async fn open_for_calls(&self) -> Result<()> {
+        let flipped = self.advance_time().await;
+        self.ready.store(true, Ordering::Release);
+        flipped.map(|_| ())
     }
 
     /// Applies the time flips due since the last advance (every customer's, the first time

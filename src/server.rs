@@ -179,6 +179,9 @@ pub async fn run(
             let e = engine.clone();
             match tokio::task::spawn_blocking(move || e.recover(&dir, fsync, segment_bytes)).await {
                 Ok(Ok(_)) => {
+                    if let Err(e) = engine.open_for_calls().await {
+                        tracing::error!(error = %e, "applying the time flips due at start failed");
+                    }
                     set_health(&health, ServingStatus::Serving).await;
                     // A failed log refuses every write until restart: say so to load balancers.
                     if let Some(wal) = engine.wal().cloned() {

@@ -1726,19 +1726,25 @@ async fn write_change(server: &TestServer, change: Change, clock: &segmentd::tim
         Change::Reclassification => {
             segs.reclassify(pb::ReclassifyRequest::default()).await.unwrap();
             // Between runs, a customer whose orders age moves down a recency grade.
-            clock.advance(120 * DAY * 1_000_000);
+            advance_and_wait_for_flips(server, clock, 120 * DAY).await;
             segs.reclassify(pb::ReclassifyRequest::default()).await.unwrap();
         }
         Change::Time => {
             // c05..c09 ordered 90 to 94 days ago: each leaves `recent` as its 90 days pass.
-            let before = size(server, "recent").await;
-            clock.advance(3 * DAY * 1_000_000);
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while size(server, "recent").await == before {
-                assert!(std::time::Instant::now() < deadline, "no time flip");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            advance_and_wait_for_flips(server, clock, 3 * DAY).await;
         }
+    }
+}
+
+/// Moves the clock `seconds` on and waits until the server has applied the flips (`recent`
+/// shrinks), so that the state compared is the state at that time.
+async fn advance_and_wait_for_flips(server: &TestServer, clock: &segmentd::time::ManualClock, seconds: i64) {
+    let before = size(server, "recent").await;
+    clock.advance(seconds * 1_000_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size(server, "recent").await == before {
+        assert!(std::time::Instant::now() < deadline, "no time flip");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

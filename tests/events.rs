@@ -661,3 +661,58 @@ async fn a_filtered_watch_reports_its_position_alone_and_shutdown_ends_it_naming
     );
     stop.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn time_that_passed_while_down_moves_members_at_recovery_and_a_flip_lands_within_the_tick() {
+    use segmentd::time::ManualClock;
+    const DAY: i64 = 86_400;
+    let t0 = 1_780_000_000i64;
+    let clock = std::sync::Arc::new(ManualClock::new(t0 * 1_000_000));
+    let tune = |c: &mut segmentd::config::Config| {
+        c.clock = Some(clock.clone());
+        c.time_tick_ms = 100;
+        c.no_snapshot_on_shutdown = true;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(data.clone(), tune).await;
+    let orders = vec![
+        order("o1", "soon", t0 - 89 * DAY, 100, false, &[]),
+        order("o2", "later", t0 - 80 * DAY, 100, false, &[]),
+    ];
+    server
+        .ingest()
+        .await
+        .record_orders(pb::RecordOrdersRequest { orders })
+        .await
+        .unwrap();
+    create(&server, text_segment("recent", "last_order_at within 90 days"))
+        .await
+        .unwrap();
+    assert_eq!(size(&server, "recent").await, 2);
+    server.stop().await.unwrap();
+
+    // Two days pass while the server is down: `soon` is out as soon as it serves again.
+    clock.advance(2 * DAY * 1_000_000);
+    let server = TestServer::start_at(data, tune).await;
+    assert_eq!(is_member(&server, "soon", "recent").await, (false, true));
+    assert_eq!(is_member(&server, "later", "recent").await, (true, true));
+    let mut stream = watch(&server, 0, &["recent"]).await.unwrap();
+    let events = take(&mut stream, 3).await;
+    assert_eq!(
+        brief(&events[2..]),
+        vec![ev("recent", "soon", false, C::Time)],
+        "the exit is an event like any other"
+    );
+    // Running: a flip is applied at the next tick (100 ms), not later.
+    clock.advance(9 * DAY * 1_000_000);
+    let started = Instant::now();
+    let flipped = take(&mut stream, 1).await;
+    assert_eq!(brief(&flipped), vec![ev("recent", "later", false, C::Time)]);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    server.stop().await.unwrap();
+}

@@ -42,13 +42,18 @@ type Running = (
 /// A server verifying client certificates, given `handshake_secs` to complete a TLS handshake;
 /// its address, its stop signal and its task.
 async fn mutual_tls_server(dir: &std::path::Path, handshake_secs: u64) -> Running {
+    tls_server(dir, handshake_secs, true).await
+}
+
+/// A TLS server, verifying client certificates when `client_ca`.
+async fn tls_server(dir: &std::path::Path, handshake_secs: u64, client_ca: bool) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = segmentd::config::Config::with_data_dir(dir.join("data"));
     config.fsync = segmentd::wal::FsyncMode::Never;
     config.tls_cert = Some(fixture("server.pem"));
     config.tls_key = Some(fixture("server.key"));
-    config.tls_client_ca = Some(fixture("ca.pem"));
+    config.tls_client_ca = client_ca.then(|| fixture("ca.pem"));
     config.tls_handshake_timeout_secs = handshake_secs;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(segmentd::server::run(listener, config, async {
@@ -94,6 +99,38 @@ async fn mutual_tls_round_trip_and_refusals() {
     // Plain text never reaches a service: the connection is dropped under it.
     let plain = stats(addr, None).await.unwrap_err();
     assert!(plain.contains("transport error"), "{plain}");
+    // A certificate from another CA: refused in the handshake as one it cannot trust.
+    let stranger = trusted().identity(Identity::from_pem(read("stranger.pem"), read("stranger.key")));
+    let refused = stats(addr, Some(stranger)).await.unwrap_err();
+    assert!(
+        refused.contains("UnknownCA") || refused.contains("BadCertificate"),
+        "{refused}"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn tls_without_client_certificates_serves_any_client_that_trusts_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop, server) = tls_server(dir.path(), 10, false).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = stats(addr, Some(trusted())).await {
+        assert!(std::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A client certificate is not asked for, and one sent does no harm.
+    assert_eq!(stats(addr, Some(with_identity())).await, Ok(0));
+    // A client that does not trust the server's CA stops in the handshake; plain text too.
+    let untrusting = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("stranger.pem")))
+        .domain_name("localhost");
+    let err = stats(addr, Some(untrusting)).await.unwrap_err();
+    assert!(
+        err.contains("invalid peer certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    assert!(stats(addr, None).await.unwrap_err().contains("transport error"));
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
