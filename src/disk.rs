@@ -415,19 +415,17 @@ pub fn rename(from: &Path, to: &Path, disk: &Disk) -> std::io::Result<()> {
 
 /// Deletes the file `path`.
 pub fn remove_file(path: &Path, disk: &Disk) -> std::io::Result<()> {
-    modelled(disk, Op::Remove, path, |power| {
-        fs::remove_file(path)?;
-        if let Some(power) = power {
-            power.forget(path);
-        }
-        Ok(())
-    })
+    remove_with(path, disk, |p| fs::remove_file(p))
 }
 
 /// Deletes the directory `path` and everything in it.
 pub fn remove_dir_all(path: &Path, disk: &Disk) -> std::io::Result<()> {
+    remove_with(path, disk, |p| fs::remove_dir_all(p))
+}
+
+fn remove_with(path: &Path, disk: &Disk, remove: fn(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
     modelled(disk, Op::Remove, path, |power| {
-        fs::remove_dir_all(path)?;
+        remove(path)?;
         if let Some(power) = power {
             power.forget(path);
         }
