@@ -294,21 +294,17 @@ impl File {
         })
     }
 
-    fn wrote(&self, power: Option<&mut Power>, n: u64) {
-        if let Some(power) = power {
-            power.track(&self.path, 0).len += n;
-        }
-    }
-
     /// Writes all of `buf` at the end of what was written.
     pub fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        let disk = self.disk.clone();
-        modelled(&disk, Op::Write, &self.path.clone(), |power| {
-            let written = self.file.write_all(buf);
-            // Count a partial write too: those bytes may be on disk.
-            let len = self.file.metadata().map(|m| m.len());
-            if let (Some(power), Ok(len)) = (power, len) {
-                power.track(&self.path, 0).len = len;
+        // Borrowed apart, so the log's appends clone nothing.
+        let File { file, path, disk } = self;
+        modelled(disk, Op::Write, path, |power| {
+            let written = file.write_all(buf);
+            if let Some(power) = power {
+                // Count a partial write too: those bytes may be on disk.
+                if let Ok(meta) = file.metadata() {
+                    power.track(path, 0).len = meta.len();
+                }
             }
             written
         })
@@ -316,11 +312,11 @@ impl File {
 
     /// Writes every byte of `bufs` in order (`write_vectored` may write only part of them).
     pub fn write_all_vectored(&mut self, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-        let disk = self.disk.clone();
-        modelled(&disk, Op::Write, &self.path.clone(), |mut power| {
+        let File { file, path, disk } = self;
+        modelled(disk, Op::Write, path, |mut power| {
             IoSlice::advance_slices(&mut bufs, 0);
             while !bufs.is_empty() {
-                match self.file.write_vectored(bufs) {
+                match file.write_vectored(bufs) {
                     Ok(0) => {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::WriteZero,
@@ -328,7 +324,9 @@ impl File {
                         ));
                     }
                     Ok(n) => {
-                        self.wrote(power.as_deref_mut(), n as u64);
+                        if let Some(power) = power.as_deref_mut() {
+                            power.track(path, 0).len += n as u64;
+                        }
                         IoSlice::advance_slices(&mut bufs, n);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
