@@ -437,12 +437,36 @@ async fn reclassification_runs_on_its_schedule_and_families_survive_restarts() {
     .await;
     orders(&server, vec![order("o1", "a", t0 - DAY, 500, false, &[])]).await;
     create_family(&server, value_family()).await.unwrap();
-    // Nothing before an interval has passed since the first orders.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing before an interval has passed since the tick loop first saw orders. Witnesses
+    // show the loop's passes: each applies time flips, then starts a reclassification if one is
+    // due. `w0` leaves `recent` at t0 + 5 s: once it is out, a pass at t0 + 10 s has seen the
+    // orders, so the schedule's anchor is at most t0 + 10 s. `w2` leaves at t0 + 3,050 s and
+    // `w3` at t0 + 3,150 s: once `w3` is out, the pass at t0 + 3,100 s has run whole.
+    orders(
+        &server,
+        vec![
+            order("w0", "w0", t0 - 90 * DAY + 5, 500, false, &[]),
+            order("w2", "w2", t0 - 90 * DAY + 3050, 500, false, &[]),
+            order("w3", "w3", t0 - 90 * DAY + 3150, 500, false, &[]),
+        ],
+    )
+    .await;
+    create(&server, text_segment("recent", "last_order_at within 90 days"))
+        .await
+        .unwrap();
+    for (id, to) in [("w0", 10), ("w2", 3100), ("w3", 3200)] {
+        clock.set((t0 + to) * 1_000_000);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_member(&server, id, "recent").await.0 {
+            assert!(Instant::now() < deadline, "the tick loop did not move {id}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     assert!(families(&server).await.iter().all(|f| f.family_id != "rfm"));
-    clock.advance(3600 * 1_000_000);
+    // An interval after the latest possible anchor, the run comes.
+    clock.set((t0 + 3610) * 1_000_000);
     let first = reclassified(&server).await;
-    assert_eq!(first, t0 + 3600);
+    assert_eq!(first, t0 + 3610);
     clock.advance(3600 * 1_000_000);
     let deadline = Instant::now() + Duration::from_secs(10);
     while reclassified(&server).await == first {
