@@ -254,11 +254,7 @@ impl File {
             }
             Ok(file)
         })?;
-        Ok(File {
-            file,
-            path: path.to_path_buf(),
-            disk: disk.clone(),
-        })
+        Ok(File::opened(file, path, disk))
     }
 
     /// Opens an existing `path` for writing in place (cutting it short).
@@ -270,11 +266,15 @@ impl File {
             }
             Ok(file)
         })?;
-        Ok(File {
+        Ok(File::opened(file, path, disk))
+    }
+
+    fn opened(file: fs::File, path: &Path, disk: &Arc<Disk>) -> File {
+        File {
             file,
             path: path.to_path_buf(),
             disk: disk.clone(),
-        })
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -1536,12 +1536,7 @@ async fn replay_base(server: &TestServer, t0: i64) {
             )
         })
         .collect();
-    server
-        .ingest()
-        .await
-        .record_orders(pb::RecordOrdersRequest { orders })
-        .await
-        .unwrap();
+    record_orders(server, orders).await;
     create(server, text_segment("vips", "vip")).await.unwrap();
     create(server, text_segment("golf", r#"tags has_any ("golf")"#))
         .await

@@ -680,12 +680,7 @@ async fn time_that_passed_while_down_moves_members_at_recovery_and_a_flip_lands_
         order("o1", "soon", t0 - 89 * DAY, 100, false, &[]),
         order("o2", "later", t0 - 80 * DAY, 100, false, &[]),
     ];
-    server
-        .ingest()
-        .await
-        .record_orders(pb::RecordOrdersRequest { orders })
-        .await
-        .unwrap();
+    record_orders(&server, orders).await;
     create(&server, text_segment("recent", "last_order_at within 90 days"))
         .await
         .unwrap();

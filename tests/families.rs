@@ -46,15 +46,6 @@ async fn create_family(server: &TestServer, family: pb::Family) -> Result<pb::Fa
         .into_inner())
 }
 
-async fn orders(server: &TestServer, orders: Vec<pb::Order>) {
-    server
-        .ingest()
-        .await
-        .record_orders(pb::RecordOrdersRequest { orders })
-        .await
-        .unwrap();
-}
-
 async fn families(server: &TestServer) -> Vec<pb::Family> {
     server
         .segments()
@@ -93,7 +84,7 @@ async fn a_family_partitions_customers_and_a_move_is_one_event() {
     let server = TestServer::start().await;
     // c0 spends nothing, c1 150, c2 2000.
     upsert(&server, vec![customer("c0", None, &[])]).await;
-    orders(
+    record_orders(
         &server,
         vec![
             order("o1", "c1", 1_700_000_000, 15_000, false, &[]),
@@ -143,7 +134,7 @@ async fn a_family_partitions_customers_and_a_move_is_one_event() {
         .last()
         .unwrap()
         .sequence;
-    orders(
+    record_orders(
         &server,
         vec![order("o3", "c1", 1_700_000_100, 90_000, false, &[])],
     )
@@ -287,7 +278,7 @@ async fn rfm_scores_by_quintiles_places_everyone_once_and_reports_downgrades() {
             ));
         }
     }
-    orders(&server, all).await;
+    record_orders(&server, all).await;
     upsert(
         &server,
         (0..30).map(|i| customer(&format!("n{i}"), None, &[])).collect(),
@@ -401,7 +392,7 @@ async fn rfm_scores_by_quintiles_places_everyone_once_and_reports_downgrades() {
             )
         })
         .collect();
-    orders(&server, others).await;
+    record_orders(&server, others).await;
     server
         .segments()
         .await
@@ -435,14 +426,14 @@ async fn reclassification_runs_on_its_schedule_and_families_survive_restarts() {
         c.no_snapshot_on_shutdown = true;
     })
     .await;
-    orders(&server, vec![order("o1", "a", t0 - DAY, 500, false, &[])]).await;
+    record_orders(&server, vec![order("o1", "a", t0 - DAY, 500, false, &[])]).await;
     create_family(&server, value_family()).await.unwrap();
     // Nothing before an interval has passed since the tick loop first saw orders. Witnesses
     // show the loop's passes: each applies time flips, then starts a reclassification if one is
     // due. `w0` leaves `recent` at t0 + 5 s: once it is out, a pass at t0 + 10 s has seen the
     // orders, so the schedule's anchor is at most t0 + 10 s. `w2` leaves at t0 + 3,050 s and
     // `w3` at t0 + 3,150 s: once `w3` is out, the pass at t0 + 3,100 s has run whole.
-    orders(
+    record_orders(
         &server,
         vec![
             order("w0", "w0", t0 - 90 * DAY + 5, 500, false, &[]),

@@ -323,6 +323,16 @@ pub async fn size(server: &TestServer, segment: &str) -> u64 {
 }
 
 /// Upserts customers, panicking on error.
+/// Records `orders`, failing the test if they are refused.
+pub async fn record_orders(server: &TestServer, orders: Vec<pb::Order>) {
+    server
+        .ingest()
+        .await
+        .record_orders(pb::RecordOrdersRequest { orders })
+        .await
+        .unwrap();
+}
+
 pub async fn upsert(server: &TestServer, customers: Vec<pb::Customer>) {
     server
         .ingest()
