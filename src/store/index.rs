@@ -537,9 +537,19 @@ mod tests {
                 .collect();
             let mapped = want.filter(|&o| o < 20_000).map(|o| o as u32);
             assert_eq!(confirmed, Vec::from_iter(mapped), "row {r}: {here:?}");
-            // Entries that only share the key's 7-bit tag are not offered: their recorded
-            // 32-bit hashes differ.
-            assert_eq!(here, confirmed, "row {r}");
+            // Entries that only share the key's 7-bit tag are not offered: only those whose
+            // recorded 32-bit hash equals the key's are. Two of 20,000 keys share all 32 bits
+            // in a few runs in a hundred (the seed is drawn each run): such an entry is offered,
+            // and the caller's confirmation against the stored key rejects it.
+            if let Some(o) = *want {
+                for &other in here.iter().filter(|&&c| c as usize != o) {
+                    assert_eq!(
+                        idx.hash(&keys[other as usize]),
+                        idx.hash(&keys[o]),
+                        "row {r}: {other}"
+                    );
+                }
+            }
             if want.is_none() {
                 assert!(here.is_empty(), "row {r} had no key");
             }
