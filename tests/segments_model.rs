@@ -1,5 +1,11 @@
 //! Property test: for random customers, rule trees and writes, every materialized segment bitmap
 //! equals a naive per-customer evaluation of the same rules over a plain model of the customers.
+//!
+//! Besides the customers the writes change, every case holds a crowd whose keyword values sit
+//! at and just under the count from which a shard keeps a value's own bitmap
+//! ([`segmentd::store::column::COMMON`]), so a write can move a value from one form to the other.
+//! One case in five also fills the first shard with customers that hold nothing, so the
+//! customers the writes change sit in two shards. Ages come from the model's own calendar.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -7,16 +13,94 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use segmentd::segment::registry::SegmentDef;
 use segmentd::segment::rule::{CmpOp, Literal, Pred, PredOp, Rule, TextOp};
+use segmentd::store::SHARD_SIZE;
+use segmentd::store::column::COMMON;
 use segmentd::store::input::{CustomerKey, CustomerPatch};
 use segmentd::store::value::Value;
 use segmentd::store::{Store, no_log};
-use segmentd::time::{ManualClock, days_from_civil};
+use segmentd::time::ManualClock;
 
+/// Customers the writes change: `c0`..`c9`.
 const IDS: usize = 10;
-const TODAY: (i32, i32, i32) = (2024, 6, 15);
+/// The model's stand-in for every customer that holds nothing (`b0`, `b1`, ...).
+const BLANK: usize = usize::MAX;
 
-fn today() -> i32 {
-    days_from_civil(TODAY.0, TODAY.1, TODAY.2).unwrap()
+/// Days the model's calendar gives to `month` of `year`.
+fn month_days(year: i32, month: u32) -> i32 {
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a civil date, counted month by month: a calendar of the test's own,
+/// not the implementation's.
+fn days(year: i32, month: u32, day: i32) -> i32 {
+    let mut n = 0;
+    for y in year.min(1970)..year.max(1970) {
+        let len: i32 = (1..=12).map(|m| month_days(y, m)).sum();
+        n += if year < 1970 { -len } else { len };
+    }
+    n + (1..month).map(|m| month_days(year, m)).sum::<i32>() + day - 1
+}
+
+/// Dates the tests run on: a plain one, the days around a leap day, the turn of a year.
+const TODAYS: [(i32, u32, i32); 6] = [
+    (2024, 6, 15),
+    (2023, 2, 28),
+    (2023, 3, 1),
+    (2024, 2, 29),
+    (2024, 12, 31),
+    (2025, 1, 1),
+];
+
+/// A birth date: its civil form, from which the model reads ages, and its days, which the
+/// store is sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Birth(i32, u32, i32);
+
+fn birth(today: (i32, u32, i32)) -> impl Strategy<Value = Birth> {
+    // Born on a leap day, on or next to today's day of the year, or on any day; in years that
+    // make the ages rules compare (20 to 40) common.
+    let years = 1986..2003i32;
+    let leap_day = years.clone().prop_map(|y| Birth(y - y % 4, 2, 29));
+    let near = (years.clone(), -1..=1i32).prop_map(move |(y, shift)| {
+        let (_, m, d) = today;
+        Birth(y, m, (d + shift).clamp(1, month_days(y, m)))
+    });
+    let any_day = (years, 1..=12u32, 1..=31i32).prop_map(|(y, m, d)| Birth(y, m, d.min(month_days(y, m))));
+    prop_oneof![1 => leap_day, 3 => near, 2 => any_day]
+}
+
+/// The civil date `d` days from 1970-01-01, walked year by year and month by month.
+fn civil(mut d: i32) -> Birth {
+    let year_days = |y: i32| (1..=12).map(|m| month_days(y, m)).sum::<i32>();
+    let mut y = 1970;
+    while d < 0 {
+        y -= 1;
+        d += year_days(y);
+    }
+    while d >= year_days(y) {
+        d -= year_days(y);
+        y += 1;
+    }
+    let mut m = 1;
+    while d >= month_days(y, m) {
+        d -= month_days(y, m);
+        m += 1;
+    }
+    Birth(y, m, d + 1)
+}
+
+/// Age in whole years on `today`: the birthday this year has come unless today's (month, day)
+/// is earlier than the birth's; a leap-day birthday comes on March 1 in other years.
+fn age(b: Birth, today: (i32, u32, i32)) -> i64 {
+    let (ty, tm, td) = today;
+    let before = (tm, td) < (b.1, b.2);
+    i64::from(ty - b.0) - i64::from(before)
 }
 
 type Attrs = BTreeMap<&'static str, Value>;
@@ -30,7 +114,7 @@ enum Op {
     Activity(usize, usize, bool),
 }
 
-fn value_for(name: &'static str) -> BoxedStrategy<Option<Value>> {
+fn value_for(name: &'static str, today: (i32, u32, i32)) -> BoxedStrategy<Option<Value>> {
     let v: BoxedStrategy<Value> = match name {
         "gender" => prop_oneof![Just("F"), Just("M"), Just("X")]
             .prop_map(|s| Value::Keyword(s.into()))
@@ -43,7 +127,9 @@ fn value_for(name: &'static str) -> BoxedStrategy<Option<Value>> {
             .boxed(),
         "household_size" => (0i64..6).prop_map(Value::Int).boxed(),
         "vip" => any::<bool>().prop_map(Value::Bool).boxed(),
-        "birth_date" => (today() - 60 * 366..today()).prop_map(Value::Date).boxed(),
+        "birth_date" => birth(today)
+            .prop_map(|b| Value::Date(days(b.0, b.1, b.2)))
+            .boxed(),
         "tags" => proptest::sample::subsequence(vec!["golf", "ski", "tennis"], 0..3)
             .prop_map(|v| Value::Keywords(v.into_iter().map(String::from).collect()))
             .boxed(),
@@ -62,11 +148,11 @@ const NAMES: [&str; 7] = [
     "tags",
 ];
 
-fn attrs() -> impl Strategy<Value = Vec<(&'static str, Option<Value>)>> {
-    proptest::sample::subsequence(NAMES.to_vec(), 0..NAMES.len()).prop_flat_map(|names| {
+fn attrs(today: (i32, u32, i32)) -> impl Strategy<Value = Vec<(&'static str, Option<Value>)>> {
+    proptest::sample::subsequence(NAMES.to_vec(), 0..NAMES.len()).prop_flat_map(move |names| {
         names
             .into_iter()
-            .map(|n| value_for(n).prop_map(move |v| (n, v)))
+            .map(|n| value_for(n, today).prop_map(move |v| (n, v)))
             .collect::<Vec<_>>()
     })
 }
@@ -106,7 +192,7 @@ fn leaf() -> impl Strategy<Value = Rule> {
         )),
         Just(pred("vip", PredOp::IsTrue)),
         Just(pred("vip", PredOp::Cmp(CmpOp::Eq, Literal::Bool(false)))),
-        (cmp, 0i64..60).prop_map(|(op, n)| pred("age", PredOp::Cmp(op, Literal::Int(n)))),
+        (cmp, 19i64..41).prop_map(|(op, n)| pred("age", PredOp::Cmp(op, Literal::Int(n)))),
         any::<bool>().prop_map(|all| pred(
             "tags",
             PredOp::Has {
@@ -141,9 +227,9 @@ fn rule() -> impl Strategy<Value = Rule> {
     })
 }
 
-fn op() -> impl Strategy<Value = Op> {
+fn op(today: (i32, u32, i32)) -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..IDS, attrs()).prop_map(|(i, a)| Op::Upsert(i, a)),
+        6 => (0..IDS, attrs(today)).prop_map(|(i, a)| Op::Upsert(i, a)),
         1 => (0..IDS).prop_map(Op::Delete),
         2 => (
             rule(),
@@ -166,10 +252,6 @@ struct ModelSegment {
     accounts: Vec<&'static str>,
 }
 
-fn age(birth: i32) -> i64 {
-    segmentd::segment::eval::age(birth, today())
-}
-
 fn lit_cmp(v: &Value, op: CmpOp, l: &Literal) -> bool {
     let ord = match (v, l) {
         (Value::Int(a), Literal::Int(b)) => a.cmp(b),
@@ -187,24 +269,26 @@ fn lit_cmp(v: &Value, op: CmpOp, l: &Literal) -> bool {
     }
 }
 
+/// What the naive evaluator reads: the segments, the customers, the day.
+struct World<'a> {
+    segs: &'a [(String, ModelSegment)],
+    model: &'a HashMap<usize, Attrs>,
+    today: (i32, u32, i32),
+}
+
 /// The naive evaluator: straight from the rule tree and the model's values.
-fn naive(
-    rule: &Rule,
-    c: &Attrs,
-    segs: &[(String, ModelSegment)],
-    id: usize,
-    model: &HashMap<usize, Attrs>,
-) -> bool {
+fn naive(rule: &Rule, c: &Attrs, id: usize, w: &World) -> bool {
     match rule {
-        Rule::And(v) => v.iter().all(|r| naive(r, c, segs, id, model)),
-        Rule::Or(v) => v.iter().any(|r| naive(r, c, segs, id, model)),
-        Rule::Not(r) => !naive(r, c, segs, id, model),
+        Rule::And(v) => v.iter().all(|r| naive(r, c, id, w)),
+        Rule::Or(v) => v.iter().any(|r| naive(r, c, id, w)),
+        Rule::Not(r) => !naive(r, c, id, w),
         Rule::Pred(p) => {
             if let PredOp::InSegment(sid) = &p.op {
-                return segs
+                return w
+                    .segs
                     .iter()
                     .find(|(n, _)| n == sid)
-                    .is_some_and(|(_, s)| member(s, segs, id, model));
+                    .is_some_and(|(_, s)| member(s, id, w));
             }
             let name = if p.attr == "age" {
                 "birth_date"
@@ -216,7 +300,7 @@ fn naive(
             };
             let v = if p.attr == "age" {
                 let Value::Date(d) = v else { unreachable!() };
-                Value::Int(age(*d))
+                Value::Int(age(civil(*d), w.today))
             } else {
                 v.clone()
             };
@@ -253,13 +337,8 @@ fn naive(
     }
 }
 
-fn member(
-    s: &ModelSegment,
-    segs: &[(String, ModelSegment)],
-    id: usize,
-    model: &HashMap<usize, Attrs>,
-) -> bool {
-    let Some(c) = model.get(&id) else { return false };
+fn member(s: &ModelSegment, id: usize, w: &World) -> bool {
+    let Some(c) = w.model.get(&id) else { return false };
     let account = match c.get("account_id") {
         Some(Value::Keyword(a)) => Some(a.as_str()),
         _ => None,
@@ -267,27 +346,147 @@ fn member(
     if s.exclude.contains(&id) {
         return false;
     }
-    s.include.contains(&id)
-        || account.is_some_and(|a| s.accounts.contains(&a))
-        || naive(&s.rule, c, segs, id, model)
+    s.include.contains(&id) || account.is_some_and(|a| s.accounts.contains(&a)) || naive(&s.rule, c, id, w)
 }
 
+/// The id of model customer `i`: `c` for those the writes change, `k` for the crowd.
 fn cid(i: usize) -> String {
-    format!("c{i}")
+    if i < IDS { format!("c{i}") } else { format!("k{i}") }
+}
+
+fn kw(s: &str) -> Value {
+    Value::Keyword(s.into())
+}
+
+fn kws(v: &[&str]) -> Value {
+    Value::Keywords(v.iter().map(|s| s.to_string()).collect())
+}
+
+/// A group of the crowd: how many, and what each holds.
+fn crowd_group(count: u32, attrs: &[(&'static str, Value)]) -> (u32, Attrs) {
+    (count, attrs.iter().cloned().collect())
+}
+
+/// Writes the customers present before the case's writes, as the model holds them, and returns
+/// the ids of the blank ones. `c0`..`c3` come first, then the first half of the crowd; with
+/// `spread`, blank customers fill the first shard; then `c4`..`c7` and the rest of the crowd.
+/// `c8` and `c9` are left for the writes to create.
+fn populate(store: &Store, model: &mut HashMap<usize, Attrs>, spread: bool) -> Vec<String> {
+    let schema = store.schema();
+    let write = |id: String, attrs: &Attrs| {
+        let attrs = attrs
+            .iter()
+            .map(|(n, v)| (schema.get(n).unwrap().id, Some(v.clone())))
+            .collect();
+        store
+            .upsert(
+                &[CustomerPatch {
+                    customer_id: id,
+                    email: None,
+                    attrs,
+                }],
+                &mut no_log,
+            )
+            .unwrap();
+    };
+    let mut next = IDS;
+    let mut crowd = |groups: Vec<(u32, Attrs)>, model: &mut HashMap<usize, Attrs>| {
+        for (count, attrs) in groups {
+            for _ in 0..count {
+                write(cid(next), &attrs);
+                model.insert(next, attrs.clone());
+                next += 1;
+            }
+        }
+    };
+    let at = |i: usize, model: &mut HashMap<usize, Attrs>| {
+        write(cid(i), &Attrs::new());
+        model.insert(i, Attrs::new());
+    };
+    (0..4).for_each(|i| at(i, model));
+    // One value held by COMMON customers of the shard, one by one fewer (a write can push it
+    // over), one by more; likewise for the values of a keyword list.
+    crowd(
+        vec![
+            crowd_group(
+                COMMON + 8,
+                &[
+                    ("gender", kw("F")),
+                    ("city", kw("Paris")),
+                    ("tags", kws(&["golf", "ski"])),
+                ],
+            ),
+            crowd_group(COMMON - 1, &[("gender", kw("M")), ("tags", kws(&["tennis"]))]),
+            crowd_group(3, &[("account_id", kw("A2")), ("vip", Value::Bool(true))]),
+        ],
+        model,
+    );
+    let mut blanks = Vec::new();
+    if spread {
+        let first = store.customer_count() as usize;
+        let ids: Vec<String> = (0..SHARD_SIZE - first).map(|n| format!("b{n}")).collect();
+        for chunk in ids.chunks(8192) {
+            let patches: Vec<CustomerPatch> = chunk
+                .iter()
+                .map(|id| CustomerPatch {
+                    customer_id: id.clone(),
+                    email: None,
+                    attrs: Vec::new(),
+                })
+                .collect();
+            store.upsert(&patches, &mut no_log).unwrap();
+        }
+        blanks = ids;
+        model.insert(BLANK, Attrs::new());
+    }
+    (4..8).for_each(|i| at(i, model));
+    crowd(
+        vec![
+            crowd_group(
+                COMMON - 1,
+                &[
+                    ("gender", kw("X")),
+                    ("city", kw("lille")),
+                    ("tags", kws(&["ski"])),
+                ],
+            ),
+            crowd_group(
+                COMMON,
+                &[
+                    ("city", kw("Lyon")),
+                    ("household_size", Value::Int(2)),
+                    ("account_id", kw("A1")),
+                ],
+            ),
+        ],
+        model,
+    );
+    if spread {
+        assert!(store.ordinal_of_id("c3").unwrap() < SHARD_SIZE as u32);
+        assert!(store.ordinal_of_id("c4").unwrap() >= SHARD_SIZE as u32);
+    }
+    blanks
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
 
     #[test]
-    fn materialized_segments_equal_naive_evaluation(ops in proptest::collection::vec(op(), 1..30)) {
-        let clock = Arc::new(ManualClock::new(i64::from(today()) * 86_400_000_000 + 43_200_000_000));
-        let store = Store::with_clock(clock);
+    fn materialized_segments_equal_naive_evaluation(
+        spread in proptest::bool::weighted(0.2),
+        (today, ops) in proptest::sample::select(TODAYS.to_vec())
+            .prop_flat_map(|today| (Just(today), proptest::collection::vec(op(today), 1..30))),
+    ) {
+        let noon = i64::from(days(today.0, today.1, today.2)) * 86_400_000_000 + 43_200_000_000;
+        let store = Store::with_clock(Arc::new(ManualClock::new(noon)));
         let schema = store.schema();
         let mut model: HashMap<usize, Attrs> = HashMap::new();
+        let blanks = populate(&store, &mut model, spread);
         let mut segs: Vec<(String, ModelSegment)> = Vec::new();
-        // Memberships rebuilt from the event stream alone, and the last event read.
+        // Memberships rebuilt from the event stream alone, and the last event read; blank
+        // customers, all alike, are counted by segment.
         let mut followed: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut blank_members: HashMap<String, i64> = HashMap::new();
         let mut seen = 0;
         for op in &ops {
             match op {
@@ -379,13 +578,20 @@ proptest! {
                     }
                 }
             }
+            let w = World { segs: &segs, model: &model, today };
+            let blank_ids = [blanks.first(), blanks.last()];
             for (sid, s) in &segs {
                 let mut size = 0;
-                for i in 0..IDS {
-                    let want = member(s, &segs, i, &model);
+                for i in (0..IDS).chain(model.keys().copied().filter(|&i| i >= IDS && i != BLANK)) {
+                    let want = member(s, i, &w);
                     size += u64::from(want);
                     let got = store.is_member(&cid(i), sid).unwrap();
-                    prop_assert_eq!(got, model.contains_key(&i).then_some(want), "segment {} customer {} after {:?}", sid, i, op);
+                    prop_assert_eq!(got, model.contains_key(&i).then_some(want), "segment {} customer {} after {:?}", sid, cid(i), op);
+                }
+                let blank = model.contains_key(&BLANK) && member(s, BLANK, &w);
+                size += blanks.len() as u64 * u64::from(blank);
+                for id in blank_ids.into_iter().flatten() {
+                    prop_assert_eq!(store.is_member(id, sid).unwrap(), Some(blank), "segment {} customer {} after {:?}", sid, id, op);
                 }
                 prop_assert_eq!(store.segment_info(sid, 100).unwrap().size, size, "size of {}", sid);
             }
@@ -394,15 +600,100 @@ proptest! {
             for e in page.events {
                 prop_assert_eq!(e.sequence, seen + 1, "no gaps");
                 seen = e.sequence;
+                if e.customer_id.starts_with('b') {
+                    *blank_members.entry(e.segment_id.to_string()).or_default() += if e.entered { 1 } else { -1 };
+                    continue;
+                }
                 let key = (e.segment_id.to_string(), e.customer_id.to_string());
                 prop_assert_eq!(followed.contains(&key), !e.entered, "{:?} repeats the state, after {:?}", e, op);
                 if e.entered { followed.insert(key); } else { followed.remove(&key); }
             }
             for (sid, s) in &segs {
-                for i in 0..IDS {
-                    let want = model.contains_key(&i) && member(s, &segs, i, &model);
-                    prop_assert_eq!(followed.contains(&(sid.clone(), cid(i))), want, "events of {} for {} after {:?}", sid, i, op);
+                for i in (0..IDS).chain(model.keys().copied().filter(|&i| i >= IDS && i != BLANK)) {
+                    let want = model.contains_key(&i) && member(s, i, &w);
+                    prop_assert_eq!(followed.contains(&(sid.clone(), cid(i))), want, "events of {} for {} after {:?}", sid, cid(i), op);
                 }
+                let blank = model.contains_key(&BLANK) && member(s, BLANK, &w);
+                let want = blanks.len() as i64 * i64::from(blank);
+                prop_assert_eq!(blank_members.get(sid).copied().unwrap_or(0), want, "events of {} for blank customers", sid);
+            }
+        }
+    }
+}
+
+/// The model's calendar agrees with dates anyone can check.
+#[test]
+fn the_models_calendar_counts_days_and_ages() {
+    assert_eq!(days(1970, 1, 1), 0);
+    assert_eq!(days(2000, 3, 1), 11_017);
+    assert_eq!(days(1969, 12, 31), -1);
+    assert_eq!(days(2024, 2, 29), 19_782);
+    for d in [-3_653, -1, 0, 59, 11_016, 19_782, 20_089] {
+        let Birth(y, m, day) = civil(d);
+        assert_eq!(days(y, m, day), d);
+    }
+    assert_eq!(age(Birth(2000, 2, 29), (2023, 2, 28)), 22);
+    assert_eq!(age(Birth(2000, 2, 29), (2023, 3, 1)), 23);
+    assert_eq!(age(Birth(2000, 2, 29), (2024, 2, 29)), 24);
+    assert_eq!(age(Birth(1990, 12, 31), (2024, 12, 30)), 33);
+    assert_eq!(age(Birth(1990, 12, 31), (2024, 12, 31)), 34);
+}
+
+/// Ages on the days where calendars differ (leap days, the turn of a year, birthdays today),
+/// for every day the tests run on: each `age` comparison's members are those the model's
+/// calendar names.
+#[test]
+fn ages_on_edge_days_follow_the_models_calendar() {
+    for today in TODAYS {
+        let noon = i64::from(days(today.0, today.1, today.2)) * 86_400_000_000 + 43_200_000_000;
+        let store = Store::with_clock(Arc::new(ManualClock::new(noon)));
+        let birth_date = store.schema().get("birth_date").unwrap().id;
+        let mut births = Vec::new();
+        for y in 1990..=2001 {
+            let (_, tm, td) = today;
+            let mut edges = vec![(2, 28), (3, 1), (12, 31), (1, 1), (tm, td)];
+            if month_days(y, 2) == 29 {
+                edges.push((2, 29));
+            }
+            for (m, d) in edges {
+                for shift in -1..=1 {
+                    let day = days(y, m, d.min(month_days(y, m))) + shift;
+                    births.push(civil(day));
+                }
+            }
+        }
+        let patches: Vec<CustomerPatch> = births
+            .iter()
+            .enumerate()
+            .map(|(n, b)| CustomerPatch {
+                customer_id: format!("p{n}"),
+                email: None,
+                attrs: vec![(birth_date, Some(Value::Date(days(b.0, b.1, b.2))))],
+            })
+            .collect();
+        store.upsert(&patches, &mut no_log).unwrap();
+        for n in 21..=35 {
+            for op in [CmpOp::Eq, CmpOp::Ge, CmpOp::Lt] {
+                let id = format!("age-{n}-{op:?}");
+                let def = SegmentDef {
+                    id: id.clone(),
+                    name: id.clone(),
+                    rule: Some(pred("age", PredOp::Cmp(op, Literal::Int(n)))),
+                    ..Default::default()
+                };
+                store.create_segment(def, &[], &[], &mut no_log).unwrap();
+                let mut size = 0;
+                for (p, b) in births.iter().enumerate() {
+                    let want = lit_cmp(&Value::Int(age(*b, today)), op, &Literal::Int(n));
+                    size += u64::from(want);
+                    let got = store.is_member(&format!("p{p}"), &id).unwrap();
+                    assert_eq!(got, Some(want), "{id} for a birth on {b:?} on {today:?}");
+                }
+                assert_eq!(
+                    store.segment_info(&id, 0).unwrap().size,
+                    size,
+                    "{id} on {today:?}"
+                );
             }
         }
     }
