@@ -20,32 +20,13 @@ use segmentd::store::value::Value;
 use segmentd::store::{Store, no_log};
 use segmentd::time::ManualClock;
 
+mod calendar;
+use calendar::{Birth, age, civil, days, month_days};
+
 /// Customers the writes change: `c0`..`c9`.
 const IDS: usize = 10;
 /// The model's stand-in for every customer that holds nothing (`b0`, `b1`, ...).
 const BLANK: usize = usize::MAX;
-
-/// Days the model's calendar gives to `month` of `year`.
-fn month_days(year: i32, month: u32) -> i32 {
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a civil date, counted month by month: a calendar of the test's own,
-/// not the implementation's.
-fn days(year: i32, month: u32, day: i32) -> i32 {
-    let mut n = 0;
-    for y in year.min(1970)..year.max(1970) {
-        let len: i32 = (1..=12).map(|m| month_days(y, m)).sum();
-        n += if year < 1970 { -len } else { len };
-    }
-    n + (1..month).map(|m| month_days(year, m)).sum::<i32>() + day - 1
-}
 
 /// Dates the tests run on: a plain one, the days around a leap day, the turn of a year.
 const TODAYS: [(i32, u32, i32); 6] = [
@@ -56,11 +37,6 @@ const TODAYS: [(i32, u32, i32); 6] = [
     (2024, 12, 31),
     (2025, 1, 1),
 ];
-
-/// A birth date: its civil form, from which the model reads ages, and its days, which the
-/// store is sent.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Birth(i32, u32, i32);
 
 fn birth(today: (i32, u32, i32)) -> impl Strategy<Value = Birth> {
     // Born on a leap day, on or next to today's day of the year, or on any day; in years that
@@ -73,34 +49,6 @@ fn birth(today: (i32, u32, i32)) -> impl Strategy<Value = Birth> {
     });
     let any_day = (years, 1..=12u32, 1..=31i32).prop_map(|(y, m, d)| Birth(y, m, d.min(month_days(y, m))));
     prop_oneof![1 => leap_day, 3 => near, 2 => any_day]
-}
-
-/// The civil date `d` days from 1970-01-01, walked year by year and month by month.
-fn civil(mut d: i32) -> Birth {
-    let year_days = |y: i32| (1..=12).map(|m| month_days(y, m)).sum::<i32>();
-    let mut y = 1970;
-    while d < 0 {
-        y -= 1;
-        d += year_days(y);
-    }
-    while d >= year_days(y) {
-        d -= year_days(y);
-        y += 1;
-    }
-    let mut m = 1;
-    while d >= month_days(y, m) {
-        d -= month_days(y, m);
-        m += 1;
-    }
-    Birth(y, m, d + 1)
-}
-
-/// Age in whole years on `today`: the birthday this year has come unless today's (month, day)
-/// is earlier than the birth's; a leap-day birthday comes on March 1 in other years.
-fn age(b: Birth, today: (i32, u32, i32)) -> i64 {
-    let (ty, tm, td) = today;
-    let before = (tm, td) < (b.1, b.2);
-    i64::from(ty - b.0) - i64::from(before)
 }
 
 type Attrs = BTreeMap<&'static str, Value>;
@@ -619,24 +567,6 @@ proptest! {
             }
         }
     }
-}
-
-/// The model's calendar agrees with dates anyone can check.
-#[test]
-fn the_models_calendar_counts_days_and_ages() {
-    assert_eq!(days(1970, 1, 1), 0);
-    assert_eq!(days(2000, 3, 1), 11_017);
-    assert_eq!(days(1969, 12, 31), -1);
-    assert_eq!(days(2024, 2, 29), 19_782);
-    for d in [-3_653, -1, 0, 59, 11_016, 19_782, 20_089] {
-        let Birth(y, m, day) = civil(d);
-        assert_eq!(days(y, m, day), d);
-    }
-    assert_eq!(age(Birth(2000, 2, 29), (2023, 2, 28)), 22);
-    assert_eq!(age(Birth(2000, 2, 29), (2023, 3, 1)), 23);
-    assert_eq!(age(Birth(2000, 2, 29), (2024, 2, 29)), 24);
-    assert_eq!(age(Birth(1990, 12, 31), (2024, 12, 30)), 33);
-    assert_eq!(age(Birth(1990, 12, 31), (2024, 12, 31)), 34);
 }
 
 /// Ages on the days where calendars differ (leap days, the turn of a year, birthdays today),
