@@ -1,11 +1,17 @@
 //! Property test: random upsert / delete / order sequences leave the store equal to a naive model.
+//!
+//! Every case starts with a crowd whose keyword values sit at and just under the count from which
+//! a shard keeps a value's own bitmap ([`segmentd::store::column::COMMON`]); one case in five also
+//! fills the first shard with customers that hold nothing, so the customers the writes change sit
+//! in two shards.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proptest::prelude::*;
+use segmentd::store::column::COMMON;
 use segmentd::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use segmentd::store::value::Value;
-use segmentd::store::{Store, no_log};
+use segmentd::store::{SHARD_SIZE, Store, no_log};
 
 const IDS: usize = 12;
 const EMAILS: usize = 6;
@@ -188,8 +194,81 @@ impl Model {
     }
 }
 
-fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
-    prop_assert_eq!(store.customer_count() as usize, model.customers.len());
+/// Customers present before the case's writes, which the writes never name.
+struct Crowd {
+    /// Each crowd customer's id and values.
+    held: Vec<(String, BTreeMap<String, Value>)>,
+    /// Customers that hold nothing.
+    blanks: usize,
+}
+
+/// Writes `cust-0`..`cust-5` (holding nothing; the model has them), then the crowd, then with
+/// `spread` blank customers up to the end of the first shard; the writes create the other ids
+/// after them.
+fn populate(store: &Store, model: &mut Model, spread: bool) -> Crowd {
+    let schema = store.schema();
+    let patch = |id: String, attrs: &[(&str, Value)]| CustomerPatch {
+        customer_id: id,
+        email: None,
+        attrs: attrs
+            .iter()
+            .map(|(n, v)| (schema.get(n).unwrap().id, Some(v.clone())))
+            .collect(),
+    };
+    for i in 0..IDS / 2 {
+        store.upsert(&[patch(id(i), &[])], &mut no_log).unwrap();
+        model.customers.insert(i, ModelCustomer::default());
+    }
+    let kw = |s: &str| Value::Keyword(s.into());
+    let tags = |v: &[&str]| Value::Keywords(v.iter().map(|s| s.to_string()).collect());
+    let groups: [(u32, Vec<(&str, Value)>); 3] = [
+        (
+            COMMON + 8,
+            vec![("gender", kw("F")), ("tags", tags(&["golf", "ski"]))],
+        ),
+        (COMMON - 1, vec![("gender", kw("M")), ("tags", tags(&["tennis"]))]),
+        (
+            COMMON - 1,
+            vec![
+                ("gender", kw("X")),
+                ("tags", tags(&["run"])),
+                ("household_size", Value::Int(3)),
+            ],
+        ),
+    ];
+    let mut held = Vec::new();
+    for (g, (count, attrs)) in groups.iter().enumerate() {
+        for n in 0..*count {
+            let cid = format!("crowd-{g}-{n}");
+            store.upsert(&[patch(cid.clone(), attrs)], &mut no_log).unwrap();
+            held.push((
+                cid,
+                attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            ));
+        }
+    }
+    let mut blanks = 0;
+    if spread {
+        blanks = SHARD_SIZE - store.customer_count() as usize;
+        let patches: Vec<CustomerPatch> = (0..blanks).map(|n| patch(format!("blank-{n}"), &[])).collect();
+        for chunk in patches.chunks(8192) {
+            store.upsert(chunk, &mut no_log).unwrap();
+        }
+    }
+    Crowd { held, blanks }
+}
+
+fn check(store: &Store, model: &Model, crowd: &Crowd) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        store.customer_count() as usize,
+        model.customers.len() + crowd.held.len() + crowd.blanks
+    );
+    // The crowd keeps its values whatever the writes did to the forms they are held in.
+    for (cid, attrs) in crowd.held.iter().step_by(7) {
+        let rec = store.get_customer(&CustomerKey::Id(cid.clone())).unwrap();
+        let got: BTreeMap<String, Value> = rec.attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        prop_assert_eq!(&got, attrs, "{}", cid);
+    }
     for n in 0..IDS {
         let got = store.get_customer(&CustomerKey::Id(id(n))).ok();
         let want = model.expected(n);
@@ -225,10 +304,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn store_matches_naive_model(ops in proptest::collection::vec(op(), 1..40)) {
+    fn store_matches_naive_model(
+        spread in proptest::bool::weighted(0.2),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
         let store = Store::new();
         let schema = store.schema();
         let mut model = Model::default();
+        let crowd = populate(&store, &mut model, spread);
         for (step, op) in ops.iter().enumerate() {
             match op {
                 Op::Upsert(batch) => {
@@ -273,7 +356,7 @@ proptest! {
                     prop_assert_eq!(out.applied, applied);
                 }
             }
-            check(&store, &model)?;
+            check(&store, &model, &crowd)?;
         }
     }
 }
