@@ -222,6 +222,8 @@ pub struct Engine {
     /// Bytes the queued writes hold, and the most allowed.
     held_bytes: Arc<std::sync::atomic::AtomicUsize>,
     max_held_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Queued writes dropped unapplied because their caller had gone by their turn.
+    dropped_writes: Arc<std::sync::atomic::AtomicU64>,
     /// The last snapshot written: when, how long it took, its bytes.
     last_snapshot: Arc<parking_lot::Mutex<Option<(Instant, f64, u64)>>>,
     /// Each connected watcher's position (the last sequence handed to it).
@@ -272,6 +274,7 @@ impl Engine {
             max_queued: Arc::new(std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_QUEUED_WRITES)),
             held_bytes: Arc::default(),
             max_held_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_QUEUED_BYTES)),
+            dropped_writes: Arc::default(),
             last_snapshot: Arc::default(),
             watchers: Arc::default(),
             next_watcher: Arc::default(),
@@ -294,6 +297,12 @@ impl Engine {
     /// Writes queued for or running on the writer thread.
     pub fn queued_writes(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Queued writes dropped unapplied since start because their caller had gone (cancelled,
+    /// or past its deadline) by their turn.
+    pub fn dropped_writes(&self) -> u64 {
+        self.dropped_writes.load(Ordering::Relaxed)
     }
 
     /// The last snapshot written by this process: (when, seconds it took, bytes).
@@ -541,8 +550,11 @@ impl Engine {
     ) -> Result<(Result<T>, Option<u64>)> {
         let wal = self.wal.get().cloned();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let (faults, dropped) = (self.faults.clone(), self.dropped_writes.clone());
         let job: Job = Box::new(move |s| {
+            faults.wait_while_writes_held();
             if tx.is_closed() {
+                dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             let time = s.clock_micros();

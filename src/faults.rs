@@ -2,17 +2,21 @@
 //! consult one shared [`Faults`], each taking the failures meant for it. The file layer
 //! ([`crate::disk`]) consults it too, for its power-loss model.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Faults to inject: the next `n` log appends fail as a full disk would, the next `n` fsyncs
 /// as a failing disk would, the next `n` event log writes, or the next `n` writes are refused as
-/// if the server were busy.
+/// if the server were busy; or the writer thread stalls, as behind a slow write, until released.
 #[derive(Debug, Default)]
 pub struct Faults {
     appends: AtomicU32,
     syncs: AtomicU32,
     event_writes: AtomicU32,
     busy: AtomicU32,
+    /// While set, the writer thread waits before each write (checked without a lock).
+    held: AtomicBool,
+    hold: parking_lot::Mutex<bool>,
+    released: parking_lot::Condvar,
     /// The file layer under the log, snapshots and event log.
     disk: std::sync::Arc<crate::disk::Disk>,
 }
@@ -57,6 +61,31 @@ impl Faults {
     /// when every place in the write queue is taken.
     pub fn refuse_writes(&self, n: u32) {
         self.busy.store(n, Ordering::Release);
+    }
+
+    /// Stalls the writer thread before its next write, as a long write ahead in the queue
+    /// would, until [`Faults::release_writes`]: writes queue up meanwhile.
+    pub fn hold_writes(&self) {
+        *self.hold.lock() = true;
+        self.held.store(true, Ordering::Release);
+    }
+
+    /// Lets the writer thread go on after [`Faults::hold_writes`].
+    pub fn release_writes(&self) {
+        *self.hold.lock() = false;
+        self.held.store(false, Ordering::Release);
+        self.released.notify_all();
+    }
+
+    /// Waits while writes are held (on the writer thread, before each write).
+    pub(crate) fn wait_while_writes_held(&self) {
+        if !self.held.load(Ordering::Acquire) {
+            return;
+        }
+        let mut held = self.hold.lock();
+        while *held {
+            self.released.wait(&mut held);
+        }
     }
 
     /// Whether an injected append failure is due (and takes it).

@@ -288,6 +288,104 @@ async fn overload_by_bytes_is_refused_with_resource_exhausted() {
     overload(&server, "bytes").await;
 }
 
+/// A queued write whose caller's `grpc-timeout` passes before its turn is dropped unapplied: the
+/// caller hears of its deadline, the customer is never created (nothing is in the log either:
+/// a restart from the log alone does not have it), the place in the queue comes back, and
+/// `segmentd_writes_dropped_total` counts it. A write queued beside it with time to spare is
+/// applied once the writer goes on.
+#[tokio::test]
+async fn a_queued_write_past_its_deadline_is_dropped_unapplied() {
+    let faults = std::sync::Arc::new(segmentd::faults::Faults::default());
+    let metrics_addr = free_local_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let f = faults.clone();
+    let config = move |c: &mut segmentd::config::Config| {
+        c.faults = Some(f.clone());
+        c.metrics_addr = Some(metrics_addr);
+        c.no_snapshot_on_shutdown = true;
+    };
+    let server = TestServer::start_at(data.clone(), config.clone()).await;
+    upsert(&server, vec![customer("before", None, &[])]).await;
+    let metric = |m: &std::collections::BTreeMap<String, f64>, name: &str| m.get(name).copied().unwrap();
+    assert_eq!(
+        metric(&scrape(metrics_addr).await, "segmentd_writes_dropped_total"),
+        0.0
+    );
+
+    // The writer stalls; one write with 300 ms to live and one with a minute queue behind it.
+    faults.hold_writes();
+    let call = |mut ingest: segmentd::api::pb::ingest_client::IngestClient<tonic::transport::Channel>,
+                id: &'static str,
+                timeout: std::time::Duration| async move {
+        let batch = vec![customer(id, None, &[])];
+        let mut request = tonic::Request::new(segmentd::api::pb::UpsertCustomersRequest::new(batch));
+        // The deadline as the header alone: what the server does with it, not the client.
+        let header = format!("{}m", timeout.as_millis());
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", header.parse().unwrap());
+        ingest.upsert_customers(request).await
+    };
+    let hurried = tokio::spawn(call(
+        server.ingest().await,
+        "hurried",
+        std::time::Duration::from_millis(300),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&scrape(metrics_addr).await, "segmentd_queued_writes") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the write never queued");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let patient = tokio::spawn(call(
+        server.ingest().await,
+        "patient",
+        std::time::Duration::from_secs(60),
+    ));
+    while metric(&scrape(metrics_addr).await, "segmentd_queued_writes") < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second write never queued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // tonic callers see their deadline as CANCELLED "Timeout expired" (the channel enforces the
+    // header it sends; the server does too, and both drop the call).
+    let err = hurried.await.unwrap().unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::Cancelled, "Timeout expired"),
+        "{err:?}"
+    );
+    // The server has given up on the call too before the writer goes on.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    faults.release_writes();
+    patient.await.unwrap().unwrap();
+
+    let mut ingest = server.ingest().await;
+    assert_eq!(
+        get(&mut ingest, "hurried").await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    get(&mut ingest, "patient").await.unwrap();
+    let m = scrape(metrics_addr).await;
+    assert_eq!(metric(&m, "segmentd_writes_dropped_total"), 1.0);
+    assert_eq!(metric(&m, "segmentd_queued_writes"), 0.0);
+    assert_eq!(customer_count(&server).await, 2);
+
+    // Nothing of it reached the log: from the log alone, the same two customers.
+    server.stop().await.unwrap();
+    let server = TestServer::start_at(data, config).await;
+    let mut ingest = server.ingest().await;
+    assert_eq!(
+        get(&mut ingest, "hurried").await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    get(&mut ingest, "patient").await.unwrap();
+    get(&mut ingest, "before").await.unwrap();
+    assert_eq!(customer_count(&server).await, 2);
+}
+
 /// Forty callers at once, each upserting 5,000 customers: at least one is applied and at least
 /// one refused with RESOURCE_EXHAUSTED whose message holds `why`; refused ones apply nothing and
 /// writes go through once the load is gone. The refusals' durations, sorted.

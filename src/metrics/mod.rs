@@ -153,6 +153,11 @@ fn engine_families(engine: &Engine, s: &crate::store::StoreStats) -> Vec<MetricF
         "1 while event batches wait for the disk (snapshots wait for them too).",
         if events.write_failing() { 1.0 } else { 0.0 },
     );
+    gauge(
+        "segmentd_queued_writes",
+        "Writes queued for or running on the writer thread (refused past --max-queued-writes).",
+        engine.queued_writes() as f64,
+    );
     let (watchers, lag) = engine.watcher_lag();
     gauge(
         "segmentd_watchers",
@@ -211,6 +216,11 @@ fn engine_families(engine: &Engine, s: &crate::store::StoreStats) -> Vec<MetricF
         "segmentd_event_log_write_failures_total",
         "Failed attempts to write membership events to the event log (each is retried).",
         events.write_failures(),
+    );
+    counter(
+        "segmentd_writes_dropped_total",
+        "Queued writes dropped unapplied: their caller had gone (cancelled, or past its deadline) by their turn.",
+        engine.dropped_writes(),
     );
     counter(
         "segmentd_time_flips_total",
