@@ -47,7 +47,7 @@ pub struct Logger<'a> {
 impl Logger<'_> {
     /// Appends the record `op` builds (only called once the change is validated); returns its
     /// sequence (0 without a log).
-    pub fn append(&mut self, op: impl FnOnce() -> wal::pb::record::Op) -> Result<u64> {
+    pub fn append(&mut self, op: impl FnOnce() -> crate::persist::pb::record::Op) -> Result<u64> {
         self.append_with(|wal, time| wal.append(op(), time))
     }
 

@@ -34,7 +34,7 @@ use prost::Message;
 
 use crate::disk::{self, Disk};
 use crate::error::{Error, Result};
-use crate::wal::pb::{EventBatch, Name};
+use crate::persist::pb::{EventBatch, Name};
 
 /// Events kept by default.
 pub const DEFAULT_MAX_EVENTS: u64 = 10_000_000;

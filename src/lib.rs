@@ -9,7 +9,7 @@
 //!   engine, convert back; [`api::status`] maps engine errors to gRPC codes in one place.
 //! - [`engine`]: the async facade over the store: writes on a writer thread, logged, then durable.
 //! - [`wal`]: the write-ahead log (format, group commit, replay); [`snapshot`]: snapshots (format,
-//!   consistent cut, retention).
+//!   consistent cut, retention); [`persist`]: the messages of the server's own files.
 //! - [`segment`]: rules (tree, text parser and printer), compilation, evaluation, the registry and
 //!   segment operations.
 //! - [`store`]: dense ordinals, shards of 65,536 customers, typed columns ([`store::column`]),
@@ -34,7 +34,10 @@ pub mod events;
 pub mod faults;
 pub mod fuzzing;
 pub mod latency;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
+pub mod persist;
 pub mod priority;
 pub mod segment;
 pub mod server;

@@ -45,8 +45,8 @@ use crate::segment::family::{Family, FamilyMember};
 use crate::segment::registry::SegmentDef;
 use crate::segment::text;
 use crate::store::column::{Codes, Column, ColumnData};
-use crate::store::schema::{AttrId, AttrType};
-use crate::store::{Cut, Shard, Store, local};
+use crate::store::schema::AttrType;
+use crate::store::{Cut, Restored, Shard, Store, local};
 use crate::wal;
 
 const VERSION: u32 = 1;
@@ -61,25 +61,6 @@ pub struct SnapshotInfo {
     pub path: PathBuf,
     pub bytes: u64,
     pub duration: Duration,
-}
-
-/// Everything read back from a snapshot, to restore into an empty store.
-#[derive(Debug, Default)]
-pub struct Restored {
-    pub sequence: u64,
-    pub next_ordinal: u32,
-    pub free: Vec<u32>,
-    pub orders: u64,
-    pub orders_seen: Vec<u128>,
-    /// Custom attributes in id order: (id, name, type, description).
-    pub custom_attrs: Vec<(AttrId, String, AttrType, String)>,
-    /// Dictionary values in code order, per attribute.
-    pub dicts: Vec<(AttrId, Vec<String>)>,
-    /// Segment definitions in dependency order, with their slots.
-    pub segments: Vec<(u32, SegmentDef)>,
-    /// Families (their members are among `segments`), with their last reclassification.
-    pub families: Vec<(Family, Option<i64>)>,
-    pub shards: Vec<Shard>,
 }
 
 // ---------------------------------------------------------------------------------------------

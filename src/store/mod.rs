@@ -194,6 +194,25 @@ pub struct Cut {
     pub waiting: Vec<usize>,
 }
 
+/// Everything a snapshot holds, read back to restore into an empty store ([`Store::restore`]).
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub sequence: u64,
+    pub next_ordinal: u32,
+    pub free: Vec<u32>,
+    pub orders: u64,
+    pub orders_seen: Vec<u128>,
+    /// Custom attributes in id order: (id, name, type, description).
+    pub custom_attrs: Vec<(AttrId, String, AttrType, String)>,
+    /// Dictionary values in code order, per attribute.
+    pub dicts: Vec<(AttrId, Vec<String>)>,
+    /// Segment definitions in dependency order, with their slots.
+    pub segments: Vec<(u32, crate::segment::registry::SegmentDef)>,
+    /// Families (their members are among `segments`), with their last reclassification.
+    pub families: Vec<(crate::segment::family::Family, Option<i64>)>,
+    pub shards: Vec<Shard>,
+}
+
 /// Heap bytes by part, summed over shards.
 #[derive(Debug, Default)]
 struct MemoryParts {
@@ -400,7 +419,7 @@ impl Store {
 
     /// Loads a snapshot into this (empty) store: schema, dictionaries, shards, segments, writer
     /// state; rebuilds the id and e-mail maps from the shards.
-    pub fn restore(&self, r: crate::snapshot::Restored) -> Result<()> {
+    pub fn restore(&self, r: Restored) -> Result<()> {
         let _w = self.lock_writer();
         let bad = |what: String| Error::DataLoss(format!("snapshot {}: {what}", r.sequence));
         {

@@ -67,12 +67,7 @@ use tokio::sync::watch;
 use crate::disk::{self, Disk, File};
 use crate::error::{Error, Result};
 use crate::faults::Faults;
-
-/// Generated `segmentd.wal.v1` messages.
-pub mod pb {
-    #![allow(clippy::all, missing_docs)]
-    include!(concat!(env!("OUT_DIR"), "/segmentd.wal.v1.rs"));
-}
+use crate::persist::pb;
 
 const MAGIC: &[u8; 8] = b"SEGDWAL\0";
 const VERSION: u32 = 1;

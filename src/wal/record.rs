@@ -4,6 +4,7 @@
 //! so a record means the same thing whatever ids the schema or registry hands out on replay.
 
 use crate::error::{Error, Result};
+use crate::persist::pb::{self, record::Op};
 use crate::segment::family::{Family, FamilyMember};
 use crate::segment::ops::SegmentUpdate;
 use crate::segment::registry::SegmentDef;
@@ -13,7 +14,6 @@ use crate::store::Store;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrType, Schema};
 use crate::store::value::Value;
-use crate::wal::pb::{self, record::Op};
 
 fn value_out(v: &Value) -> pb::Value {
     use pb::value::Kind;
