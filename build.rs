@@ -26,20 +26,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("segmentd_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // The messages, with no service: `src/codec/` (tonic-free) includes them.
+    let messages = out.join("messages");
+    fs::create_dir_all(&messages)?;
     tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(false)
+        .build_server(false)
+        .out_dir(&messages)
         // Small maps: a B-tree decodes faster than a SipHash map and encodes in a stable order.
         .btree_map(".segmentd.v1.Customer.attributes")
-        // Customer batches are decoded lazily, straight into the store's patches (src/api/wire.rs).
+        // Customer batches are decoded lazily, straight into the store's patches (src/codec/wire.rs).
         .extern_path(
             ".segmentd.v1.UpsertCustomersRequest",
-            "crate::api::wire::CustomerBatch",
+            "crate::codec::wire::CustomerBatch",
         )
         .extern_path(
             ".segmentd.v1.LoadCustomersRequest",
-            "crate::api::wire::CustomerBatch",
+            "crate::codec::wire::CustomerBatch",
         )
+        .compile_fds(fds.clone())?;
+    // The services alone, over those messages: `src/api/` (the only code that knows tonic).
+    let services = out.join("services");
+    fs::create_dir_all(&services)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .out_dir(&services)
+        .extern_path(".segmentd.v1", "crate::codec::pb")
         .compile_fds(fds)?;
     tonic_prost_build::configure()
         .build_client(false)

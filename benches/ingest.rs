@@ -25,7 +25,8 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use prost::Message;
-use segmentd::api::{Limits, columns, convert, pb};
+use segmentd::api::pb;
+use segmentd::codec::{Limits, columns, convert};
 use segmentd::store::KeyHashes;
 use segmentd::store::input::CustomerPatch;
 use segmentd::store::{Store, no_log};
@@ -73,7 +74,7 @@ fn decode(c: &mut Criterion) {
     group.bench_function("columns", |b| {
         b.iter(|| {
             let msg = pb::LoadCustomersRequest::decode(black_box(columns.as_slice())).unwrap();
-            black_box(msg.upsert_batch(&schema, &limits).unwrap())
+            black_box(segmentd::engine::UpsertBatch::received(&schema, &msg, &limits).unwrap())
         })
     });
     group.finish();

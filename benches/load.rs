@@ -59,7 +59,7 @@ fn main() {
                 batch.iter().map(|c| Bytes::from(c.encode_to_vec())).collect(),
             ),
             "columns" => pb::LoadCustomersRequest::from_columns(
-                &segmentd::api::columns::to_columns(&batch).expect("generated customers fit columns"),
+                &segmentd::codec::columns::to_columns(&batch).expect("generated customers fit columns"),
             ),
             other => panic!("SEGMENTD_BENCH_ENCODE is columns, rows or send, not `{other}`"),
         })

@@ -608,7 +608,7 @@ async fn during_load(addr: SocketAddr, n: usize, customers: usize) {
                 .map(|&i| generator::customer(i as u64 + 10_000_000, 7))
                 .collect();
             pb::LoadCustomersRequest::from_columns(
-                &segmentd::api::columns::to_columns(&customers).expect("generated customers fit columns"),
+                &segmentd::codec::columns::to_columns(&customers).expect("generated customers fit columns"),
             )
         })
         .collect();

@@ -154,7 +154,7 @@ fn generated(schema: &segmentd::store::schema::Schema, n: u64) -> CustomerPatch 
             .into_iter()
             .map(|(k, v)| {
                 let def = schema.get(&k).unwrap();
-                (def.id, segmentd::api::convert::value_in(def, v).unwrap())
+                (def.id, segmentd::codec::convert::value_in(def, v).unwrap())
             })
             .collect(),
     }

@@ -99,11 +99,11 @@ fn flat(rule: Rule) -> Rule {
 
 /// A customer batch from the wire, read straight into patches, then applied to a store.
 pub fn customer_batch(data: &[u8]) {
-    let Ok(batch) = crate::api::wire::CustomerBatch::decode(data) else {
+    let Ok(batch) = crate::codec::wire::CustomerBatch::decode(data) else {
         return;
     };
     let store = Store::new();
-    let limits = crate::api::Limits::default();
+    let limits = crate::codec::Limits::default();
     if let Ok(patches) = batch.patches(&store.schema(), &limits) {
         let patches: Vec<CustomerPatch> = patches;
         let _ = store.upsert(&patches, &mut no_log);
@@ -232,10 +232,10 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 email: Some("c1@example.com".into()),
                 attributes,
             }];
-            let columns = crate::api::columns::to_columns(&customers).expect("fits columns");
+            let columns = crate::codec::columns::to_columns(&customers).expect("fits columns");
             vec![
-                crate::api::wire::CustomerBatch::new(customers).encode_to_vec(),
-                crate::api::wire::CustomerBatch::from_columns(&columns).encode_to_vec(),
+                crate::codec::wire::CustomerBatch::new(customers).encode_to_vec(),
+                crate::codec::wire::CustomerBatch::from_columns(&columns).encode_to_vec(),
             ]
         }
         "wal_tail" => vec![vec![0; 8], b"\x10\0\0\0abcdabcdabcdabcdabcd".to_vec()],

@@ -7,6 +7,8 @@
 //! - [`config`]: command-line flags and `SEGMENTD_*` variables.
 //! - [`api`]: the gRPC adapters, the only code that knows tonic: validate, convert, call the
 //!   engine, convert back; [`api::status`] maps engine errors to gRPC codes in one place.
+//! - [`codec`]: protobuf messages and domain types, both ways, without tonic (the hand-written
+//!   customer-batch decoders among them).
 //! - [`engine`]: the async facade over the store: writes on a writer thread, logged, then durable.
 //! - [`wal`]: the write-ahead log (format, group commit, replay); [`snapshot`]: snapshots (format,
 //!   consistent cut, retention); [`persist`]: the messages of the server's own files.
@@ -25,6 +27,7 @@
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod codec;
 pub mod config;
 pub mod disk;
 pub mod engine;

@@ -21,8 +21,9 @@ use crate::api::pb::ingest_server::IngestServer;
 use crate::api::pb::membership_server::MembershipServer;
 use crate::api::pb::segments_server::SegmentsServer;
 use crate::api::segments::SegmentsApi;
-use crate::api::{FILE_DESCRIPTOR_SET, Limits, admin::AdminApi, ingest::IngestApi};
+use crate::api::{FILE_DESCRIPTOR_SET, admin::AdminApi, ingest::IngestApi};
 use crate::auth::Auth;
+use crate::codec::Limits;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -87,7 +88,7 @@ pub async fn run(
     let limits = Limits {
         max_batch: config.max_batch,
     };
-    crate::api::wire::raise_decode_ceiling(config.max_batch);
+    crate::codec::wire::raise_decode_ceiling(config.max_batch);
 
     // Tokens: without them, only loopback (unless told otherwise).
     let auth = Arc::new(

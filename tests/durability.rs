@@ -102,7 +102,7 @@ async fn populate(server: &TestServer) -> Vec<String> {
                 .map(|(k, c)| match k % 2 {
                     0 => pb::LoadCustomersRequest::new(c.to_vec()),
                     _ => pb::LoadCustomersRequest::from_columns(
-                        &segmentd::api::columns::to_columns(c).unwrap(),
+                        &segmentd::codec::columns::to_columns(c).unwrap(),
                     ),
                 })
                 .collect::<Vec<_>>(),
@@ -1576,7 +1576,7 @@ async fn write_change(server: &TestServer, change: Change, clock: &segmentd::tim
                 .load_customers(tokio_stream::iter(vec![
                     pb::LoadCustomersRequest::new(rows),
                     pb::LoadCustomersRequest::from_columns(
-                        &segmentd::api::columns::to_columns(&cols).unwrap(),
+                        &segmentd::codec::columns::to_columns(&cols).unwrap(),
                     ),
                 ]))
                 .await

@@ -686,7 +686,7 @@ async fn customers_given_as_columns_read_back_as_given_as_messages() {
         .unwrap();
     let columns: Vec<_> = cols
         .chunks(100)
-        .map(|c| segmentd::api::columns::to_columns(c).unwrap())
+        .map(|c| segmentd::codec::columns::to_columns(c).unwrap())
         .collect();
     // Some string columns come dictionary-encoded, some one string per row.
     let strings: Vec<&pb::StringColumn> = columns
@@ -758,9 +758,9 @@ async fn bad_columns_are_refused_naming_the_batch_and_field() {
     define_custom(&server).await;
     let mut ingest = server.ingest().await;
     let good = pb::LoadCustomersRequest::from_columns(
-        &segmentd::api::columns::to_columns(&varied("g", 10)).unwrap(),
+        &segmentd::codec::columns::to_columns(&varied("g", 10)).unwrap(),
     );
-    let mut wrong_kind = segmentd::api::columns::to_columns(&varied("w", 10)).unwrap();
+    let mut wrong_kind = segmentd::codec::columns::to_columns(&varied("w", 10)).unwrap();
     let vip = wrong_kind
         .attributes
         .iter_mut()
@@ -797,7 +797,7 @@ async fn bad_columns_are_refused_naming_the_batch_and_field() {
     assert_eq!(customer_count(&server).await, 10);
 
     // A bad value names its customer as a message would; nothing of the batch is applied.
-    let mut bad_email = segmentd::api::columns::to_columns(&varied("e", 10)).unwrap();
+    let mut bad_email = segmentd::codec::columns::to_columns(&varied("e", 10)).unwrap();
     bad_email.emails[3] = "broken".into();
     let err = ingest
         .upsert_customers(pb::UpsertCustomersRequest::from_columns(&bad_email))
@@ -810,7 +810,7 @@ async fn bad_columns_are_refused_naming_the_batch_and_field() {
         err.message()
     );
     // Checks made by the writer name their customer the same way.
-    let mut taken = segmentd::api::columns::to_columns(&varied("t", 10)).unwrap();
+    let mut taken = segmentd::codec::columns::to_columns(&varied("t", 10)).unwrap();
     taken.emails[2] = "g1@example.com".into();
     let err = ingest
         .upsert_customers(pb::UpsertCustomersRequest::from_columns(&taken))
@@ -830,7 +830,7 @@ async fn bad_columns_are_refused_naming_the_batch_and_field() {
     assert_eq!(get(&mut ingest, "e0").await.unwrap_err().code(), Code::NotFound);
 
     // A dictionary-encoded column whose index points past its strings.
-    let mut past = segmentd::api::columns::to_columns(&varied("p", 10)).unwrap();
+    let mut past = segmentd::codec::columns::to_columns(&varied("p", 10)).unwrap();
     past.attributes.push(pb::AttributeColumn {
         name: "loyalty_tier".into(),
         missing: vec![],

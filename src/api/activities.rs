@@ -2,8 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::api::Limits;
 use crate::api::pb::{self, activities_server::Activities};
+use crate::codec::Limits;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::segment::ops::ListOutcome;

@@ -2,8 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::api::convert;
 use crate::api::pb::{self, admin_server::Admin};
+use crate::codec::convert;
 use crate::engine::Engine;
 use crate::error::Error;
 

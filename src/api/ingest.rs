@@ -7,8 +7,8 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::pb::{self, ingest_server::Ingest};
-use crate::api::wire::CustomerBatch;
-use crate::api::{Limits, convert};
+use crate::codec::wire::CustomerBatch;
+use crate::codec::{Limits, convert};
 use crate::engine::{BatchFailure, Engine, HELD_PER_BYTE, UpsertBatch};
 use crate::error::{Error, Result};
 use crate::store::UpsertOutcome;
@@ -75,7 +75,7 @@ impl IngestApi {
 
 /// Parses a request's customers against `schema` and prepares them for the writer.
 fn parse(schema: &Schema, limits: &Limits, msg: &CustomerBatch) -> Result<UpsertBatch> {
-    msg.upsert_batch(schema, limits)
+    UpsertBatch::received(schema, msg, limits)
 }
 
 #[tonic::async_trait]

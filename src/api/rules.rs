@@ -1,7 +1,7 @@
 //! Protobuf rule trees and segments ↔ domain rules and segment definitions.
 
-use crate::api::convert::{self, date_out, timestamp_out};
 use crate::api::pb::{self, rule::Node, value::Kind};
+use crate::codec::convert::{self, date_out, timestamp_out};
 use crate::error::{Error, Result};
 use crate::segment::family::{Family, FamilyInfo, FamilyMember};
 use crate::segment::ops::SegmentInfo;
@@ -462,7 +462,7 @@ pub fn family_out(info: FamilyInfo) -> pb::Family {
         members,
         catch_all,
         builtin: family.builtin,
-        reclassified_at: reclassified_at.map(crate::api::convert::timestamp_out),
+        reclassified_at: reclassified_at.map(crate::codec::convert::timestamp_out),
     }
 }
 

@@ -7,7 +7,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::pb::{self, segments_server::Segments};
-use crate::api::{convert, rules};
+use crate::api::rules;
+use crate::codec::convert;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{Cause, Event};

@@ -1,16 +1,13 @@
-//! Domain operations ↔ write-ahead log records, and replaying a record into the store.
+//! Domain operations → write-ahead log records ([`crate::engine::command`] reads them back).
 //!
 //! Attributes are logged by name and rules in the text form (which parses back to the same tree),
 //! so a record means the same thing whatever ids the schema or registry hands out on replay.
 
-use crate::error::{Error, Result};
 use crate::persist::pb::{self, record::Op};
-use crate::segment::family::{Family, FamilyMember};
+use crate::segment::family::Family;
 use crate::segment::ops::SegmentUpdate;
 use crate::segment::registry::SegmentDef;
 use crate::segment::text;
-use crate::segment::timing::Advance;
-use crate::store::Store;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrType, Schema};
 use crate::store::value::Value;
@@ -33,40 +30,12 @@ fn value_out(v: &Value) -> pb::Value {
     pb::Value { kind: Some(kind) }
 }
 
-fn value_in(v: pb::Value) -> Result<Value> {
-    use pb::value::Kind;
-    Ok(
-        match v
-            .kind
-            .ok_or_else(|| Error::DataLoss("log value without a kind".into()))?
-        {
-            Kind::BoolValue(b) => Value::Bool(b),
-            Kind::IntValue(i) => Value::Int(i),
-            Kind::FloatValue(f) => Value::Float(f),
-            Kind::Money(m) => Value::Money(m),
-            Kind::Date(d) => Value::Date(d),
-            Kind::Timestamp(t) => Value::Timestamp(t),
-            Kind::Keyword(s) => Value::Keyword(s),
-            Kind::Keywords(l) => Value::Keywords(l.values),
-            Kind::Text(s) => Value::Text(s),
-        },
-    )
-}
-
 fn key_out(k: &CustomerKey) -> pb::Key {
     pb::Key {
         key: Some(match k {
             CustomerKey::Id(id) => pb::key::Key::CustomerId(id.clone()),
             CustomerKey::Email(e) => pb::key::Key::Email(e.clone()),
         }),
-    }
-}
-
-fn key_in(k: pb::Key) -> Result<CustomerKey> {
-    match k.key {
-        Some(pb::key::Key::CustomerId(id)) => Ok(CustomerKey::Id(id)),
-        Some(pb::key::Key::Email(e)) => Ok(CustomerKey::Email(e)),
-        None => Err(Error::DataLoss("log key without id or e-mail".into())),
     }
 }
 
@@ -357,162 +326,6 @@ pub fn advance_time(since: Option<i64>) -> Op {
     Op::AdvanceTime(pb::AdvanceTime { since_micros: since })
 }
 
-fn parse_type(name: &str) -> Result<AttrType> {
-    AttrType::from_name(name)
-        .ok_or_else(|| Error::DataLoss(format!("unknown attribute type `{name}` in the log")))
-}
-
-fn rule_in(rule_text: Option<String>) -> Result<Option<crate::segment::rule::Rule>> {
-    rule_text.as_deref().map(text::parse).transpose()
-}
-
-/// Applies one logged record to the store, exactly as when it was first accepted: at the
-/// record's time, making the same membership changes and events.
-pub fn apply(store: &Store, record: pb::Record) -> Result<()> {
-    let op = record
-        .op
-        .ok_or_else(|| Error::DataLoss(format!("record {} has no operation", record.sequence)))?;
-    let sequence = record.sequence;
-    store.set_write_time(Some(record.time_micros));
-    let result = apply_op(store, op, &mut || Ok(sequence));
-    store.set_write_time(None);
-    result
-}
-
-fn apply_op(store: &Store, op: Op, log: &mut dyn FnMut() -> Result<u64>) -> Result<()> {
-    match op {
-        Op::Upsert(u) => {
-            let schema = store.schema();
-            let batch = u
-                .patches
-                .into_iter()
-                .map(|p| {
-                    Ok(CustomerPatch {
-                        customer_id: p.customer_id,
-                        email: p.email,
-                        attrs: p
-                            .attrs
-                            .into_iter()
-                            .map(|a| {
-                                let def = schema.get(&a.name).ok_or_else(|| {
-                                    Error::DataLoss(format!("unknown attribute `{}` in the log", a.name))
-                                })?;
-                                Ok((def.id, a.value.map(value_in).transpose()?))
-                            })
-                            .collect::<Result<_>>()?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            store.upsert(&batch, log)?;
-        }
-        Op::UpsertCustomers(u) => {
-            let schema = store.schema();
-            let batch = crate::api::wire::customer_patches(&schema, u.customers.iter().map(Vec::as_slice))
-                .map_err(|(i, e)| {
-                    Error::DataLoss(format!("customer {i} of a logged batch cannot be read: {e}"))
-                })?;
-            store.upsert(&batch, log)?;
-        }
-        Op::UpsertColumns(bytes) => {
-            let unreadable = |e: String| {
-                Error::DataLoss(format!("a logged batch of customer columns cannot be read: {e}"))
-            };
-            let batch = crate::api::columns::column_batch(&store.schema(), None, &bytes.into())
-                .map_err(|e| unreadable(e.to_string()))?;
-            store.upsert_columns(&batch, &crate::store::KeyHashes::of_columns(&batch), log)?;
-        }
-        Op::Orders(o) => {
-            let orders: Vec<OrderIn> = o
-                .orders
-                .into_iter()
-                .map(|o| OrderIn {
-                    order_id: o.order_id,
-                    customer_id: o.customer_id,
-                    placed_at: o.placed_at,
-                    amount_minor: o.amount_minor,
-                    promotion: o.promotion,
-                    categories: o.categories,
-                    brands: o.brands,
-                })
-                .collect();
-            store.record_orders(&orders, log)?;
-        }
-        Op::Delete(d) => {
-            let key = key_in(
-                d.key
-                    .ok_or_else(|| Error::DataLoss("log delete without a key".into()))?,
-            )?;
-            store.delete(&key, log)?;
-        }
-        Op::DefineAttribute(a) => {
-            store.define_attribute(&a.name, parse_type(&a.r#type)?, &a.description, log)?;
-        }
-        Op::CreateSegment(c) => {
-            let d = c
-                .def
-                .ok_or_else(|| Error::DataLoss("log segment without a definition".into()))?;
-            let def = SegmentDef {
-                id: d.id,
-                name: d.name,
-                description: d.description,
-                rule: rule_in(d.rule_text)?,
-                include_accounts: d.include_accounts,
-                exclude_accounts: d.exclude_accounts,
-                allow_activities: d.allow_activities,
-            };
-            store.create_segment(def, &c.include_ids, &c.exclude_ids, log)?;
-        }
-        Op::UpdateSegment(u) => {
-            let update = SegmentUpdate {
-                name: u.name,
-                description: u.description,
-                rule: u.rule.map(|r| rule_in(r.rule_text)).transpose()?,
-                include_ids: u.include_ids.map(|s| s.values),
-                exclude_ids: u.exclude_ids.map(|s| s.values),
-                include_accounts: u.include_accounts.map(|s| s.values),
-                exclude_accounts: u.exclude_accounts.map(|s| s.values),
-                allow_activities: u.allow_activities,
-            };
-            store.update_segment(&u.id, update, log)?;
-        }
-        Op::DeleteSegment(d) => store.delete_segment(&d.id, log)?,
-        Op::SetListed(s) => {
-            let keys = s.keys.into_iter().map(key_in).collect::<Result<Vec<_>>>()?;
-            let activity = s.activity.then_some(s.activity_id.as_str());
-            store.set_listed(&s.segment_id, &keys, s.add, activity, log)?;
-        }
-        Op::CreateFamily(f) => {
-            let family = Family {
-                id: f.id,
-                name: f.name,
-                description: f.description,
-                members: f
-                    .members
-                    .into_iter()
-                    .map(|m| {
-                        Ok(FamilyMember {
-                            segment_id: m.segment_id,
-                            name: m.name,
-                            rule: rule_in(m.rule_text)?,
-                        })
-                    })
-                    .collect::<Result<_>>()?,
-                builtin: false,
-            };
-            store.create_family(family, log)?;
-        }
-        Op::DeleteFamily(d) => store.delete_family(&d.id, log)?,
-        Op::Reclassify(r) => {
-            store.reclassify(r.as_of_micros, log)?;
-        }
-        Op::AdvanceTime(t) => {
-            let how = t.since_micros.map_or(Advance::Full, Advance::Since);
-            store.advance_time(Some(how), log)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,134 +381,5 @@ mod tests {
             let expected = EncodedOp::new(&upsert(&schema, batch));
             assert_eq!(encode_upsert(&schema, batch).as_bytes(), expected.as_bytes());
         }
-    }
-
-    /// A record (sequence 1) whose op field is `op`, encoded beforehand, read back as a message.
-    fn record_holding(op: &EncodedOp) -> pb::Record {
-        use prost::Message;
-        let mut record = Vec::new();
-        pb::Record {
-            sequence: 1,
-            time_micros: 5,
-            op: None,
-        }
-        .encode(&mut record)
-        .unwrap();
-        record.extend_from_slice(op.as_bytes());
-        pb::Record::decode(record.as_slice()).unwrap()
-    }
-
-    /// Customers c1 and c2 read the same from both stores, and ann@example.com is c1's.
-    fn same_customers(replayed: &Store, direct: &Store) {
-        for id in ["c1", "c2"] {
-            let key = CustomerKey::Id(id.into());
-            assert_eq!(
-                replayed.get_customer(&key).unwrap(),
-                direct.get_customer(&key).unwrap()
-            );
-        }
-        assert_eq!(replayed.ordinal_of_email("ann@example.com"), Some(0));
-    }
-
-    #[test]
-    fn customers_logged_as_received_replay_as_they_were_applied() {
-        use crate::api::pb as api;
-        use prost::Message;
-        let value = |kind| api::Value { kind: Some(kind) };
-        let customers = [
-            api::Customer {
-                customer_id: "c1".into(),
-                email: Some("Ann@Example.com".into()),
-                attributes: [
-                    (
-                        "city".to_string(),
-                        value(api::value::Kind::StringValue("Lyon".into())),
-                    ),
-                    ("household_size".to_string(), value(api::value::Kind::IntValue(3))),
-                ]
-                .into_iter()
-                .collect(),
-            },
-            api::Customer {
-                customer_id: "c2".into(),
-                email: None,
-                attributes: Default::default(),
-            },
-        ];
-        let encoded: Vec<Vec<u8>> = customers.iter().map(Message::encode_to_vec).collect();
-        let op = encode_upsert_customers(encoded.iter().map(Vec::as_slice));
-        // The field decodes as the message it stands for.
-        let record = record_holding(&op);
-        let Some(Op::UpsertCustomers(u)) = &record.op else {
-            panic!("not upsert_customers: {:?}", record.op)
-        };
-        assert_eq!(u.customers, encoded);
-
-        let replayed = Store::new();
-        apply(&replayed, record).unwrap();
-        let direct = Store::new();
-        let schema = direct.schema();
-        let patches: Vec<CustomerPatch> = encoded
-            .iter()
-            .map(|c| crate::api::wire::customer_patch(&schema, c).unwrap())
-            .collect();
-        direct.upsert(&patches, &mut crate::store::no_log).unwrap();
-        same_customers(&replayed, &direct);
-
-        // Bytes that are not a customer are data loss, not a panic.
-        let bad = pb::Record {
-            sequence: 2,
-            time_micros: 5,
-            op: Some(Op::UpsertCustomers(pb::UpsertCustomers {
-                customers: vec![vec![0x0a, 0x05, b'x']],
-            })),
-        };
-        let err = apply(&Store::new(), bad).unwrap_err().to_string();
-        assert!(err.contains("customer 0 of a logged batch"), "{err}");
-    }
-
-    #[test]
-    fn customer_columns_logged_as_received_replay_as_they_were_applied() {
-        use crate::api::pb as api;
-        use api::attribute_column::Values;
-        use prost::Message;
-        let columns = api::CustomerColumns {
-            customer_ids: vec!["c1".into(), "c2".into()],
-            emails: vec!["ann@example.com".into(), String::new()],
-            attributes: vec![
-                api::AttributeColumn {
-                    name: "household_size".into(),
-                    missing: vec![0],
-                    values: Some(Values::Ints(api::IntColumn { values: vec![4] })),
-                },
-                api::AttributeColumn {
-                    name: "birth_date".into(),
-                    missing: vec![],
-                    values: Some(Values::Dates(api::IntColumn {
-                        values: vec![-3_000, 7_000],
-                    })),
-                },
-            ],
-        };
-        let bytes = columns.encode_to_vec();
-        let op = encode_upsert_columns(&bytes);
-        let record = record_holding(&op);
-        assert_eq!(record.op, Some(Op::UpsertColumns(bytes.clone())));
-
-        let replayed = Store::new();
-        apply(&replayed, record).unwrap();
-        let direct = Store::new();
-        let patches = crate::api::columns::column_patches(&direct.schema(), None, &columns).unwrap();
-        direct.upsert(&patches, &mut crate::store::no_log).unwrap();
-        same_customers(&replayed, &direct);
-
-        // Bytes that are not customer columns are data loss, not a panic.
-        let bad = pb::Record {
-            sequence: 2,
-            time_micros: 5,
-            op: Some(Op::UpsertColumns(vec![0x0a, 0x05, b'x'])),
-        };
-        let err = apply(&Store::new(), bad).unwrap_err().to_string();
-        assert!(err.contains("customer columns cannot be read"), "{err}");
     }
 }

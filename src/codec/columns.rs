@@ -11,9 +11,9 @@
 use bytes::Bytes;
 use prost::encoding::{self, DecodeContext, WireType};
 
-use crate::api::pb::{self, attribute_column::Values, value::Kind};
-use crate::api::wire::{Malformed, delimited};
-use crate::api::{Limits, convert};
+use crate::codec::pb::{self, attribute_column::Values, value::Kind};
+use crate::codec::wire::{Malformed, delimited};
+use crate::codec::{Limits, convert};
 use crate::error::{Error, Result};
 use crate::store::batch::{AttrColumn, Coded, ColumnBatch, ColumnValues, Strs};
 use crate::store::input;

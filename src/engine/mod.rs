@@ -6,11 +6,15 @@
 //! request-time reads. Every write is logged at the moment the store has validated
 //! it, and its reply waits until the log is as durable as the fsync mode promises.
 
+pub mod command;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::codec::Limits;
+use crate::codec::wire::{CustomerBatch, Received};
 use crate::error::{Error, Result};
 use crate::events::{Event, Page};
 use crate::segment::family::{Family, FamilyInfo};
@@ -112,6 +116,15 @@ impl UpsertBatch {
     }
 
     /// A batch given column by column, checked against `schema`; `record` must replay as it.
+    /// A customer batch as received from a caller: its rows read against `schema` and the
+    /// log record that holds it as received.
+    pub fn received(schema: &Schema, msg: &CustomerBatch, limits: &Limits) -> Result<UpsertBatch> {
+        Ok(match msg.received(schema, limits)? {
+            (Received::Patches(patches), record) => UpsertBatch::with_record(schema, patches, record),
+            (Received::Columns(columns), record) => UpsertBatch::columns(schema, columns, record),
+        })
+    }
+
     pub fn columns(schema: &Schema, mut columns: ColumnBatch, record: wal::EncodedOp) -> UpsertBatch {
         columns.look_up_codes(schema);
         let hashes = KeyHashes::of_columns(&columns);
@@ -389,7 +402,7 @@ impl Engine {
         events.open(&data_dir.join("events"), self.store.now().micros)?;
         let dir = data_dir.join("wal");
         let dir = dir.as_path();
-        let stats = wal::replay(dir, after, |rec| record::apply(&self.store, rec))?;
+        let stats = wal::replay(dir, after, |rec| command::replay(&self.store, rec))?;
         events.recovered(stats.last_sequence)?;
         let log = Wal::open_with_faults(
             dir,

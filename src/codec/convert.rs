@@ -1,8 +1,8 @@
 //! Protobuf ↔ domain conversions. Field paths in errors are relative to the message converted;
 //! callers prefix them (`customers[3]`) with [`Error::within`].
 
-use crate::api::pb;
-use crate::api::pb::value::Kind;
+use crate::codec::pb;
+use crate::codec::pb::value::Kind;
 use crate::error::{Error, Result};
 use crate::store::CustomerRecord;
 use crate::store::input::{self, CustomerKey, CustomerPatch, OrderIn};

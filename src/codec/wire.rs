@@ -15,8 +15,7 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
-use crate::api::{Limits, columns, convert, pb};
-use crate::engine::UpsertBatch;
+use crate::codec::{Limits, columns, convert, pb};
 use crate::error::{Error, Result};
 use crate::store::batch::ColumnBatch;
 use crate::store::input::{self, CustomerPatch};
@@ -62,6 +61,14 @@ fn decode_ceiling() -> usize {
         0 => Limits::default().max_batch,
         n => n,
     }
+}
+
+/// A customer batch's rows as read against the schema, in the form they came in.
+pub enum Received {
+    /// Customer messages, as patches.
+    Patches(Vec<CustomerPatch>),
+    /// The `columns` field, column by column.
+    Columns(ColumnBatch),
 }
 
 impl CustomerBatch {
@@ -128,13 +135,13 @@ impl CustomerBatch {
             .transpose()
     }
 
-    /// The batch made ready for the writer: its patches, and a log record holding the customers'
-    /// bytes as received (replay reads them again the same way).
-    pub fn upsert_batch(&self, schema: &Schema, limits: &Limits) -> Result<UpsertBatch> {
+    /// The batch's customers read against `schema`, and a log record holding their bytes as
+    /// received (replay reads them again the same way).
+    pub fn received(&self, schema: &Schema, limits: &Limits) -> Result<(Received, crate::wal::EncodedOp)> {
         if let Some(bytes) = self.columns_bytes() {
             let columns = self.checked_columns(bytes, schema, limits)?;
             let record = crate::wal::record::encode_upsert_columns(bytes);
-            return Ok(UpsertBatch::columns(schema, columns, record));
+            return Ok((Received::Columns(columns), record));
         }
         let patches = self.patches(schema, limits)?;
         let messages: Vec<Vec<u8>> = self.messages.iter().map(Message::encode_to_vec).collect();
@@ -143,7 +150,7 @@ impl CustomerBatch {
             .map(Vec::as_slice)
             .chain(self.encoded.iter().map(|b| b.as_ref()));
         let record = crate::wal::record::encode_upsert_customers(customers);
-        Ok(UpsertBatch::with_record(schema, patches, record))
+        Ok((Received::Patches(patches), record))
     }
 
     /// Every customer as a patch checked against `schema`, or the first failure naming its item
