@@ -147,9 +147,6 @@ fn apply(c: &mut Criterion) {
     });
     group.finish();
     let mut group = c.benchmark_group("prepare");
-    group.bench_function("record", |b| {
-        b.iter(|| black_box(segmentd::wal::record::encode_upsert(&schema, black_box(&patches))))
-    });
     let received: Vec<Vec<u8>> = batch(0).iter().map(Message::encode_to_vec).collect();
     group.bench_function("record_as_received", |b| {
         b.iter(|| {

@@ -26,7 +26,7 @@ const MAX_PARSING: usize = 3;
 
 /// A batch being made ready for the writer.
 enum Parse {
-    Done(Result<UpsertBatch>),
+    Done(Box<Result<UpsertBatch>>),
     Running(tokio::task::JoinHandle<Result<UpsertBatch>>),
 }
 
@@ -36,7 +36,7 @@ impl Parse {
     /// their workers and their latency; smaller ones at once.
     fn start(schema: &Arc<Schema>, limits: Limits, msg: CustomerBatch) -> Parse {
         if msg.len() < OFFLOAD_BATCH {
-            return Parse::Done(parse(schema, &limits, &msg));
+            return Parse::Done(Box::new(parse(schema, &limits, &msg)));
         }
         let schema = schema.clone();
         Parse::Running(tokio::task::spawn_blocking(move || {
@@ -47,7 +47,7 @@ impl Parse {
 
     async fn finish(self) -> Result<UpsertBatch> {
         match self {
-            Parse::Done(parsed) => parsed,
+            Parse::Done(parsed) => *parsed,
             Parse::Running(task) => task
                 .await
                 .map_err(|e| Error::Internal(format!("batch parse task failed: {e}")))?,

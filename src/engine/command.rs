@@ -1,30 +1,92 @@
-//! The state changes the server makes, as typed commands, and their application to the store.
+//! The state changes the server makes, as typed commands, and their one application to the store.
 //!
-//! Recovery reads each log record into a [`Command`] ([`Command::decode`]) and applies it
-//! ([`Command::apply`]) at the record's time: the same store operations, with the same checks,
-//! membership changes and events, as when the change was first accepted.
+//! Every change goes through [`Command::apply`]: a live write applies its command on the writer
+//! thread with a [`Journal`] that appends the command's record to the log once the store has
+//! checked it; recovery reads each log record back into a command ([`Command::decode`]) and
+//! applies it at the record's time with a journal that only hands back the record's sequence.
+//! Both make the same store calls, with the same checks, membership changes and events.
 //!
 //! Attributes are logged by name and rules in the text form (which parses back to the same tree),
 //! so a record means the same thing whatever ids the schema or registry hands out on replay.
 
+use std::sync::Arc;
+
+use super::UpsertBatch;
 use crate::codec::{columns, wire};
 use crate::error::{Error, Result};
 use crate::persist::pb::{self, record::Op};
-use crate::segment::family::{Family, FamilyMember};
-use crate::segment::ops::SegmentUpdate;
+use crate::segment::family::{Family, FamilyInfo, FamilyMember};
+use crate::segment::ops::{ListOutcome, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
+use crate::segment::rfm::Reclassified;
 use crate::segment::rule::Rule;
 use crate::segment::text;
 use crate::segment::timing::Advance;
 use crate::store::batch::ColumnBatch;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
-use crate::store::schema::AttrType;
+use crate::store::schema::{AttrType, Schema};
 use crate::store::value::Value;
-use crate::store::{KeyHashes, Store};
+use crate::store::{KeyHashes, OrdersOutcome, Store, UpsertOutcome};
+use crate::wal::{EncodedOp, record};
+
+/// Where a command's record goes once the store has checked the command and before it changes
+/// anything: the log, for a live write; nowhere, on replay (the record is the one being read).
+/// Each call returns the record's sequence.
+pub trait Journal {
+    /// Appends the record `op` builds (built only if it is needed).
+    fn append(&mut self, op: impl FnOnce() -> Op) -> Result<u64>;
+    /// Appends a record encoded beforehand.
+    fn append_encoded(&mut self, op: &EncodedOp) -> Result<u64>;
+}
+
+/// The journal of a replayed record: its sequence, already in the log.
+pub struct Replayed(pub u64);
+
+impl Journal for Replayed {
+    fn append(&mut self, _: impl FnOnce() -> Op) -> Result<u64> {
+        Ok(self.0)
+    }
+
+    fn append_encoded(&mut self, _: &EncodedOp) -> Result<u64> {
+        Ok(self.0)
+    }
+}
+
+/// What applying a command answers.
+pub enum Applied {
+    Upserted(UpsertOutcome),
+    Orders(OrdersOutcome),
+    /// The id of the erased customer.
+    Deleted(String),
+    Schema(Arc<Schema>),
+    Segment(SegmentInfo),
+    Listed(ListOutcome),
+    Family(FamilyInfo),
+    Reclassified(Reclassified),
+    /// Membership changes the clock made.
+    Flips(u64),
+    Done,
+}
+
+/// The value of one kind of [`Applied`], or an internal error naming the command.
+macro_rules! applied {
+    ($out:expr, $variant:path) => {
+        match $out {
+            $variant(v) => Ok(v),
+            _ => Err($crate::error::Error::Internal(format!(
+                "a command answered other than {}",
+                stringify!($variant)
+            ))),
+        }
+    };
+}
+pub(crate) use applied;
 
 /// One change to the server's state.
-#[derive(Debug)]
 pub enum Command {
+    /// Customers created or changed, all or nothing, prepared where they were parsed (with
+    /// their record encoded there).
+    UpsertBatch(UpsertBatch),
     /// Customers created or changed, all or nothing.
     Upsert(Vec<CustomerPatch>),
     /// Customers created or changed, given column by column.
@@ -60,8 +122,10 @@ pub enum Command {
     Reclassify {
         as_of: i64,
     },
-    /// The clock's due flips applied.
-    AdvanceTime(Advance),
+    /// The clock's due flips applied: those since `since` (micros), or every customer's.
+    AdvanceTime {
+        since: Option<i64>,
+    },
 }
 
 impl Command {
@@ -191,64 +255,85 @@ impl Command {
             Op::Reclassify(r) => Command::Reclassify {
                 as_of: r.as_of_micros,
             },
-            Op::AdvanceTime(t) => Command::AdvanceTime(t.since_micros.map_or(Advance::Full, Advance::Since)),
+            Op::AdvanceTime(t) => Command::AdvanceTime {
+                since: t.since_micros,
+            },
         })
     }
 
-    /// Applies the command to `store`; `log` is asked for the command's sequence once it is
-    /// checked, before it changes anything.
-    pub fn apply(self, store: &Store, log: &mut dyn FnMut() -> Result<u64>) -> Result<()> {
-        match self {
+    /// Applies the command to `store`, all or nothing; `journal` takes its record once the
+    /// store has checked it, before anything changes.
+    pub fn apply(&mut self, store: &Store, journal: &mut impl Journal) -> Result<Applied> {
+        Ok(match self {
+            Command::UpsertBatch(batch) => Applied::Upserted(batch.apply(store, journal)?),
             Command::Upsert(patches) => {
-                store.upsert(&patches, log)?;
+                let schema = store.schema();
+                let log = &mut || journal.append(|| record::upsert(&schema, patches));
+                Applied::Upserted(store.upsert(patches, log)?)
             }
             Command::UpsertColumns(batch) => {
-                store.upsert_columns(&batch, &KeyHashes::of_columns(&batch), log)?;
+                // Only replayed: a live batch comes as an `UpsertBatch`, its record made beforehand.
+                let log = &mut || journal.append(|| unreachable!("column batches are logged as received"));
+                Applied::Upserted(store.upsert_columns(batch, &KeyHashes::of_columns(batch), log)?)
             }
-            Command::RecordOrders(orders) => {
-                store.record_orders(&orders, log)?;
-            }
+            Command::RecordOrders(orders) => Applied::Orders(
+                store.record_orders(orders, &mut || journal.append(|| record::orders(orders)))?,
+            ),
             Command::DeleteCustomer(key) => {
-                store.delete(&key, log)?;
+                Applied::Deleted(store.delete(key, &mut || journal.append(|| record::delete(key)))?)
             }
             Command::DefineAttribute {
                 name,
                 ty,
                 description,
             } => {
-                store.define_attribute(&name, ty, &description, log)?;
+                let log = &mut || journal.append(|| record::define_attribute(name, *ty, description));
+                Applied::Schema(store.define_attribute(name, *ty, description, log)?)
             }
             Command::CreateSegment {
                 def,
                 include,
                 exclude,
             } => {
-                store.create_segment(def, &include, &exclude, log)?;
+                let log = &mut || journal.append(|| record::create_segment(def, include, exclude));
+                Applied::Segment(store.create_segment(def.clone(), include, exclude, log)?)
             }
             Command::UpdateSegment { id, update } => {
-                store.update_segment(&id, update, log)?;
+                let log = &mut || journal.append(|| record::update_segment(id, update));
+                Applied::Segment(store.update_segment(id, update.clone(), log)?)
             }
-            Command::DeleteSegment(id) => store.delete_segment(&id, log)?,
+            Command::DeleteSegment(id) => {
+                store.delete_segment(id, &mut || journal.append(|| record::delete_segment(id)))?;
+                Applied::Done
+            }
             Command::SetListed {
                 segment_id,
                 keys,
                 add,
                 activity,
             } => {
-                store.set_listed(&segment_id, &keys, add, activity.as_deref(), log)?;
+                let activity = activity.as_deref();
+                let log = &mut || journal.append(|| record::set_listed(segment_id, keys, *add, activity));
+                Applied::Listed(store.set_listed(segment_id, keys, *add, activity, log)?)
             }
             Command::CreateFamily(family) => {
-                store.create_family(family, log)?;
+                let log = &mut || journal.append(|| record::create_family(family));
+                Applied::Family(store.create_family(family.clone(), log)?)
             }
-            Command::DeleteFamily(id) => store.delete_family(&id, log)?,
+            Command::DeleteFamily(id) => {
+                store.delete_family(id, &mut || journal.append(|| record::delete_family(id)))?;
+                Applied::Done
+            }
             Command::Reclassify { as_of } => {
-                store.reclassify(as_of, log)?;
+                let log = &mut || journal.append(|| record::reclassify(*as_of));
+                Applied::Reclassified(store.reclassify(*as_of, log)?)
             }
-            Command::AdvanceTime(how) => {
-                store.advance_time(Some(how), log)?;
+            Command::AdvanceTime { since } => {
+                let how = since.map_or(Advance::Full, Advance::Since);
+                let log = &mut || journal.append(|| record::advance_time(*since));
+                Applied::Flips(store.advance_time(Some(how), log)?)
             }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -260,7 +345,8 @@ pub fn replay(store: &Store, record: pb::Record) -> Result<()> {
         .ok_or_else(|| Error::DataLoss(format!("record {} has no operation", record.sequence)))?;
     let sequence = record.sequence;
     store.set_write_time(Some(record.time_micros));
-    let result = Command::decode(store, op).and_then(|c| c.apply(store, &mut || Ok(sequence)));
+    let result =
+        Command::decode(store, op).and_then(|mut c| c.apply(store, &mut Replayed(sequence)).map(drop));
     store.set_write_time(None);
     result
 }

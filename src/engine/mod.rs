@@ -8,6 +8,8 @@
 
 pub mod command;
 
+use command::{Applied, Command, Journal, applied};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,13 +24,12 @@ use crate::segment::ops::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo,
 use crate::segment::registry::SegmentDef;
 use crate::segment::rfm::Reclassified;
 use crate::segment::rule::Rule;
-use crate::segment::timing::Advance;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::store::batch::ColumnBatch;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
 use crate::store::schema::{AttrId, AttrType, Schema};
 use crate::store::{CustomerRecord, KeyHashes, OrdersOutcome, Store, StoreStats, UpsertOutcome};
-use crate::wal::{self, FsyncMode, ReplayStats, Wal, record};
+use crate::wal::{self, FsyncMode, ReplayStats, Wal};
 
 /// The failure of one batch in a sequence: its index in the sequence and the error.
 #[derive(Debug)]
@@ -48,18 +49,18 @@ pub struct Logger<'a> {
     awaited: bool,
 }
 
-impl Logger<'_> {
-    /// Appends the record `op` builds (only called once the change is validated); returns its
-    /// sequence (0 without a log).
-    pub fn append(&mut self, op: impl FnOnce() -> crate::persist::pb::record::Op) -> Result<u64> {
+/// Records go to the log (sequence 0 without one).
+impl Journal for Logger<'_> {
+    fn append(&mut self, op: impl FnOnce() -> crate::persist::pb::record::Op) -> Result<u64> {
         self.append_with(|wal, time| wal.append(op(), time))
     }
 
-    /// [`Logger::append`] of a record encoded beforehand.
-    pub fn append_encoded(&mut self, op: &wal::EncodedOp) -> Result<u64> {
+    fn append_encoded(&mut self, op: &wal::EncodedOp) -> Result<u64> {
         self.append_with(|wal, time| wal.append_encoded(op, time))
     }
+}
 
+impl Logger<'_> {
     fn append_with(&mut self, append: impl FnOnce(&Wal, i64) -> Result<u64>) -> Result<u64> {
         match self.wal {
             Some(wal) => {
@@ -82,6 +83,10 @@ pub struct UpsertBatch {
     record: wal::EncodedOp,
     /// Hashes of its ids and e-mails, computed where it was parsed.
     hashes: KeyHashes,
+    /// Whether new customers given column by column may be left to the store's applier thread
+    /// to write ([`Store::upsert_columns_queued`]): a load stream's batches, acknowledged once
+    /// [`Engine::written`].
+    queue: bool,
 }
 
 /// The customers of an [`UpsertBatch`], in the form they came in.
@@ -96,13 +101,6 @@ enum BatchRows {
 }
 
 impl UpsertBatch {
-    /// `patches` were checked against `schema` (which only grows, so their attribute ids and the
-    /// names the record gives them stay right).
-    pub fn new(schema: &Schema, patches: Vec<CustomerPatch>) -> UpsertBatch {
-        let record = record::encode_upsert(schema, &patches);
-        UpsertBatch::with_record(schema, patches, record)
-    }
-
     /// A batch whose log record was made beforehand: `record` must replay as `patches` (the
     /// customers as received, from which `patches` were read against `schema`).
     pub fn with_record(schema: &Schema, patches: Vec<CustomerPatch>, record: wal::EncodedOp) -> UpsertBatch {
@@ -112,6 +110,7 @@ impl UpsertBatch {
             rows: BatchRows::Patches { patches, known },
             record,
             hashes,
+            queue: false,
         }
     }
 
@@ -132,18 +131,23 @@ impl UpsertBatch {
             rows: BatchRows::Columns(columns),
             record,
             hashes,
+            queue: false,
         }
     }
 
-    /// Applies the batch on the writer thread, all or nothing, appending its record. With
-    /// `queue`, new customers given column by column may be left to the store's applier thread
-    /// to write ([`Store::upsert_columns_queued`]); the caller then waits for
-    /// [`Store::wait_written`] before acknowledging them.
+    /// Applies the batch on the writer thread, all or nothing, appending its record (see
+    /// `queue`: the caller then waits for [`Store::wait_written`] before acknowledging them).
     ///
     /// A batch handed over is taken out of `self`; the caller frees the rest.
-    fn apply(&mut self, s: &Store, log: &mut Logger<'_>, queue: bool) -> Result<UpsertOutcome> {
-        let UpsertBatch { rows, record, hashes } = self;
-        let mut append = || log.append_encoded(record);
+    fn apply(&mut self, s: &Store, journal: &mut impl Journal) -> Result<UpsertOutcome> {
+        let UpsertBatch {
+            rows,
+            record,
+            hashes,
+            queue,
+        } = self;
+        let queue = *queue;
+        let mut append = || journal.append_encoded(record);
         match rows {
             BatchRows::Patches { patches, known } => s.upsert_known(patches, known, hashes, &mut append),
             BatchRows::Columns(columns) if queue => {
@@ -493,12 +497,31 @@ impl Engine {
             .map_err(|e| Error::Internal(format!("store task failed: {e}")))
     }
 
-    /// Runs a write on the writer thread with a logger, then waits for its record to be durable.
-    async fn write<T: Send + 'static>(
+    /// Applies `command` on the writer thread, then waits for its record to be durable.
+    async fn write(&self, command: Command) -> Result<Applied> {
+        self.write_made(self.admit()?, move |_| command).await
+    }
+
+    /// [`Engine::write`] of the command `make` builds on the writer thread (from the state the
+    /// command applies to: the clock's last flips, the time), in the place `permit` holds.
+    async fn write_made(
         &self,
-        f: impl FnOnce(&Store, &mut Logger<'_>) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let (out, last) = self.apply_queued(f, self.admit()?, true).await?;
+        permit: WritePermit,
+        make: impl FnOnce(&Store) -> Command + Send + 'static,
+    ) -> Result<Applied> {
+        let (out, last) = self
+            .apply_queued(
+                move |s, log| {
+                    let mut command = make(s);
+                    let out = command.apply(s, log);
+                    // Large batches are freed off the writer thread.
+                    crate::priority::discard(command);
+                    out
+                },
+                permit,
+                true,
+            )
+            .await?;
         self.durable(last).await?;
         out
     }
@@ -614,26 +637,15 @@ impl Engine {
 
     /// Upserts one batch, all or nothing.
     pub async fn upsert(&self, batch: Vec<CustomerPatch>) -> Result<UpsertOutcome> {
-        self.upsert_admitted(self.admit()?, UpsertBatch::new(&self.schema(), batch))
-            .await
+        applied!(self.write(Command::Upsert(batch)).await?, Applied::Upserted)
     }
 
     /// [`Engine::upsert`] of a batch prepared after taking its place with [`Engine::admit`].
     pub async fn upsert_admitted(&self, permit: WritePermit, batch: UpsertBatch) -> Result<UpsertOutcome> {
-        let (out, last) = self
-            .apply_queued(
-                move |s, log| {
-                    let mut batch = batch;
-                    let out = batch.apply(s, log, false);
-                    crate::priority::discard(batch);
-                    out
-                },
-                permit,
-                true,
-            )
+        let out = self
+            .write_made(permit, move |_| Command::UpsertBatch(batch))
             .await?;
-        self.durable(last).await?;
-        out
+        applied!(out, Applied::Upserted)
     }
 
     /// Upserts several batches in order, each all or nothing, stopping at the first that fails.
@@ -650,9 +662,15 @@ impl Engine {
                 move |s, log| {
                     let mut total = UpsertOutcome::default();
                     let mut failure = None;
-                    let mut batches = batches;
+                    let mut batches: Vec<Command> = batches
+                        .into_iter()
+                        .map(|mut b| {
+                            b.queue = true;
+                            Command::UpsertBatch(b)
+                        })
+                        .collect();
                     for (index, batch) in batches.iter_mut().enumerate() {
-                        match batch.apply(s, log, true) {
+                        match batch.apply(s, log).and_then(|o| applied!(o, Applied::Upserted)) {
                             Ok(o) => {
                                 total.created += o.created;
                                 total.updated += o.updated;
@@ -692,13 +710,11 @@ impl Engine {
     }
 
     pub async fn delete(&self, key: CustomerKey) -> Result<String> {
-        self.write(move |s, log| s.delete(&key, &mut || log.append(|| record::delete(&key))))
-            .await
+        applied!(self.write(Command::DeleteCustomer(key)).await?, Applied::Deleted)
     }
 
     pub async fn record_orders(&self, orders: Vec<OrderIn>) -> Result<OrdersOutcome> {
-        self.write(move |s, log| s.record_orders(&orders, &mut || log.append(|| record::orders(&orders))))
-            .await
+        applied!(self.write(Command::RecordOrders(orders)).await?, Applied::Orders)
     }
 
     pub fn get_customer(&self, key: &CustomerKey) -> Result<CustomerRecord> {
@@ -711,12 +727,12 @@ impl Engine {
         ty: AttrType,
         description: String,
     ) -> Result<Arc<Schema>> {
-        self.write(move |s, log| {
-            s.define_attribute(&name, ty, &description, &mut || {
-                log.append(|| record::define_attribute(&name, ty, &description))
-            })
-        })
-        .await
+        let command = Command::DefineAttribute {
+            name,
+            ty,
+            description,
+        };
+        applied!(self.write(command).await?, Applied::Schema)
     }
 
     /// Ends recovery: applies the time flips due while the server was down (re-evaluating every
@@ -731,32 +747,20 @@ impl Engine {
     /// Applies the time flips due since the last advance (every customer's, the first time
     /// after a start); returns the number of membership changes.
     pub async fn advance_time(&self) -> Result<u64> {
-        let (out, last) = self
-            .apply_queued(
-                |s, log| {
-                    let since = s.time_applied();
-                    let how = since.map_or(Advance::Full, Advance::Since);
-                    s.advance_time(Some(how), &mut || log.append(|| record::advance_time(since)))
-                },
-                self.admit_always(0),
-                true,
-            )
+        let out = self
+            .write_made(self.admit_always(0), |s| Command::AdvanceTime {
+                since: s.time_applied(),
+            })
             .await?;
-        self.durable(last).await?;
-        out
+        applied!(out, Applied::Flips)
     }
 
     pub async fn create_family(&self, family: Family) -> Result<FamilyInfo> {
-        self.write(move |s, log| {
-            let mut op = Some(record::create_family(&family));
-            s.create_family(family, &mut || log.append(|| op.take().expect("logged once")))
-        })
-        .await
+        applied!(self.write(Command::CreateFamily(family)).await?, Applied::Family)
     }
 
     pub async fn delete_family(&self, id: String) -> Result<()> {
-        self.write(move |s, log| s.delete_family(&id, &mut || log.append(|| record::delete_family(&id))))
-            .await
+        self.write(Command::DeleteFamily(id)).await.map(drop)
     }
 
     pub async fn list_families(&self) -> Result<Vec<FamilyInfo>> {
@@ -765,11 +769,12 @@ impl Engine {
 
     /// Scores RFM as of `as_of` (now when `None`) and re-evaluates what reads the scores.
     pub async fn reclassify(&self, as_of: Option<i64>) -> Result<Reclassified> {
-        self.write(move |s, log| {
-            let as_of = as_of.unwrap_or_else(|| s.now().micros);
-            s.reclassify(as_of, &mut || log.append(|| record::reclassify(as_of)))
-        })
-        .await
+        let out = self
+            .write_made(self.admit()?, move |s| Command::Reclassify {
+                as_of: as_of.unwrap_or_else(|| s.now().micros),
+            })
+            .await?;
+        applied!(out, Applied::Reclassified)
     }
 
     /// Whether a scheduled reclassification is due: `every` passed since the last one, or, before
@@ -805,28 +810,23 @@ impl Engine {
         include: Vec<String>,
         exclude: Vec<String>,
     ) -> Result<SegmentInfo> {
-        self.write(move |s, log| {
-            let mut op = Some(record::create_segment(&def, &include, &exclude));
-            s.create_segment(def, &include, &exclude, &mut || {
-                log.append(|| op.take().expect("logged once"))
-            })
-        })
-        .await
+        let command = Command::CreateSegment {
+            def,
+            include,
+            exclude,
+        };
+        applied!(self.write(command).await?, Applied::Segment)
     }
 
     pub async fn update_segment(&self, id: String, update: SegmentUpdate) -> Result<SegmentInfo> {
-        self.write(move |s, log| {
-            let mut op = Some(record::update_segment(&id, &update));
-            s.update_segment(&id, update, &mut || {
-                log.append(|| op.take().expect("logged once"))
-            })
-        })
-        .await
+        applied!(
+            self.write(Command::UpdateSegment { id, update }).await?,
+            Applied::Segment
+        )
     }
 
     pub async fn delete_segment(&self, id: String) -> Result<()> {
-        self.write(move |s, log| s.delete_segment(&id, &mut || log.append(|| record::delete_segment(&id))))
-            .await
+        self.write(Command::DeleteSegment(id)).await.map(drop)
     }
 
     pub async fn segment_info(&self, id: String) -> Result<SegmentInfo> {
@@ -855,13 +855,13 @@ impl Engine {
         add: bool,
         activity: Option<String>,
     ) -> Result<ListOutcome> {
-        self.write(move |s, log| {
-            let activity = activity.as_deref();
-            s.set_listed(&segment_id, &keys, add, activity, &mut || {
-                log.append(|| record::set_listed(&segment_id, &keys, add, activity))
-            })
-        })
-        .await
+        let command = Command::SetListed {
+            segment_id,
+            keys,
+            add,
+            activity,
+        };
+        applied!(self.write(command).await?, Applied::Listed)
     }
 
     pub async fn export_page(
