@@ -203,66 +203,17 @@ pub async fn run(
             }
         })
     };
-    // Snapshots on a timer and after enough log bytes.
-    let snapshots = {
-        let engine = engine.clone();
-        let (interval, wal_bytes) = (
-            Duration::from_secs(config.snapshot_interval_secs),
-            config.snapshot_wal_bytes,
-        );
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                if engine.is_ready()
-                    && engine.snapshot_due(interval, wal_bytes).await
-                    && let Err(e) = engine.snapshot().await
-                {
-                    tracing::error!(error = %e, "snapshot failed");
-                }
-            }
-        })
-    };
     let closing = engine.clone();
-    // Time flips: relative-time rules change their answer as the clock moves.
-    let ticker = {
-        let engine = engine.clone();
-        let every = Duration::from_millis(config.time_tick_ms);
-        let reclassify_every = Duration::from_secs(config.reclassify_interval_hours.saturating_mul(3600));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failed_at = None;
-            loop {
-                tick.tick().await;
-                if !engine.is_ready() {
-                    continue;
-                }
-                if let Err(e) = engine.advance_time().await {
-                    tracing::error!(error = %e, "applying time flips failed");
-                }
-                // A failed run is retried an hour later, not every tick.
-                let retry =
-                    failed_at.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(3600));
-                if retry && engine.reclassify_due(reclassify_every) {
-                    match engine.reclassify(None).await {
-                        Ok(r) => {
-                            failed_at = None;
-                            tracing::info!(
-                                scored = r.scored,
-                                changes = r.changes,
-                                "scheduled RFM reclassification"
-                            );
-                        }
-                        Err(e) => {
-                            failed_at = Some(std::time::Instant::now());
-                            tracing::error!(error = %e, "scheduled RFM reclassification failed; retrying in an hour");
-                        }
-                    }
-                }
-            }
-        })
-    };
+    // Snapshots, time flips and scheduled reclassification, until the server stops.
+    let tasks = crate::engine::tasks::Tasks::start(
+        &engine,
+        crate::engine::tasks::Schedule {
+            snapshot_interval: Duration::from_secs(config.snapshot_interval_secs),
+            snapshot_wal_bytes: config.snapshot_wal_bytes,
+            time_tick: Duration::from_millis(config.time_tick_ms),
+            reclassify_every: Duration::from_secs(config.reclassify_interval_hours.saturating_mul(3600)),
+        },
+    );
     let shutdown = async move {
         // A recovery that succeeds drops the sender: only a sent failure stops the server.
         tokio::select! {
@@ -331,8 +282,7 @@ pub async fn run(
         m.abort();
     }
     recovery.abort();
-    snapshots.abort();
-    ticker.abort();
+    drop(tasks);
     #[cfg(unix)]
     reloader.abort();
     if let Some(e) = failure.lock().take() {

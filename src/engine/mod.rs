@@ -7,6 +7,7 @@
 //! it, and its reply waits until the log is as durable as the fsync mode promises.
 
 pub mod command;
+pub mod tasks;
 
 use command::{Applied, Command, Journal, applied};
 
