@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use segmentd::columnar::value::Value;
 use segmentd::engine::Engine;
 use segmentd::segment::registry::SegmentDef;
 use segmentd::segment::text::parse;
 use segmentd::store::input::{CustomerPatch, OrderIn};
-use segmentd::store::value::Value;
 use segmentd::store::{Store, no_log};
 use segmentd::wal::FsyncMode;
 

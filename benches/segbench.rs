@@ -715,9 +715,9 @@ const RULE: &str = r#"spent > 500 and gender = "F" and age < 40"#;
 /// Times `RULE` over `n` customers in segmentd's evaluator (in process) and in DuckDB (Python),
 /// on the same data; returns (segmentd ms, duckdb ms, matches).
 fn rule_comparison(n: usize) -> (f64, f64, u64) {
+    use segmentd::columnar::schema::AttrType;
+    use segmentd::columnar::value::Value;
     use segmentd::store::input::CustomerPatch;
-    use segmentd::store::schema::AttrType;
-    use segmentd::store::value::Value;
     use segmentd::store::{Store, no_log};
 
     let today = segmentd::time::now_micros().div_euclid(segmentd::time::MICROS_PER_DAY) as i32;

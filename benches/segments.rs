@@ -13,10 +13,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use segmentd::columnar::value::Value;
 use segmentd::segment::registry::SegmentDef;
 use segmentd::segment::text::parse;
 use segmentd::store::input::{CustomerPatch, OrderIn};
-use segmentd::store::value::Value;
 use segmentd::store::{Store, no_log};
 
 #[global_allocator]
@@ -144,7 +144,7 @@ fn catalogue(i: usize) -> String {
 }
 
 /// Generated customer `n` as a patch.
-fn generated(schema: &segmentd::store::schema::Schema, n: u64) -> CustomerPatch {
+fn generated(schema: &segmentd::columnar::schema::Schema, n: u64) -> CustomerPatch {
     let g = generator::customer(n, 42);
     CustomerPatch {
         customer_id: g.customer_id,

@@ -10,10 +10,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use segmentd::columnar::value::Value;
 use segmentd::segment::registry::SegmentDef;
 use segmentd::segment::text::parse;
 use segmentd::store::input::{CustomerPatch, OrderIn};
-use segmentd::store::value::Value;
 use segmentd::store::{Store, no_log};
 use segmentd::time::{MICROS_PER_DAY, ManualClock};
 

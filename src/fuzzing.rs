@@ -6,10 +6,10 @@ use std::io::Write;
 use prost::Message;
 
 use crate::api::pb;
+use crate::columnar::schema::Schema;
 use crate::events::{Change, EventLog, Noted, Retention};
 use crate::segment::rule::Rule;
 use crate::store::input::CustomerPatch;
-use crate::store::schema::Schema;
 use crate::store::{Store, no_log};
 use crate::wal::{FsyncMode, Wal};
 
@@ -145,7 +145,7 @@ pub fn snapshot_shard(data: &[u8]) {
             &[CustomerPatch {
                 customer_id: "c1".into(),
                 email: Some("c1@example.com".into()),
-                attrs: vec![(gender, Some(crate::store::value::Value::Keyword("F".into())))],
+                attrs: vec![(gender, Some(crate::columnar::value::Value::Keyword("F".into())))],
             }],
             &mut no_log,
         )

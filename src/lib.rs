@@ -28,6 +28,7 @@ pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod codec;
+pub mod columnar;
 pub mod config;
 pub mod disk;
 pub mod engine;

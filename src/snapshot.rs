@@ -38,14 +38,14 @@ use std::time::{Duration, Instant};
 
 use roaring::RoaringBitmap;
 
+use crate::columnar::column::{Codes, Column, ColumnData};
+use crate::columnar::schema::AttrType;
 use crate::disk::{self, Disk, File};
 use crate::error::{Error, Result};
 use crate::segment::SegShard;
 use crate::segment::family::{Family, FamilyMember};
 use crate::segment::registry::SegmentDef;
 use crate::segment::text;
-use crate::store::column::{Codes, Column, ColumnData};
-use crate::store::schema::AttrType;
 use crate::store::{Cut, Restored, Shard, Store, local};
 use crate::wal;
 
@@ -316,7 +316,8 @@ fn decode_shard(file: &str, data: &[u8], expect_index: usize) -> Result<Shard> {
             .collect();
         let n = r.len()?;
         let bytes = r.take(n)?.to_vec();
-        strings.push(crate::store::strings::StrColumn::from_raw_parts(starts, bytes).map_err(|e| r.bad(&e))?);
+        strings
+            .push(crate::columnar::strings::StrColumn::from_raw_parts(starts, bytes).map_err(|e| r.bad(&e))?);
     }
     s.emails = strings.pop().expect("two columns");
     s.ids = strings.pop().expect("two columns");
@@ -359,7 +360,7 @@ fn decode_shard(file: &str, data: &[u8], expect_index: usize) -> Result<Shard> {
                     _ => return Err(r.bad("bad code width")),
                 };
                 let mut common = by_value(&mut r)?;
-                let rare = crate::store::column::Rare::rebuild(&present, &codes, &mut common);
+                let rare = crate::columnar::column::Rare::rebuild(&present, &codes, &mut common);
                 ColumnData::Keyword {
                     codes,
                     by_value: common,
@@ -371,7 +372,7 @@ fn decode_shard(file: &str, data: &[u8], expect_index: usize) -> Result<Shard> {
             },
             6 => {
                 let n = r.len()?;
-                let mut strings = crate::store::strings::StrColumn::default();
+                let mut strings = crate::columnar::strings::StrColumn::default();
                 for _ in 0..n {
                     let ord = r.u32()?;
                     let v = r.str()?;
@@ -995,9 +996,9 @@ pub fn load(data_dir: &Path) -> Result<Option<Restored>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::columnar::value::Value;
     use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
     use crate::store::no_log;
-    use crate::store::value::Value;
 
     fn order(id: &str, customer: &str, amount: i64) -> OrderIn {
         OrderIn {

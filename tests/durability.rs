@@ -1812,6 +1812,155 @@ replay_tests! {
     time_replays_from_the_log_alone: Change::Time,
 }
 
+// ---------------------------------------------------------------------------------------------
+// A data directory written by an earlier build: every later build must open it with everything.
+
+/// `tests/fixtures/datadir-v1`: `data/` (a log of every kind of change, no snapshot, and its event
+/// log), `clock` (the time it was left at, micros) and `dump.txt` (what the server then showed).
+fn fixture_v1() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datadir-v1")
+}
+
+/// Every kind of change, in an order in which each applies after the others.
+const EVERY_CHANGE: [Change; 12] = [
+    Change::Time,
+    Change::Customers,
+    Change::Loads,
+    Change::Orders,
+    Change::Attributes,
+    Change::Segments,
+    Change::Lists,
+    Change::Activities,
+    Change::MemberLoads,
+    Change::Families,
+    Change::Reclassification,
+    Change::Erasure,
+];
+
+fn fixture_tune(clock: Arc<segmentd::time::ManualClock>) -> impl Fn(&mut segmentd::config::Config) + Clone {
+    move |c: &mut segmentd::config::Config| {
+        c.clock = Some(clock.clone());
+        c.time_tick_ms = 20;
+        c.no_snapshot_on_shutdown = true;
+        c.snapshot_interval_secs = 0;
+        c.reclassify_interval_hours = 0;
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Writes the fixture again (only when its format is meant to change, never to make the test
+/// below pass): `cargo test --test durability -- --ignored write_the_version_1_data_directory`.
+#[tokio::test]
+#[ignore]
+async fn write_the_version_1_data_directory() {
+    use segmentd::time::{Clock, ManualClock, days_from_civil};
+    let t0 = i64::from(days_from_civil(2026, 3, 10).unwrap()) * DAY;
+    let clock = Arc::new(ManualClock::new(t0 * 1_000_000));
+    let root = fixture_v1();
+    let _ = std::fs::remove_dir_all(&root);
+    let server = TestServer::start_at(root.join("data"), fixture_tune(clock.clone())).await;
+    replay_base(&server, t0).await;
+    for change in EVERY_CHANGE {
+        write_change(&server, change, &clock, t0).await;
+    }
+    let dump = dump(&server).await;
+    server.stop().await.unwrap();
+    // The lock is the running server's, not part of what it wrote.
+    let _ = std::fs::remove_file(root.join("data/LOCK"));
+    std::fs::write(root.join("clock"), clock.now_micros().to_string()).unwrap();
+    std::fs::write(root.join("dump.txt"), folded(&dump)).unwrap();
+}
+
+/// A data directory written by format version 1 (a log of every kind of change, no snapshot)
+/// opens with everything it held, as the server showed it then; writes go on after it, and the
+/// log of both builds opens again.
+#[tokio::test]
+async fn a_data_directory_written_by_format_version_1_opens_with_everything() {
+    use segmentd::time::{Clock, ManualClock};
+    let root = fixture_v1();
+    let at: i64 = std::fs::read_to_string(root.join("clock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let want = std::fs::read_to_string(root.join("dump.txt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    copy_dir(&root.join("data"), &data);
+    let clock = Arc::new(ManualClock::new(at));
+    let server = TestServer::start_at(data.clone(), fixture_tune(clock.clone())).await;
+    let got = folded(&dump(&server).await);
+    assert!(got == want, "{}", first_difference(&got, &want));
+    // Writes go on after the old records.
+    upsert(&server, vec![customer("c01", None, &[("vip", b(false))])]).await;
+    let changed = folded(&dump(&server).await);
+    assert_ne!(changed, want);
+    server.stop().await.unwrap();
+    assert_eq!(clock.now_micros(), at);
+    let server = TestServer::start_at(data, fixture_tune(clock)).await;
+    let again = folded(&dump(&server).await);
+    assert!(again == changed, "{}", first_difference(&again, &changed));
+    server.stop().await.unwrap();
+}
+
+/// A dump as text, one line per item three levels deep (a customer's events, a segment): short
+/// enough to keep beside the fixture, and a difference names its item.
+fn folded(dump: &Dump) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for line in format!("{dump:#?}").lines() {
+        let indent = line.len() - line.trim_start().len();
+        match out.last_mut() {
+            Some(last) if indent >= 12 => {
+                last.push_str(line.trim());
+                last.push(' ');
+            }
+            _ => out.push(line.to_string()),
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// The first line where two dumps differ, around the first character that does.
+fn first_difference(got: &str, want: &str) -> String {
+    let (got, want): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let at = got
+        .iter()
+        .zip(&want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let (a, b) = (
+        got.get(at).copied().unwrap_or(""),
+        want.get(at).copied().unwrap_or(""),
+    );
+    let from = a
+        .bytes()
+        .zip(b.bytes())
+        .position(|(x, y)| x != y)
+        .unwrap_or(0)
+        .saturating_sub(80);
+    let part = |s: &str| s.get(from..).unwrap_or("").chars().take(240).collect::<String>();
+    format!(
+        "dumps differ at line {} of {} and {}\ngot:    ...{}\nwanted: ...{}",
+        at + 1,
+        got.len(),
+        want.len(),
+        part(a),
+        part(b)
+    )
+}
+
 /// Snapshots the server took by itself, written whole (temporary directories aside).
 fn snapshots_on_disk(data: &Path) -> usize {
     std::fs::read_dir(data.join("snapshots")).map_or(0, |d| {

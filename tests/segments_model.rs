@@ -3,7 +3,7 @@
 //!
 //! Besides the customers the writes change, every case holds a crowd whose keyword values sit
 //! at and just under the count from which a shard keeps a value's own bitmap
-//! ([`segmentd::store::column::COMMON`]), so a write can move a value from one form to the other.
+//! ([`segmentd::columnar::column::COMMON`]), so a write can move a value from one form to the other.
 //! One case in five also fills the first shard with customers that hold nothing, so the
 //! customers the writes change sit in two shards. Ages come from the model's own calendar.
 
@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use segmentd::columnar::column::COMMON;
+use segmentd::columnar::value::Value;
 use segmentd::segment::registry::SegmentDef;
 use segmentd::segment::rule::{CmpOp, Literal, Pred, PredOp, Rule, TextOp};
 use segmentd::store::SHARD_SIZE;
-use segmentd::store::column::COMMON;
 use segmentd::store::input::{CustomerKey, CustomerPatch};
-use segmentd::store::value::Value;
 use segmentd::store::{Store, no_log};
 use segmentd::time::ManualClock;
 

@@ -1,16 +1,16 @@
 //! Property test: random upsert / delete / order sequences leave the store equal to a naive model.
 //!
 //! Every case starts with a crowd whose keyword values sit at and just under the count from which
-//! a shard keeps a value's own bitmap ([`segmentd::store::column::COMMON`]); one case in five also
+//! a shard keeps a value's own bitmap ([`segmentd::columnar::column::COMMON`]); one case in five also
 //! fills the first shard with customers that hold nothing, so the customers the writes change sit
 //! in two shards.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proptest::prelude::*;
-use segmentd::store::column::COMMON;
+use segmentd::columnar::column::COMMON;
+use segmentd::columnar::value::Value;
 use segmentd::store::input::{CustomerKey, CustomerPatch, OrderIn};
-use segmentd::store::value::Value;
 use segmentd::store::{SHARD_SIZE, Store, no_log};
 
 const IDS: usize = 12;

@@ -7,12 +7,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use segmentd::columnar::value::Value;
 use segmentd::events::Cause;
 use segmentd::segment::registry::SegmentDef;
 use segmentd::segment::text::parse;
 use segmentd::store::input::CustomerPatch;
 use segmentd::store::input::OrderIn;
-use segmentd::store::value::Value;
 use segmentd::store::{Store, no_log};
 use segmentd::time::{Clock, MICROS_PER_DAY, ManualClock};
 
@@ -161,7 +161,7 @@ proptest! {
         let clock = Arc::new(ManualClock::new(start()));
         let store = Store::with_clock(clock.clone());
         store
-            .define_attribute("joined_on", segmentd::store::schema::AttrType::Date, "", &mut no_log)
+            .define_attribute("joined_on", segmentd::columnar::schema::AttrType::Date, "", &mut no_log)
             .unwrap();
         let schema = store.schema();
         let attr = |name: &str| schema.get(name).unwrap().id;

@@ -39,7 +39,7 @@ impl Admin for AdminApi {
             description,
         } = request.into_inner();
         let ty = convert::attr_type_in(r#type)?;
-        if crate::store::schema::RFM_SCORES.contains(&name.as_str()) {
+        if crate::columnar::schema::RFM_SCORES.contains(&name.as_str()) {
             return Err(Error::invalid(
                 "name",
                 format!("`{name}` is reserved: the RFM scores are defined by Segments.Reclassify"),

@@ -9,10 +9,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::pb::{self, ingest_server::Ingest};
 use crate::codec::wire::CustomerBatch;
 use crate::codec::{Limits, convert};
+use crate::columnar::schema::Schema;
 use crate::engine::{BatchFailure, Engine, HELD_PER_BYTE, UpsertBatch};
 use crate::error::{Error, Result};
 use crate::store::UpsertOutcome;
-use crate::store::schema::Schema;
 
 /// Customers applied together at most, when a stream's batches queue up faster than they apply.
 const GROUP_CUSTOMERS: usize = 4096;

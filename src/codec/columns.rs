@@ -14,10 +14,10 @@ use prost::encoding::{self, DecodeContext, WireType};
 use crate::codec::pb::{self, attribute_column::Values, value::Kind};
 use crate::codec::wire::{Malformed, delimited};
 use crate::codec::{Limits, convert};
+use crate::columnar::schema::{AttrDef, AttrType, MAX_ATTRIBUTES, Schema};
 use crate::error::{Error, Result};
 use crate::store::batch::{AttrColumn, Coded, ColumnBatch, ColumnValues, Strs};
 use crate::store::input;
-use crate::store::schema::{AttrDef, AttrType, MAX_ATTRIBUTES, Schema};
 use crate::time;
 
 /// Every customer of `columns` as a patch checked against `schema`, or the first failure; the
@@ -735,7 +735,7 @@ fn timestamp(micros: i64) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::value::Value;
+    use crate::columnar::value::Value;
 
     fn ints(values: Vec<i64>) -> Option<Values> {
         Some(Values::Ints(pb::IntColumn { values }))

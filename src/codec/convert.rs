@@ -3,11 +3,11 @@
 
 use crate::codec::pb;
 use crate::codec::pb::value::Kind;
+use crate::columnar::schema::{AttrDef, AttrType, Schema};
+use crate::columnar::value::Value;
 use crate::error::{Error, Result};
 use crate::store::CustomerRecord;
 use crate::store::input::{self, CustomerKey, CustomerPatch, OrderIn};
-use crate::store::schema::{AttrDef, AttrType, Schema};
-use crate::store::value::Value;
 use crate::time;
 
 /// A customer message as a patch, checked against the schema.

@@ -16,10 +16,10 @@ use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
 use crate::codec::{Limits, columns, convert, pb};
+use crate::columnar::schema::{AttrDef, Schema};
 use crate::error::{Error, Result};
 use crate::store::batch::ColumnBatch;
 use crate::store::input::{self, CustomerPatch};
-use crate::store::schema::{AttrDef, Schema};
 
 /// `UpsertCustomersRequest` and `LoadCustomersRequest`: a batch of customers.
 ///
@@ -500,7 +500,7 @@ fn utf8<'a>(bytes: &'a [u8], field: &str) -> Result<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::schema::Schema;
+    use crate::columnar::schema::Schema;
     use std::collections::BTreeMap;
 
     fn value(kind: pb::value::Kind) -> pb::Value {
@@ -642,7 +642,7 @@ mod tests {
         let def = schema.get("household_size").unwrap();
         assert_eq!(
             patch.attrs,
-            vec![(def.id, Some(crate::store::value::Value::Int(5)))]
+            vec![(def.id, Some(crate::columnar::value::Value::Int(5)))]
         );
         assert_eq!(patch.email, None);
     }

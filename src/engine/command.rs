@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use super::UpsertBatch;
 use crate::codec::{columns, wire};
+use crate::columnar::schema::{AttrType, Schema};
+use crate::columnar::value::Value;
 use crate::error::{Error, Result};
 use crate::persist::pb::{self, record::Op};
 use crate::segment::family::{Family, FamilyInfo, FamilyMember};
@@ -24,8 +26,6 @@ use crate::segment::text;
 use crate::segment::timing::Advance;
 use crate::store::batch::ColumnBatch;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
-use crate::store::schema::{AttrType, Schema};
-use crate::store::value::Value;
 use crate::store::{KeyHashes, OrdersOutcome, Store, UpsertOutcome};
 use crate::wal::{EncodedOp, record};
 

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use crate::codec::Limits;
 use crate::codec::wire::{CustomerBatch, Received};
+use crate::columnar::schema::{AttrId, AttrType, Schema};
 use crate::error::{Error, Result};
 use crate::events::{Event, Page};
 use crate::segment::family::{Family, FamilyInfo};
@@ -28,7 +29,6 @@ use crate::segment::rule::Rule;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::store::batch::ColumnBatch;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
-use crate::store::schema::{AttrId, AttrType, Schema};
 use crate::store::{CustomerRecord, KeyHashes, OrdersOutcome, Store, StoreStats, UpsertOutcome};
 use crate::wal::{self, FsyncMode, ReplayStats, Wal};
 
@@ -925,7 +925,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::value::Value;
+    use crate::columnar::value::Value;
 
     fn patch(id: &str) -> CustomerPatch {
         CustomerPatch {

@@ -5,9 +5,9 @@
 //! `>= 100000` cents, rounded to the nearest cent), and relative-time predicates stay relative until
 //! [`crate::segment::eval`] binds them to "now".
 
+use crate::columnar::schema::{AttrId, AttrType, Schema};
 use crate::error::{Error, Result};
 use crate::segment::rule::{CmpOp, Literal, MAX_RULE_DEPTH, MAX_RULE_NODES, Pred, PredOp, Rule, TextOp};
-use crate::store::schema::{AttrId, AttrType, Schema};
 use crate::time::MICROS_PER_DAY;
 
 /// A test on a number: inside any of the inclusive ranges, or outside all of them when negated.

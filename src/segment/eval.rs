@@ -7,9 +7,9 @@
 
 use roaring::RoaringBitmap;
 
+use crate::columnar::column::{Column, ColumnData};
+use crate::columnar::schema::{AttrId, Schema};
 use crate::segment::compile::{Expr, Leaf, Ranges, Relative, StrTest};
-use crate::store::column::{Column, ColumnData};
-use crate::store::schema::{AttrId, Schema};
 use crate::store::{SHARD_SIZE, Shard, local};
 use crate::time::{self, MICROS_PER_DAY};
 

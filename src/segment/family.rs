@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use roaring::RoaringBitmap;
 
+use crate::columnar::schema::Schema;
 use crate::error::{Error, Result};
 use crate::events::{Cause, Change, concat_changes};
 use crate::segment::compile::compile;
@@ -21,7 +22,6 @@ use crate::segment::registry::{
     FamilyEntry, MAX_SEGMENT_NAME, Registry, SegmentDef, SegmentEntry, check_segment_id,
 };
 use crate::segment::rule::Rule;
-use crate::store::schema::Schema;
 use crate::store::{SHARD_BITS, SHARD_SIZE, Store, local};
 
 /// Most members in a family, catch-all included.

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::RwLock;
 use roaring::RoaringBitmap;
 
+use crate::columnar::schema::{AttrId, Schema};
 use crate::error::{Error, Result};
 use crate::events::{Cause, Change, concat_changes};
 use crate::segment::compile::{Compiled, Expr, compile};
@@ -17,7 +18,6 @@ use crate::segment::eval::{BoundExpr, Now, bind, eval_one, eval_shard, shard_par
 use crate::segment::registry::{Registry, SegmentDef, SegmentEntry};
 use crate::segment::rule::{Pred, Rule};
 use crate::store::input::CustomerKey;
-use crate::store::schema::{AttrId, Schema};
 use crate::store::{SHARD_BITS, Shard, Store, local, shard_of};
 
 /// What a write changed about a customer, to pick the segments to re-evaluate.
@@ -986,9 +986,9 @@ fn explain_walk(
 
 /// The customer's value read by predicate `p`, in the text form.
 fn value_text(p: &Pred, s: &Shard, ord: u32, schema: &Schema) -> Option<String> {
+    use crate::columnar::value::Value;
     use crate::segment::rule::Literal;
     use crate::segment::text::literal_text;
-    use crate::store::value::Value;
     let (name, derived) = match p.attr.as_str() {
         "age" | "birthday" => ("birth_date", true),
         "days_since_last_order" => ("last_order_at", true),

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
 
+use crate::columnar::schema::AttrId;
 use crate::error::{Error, Result};
 use crate::segment::compile::Compiled;
 use crate::segment::family::Family;
 use crate::segment::rule::Rule;
-use crate::store::schema::AttrId;
 
 /// Longest segment id, in bytes.
 pub const MAX_SEGMENT_ID: usize = 64;

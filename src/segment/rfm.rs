@@ -13,12 +13,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::columnar::column::ColumnData;
+use crate::columnar::schema::{AttrId, AttrType, RFM_SCORES, purchase};
 use crate::error::{Error, Result};
 use crate::events::Cause;
 use crate::segment::family::{RFM_FAMILY, rfm_family};
 use crate::segment::ops::for_each_shard;
-use crate::store::column::ColumnData;
-use crate::store::schema::{AttrId, AttrType, RFM_SCORES, purchase};
 use roaring::RoaringBitmap;
 
 use crate::store::{Shard, Store, local};

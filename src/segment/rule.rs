@@ -106,27 +106,8 @@ pub enum Literal {
     Timestamp(i64),
 }
 
-/// Words of the rule language; none can be an attribute name.
-pub const KEYWORDS: &[&str] = &[
-    "and",
-    "or",
-    "not",
-    "in",
-    "is",
-    "set",
-    "segment",
-    "between",
-    "within",
-    "true",
-    "false",
-    "has_any",
-    "has_all",
-    "starts_with",
-    "ends_with",
-    "contains",
-    "ignore_case",
-    "birthday",
-];
+/// Words of the rule language; none can be an attribute name (the schema refuses them).
+pub use crate::columnar::schema::RULE_WORDS as KEYWORDS;
 
 /// Longest rule text, in bytes.
 pub const MAX_RULE_TEXT: usize = 16 * 1024;

@@ -23,14 +23,14 @@ use std::sync::atomic::Ordering;
 
 use roaring::RoaringBitmap;
 
+use crate::columnar::column::ColumnData;
+use crate::columnar::schema::{AttrId, AttrType, Schema};
 use crate::error::Result;
 use crate::events::Cause;
 use crate::segment::compile::{Expr, Leaf, Relative};
 use crate::segment::eval::{Bound, Now, bind_relative};
 use crate::segment::ops::{Changed, refresh_customer};
 use crate::segment::registry::Registry;
-use crate::store::column::ColumnData;
-use crate::store::schema::{AttrId, AttrType, Schema};
 use crate::store::{Shard, Store};
 use crate::time::{self, MICROS_PER_DAY};
 

@@ -24,12 +24,12 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::columnar::schema::Schema;
 use crate::error::Result;
 use crate::events::Noted;
 use crate::segment::eval::Now;
 use crate::segment::registry::Registry;
 use crate::store::batch::{ColumnBatch, Rows};
-use crate::store::schema::Schema;
 use crate::store::{KeyHashes, Store, UpsertOutcome, WriterState, Written, shard_of, shard_runs};
 
 /// Batches the writer may hand over before it waits for the applier: enough to ride out a

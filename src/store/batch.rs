@@ -8,10 +8,10 @@
 
 use bytes::Bytes;
 
-use crate::store::dict::{Dict, NO_CODE};
+use crate::columnar::dict::{Dict, NO_CODE};
+use crate::columnar::schema::{AttrId, AttrType, Schema};
+use crate::columnar::value::Value;
 use crate::store::input::CustomerPatch;
-use crate::store::schema::{AttrId, AttrType, Schema};
-use crate::store::value::Value;
 
 /// Strings held as spans of one shared buffer (a received request): reading a batch copies
 /// none of them, and dropping it frees one buffer.

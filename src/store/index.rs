@@ -270,7 +270,7 @@ impl IdIndex {
             let short = self.short.chunks.read();
             for (j, &ord) in ords.iter().enumerate() {
                 if let Some(&ahead) = ords.get(j + AHEAD) {
-                    crate::store::prefetch(slot(&short, ahead).as_ptr());
+                    crate::columnar::prefetch(slot(&short, ahead).as_ptr());
                 }
                 let h = placement(&short, ord);
                 if fresh.try_insert_no_grow(h, (ord, SharedValue::new(()))).is_err() {
@@ -369,7 +369,7 @@ impl IdIndex {
             .map
             .shards()
             .iter()
-            .map(|t| crate::store::table_bytes(t.read().capacity(), 4))
+            .map(|t| crate::columnar::table_bytes(t.read().capacity(), 4))
             .sum();
         tables + self.short.heap_bytes()
     }
@@ -389,8 +389,8 @@ const LOCKED_INSERTS: usize = 64;
 fn prefetch<T>(table: &hashbrown::raw::RawTable<T>, hash: u64) {
     let i = hash as usize & (table.buckets() - 1);
     let end = table.data_end().as_ptr();
-    crate::store::prefetch(end.cast::<u8>().wrapping_add(i));
-    crate::store::prefetch(end.wrapping_sub(i + 1));
+    crate::columnar::prefetch(end.cast::<u8>().wrapping_add(i));
+    crate::columnar::prefetch(end.wrapping_sub(i + 1));
 }
 
 /// A new empty table of the type of `_table` (dashmap does not name its table type).

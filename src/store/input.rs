@@ -1,8 +1,8 @@
 //! Checked inputs of the store's write path, and the limits they are checked against.
 
+use crate::columnar::schema::AttrId;
+use crate::columnar::value::Value;
 use crate::error::{Error, Result};
-use crate::store::schema::AttrId;
-use crate::store::value::Value;
 
 /// Longest customer id, in bytes.
 pub const MAX_CUSTOMER_ID: usize = 128;
@@ -14,6 +14,11 @@ pub const MAX_KEYWORD: usize = 256;
 pub const MAX_LIST_ITEMS: usize = 256;
 /// Longest `text` value, in bytes.
 pub const MAX_TEXT: usize = 4096;
+
+// Every string input accepts fits a string column.
+const _: () = assert!(
+    MAX_TEXT <= crate::columnar::strings::MAX_STRING && MAX_EMAIL <= crate::columnar::strings::MAX_STRING
+);
 /// Longest order id, in bytes.
 pub const MAX_ORDER_ID: usize = 128;
 

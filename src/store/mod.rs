@@ -13,15 +13,10 @@
 
 mod applier;
 pub mod batch;
-pub mod column;
 pub mod dedup;
-pub mod dict;
 pub mod index;
 pub mod input;
-pub mod schema;
 pub mod shards;
-pub mod strings;
-pub mod value;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
 
+use crate::columnar::column::{self, Column};
+use crate::columnar::schema::{AttrId, AttrType, Schema, purchase};
+use crate::columnar::strings::StrColumn;
+use crate::columnar::value::Value;
+use crate::columnar::{dict, schema, table_bytes};
 use crate::error::{Error, Result};
 use crate::events::{Cause, Change, EventLog, Noted};
 use crate::segment::SegShard;
@@ -38,29 +38,10 @@ use crate::segment::registry::Registry;
 use crate::segment::timing::TimeIndex;
 use crate::time::{Clock, SystemClock};
 use batch::{AttrColumn, ColumnBatch, ColumnValues, Rows};
-use column::Column;
 use index::{IdIndex, KeyCase};
 use input::{CustomerKey, CustomerPatch, OrderIn};
-use schema::{AttrId, AttrType, Schema, purchase};
-use strings::StrColumn;
-use value::Value;
 
-/// log2 of the ordinals in one shard.
-pub const SHARD_BITS: u32 = 16;
-/// Ordinals in one shard: one roaring container.
-pub const SHARD_SIZE: usize = 1 << SHARD_BITS;
-
-/// The shard holding ordinal `ord`.
-#[inline]
-pub fn shard_of(ord: u32) -> usize {
-    (ord >> SHARD_BITS) as usize
-}
-
-/// The position of `ord` inside its shard.
-#[inline]
-pub fn local(ord: u32) -> usize {
-    (ord as usize) & (SHARD_SIZE - 1)
-}
+pub use crate::columnar::{SHARD_BITS, SHARD_SIZE, local, shard_of};
 
 /// The columns of 65,536 consecutive ordinals.
 #[derive(Debug, Default, Clone)]
@@ -1245,34 +1226,6 @@ impl Store {
 
 /// `(hash, ordinal)` pairs of one thread, grouped by map table.
 type Located = Vec<Vec<(u64, u32)>>;
-
-/// Asks the processor to fetch the cache line at `ptr` ahead of a read. A hint only: it reads
-/// nothing and never faults, so any address, even a wrong guess, is safe.
-#[inline]
-pub(crate) fn prefetch<T>(ptr: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing and never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(ptr.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = ptr;
-}
-
-/// Heap bytes of a hash table (hashbrown, as in std, foldhash and dashmap) holding `capacity`
-/// entries of `entry` bytes before it grows: its buckets (capacity is 7/8 of them) with one control
-/// byte each, plus a group of control bytes.
-pub fn table_bytes(capacity: usize, entry: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    let buckets = if capacity < 7 {
-        capacity + 1
-    } else {
-        capacity / 7 * 8
-    };
-    buckets * (entry + 1) + 16
-}
 
 /// Most customers applied under one hold of a shard's write lock.
 const MAX_RUN: usize = 256;

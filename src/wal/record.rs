@@ -3,14 +3,14 @@
 //! Attributes are logged by name and rules in the text form (which parses back to the same tree),
 //! so a record means the same thing whatever ids the schema or registry hands out on replay.
 
+use crate::columnar::schema::{AttrType, Schema};
+use crate::columnar::value::Value;
 use crate::persist::pb::{self, record::Op};
 use crate::segment::family::Family;
 use crate::segment::ops::SegmentUpdate;
 use crate::segment::registry::SegmentDef;
 use crate::segment::text;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
-use crate::store::schema::{AttrType, Schema};
-use crate::store::value::Value;
 
 fn value_out(v: &Value) -> pb::Value {
     use pb::value::Kind;

@@ -159,7 +159,7 @@ impl Dict {
         inner.bytes
             + inner.values.capacity() * 16
             + inner.values.len() * 16
-            + crate::store::table_bytes(inner.table.capacity(), std::mem::size_of::<Slot>())
+            + crate::columnar::table_bytes(inner.table.capacity(), std::mem::size_of::<Slot>())
     }
 }
 

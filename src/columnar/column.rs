@@ -11,11 +11,11 @@ use foldhash::{HashMap, HashMapExt};
 
 use roaring::RoaringBitmap;
 
-use crate::store::dict::{Dict, NO_CODE};
-use crate::store::schema::AttrType;
-use crate::store::strings::StrColumn;
-use crate::store::value::Value;
-use crate::store::{SHARD_SIZE, local};
+use crate::columnar::dict::{Dict, NO_CODE};
+use crate::columnar::schema::AttrType;
+use crate::columnar::strings::StrColumn;
+use crate::columnar::value::Value;
+use crate::columnar::{SHARD_SIZE, local};
 
 /// Length to grow a dense vector to so that `local` fits: doubling, capped at the shard size.
 pub fn grown_len(local: usize) -> usize {
@@ -580,7 +580,7 @@ impl Column {
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         let bitmaps = |m: &HashMap<u32, RoaringBitmap>| -> usize {
-            m.values().map(bitmap_bytes).sum::<usize>() + crate::store::table_bytes(m.capacity(), 32)
+            m.values().map(bitmap_bytes).sum::<usize>() + crate::columnar::table_bytes(m.capacity(), 32)
         };
         bitmap_bytes(&self.present)
             + match &self.data {
@@ -904,7 +904,7 @@ impl Tallies {
     fn heap_bytes(&self) -> usize {
         match self {
             Tallies::Dense { tallies, .. } => tallies.capacity() * std::mem::size_of::<Tally>(),
-            Tallies::Sparse { table, .. } => crate::store::table_bytes(table.capacity(), 8),
+            Tallies::Sparse { table, .. } => crate::columnar::table_bytes(table.capacity(), 8),
         }
     }
 }
@@ -1056,7 +1056,7 @@ mod tests {
             r ^= r << 17;
             r % n
         };
-        let base = 3 * crate::store::SHARD_SIZE as u32;
+        let base = 3 * crate::columnar::SHARD_SIZE as u32;
         let same = |linked: &Column, scanned: &Column, model: &std::collections::BTreeMap<u32, String>| {
             for (col, name) in [(linked, "linked"), (scanned, "scanned")] {
                 for code in 0..dict.len() as u32 {

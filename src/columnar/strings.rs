@@ -17,8 +17,6 @@ const FIRST_CHUNK: usize = 4096;
 
 /// Longest string a column holds, in bytes (text values are at most 4,096).
 pub const MAX_STRING: usize = CHUNK - 3;
-const _: () =
-    assert!(crate::store::input::MAX_TEXT <= MAX_STRING && crate::store::input::MAX_EMAIL <= MAX_STRING);
 
 /// Strings of one shard, indexed by local ordinal. Each string is at most [`MAX_STRING`] bytes.
 #[derive(Debug, Default, Clone)]
@@ -122,12 +120,12 @@ impl StrColumn {
     #[inline]
     pub fn prefetch(&self, local: usize, stage: u8) {
         match stage {
-            0 => crate::store::prefetch(self.starts.as_ptr().wrapping_add(local)),
+            0 => crate::columnar::prefetch(self.starts.as_ptr().wrapping_add(local)),
             _ => {
                 if let Some(&start) = self.starts.get(local)
                     && start != NONE
                 {
-                    crate::store::prefetch(self.at(start).as_ptr());
+                    crate::columnar::prefetch(self.at(start).as_ptr());
                 }
             }
         }
@@ -140,7 +138,7 @@ impl StrColumn {
             return;
         }
         if local >= self.starts.len() {
-            let len = crate::store::column::grown_len(local);
+            let len = crate::columnar::column::grown_len(local);
             self.starts.reserve_exact(len - self.starts.len());
             self.starts.resize(len, NONE);
         }

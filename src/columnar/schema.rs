@@ -3,8 +3,8 @@
 use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
+use crate::columnar::dict::Dict;
 use crate::error::{Error, Result};
-use crate::store::dict::Dict;
 
 /// The type of an attribute column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -350,11 +350,34 @@ pub fn validate_attr_name(name: &str) -> Result<()> {
             format!("`{name}` must be lower-case letters, digits and '_', starting with a letter"),
         ));
     }
-    if RESERVED.contains(&name) || crate::segment::rule::KEYWORDS.contains(&name) {
+    if RESERVED.contains(&name) || RULE_WORDS.contains(&name) {
         return Err(Error::invalid(field, format!("`{name}` is a reserved word")));
     }
     Ok(())
 }
+
+/// Words of the rule language ([`crate::segment::rule::KEYWORDS`]): none can be an attribute
+/// name.
+pub const RULE_WORDS: &[&str] = &[
+    "and",
+    "or",
+    "not",
+    "in",
+    "is",
+    "set",
+    "segment",
+    "between",
+    "within",
+    "true",
+    "false",
+    "has_any",
+    "has_all",
+    "starts_with",
+    "ends_with",
+    "contains",
+    "ignore_case",
+    "birthday",
+];
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! Typed attribute values, as the engine stores and returns them.
 
-use crate::store::schema::AttrType;
+use crate::columnar::schema::AttrType;
 
 /// One attribute value, already checked against its attribute's type.
 #[derive(Debug, Clone, PartialEq)]
