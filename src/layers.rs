@@ -6,10 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Modules still importing each other, as sets: the check fails if any other cycle appears, and
-/// also once one of these is gone (so that the list only shrinks).
-const KNOWN_CYCLES: &[&[&str]] = &[&["segment", "store"]];
-
 /// Every `.rs` file under `dir`.
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -170,23 +166,11 @@ fn top_level_modules_import_each_other_without_cycles() {
         "{graph:?}"
     );
     let found = cycles(&graph);
-    let known: Vec<BTreeSet<String>> = KNOWN_CYCLES
+    let report: Vec<String> = found
         .iter()
-        .map(|c| c.iter().map(|s| s.to_string()).collect())
+        .map(|(set, edges)| format!("modules importing each other: {set:?}\n{}", edges.join("\n")))
         .collect();
-    for (set, edges) in &found {
-        assert!(
-            known.contains(set),
-            "modules importing each other: {set:?}\n{}",
-            edges.join("\n")
-        );
-    }
-    for set in &known {
-        assert!(
-            found.iter().any(|(s, _)| s == set),
-            "{set:?} no longer import each other: take them out of KNOWN_CYCLES"
-        );
-    }
+    assert!(found.is_empty(), "{}", report.join("\n\n"));
 }
 
 #[test]

@@ -494,7 +494,7 @@ proptest! {
                 Op::Redefine(s, rule) => {
                     if *s < segs.len() {
                         let id = segs[*s].0.clone();
-                        let update = segmentd::segment::ops::SegmentUpdate { rule: Some(Some(rule.clone())), ..Default::default() };
+                        let update = segmentd::store::segments::SegmentUpdate { rule: Some(Some(rule.clone())), ..Default::default() };
                         let res = store.update_segment(&id, update, &mut no_log);
                         // Refused: unknown references and cycles (a segment reading itself, directly or not).
                         let mut reads: Vec<String> = rule.segment_refs().iter().map(|r| r.to_string()).collect();

@@ -6,9 +6,9 @@ use crate::api::pb::{self, activities_server::Activities};
 use crate::codec::Limits;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::segment::ops::ListOutcome;
 use crate::segment::registry::check_segment_id;
 use crate::store::input::{self, CustomerKey};
+use crate::store::segments::ListOutcome;
 
 /// Longest activity id, in bytes.
 const MAX_ACTIVITY_ID: usize = 128;

@@ -4,10 +4,10 @@ use crate::api::pb::{self, rule::Node, value::Kind};
 use crate::codec::convert::{self, date_out, timestamp_out};
 use crate::error::{Error, Result};
 use crate::segment::family::{Family, FamilyInfo, FamilyMember};
-use crate::segment::ops::SegmentInfo;
 use crate::segment::registry::SegmentDef;
 use crate::segment::rule::{CmpOp, Literal, MAX_RULE_DEPTH, MAX_RULE_NODES, Pred, PredOp, Rule, TextOp};
 use crate::segment::text;
+use crate::store::segments::SegmentInfo;
 
 /// A protobuf rule tree as a domain rule; errors name the path (`rule.and[1].predicate.values`).
 pub fn rule_in(rule: pb::Rule) -> Result<Rule> {

@@ -12,8 +12,8 @@ use crate::codec::convert;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{Cause, Event};
-use crate::segment::ops::{Decision, SegmentUpdate};
 use crate::segment::registry::check_segment_id;
+use crate::store::segments::{Decision, SegmentUpdate};
 
 /// Most ids in a preview sample.
 const MAX_SAMPLE: u32 = 1000;
@@ -185,7 +185,7 @@ impl Segments for SegmentsApi {
                 let family = reg
                     .by_id(&def.id)
                     .and_then(|e| e.family.as_deref().map(str::to_string));
-                rules::segment_out(crate::segment::ops::SegmentInfo {
+                rules::segment_out(crate::store::segments::SegmentInfo {
                     def,
                     size,
                     include_ids: vec![],

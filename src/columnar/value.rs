@@ -1,6 +1,7 @@
 //! Typed attribute values, as the engine stores and returns them.
 
 use crate::columnar::schema::AttrType;
+use crate::error::{Error, Result};
 
 /// One attribute value, already checked against its attribute's type.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,4 +36,18 @@ impl Value {
             Value::Text(_) => AttrType::Text,
         }
     }
+}
+
+/// Longest `keyword` value or `keywords` item, in bytes.
+pub const MAX_KEYWORD: usize = 256;
+
+/// Checks a `keyword` value or a `keywords` item.
+pub fn check_keyword(s: &str) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::invalid("", "must not be empty"));
+    }
+    if s.len() > MAX_KEYWORD {
+        return Err(Error::invalid("", format!("longer than {MAX_KEYWORD} bytes")));
+    }
+    Ok(())
 }

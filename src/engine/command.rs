@@ -18,14 +18,14 @@ use crate::columnar::value::Value;
 use crate::error::{Error, Result};
 use crate::persist::pb::{self, record::Op};
 use crate::segment::family::{Family, FamilyInfo, FamilyMember};
-use crate::segment::ops::{ListOutcome, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
-use crate::segment::rfm::Reclassified;
 use crate::segment::rule::Rule;
 use crate::segment::text;
-use crate::segment::timing::Advance;
 use crate::store::batch::ColumnBatch;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
+use crate::store::rfm::Reclassified;
+use crate::store::segments::{ListOutcome, SegmentInfo, SegmentUpdate};
+use crate::store::timing::Advance;
 use crate::store::{KeyHashes, OrdersOutcome, Store, UpsertOutcome};
 use crate::wal::{EncodedOp, record};
 

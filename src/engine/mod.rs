@@ -22,13 +22,13 @@ use crate::columnar::schema::{AttrId, AttrType, Schema};
 use crate::error::{Error, Result};
 use crate::events::{Event, Page};
 use crate::segment::family::{Family, FamilyInfo};
-use crate::segment::ops::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
 use crate::segment::registry::SegmentDef;
-use crate::segment::rfm::Reclassified;
 use crate::segment::rule::Rule;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::store::batch::ColumnBatch;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
+use crate::store::rfm::Reclassified;
+use crate::store::segments::{Explanation, ListOutcome, MAX_LISTED_IDS, SegmentInfo, SegmentUpdate};
 use crate::store::{CustomerRecord, KeyHashes, OrdersOutcome, Store, StoreStats, UpsertOutcome};
 use crate::wal::{self, FsyncMode, ReplayStats, Wal};
 

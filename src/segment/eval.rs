@@ -9,8 +9,9 @@ use roaring::RoaringBitmap;
 
 use crate::columnar::column::{Column, ColumnData};
 use crate::columnar::schema::{AttrId, Schema};
+use crate::columnar::{SHARD_SIZE, local};
+use crate::segment::SegShard;
 use crate::segment::compile::{Expr, Leaf, Ranges, Relative, StrTest};
-use crate::store::{SHARD_SIZE, Shard, local};
 use crate::time::{self, MICROS_PER_DAY};
 
 /// "Now", for relative-time predicates.
@@ -317,8 +318,19 @@ fn ranges_bits<T: PartialOrd + Copy>(
     bits & present
 }
 
+/// What evaluation reads of one shard of customers (the store's shards are one): who is in it,
+/// their columns, and each segment's members there (for `in segment`).
+pub trait ShardView {
+    /// The shard's customers, by local ordinal.
+    fn live(&self) -> &RoaringBitmap;
+    /// Attribute `attr`'s column, if any customer of the shard ever had a value.
+    fn column(&self, attr: AttrId) -> Option<&Column>;
+    /// Segment `slot`'s state in this shard, if it was ever written here.
+    fn segment(&self, slot: u32) -> Option<&SegShard>;
+}
+
 /// Members of one shard under `expr`. `live` are the shard's customers.
-pub fn eval_shard(expr: &BoundExpr, shard: &Shard, base: u32) -> RoaringBitmap {
+pub fn eval_shard(expr: &BoundExpr, shard: &impl ShardView, base: u32) -> RoaringBitmap {
     match expr {
         BoundExpr::Never => RoaringBitmap::new(),
         BoundExpr::And(v) => {
@@ -346,12 +358,12 @@ pub fn eval_shard(expr: &BoundExpr, shard: &Shard, base: u32) -> RoaringBitmap {
             }
             acc
         }
-        BoundExpr::Not(e) => &shard.live - eval_shard(e, shard, base),
+        BoundExpr::Not(e) => shard.live() - eval_shard(e, shard, base),
         BoundExpr::Leaf(leaf) => eval_leaf(leaf, shard, base),
     }
 }
 
-fn eval_leaf(leaf: &Bound, shard: &Shard, base: u32) -> RoaringBitmap {
+fn eval_leaf(leaf: &Bound, shard: &impl ShardView, base: u32) -> RoaringBitmap {
     if let Bound::InSegment { slot } = leaf {
         return shard
             .segment(*slot)
@@ -373,14 +385,14 @@ fn eval_leaf(leaf: &Bound, shard: &Shard, base: u32) -> RoaringBitmap {
     let Some(col) = shard.column(attr) else {
         // Never written in this shard: every value is missing.
         return match leaf {
-            Bound::IsSet { negated: true, .. } => shard.live.clone(),
+            Bound::IsSet { negated: true, .. } => shard.live().clone(),
             _ => RoaringBitmap::new(),
         };
     };
     let Column { present, data } = col;
     match (leaf, data) {
         (Bound::IsSet { negated: false, .. }, _) => present.clone(),
-        (Bound::IsSet { negated: true, .. }, _) => &shard.live - present,
+        (Bound::IsSet { negated: true, .. }, _) => shard.live() - present,
         (Bound::Bool { value: true, .. }, ColumnData::Bool(trues)) => trues.clone(),
         (Bound::Bool { value: false, .. }, ColumnData::Bool(trues)) => present - trues,
         (Bound::I64 { test, .. }, ColumnData::I64(values)) => ranges_bits(base, values, test, present),
@@ -426,7 +438,7 @@ fn eval_leaf(leaf: &Bound, shard: &Shard, base: u32) -> RoaringBitmap {
 
 /// Whether customer `ord` of `shard` matches `expr` at `now`: the per-customer twin of
 /// [`eval_shard`], reading values directly (no binding, so it is cheap for one customer).
-pub fn eval_one(expr: &Expr, shard: &Shard, ord: u32, schema: &Schema, now: Now) -> bool {
+pub fn eval_one(expr: &Expr, shard: &impl ShardView, ord: u32, schema: &Schema, now: Now) -> bool {
     match expr {
         Expr::Never => false,
         Expr::And(v) => v.iter().all(|e| eval_one(e, shard, ord, schema, now)),
@@ -436,7 +448,7 @@ pub fn eval_one(expr: &Expr, shard: &Shard, ord: u32, schema: &Schema, now: Now)
     }
 }
 
-fn leaf_one(leaf: &Leaf, shard: &Shard, ord: u32, schema: &Schema, now: Now) -> bool {
+fn leaf_one(leaf: &Leaf, shard: &impl ShardView, ord: u32, schema: &Schema, now: Now) -> bool {
     let col = |attr: AttrId| shard.column(attr).filter(|c| c.present.contains(ord));
     let i = local(ord);
     match leaf {

@@ -7,7 +7,6 @@ pub mod eval;
 pub mod family;
 pub mod rule;
 pub mod text;
-pub mod timing;
 
 /// One segment's state in one shard.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -21,6 +20,4 @@ pub struct SegShard {
     /// Customers whose place on either list was set by a marketing activity (for explanations).
     pub by_activity: RoaringBitmap,
 }
-pub mod ops;
 pub mod registry;
-pub mod rfm;

@@ -300,7 +300,7 @@ impl SegmentDef {
                 ));
             }
             for (i, a) in list.iter().enumerate() {
-                crate::store::input::check_keyword(a).map_err(|e| e.within(&format!("{field}[{i}]")))?;
+                crate::columnar::value::check_keyword(a).map_err(|e| e.within(&format!("{field}[{i}]")))?;
             }
         }
         Ok(())

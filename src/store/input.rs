@@ -8,8 +8,7 @@ use crate::error::{Error, Result};
 pub const MAX_CUSTOMER_ID: usize = 128;
 /// Longest e-mail, in bytes (RFC 5321 path limit).
 pub const MAX_EMAIL: usize = 254;
-/// Longest `keyword` value or `keywords` item, in bytes.
-pub const MAX_KEYWORD: usize = 256;
+pub use crate::columnar::value::{MAX_KEYWORD, check_keyword};
 /// Most items in one `keywords` value, order category or brand list.
 pub const MAX_LIST_ITEMS: usize = 256;
 /// Longest `text` value, in bytes.
@@ -98,17 +97,6 @@ pub fn check_email(email: &str) -> Result<()> {
         || domain.as_bytes().windows(2).any(|w| w == b"..")
     {
         return bad("the domain must have a dot between non-empty labels");
-    }
-    Ok(())
-}
-
-/// Checks a `keyword` value or a `keywords` item.
-pub fn check_keyword(s: &str) -> Result<()> {
-    if s.is_empty() {
-        return Err(Error::invalid("", "must not be empty"));
-    }
-    if s.len() > MAX_KEYWORD {
-        return Err(Error::invalid("", format!("longer than {MAX_KEYWORD} bytes")));
     }
     Ok(())
 }

@@ -14,9 +14,13 @@
 mod applier;
 pub mod batch;
 pub mod dedup;
+pub mod family;
 pub mod index;
 pub mod input;
+pub mod rfm;
+pub mod segments;
 pub mod shards;
+pub mod timing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +37,9 @@ use crate::error::{Error, Result};
 use crate::events::{Cause, Change, EventLog, Noted};
 use crate::segment::SegShard;
 use crate::segment::eval::Now;
-use crate::segment::ops::{Changed, refresh_customer};
 use crate::segment::registry::Registry;
-use crate::segment::timing::TimeIndex;
+use crate::store::segments::{Changed, refresh_customer};
+use crate::store::timing::TimeIndex;
 use crate::time::{Clock, SystemClock};
 use batch::{AttrColumn, ColumnBatch, ColumnValues, Rows};
 use index::{IdIndex, KeyCase};
@@ -55,7 +59,7 @@ pub struct Shard {
     /// Segment members and lists in this shard, indexed by segment slot.
     pub segments: Vec<SegShard>,
     /// Customers by day of each date or timestamp that a relative-time rule reads
-    /// (see [`crate::segment::timing`]); rebuilt after a restore.
+    /// (see [`crate::store::timing`]); rebuilt after a restore.
     pub timed: Vec<TimeIndex>,
 }
 
@@ -192,6 +196,20 @@ pub struct Restored {
     /// Families (their members are among `segments`), with their last reclassification.
     pub families: Vec<(crate::segment::family::Family, Option<i64>)>,
     pub shards: Vec<Shard>,
+}
+
+impl crate::segment::eval::ShardView for Shard {
+    fn live(&self) -> &RoaringBitmap {
+        &self.live
+    }
+
+    fn column(&self, attr: AttrId) -> Option<&Column> {
+        Shard::column(self, attr)
+    }
+
+    fn segment(&self, slot: u32) -> Option<&SegShard> {
+        Shard::segment(self, slot)
+    }
 }
 
 /// Heap bytes by part, summed over shards.
@@ -1049,7 +1067,7 @@ impl Store {
                 }
             }
             self.shards.ensure(shard_of(ord));
-            let wanted = crate::segment::timing::timed_attrs(&self.registry(), &self.schema());
+            let wanted = crate::store::timing::timed_attrs(&self.registry(), &self.schema());
             if !wanted.is_empty() {
                 self.shards.get(shard_of(ord)).write().set_time_indexes(&wanted);
             }

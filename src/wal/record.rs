@@ -7,10 +7,10 @@ use crate::columnar::schema::{AttrType, Schema};
 use crate::columnar::value::Value;
 use crate::persist::pb::{self, record::Op};
 use crate::segment::family::Family;
-use crate::segment::ops::SegmentUpdate;
 use crate::segment::registry::SegmentDef;
 use crate::segment::text;
 use crate::store::input::{CustomerKey, CustomerPatch, OrderIn};
+use crate::store::segments::SegmentUpdate;
 
 fn value_out(v: &Value) -> pb::Value {
     use pb::value::Kind;

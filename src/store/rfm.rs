@@ -18,7 +18,7 @@ use crate::columnar::schema::{AttrId, AttrType, RFM_SCORES, purchase};
 use crate::error::{Error, Result};
 use crate::events::Cause;
 use crate::segment::family::{RFM_FAMILY, rfm_family};
-use crate::segment::ops::for_each_shard;
+use crate::store::segments::for_each_shard;
 use roaring::RoaringBitmap;
 
 use crate::store::{Shard, Store, local};

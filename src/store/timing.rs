@@ -29,8 +29,8 @@ use crate::error::Result;
 use crate::events::Cause;
 use crate::segment::compile::{Expr, Leaf, Relative};
 use crate::segment::eval::{Bound, Now, bind_relative};
-use crate::segment::ops::{Changed, refresh_customer};
 use crate::segment::registry::Registry;
+use crate::store::segments::{Changed, refresh_customer};
 use crate::store::{Shard, Store};
 use crate::time::{self, MICROS_PER_DAY};
 
@@ -310,7 +310,7 @@ impl Store {
         // Each shard's indexes come from its own columns: shards in parallel (at a restart of
         // 10,000,000 customers this was the longest serial step, 1.6 s of CPU).
         let threads = self.eval_threads.load(Ordering::Relaxed);
-        crate::segment::ops::for_each_shard(&shards, threads, |i, shard| {
+        crate::store::segments::for_each_shard(&shards, threads, |i, shard| {
             let same = {
                 let s = shard.read();
                 s.timed.len() == wanted.len() && wanted.iter().all(|w| s.timed.iter().any(|t| t.attr == w.0))

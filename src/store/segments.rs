@@ -501,7 +501,7 @@ impl Store {
             .by_id(id)
             .ok_or_else(|| Error::NotFound(format!("segment `{id}` not found")))?
             .clone();
-        crate::segment::family::refuse_member(&old)?;
+        crate::store::family::refuse_member(&old)?;
         let SegmentUpdate {
             name,
             description,
@@ -572,7 +572,7 @@ impl Store {
             .slot(id)
             .ok_or_else(|| Error::NotFound(format!("segment `{id}` not found")))?;
         if let Some(e) = reg.get(slot) {
-            crate::segment::family::refuse_member(e)?;
+            crate::store::family::refuse_member(e)?;
         }
         let readers = reg.readers_of(slot);
         if !readers.is_empty() {
@@ -760,7 +760,7 @@ impl Store {
         let e = reg
             .by_id(segment_id)
             .ok_or_else(|| Error::NotFound(format!("segment `{segment_id}` not found")))?;
-        crate::segment::family::refuse_member(e)?;
+        crate::store::family::refuse_member(e)?;
         if activity.is_some() && !e.def.allow_activities {
             return Err(Error::FailedPrecondition(format!(
                 "segment `{segment_id}` does not allow activities (allow_activities is false)"
@@ -829,7 +829,7 @@ impl Store {
             (0..shards.len()).map(|_| Default::default()).collect();
         for_each_shard(&shards, self.eval_threads.load(Ordering::Relaxed), |i, shard| {
             let s = shard.read();
-            let bits = eval_shard(&bound, &s, (i as u32) << SHARD_BITS);
+            let bits = eval_shard(&bound, &*s, (i as u32) << SHARD_BITS);
             let ids = bits
                 .iter()
                 .take(sample)
