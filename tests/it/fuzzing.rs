@@ -71,7 +71,7 @@ fuzz!(snapshot_shard_never_panics, "snapshot_shard", 1000);
 fuzz!(event_log_never_panics, "event_log", 1000);
 
 /// Writes the seeds into `fuzz/corpus/<target>/` for `cargo fuzz` (run by hand:
-/// `cargo test --test fuzzing write_seed_corpus -- --ignored`).
+/// `cargo test --test it write_seed_corpus -- --ignored`).
 #[test]
 #[ignore]
 fn write_seed_corpus() {

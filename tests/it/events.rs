@@ -1,11 +1,9 @@
 //! The membership event stream against a real server: causes, order, resuming without gaps or
 //! duplicates across a restart, retention, history, and a stalled watcher.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use segmentd::api::pb::{self, MembershipCause as C};
 use tonic::Code;
 

@@ -1,8 +1,6 @@
 //! Health, reflection, the data-directory lock and metrics of a real server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use segmentd::config::Config;
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_client::HealthClient;
@@ -483,7 +481,13 @@ async fn during_recovery_health_is_not_serving_and_data_calls_are_unavailable() 
         .map(|b| {
             segmentd::api::pb::LoadCustomersRequest::new(
                 (0..10_000)
-                    .map(|n| customer(&format!("c{b}-{n}"), None, &[("vip", common::b(n % 2 == 0))]))
+                    .map(|n| {
+                        customer(
+                            &format!("c{b}-{n}"),
+                            None,
+                            &[("vip", crate::common::b(n % 2 == 0))],
+                        )
+                    })
                     .collect(),
             )
         })

@@ -2,13 +2,11 @@
 //! event naming both members, protection of members, quintiles under the tie rule, downgrades
 //! between reclassifications, the schedule, and a restart.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use segmentd::api::pb::{self, MembershipCause as C};
 use segmentd::time::{ManualClock, days_from_civil};
 use tonic::Code;

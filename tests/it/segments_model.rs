@@ -20,8 +20,7 @@ use segmentd::store::input::{CustomerKey, CustomerPatch};
 use segmentd::store::{Store, no_log};
 use segmentd::time::ManualClock;
 
-mod calendar;
-use calendar::{Birth, age, civil, days, month_days};
+use crate::calendar::{Birth, age, civil, days, month_days};
 
 /// Customers the writes change: `c0`..`c9`.
 const IDS: usize = 10;

@@ -2,9 +2,7 @@
 //! missing tokens, open health and reflection, the loopback rule, and reloads on SIGHUP (which
 //! never open a server).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use segmentd::api::pb;
 use tonic::Code;
 use tonic::metadata::MetadataValue;

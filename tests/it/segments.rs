@@ -1,8 +1,6 @@
 //! Segments, Membership and Activities against a real server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use segmentd::api::pb;
 use tonic::Code;
 

@@ -1,6 +1,5 @@
 //! A calendar of the tests' own, counted month by month, so that the models' ages, birthdays and
 //! days do not come from the implementation's date arithmetic.
-#![allow(dead_code)]
 
 /// Days the model's calendar gives to `month` of `year`.
 pub fn month_days(year: i32, month: u32) -> i32 {

@@ -1,8 +1,6 @@
 //! The Ingest and Admin services against a real server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use segmentd::api::pb::{self, value::Kind};
 use tonic::Code;
 

@@ -16,8 +16,7 @@ use segmentd::store::input::OrderIn;
 use segmentd::store::{Store, no_log};
 use segmentd::time::{Clock, MICROS_PER_DAY, ManualClock};
 
-mod calendar;
-use calendar::{age, civil, days, days_to_birthday};
+use crate::calendar::{age, civil, days, days_to_birthday};
 
 const CUSTOMERS: usize = 24;
 const SEC: i64 = 1_000_000;

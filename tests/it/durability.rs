@@ -1,14 +1,12 @@
 //! Durability: restarts keep everything, acknowledged writes survive `kill -9`, and damaged logs
 //! are handled as documented (torn tail cut, anything else refused with the file and offset).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use segmentd::api::pb;
 use segmentd::wal::FsyncMode;
 
@@ -1861,7 +1859,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Writes the fixture again (only when its format is meant to change, never to make the test
-/// below pass): `cargo test --test durability -- --ignored write_the_version_1_data_directory`.
+/// below pass): `cargo test --test it -- --ignored write_the_version_1_data_directory`.
 #[tokio::test]
 #[ignore]
 async fn write_the_version_1_data_directory() {
