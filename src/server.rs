@@ -69,22 +69,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let _lock = lock_data_dir(&config)?;
-    let engine = match &config.clock {
-        Some(clock) => Engine::recovering_with(Arc::new(crate::store::Store::with_clock(clock.clone()))),
-        None => Engine::recovering(),
-    };
-    let engine = match &config.faults {
-        Some(faults) => engine.with_faults(faults.clone()),
-        None => engine,
-    };
-    engine.store().set_eval_threads(config.eval_threads);
-    engine.store().set_order_dedup(
-        Duration::from_secs(config.order_dedup_window_hours.saturating_mul(3600)),
-        config.order_dedup_max_ids,
-    );
-    engine.store().events().set_retention(config.event_retention());
-    engine.set_max_queued_writes(config.max_queued_writes);
-    engine.set_max_queued_bytes(config.max_queued_bytes);
+    let engine = engine_for(&config);
     let limits = Limits {
         max_batch: config.max_batch,
     };
@@ -138,20 +123,7 @@ pub async fn run(
         );
     }
     #[cfg(unix)]
-    let reloader = {
-        let auth = auth.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                match auth.reload() {
-                    Ok(n) => tracing::info!(tokens = n, "tokens reloaded"),
-                    Err(e) => tracing::error!(error = %e, "tokens not reloaded; the tokens in force stay"),
-                }
-            }
-        })
-    };
+    let reloader = tokio::spawn(reload_on_hangup(auth.clone()));
     let ingest = IngestServer::new(IngestApi::new(engine.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -172,37 +144,13 @@ pub async fn run(
     let failure: Arc<Mutex<Option<crate::error::Error>>> = Arc::default();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
     // Recovery, then (until shutdown aborts it) the wait for a failure of the log.
-    let recovery = {
-        let (engine, health, failure) = (engine.clone(), health.clone(), failure.clone());
-        let dir = config.data_dir.clone();
-        let (fsync, segment_bytes) = (config.fsync, config.wal_segment_bytes);
-        tokio::spawn(async move {
-            let e = engine.clone();
-            match tokio::task::spawn_blocking(move || e.recover(&dir, fsync, segment_bytes)).await {
-                Ok(Ok(_)) => {
-                    if let Err(e) = engine.open_for_calls().await {
-                        tracing::error!(error = %e, "applying the time flips due at start failed");
-                    }
-                    set_health(&health, ServingStatus::Serving).await;
-                    // A failed log refuses every write until restart: say so to load balancers.
-                    if let Some(wal) = engine.wal().cloned() {
-                        let why = wal.failed().await;
-                        tracing::error!(error = %why, "NOT_SERVING until restart: the write-ahead log failed");
-                        set_health(&health, ServingStatus::NotServing).await;
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "recovery failed");
-                    *failure.lock() = Some(e);
-                    let _ = failed_tx.send(());
-                }
-                Err(e) => {
-                    *failure.lock() = Some(crate::error::Error::Internal(format!("recovery task: {e}")));
-                    let _ = failed_tx.send(());
-                }
-            }
-        })
-    };
+    let recovery = tokio::spawn(recover(
+        engine.clone(),
+        config.clone(),
+        health.clone(),
+        failure.clone(),
+        failed_tx,
+    ));
     let closing = engine.clone();
     // Snapshots, time flips and scheduled reclassification, until the server stops.
     let tasks = crate::engine::tasks::Tasks::start(
@@ -299,6 +247,80 @@ pub async fn run(
     }
     tracing::info!("segmentd stopped");
     Ok(result?)
+}
+
+/// The engine `config` describes, recovering (not yet serving).
+fn engine_for(config: &Config) -> Engine {
+    let engine = match &config.clock {
+        Some(clock) => Engine::recovering_with(Arc::new(crate::store::Store::with_clock(clock.clone()))),
+        None => Engine::recovering(),
+    };
+    let engine = match &config.faults {
+        Some(faults) => engine.with_faults(faults.clone()),
+        None => engine,
+    };
+    engine.store().set_eval_threads(config.eval_threads);
+    engine.store().set_order_dedup(
+        Duration::from_secs(config.order_dedup_window_hours.saturating_mul(3600)),
+        config.order_dedup_max_ids,
+    );
+    engine.store().events().set_retention(config.event_retention());
+    engine.set_max_queued_writes(config.max_queued_writes);
+    engine.set_max_queued_bytes(config.max_queued_bytes);
+    engine
+}
+
+/// Reloads the tokens at every SIGHUP; a refused reload keeps the tokens in force.
+#[cfg(unix)]
+async fn reload_on_hangup(auth: Arc<Auth>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match auth.reload() {
+            Ok(n) => tracing::info!(tokens = n, "tokens reloaded"),
+            Err(e) => tracing::error!(error = %e, "tokens not reloaded; the tokens in force stay"),
+        }
+    }
+}
+
+/// Recovers the data directory, applies the time flips due, then reports SERVING; afterwards
+/// waits for the log to fail (NOT_SERVING until restart). A failed recovery is kept in
+/// `failure` and stops the server through `failed`.
+async fn recover(
+    engine: Engine,
+    config: Config,
+    health: tonic_health::server::HealthReporter,
+    failure: Arc<Mutex<Option<crate::error::Error>>>,
+    failed: tokio::sync::oneshot::Sender<()>,
+) {
+    let e = engine.clone();
+    let (fsync, segment_bytes) = (config.fsync, config.wal_segment_bytes);
+    let recovered =
+        tokio::task::spawn_blocking(move || e.recover(&config.data_dir, fsync, segment_bytes)).await;
+    match recovered {
+        Ok(Ok(_)) => {
+            if let Err(e) = engine.open_for_calls().await {
+                tracing::error!(error = %e, "applying the time flips due at start failed");
+            }
+            set_health(&health, ServingStatus::Serving).await;
+            // A failed log refuses every write until restart: say so to load balancers.
+            if let Some(wal) = engine.wal().cloned() {
+                let why = wal.failed().await;
+                tracing::error!(error = %why, "NOT_SERVING until restart: the write-ahead log failed");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "recovery failed");
+            *failure.lock() = Some(e);
+            let _ = failed.send(());
+        }
+        Err(e) => {
+            *failure.lock() = Some(crate::error::Error::Internal(format!("recovery task: {e}")));
+            let _ = failed.send(());
+        }
+    }
 }
 
 /// Reports `status` for the server and each of its services.
