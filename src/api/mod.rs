@@ -17,4 +17,4 @@ pub mod pb {
 }
 
 /// The encoded descriptor set of every proto, served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/segmentd_descriptor.bin"));
+pub use crate::codec::FILE_DESCRIPTOR_SET;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use prost::encoding::{self, DecodeContext, WireType};
 
 use crate::codec::pb::{self, attribute_column::Values, value::Kind};
+use crate::codec::tags::{attribute_column, column_values, columns, string_column, string_list};
 use crate::codec::wire::{Malformed, delimited};
 use crate::codec::{Limits, convert};
 use crate::columnar::schema::{AttrDef, AttrType, MAX_ATTRIBUTES, Schema};
@@ -263,15 +264,15 @@ enum RawValues {
 }
 
 impl RawValues {
-    /// The empty values of oneof field `tag` (3 to 9).
+    /// The empty values of oneof field `tag` (`bools` to `lists`).
     fn empty(tag: u32, buf: &Bytes) -> RawValues {
         match tag {
-            3 => RawValues::Bools(Vec::new()),
-            4 => RawValues::Ints(Vec::new()),
-            5 => RawValues::Doubles(Vec::new()),
-            6 => RawValues::Dates(Vec::new()),
-            7 => RawValues::Timestamps(Vec::new()),
-            8 => RawValues::Strings(Coded::plain(Strs::over(buf.clone()))),
+            attribute_column::BOOLS => RawValues::Bools(Vec::new()),
+            attribute_column::INTS => RawValues::Ints(Vec::new()),
+            attribute_column::DOUBLES => RawValues::Doubles(Vec::new()),
+            attribute_column::DATES => RawValues::Dates(Vec::new()),
+            attribute_column::TIMESTAMPS => RawValues::Timestamps(Vec::new()),
+            attribute_column::STRINGS => RawValues::Strings(Coded::plain(Strs::over(buf.clone()))),
             _ => RawValues::Lists {
                 items: Strs::over(buf.clone()),
                 ends: Vec::new(),
@@ -282,13 +283,13 @@ impl RawValues {
     /// The oneof field it was read from.
     fn tag(&self) -> u32 {
         match self {
-            RawValues::Bools(_) => 3,
-            RawValues::Ints(_) => 4,
-            RawValues::Doubles(_) => 5,
-            RawValues::Dates(_) => 6,
-            RawValues::Timestamps(_) => 7,
-            RawValues::Strings(_) => 8,
-            RawValues::Lists { .. } => 9,
+            RawValues::Bools(_) => attribute_column::BOOLS,
+            RawValues::Ints(_) => attribute_column::INTS,
+            RawValues::Doubles(_) => attribute_column::DOUBLES,
+            RawValues::Dates(_) => attribute_column::DATES,
+            RawValues::Timestamps(_) => attribute_column::TIMESTAMPS,
+            RawValues::Strings(_) => attribute_column::STRINGS,
+            RawValues::Lists { .. } => attribute_column::LISTS,
         }
     }
 
@@ -323,12 +324,13 @@ impl RawValues {
         const FIELD: &str = "attributes.values";
         while !msg.is_empty() {
             let (tag, wire_type) = encoding::decode_key(&mut msg)?;
-            if let (RawValues::Strings(v), 2) = (&mut *self, tag) {
+            if let (RawValues::Strings(v), string_column::INDEXES) = (&mut *self, tag) {
                 reserve_packed(&mut v.picks, wire_type, msg, 1, max, FIELD)?;
                 encoding::uint32::merge_repeated(wire_type, &mut v.picks, &mut msg, ctx())?;
                 continue;
             }
-            if tag != 1 {
+            // `values` is field 1 of every kind's message (`string_column::VALUES` too).
+            if tag != column_values::VALUES {
                 encoding::skip_field(wire_type, tag, &mut msg, ctx())?;
                 continue;
             }
@@ -361,7 +363,7 @@ impl RawValues {
                     let max_items = max.saturating_mul(input::MAX_LIST_ITEMS);
                     while !list.is_empty() {
                         let (tag, wire_type) = encoding::decode_key(&mut list)?;
-                        if tag == 1 {
+                        if tag == string_list::VALUES {
                             encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
                             if items.len() >= max_items {
                                 return Err(Malformed::TooMany {
@@ -400,9 +402,9 @@ fn read(bytes: &Bytes, max: usize) -> std::result::Result<Read<'_>, Malformed> {
     while !buf.is_empty() {
         let (tag, wire_type) = encoding::decode_key(&mut buf)?;
         match tag {
-            1 | 2 => {
+            columns::CUSTOMER_IDS | columns::EMAILS => {
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let (to, field) = if tag == 1 {
+                let (to, field) = if tag == columns::CUSTOMER_IDS {
                     (&mut out.ids, "customer_ids")
                 } else {
                     (&mut out.emails, "emails")
@@ -412,7 +414,7 @@ fn read(bytes: &Bytes, max: usize) -> std::result::Result<Read<'_>, Malformed> {
                 }
                 to.push(span(bytes, delimited(&mut buf)?))?;
             }
-            3 => {
+            columns::ATTRIBUTES => {
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
                 if out.attributes.len() >= MAX_ATTRIBUTES {
                     return Err(Malformed::TooMany {
@@ -442,11 +444,11 @@ fn read_column<'a>(
     while !msg.is_empty() {
         let (tag, wire_type) = encoding::decode_key(&mut msg)?;
         match tag {
-            1 => {
+            attribute_column::NAME => {
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
                 column.name = std::str::from_utf8(delimited(&mut msg)?).map_err(|_| Malformed::NotUtf8)?;
             }
-            2 => {
+            attribute_column::MISSING => {
                 reserve_packed(&mut column.missing, wire_type, msg, 1, max, "attributes.missing")?;
                 encoding::uint32::merge_repeated(
                     wire_type,
@@ -455,7 +457,7 @@ fn read_column<'a>(
                     DecodeContext::default(),
                 )?
             }
-            3..=9 => {
+            attribute_column::BOOLS..=attribute_column::LISTS => {
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
                 let field = delimited(&mut msg)?;
                 let values = match &mut column.values {

@@ -15,6 +15,7 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
+use crate::codec::tags::{self, batch, customer, map_entry, value};
 use crate::codec::{Limits, columns, convert, pb};
 use crate::columnar::schema::{AttrDef, Schema};
 use crate::error::{Error, Result};
@@ -224,16 +225,16 @@ impl std::fmt::Debug for CustomerBatch {
 impl Message for CustomerBatch {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         for c in &self.messages {
-            encoding::message::encode(1, c, buf);
+            encoding::message::encode(batch::CUSTOMERS, c, buf);
         }
         for bytes in &self.encoded {
-            encoding::bytes::encode(1, bytes, buf);
+            encoding::bytes::encode(batch::CUSTOMERS, bytes, buf);
         }
         if let Some(bytes) = &self.columns {
-            encoding::bytes::encode(2, bytes, buf);
+            encoding::bytes::encode(batch::COLUMNS, bytes, buf);
         }
         if !self.more_columns.is_empty() {
-            encoding::bytes::encode(2, &self.more_columns, buf);
+            encoding::bytes::encode(batch::COLUMNS, &self.more_columns, buf);
         }
     }
 
@@ -245,7 +246,7 @@ impl Message for CustomerBatch {
         ctx: DecodeContext,
     ) -> std::result::Result<(), DecodeError> {
         match tag {
-            1 => {
+            batch::CUSTOMERS => {
                 // Zero-copy when the buffer is `Bytes`-backed, as tonic's is.
                 let mut customer = Bytes::new();
                 encoding::bytes::merge(wire_type, &mut customer, buf, ctx)?;
@@ -255,10 +256,10 @@ impl Message for CustomerBatch {
                     self.overflow += 1;
                 }
             }
-            2 => {
+            batch::COLUMNS => {
                 let mut more = Bytes::new();
                 encoding::bytes::merge(wire_type, &mut more, buf, ctx)?;
-                self.column_ids += count_fields(&more, 1);
+                self.column_ids += count_fields(&more, tags::columns::CUSTOMER_IDS);
                 self.joined = std::sync::OnceLock::new();
                 match &self.columns {
                     None => self.columns = Some(more),
@@ -338,13 +339,13 @@ impl<'a, 's> Scratch<'a, 's> {
         while !buf.is_empty() {
             let (tag, wire_type) = encoding::decode_key(&mut buf).map_err(|e| malformed(e.into()))?;
             match tag {
-                1..=3 => {
+                customer::CUSTOMER_ID | customer::EMAIL | customer::ATTRIBUTES => {
                     encoding::check_wire_type(WireType::LengthDelimited, wire_type)
                         .map_err(|e| malformed(e.into()))?;
                     let field = delimited(&mut buf).map_err(malformed)?;
                     match tag {
-                        1 => customer_id = field,
-                        2 => email = Some(field),
+                        customer::CUSTOMER_ID => customer_id = field,
+                        customer::EMAIL => email = Some(field),
                         _ => self.entries.push(map_entry(field).map_err(malformed)?),
                     }
                 }
@@ -413,20 +414,20 @@ fn decode_value(buf: &[u8]) -> std::result::Result<pb::Value, DecodeError> {
     let mut rest = buf;
     if let Ok((tag, wire_type)) = encoding::decode_key(&mut rest) {
         let kind = match (tag, wire_type) {
-            (1, WireType::Varint) => encoding::decode_varint(&mut rest)
+            (value::BOOL_VALUE, WireType::Varint) => encoding::decode_varint(&mut rest)
                 .ok()
                 .map(|v| Kind::BoolValue(v != 0)),
-            (2, WireType::Varint) => encoding::decode_varint(&mut rest)
+            (value::INT_VALUE, WireType::Varint) => encoding::decode_varint(&mut rest)
                 .ok()
                 .map(|v| Kind::IntValue(v as i64)),
-            (3, WireType::SixtyFourBit) if rest.len() >= 8 => {
+            (value::DOUBLE_VALUE, WireType::SixtyFourBit) if rest.len() >= 8 => {
                 let (bits, after) = rest.split_at(8);
                 rest = after;
                 Some(Kind::DoubleValue(f64::from_le_bytes(
                     bits.try_into().expect("8 bytes"),
                 )))
             }
-            (4, WireType::LengthDelimited) => delimited(&mut rest)
+            (value::STRING_VALUE, WireType::LengthDelimited) => delimited(&mut rest)
                 .ok()
                 .and_then(|s| std::str::from_utf8(s).ok())
                 .map(|s| Kind::StringValue(s.to_owned())),
@@ -467,10 +468,10 @@ fn map_entry(mut buf: &[u8]) -> std::result::Result<(&[u8], &[u8]), Malformed> {
     while !buf.is_empty() {
         let (tag, wire_type) = encoding::decode_key(&mut buf)?;
         match tag {
-            1 | 2 => {
+            map_entry::KEY | map_entry::VALUE => {
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
                 let field = delimited(&mut buf)?;
-                if tag == 1 {
+                if tag == map_entry::KEY {
                     key = field;
                 } else {
                     value = field;

@@ -17,6 +17,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Code generated from segmentd's `proto/segmentd/v1`.
+/// Field numbers shared with the server's hand-written decoders, checked there against the
+/// compiled descriptors.
+#[allow(dead_code)]
+#[path = "../../../src/codec/tags.rs"]
+mod tags;
+
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("segmentd.v1");

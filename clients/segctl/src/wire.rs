@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use crate::tags::{attribute_column, batch, column_values, columns, string_column, string_list};
 use bytes::{Buf, BufMut};
 use foldhash::fast::RandomState;
 use prost::encoding::{self, DecodeContext, WireType};
@@ -23,7 +24,7 @@ impl std::fmt::Debug for EncodedColumns {
 
 impl Message for EncodedColumns {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        encoding::bytes::encode(2, &self.0, buf);
+        encoding::bytes::encode(batch::COLUMNS, &self.0, buf);
     }
 
     /// Kept as bytes; segctl never receives this message.
@@ -34,7 +35,7 @@ impl Message for EncodedColumns {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        if tag == 2 {
+        if tag == batch::COLUMNS {
             encoding::bytes::merge(wire_type, &mut self.0, buf, ctx)
         } else {
             encoding::skip_field(wire_type, tag, buf, ctx)
@@ -42,7 +43,7 @@ impl Message for EncodedColumns {
     }
 
     fn encoded_len(&self) -> usize {
-        encoding::bytes::encoded_len(2, &self.0)
+        encoding::bytes::encoded_len(batch::COLUMNS, &self.0)
     }
 
     fn clear(&mut self) {
@@ -68,13 +69,13 @@ impl Typed<'_> {
     /// The `AttributeColumn.values` field holding this kind.
     fn field(&self) -> u32 {
         match self {
-            Typed::Bool(_) => 3,
-            Typed::Int(_) => 4,
-            Typed::Double(_) => 5,
-            Typed::Date(_) => 6,
-            Typed::Timestamp(_) => 7,
-            Typed::Str(_) => 8,
-            Typed::List(_) => 9,
+            Typed::Bool(_) => attribute_column::BOOLS,
+            Typed::Int(_) => attribute_column::INTS,
+            Typed::Double(_) => attribute_column::DOUBLES,
+            Typed::Date(_) => attribute_column::DATES,
+            Typed::Timestamp(_) => attribute_column::TIMESTAMPS,
+            Typed::Str(_) => attribute_column::STRINGS,
+            Typed::List(_) => attribute_column::LISTS,
         }
     }
 }
@@ -107,14 +108,14 @@ impl Column {
     /// Adds a string value.
     fn push_str(&mut self, s: &str) {
         if self.plain {
-            string_field(1, s, &mut self.values);
+            string_field(string_column::VALUES, s, &mut self.values);
             return;
         }
         let pick = match self.distinct.get(s) {
             Some(&pick) => pick,
             None => {
                 let start = self.values.len();
-                string_field(1, s, &mut self.values);
+                string_field(string_column::VALUES, s, &mut self.values);
                 self.entries.push(start..self.values.len());
                 let pick = self.entries.len() as u32 - 1;
                 self.distinct.insert(s.into(), pick);
@@ -134,7 +135,7 @@ impl Column {
     /// The `values` field's content: the strings given one per value or dictionary-encoded,
     /// whichever is shorter; the entries written otherwise.
     fn content(&self) -> std::borrow::Cow<'_, [u8]> {
-        if self.field != 8 || self.plain {
+        if self.field != attribute_column::STRINGS || self.plain {
             return self.values.as_slice().into();
         }
         let plain: usize = self.picks.iter().map(|&p| self.entries[p as usize].len()).sum();
@@ -143,10 +144,10 @@ impl Column {
             .iter()
             .map(|&p| encoding::encoded_len_varint(u64::from(p)))
             .sum();
-        if self.values.len() + field_len(2, packed) < plain {
-            let mut out = Vec::with_capacity(self.values.len() + field_len(2, packed));
+        if self.values.len() + field_len(string_column::INDEXES, packed) < plain {
+            let mut out = Vec::with_capacity(self.values.len() + field_len(string_column::INDEXES, packed));
             out.extend_from_slice(&self.values);
-            encoding::encode_key(2, WireType::LengthDelimited, &mut out);
+            encoding::encode_key(string_column::INDEXES, WireType::LengthDelimited, &mut out);
             encoding::encode_varint(packed as u64, &mut out);
             for &p in &self.picks {
                 encoding::encode_varint(u64::from(p), &mut out);
@@ -199,13 +200,13 @@ impl ColumnsWriter {
     /// attribute's type gives them, so a column holds one kind.
     pub fn push(&mut self, customer_id: &str, email: Option<&str>, values: &[(usize, Typed<'_>)]) {
         let row = self.rows;
-        string_field(1, customer_id, &mut self.ids);
+        string_field(columns::CUSTOMER_IDS, customer_id, &mut self.ids);
         if let Some(email) = email {
             while self.email_rows < row {
-                string_field(2, "", &mut self.emails);
+                string_field(columns::EMAILS, "", &mut self.emails);
                 self.email_rows += 1;
             }
-            string_field(2, email, &mut self.emails);
+            string_field(columns::EMAILS, email, &mut self.emails);
             self.email_rows += 1;
         }
         for (slot, value) in values {
@@ -237,11 +238,14 @@ impl ColumnsWriter {
                 Typed::Double(v) => out.extend_from_slice(&v.to_le_bytes()),
                 Typed::Str(s) => column.push_str(s),
                 Typed::List(items) => {
-                    let len: usize = items.iter().map(|s| field_len(1, s.len())).sum();
-                    encoding::encode_key(1, WireType::LengthDelimited, out);
+                    let len: usize = items
+                        .iter()
+                        .map(|s| field_len(string_list::VALUES, s.len()))
+                        .sum();
+                    encoding::encode_key(column_values::VALUES, WireType::LengthDelimited, out);
                     encoding::encode_varint(len as u64, out);
                     for item in items {
-                        string_field(1, item, out);
+                        string_field(string_list::VALUES, item, out);
                     }
                 }
             }
@@ -254,7 +258,7 @@ impl ColumnsWriter {
         let rows = self.rows;
         if self.email_rows > 0 {
             while self.email_rows < rows {
-                string_field(2, "", &mut self.emails);
+                string_field(columns::EMAILS, "", &mut self.emails);
                 self.email_rows += 1;
             }
         }
@@ -274,27 +278,27 @@ impl ColumnsWriter {
                 encoding::encode_varint(u64::from(m), &mut missing);
             }
             let name = &self.names[column.slot];
-            let packed = column.field <= 7;
+            let packed = column.field <= attribute_column::TIMESTAMPS;
             let content = column.content();
             let values_len = if packed {
-                field_len(1, content.len())
+                field_len(column_values::VALUES, content.len())
             } else {
                 content.len()
             };
-            let mut len = field_len(1, name.len()) + field_len(column.field, values_len);
+            let mut len = field_len(attribute_column::NAME, name.len()) + field_len(column.field, values_len);
             if !missing.is_empty() {
-                len += field_len(2, missing.len());
+                len += field_len(attribute_column::MISSING, missing.len());
             }
-            encoding::encode_key(3, WireType::LengthDelimited, &mut out);
+            encoding::encode_key(columns::ATTRIBUTES, WireType::LengthDelimited, &mut out);
             encoding::encode_varint(len as u64, &mut out);
-            string_field(1, name, &mut out);
+            string_field(attribute_column::NAME, name, &mut out);
             if !missing.is_empty() {
-                bytes_field(2, &missing, &mut out);
+                bytes_field(attribute_column::MISSING, &missing, &mut out);
             }
             encoding::encode_key(column.field, WireType::LengthDelimited, &mut out);
             encoding::encode_varint(values_len as u64, &mut out);
             if packed {
-                bytes_field(1, &content, &mut out);
+                bytes_field(column_values::VALUES, &content, &mut out);
             } else {
                 out.extend_from_slice(&content);
             }
