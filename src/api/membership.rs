@@ -56,7 +56,7 @@ impl Membership for MembershipApi {
         } = request.get_ref();
         customer_id(cid)?;
         check_segment_id(segment_id)?;
-        let member = self.engine.store().is_member(cid, segment_id)?;
+        let member = self.engine.is_member(cid, segment_id)?;
         Ok(Response::new(pb::IsMemberResponse {
             member: member.unwrap_or(false),
             known_customer: member.is_some(),
@@ -73,7 +73,7 @@ impl Membership for MembershipApi {
         } = request.get_ref();
         customer_id(cid)?;
         segment_ids_ok(segment_ids)?;
-        let members = self.engine.store().check_memberships(cid, segment_ids)?;
+        let members = self.engine.check_memberships(cid, segment_ids)?;
         Ok(Response::new(pb::CheckMembershipsResponse {
             known_customer: members.is_some(),
             member: members.unwrap_or_else(|| vec![false; segment_ids.len()]),
@@ -108,7 +108,7 @@ impl Membership for MembershipApi {
         for (i, id) in customer_ids.iter().enumerate() {
             customer_id(id).map_err(|e| e.within_field(&format!("customer_ids[{i}]")))?;
         }
-        let (member, known_customer) = self.engine.store().batch_check(customer_ids, segment_ids)?;
+        let (member, known_customer) = self.engine.batch_check(customer_ids, segment_ids)?;
         Ok(Response::new(pb::BatchCheckMembershipsResponse {
             member,
             known_customer,
@@ -121,7 +121,7 @@ impl Membership for MembershipApi {
     ) -> Result<Response<pb::GetCustomerSegmentsResponse>, Status> {
         let pb::GetCustomerSegmentsRequest { customer_id: cid } = request.get_ref();
         customer_id(cid)?;
-        let ids = self.engine.store().customer_segments(cid);
+        let ids = self.engine.customer_segments(cid);
         Ok(Response::new(pb::GetCustomerSegmentsResponse {
             known_customer: ids.is_some(),
             segment_ids: ids.unwrap_or_default(),

@@ -175,7 +175,7 @@ impl Segments for SegmentsApi {
         &self,
         _request: Request<pb::ListSegmentsRequest>,
     ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
-        let reg = self.engine.store().registry();
+        let reg = self.engine.registry();
         let segments = self
             .engine
             .list_segments()
@@ -409,7 +409,7 @@ impl Segments for SegmentsApi {
             loop {
                 // A watcher far behind reads pages of up to WATCH_SCAN events: on the blocking
                 // pool, so the async workers stay free for request-time calls.
-                let behind = engine.store().events().published().saturating_sub(after);
+                let behind = engine.events_published().saturating_sub(after);
                 let read = if behind > WATCH_INLINE {
                     let (engine, ids) = (engine.clone(), segment_ids.clone());
                     tokio::task::spawn_blocking(move || {

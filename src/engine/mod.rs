@@ -487,6 +487,47 @@ impl Engine {
         &self.store
     }
 
+    // Request-time checks: answered in place on the caller's task (no queue, no blocking
+    // thread), each a bitmap lookup under one shard's read lock.
+
+    /// Whether customer `customer_id` is in segment `segment_id`; `None` for an unknown customer.
+    #[inline]
+    pub fn is_member(&self, customer_id: &str, segment_id: &str) -> Result<Option<bool>> {
+        self.store.is_member(customer_id, segment_id)
+    }
+
+    /// One customer against several segments, in the order asked; `None` for an unknown customer.
+    #[inline]
+    pub fn check_memberships(&self, customer_id: &str, segment_ids: &[String]) -> Result<Option<Vec<bool>>> {
+        self.store.check_memberships(customer_id, segment_ids)
+    }
+
+    /// Every customer against every segment, customer by customer, and which customers are known.
+    #[inline]
+    pub fn batch_check(
+        &self,
+        customer_ids: &[String],
+        segment_ids: &[String],
+    ) -> Result<(Vec<bool>, Vec<bool>)> {
+        self.store.batch_check(customer_ids, segment_ids)
+    }
+
+    /// The segments customer `customer_id` is in; `None` for an unknown customer.
+    #[inline]
+    pub fn customer_segments(&self, customer_id: &str) -> Option<Vec<String>> {
+        self.store.customer_segments(customer_id)
+    }
+
+    /// The segment definitions in force.
+    pub fn registry(&self) -> Arc<crate::segment::registry::Registry> {
+        self.store.registry()
+    }
+
+    /// The sequence of the last membership event published to watchers.
+    pub fn events_published(&self) -> u64 {
+        self.store.events().published()
+    }
+
     pub fn schema(&self) -> Arc<Schema> {
         self.store.schema()
     }
