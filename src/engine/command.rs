@@ -272,8 +272,10 @@ impl Command {
                 Applied::Upserted(store.upsert(patches, log)?)
             }
             Command::UpsertColumns(batch) => {
-                // Only replayed: a live batch comes as an `UpsertBatch`, its record made beforehand.
-                let log = &mut || journal.append(|| unreachable!("column batches are logged as received"));
+                // Replayed, its record already in the log; a live batch comes as an `UpsertBatch`
+                // with its record made beforehand.
+                let schema = store.schema();
+                let log = &mut || journal.append(|| record::upsert(&schema, &batch.patches(&schema)));
                 Applied::Upserted(store.upsert_columns(batch, &KeyHashes::of_columns(batch), log)?)
             }
             Command::RecordOrders(orders) => Applied::Orders(
@@ -334,6 +336,19 @@ impl Command {
                 Applied::Flips(store.advance_time(Some(how), log)?)
             }
         })
+    }
+}
+
+impl Command {
+    /// Drops the command once applied: a customer batch (thousands of strings) on the
+    /// reclaimer thread, so that freeing it does not hold up the next write; anything else here.
+    pub fn free(self) {
+        match self {
+            Command::UpsertBatch(_) | Command::Upsert(_) | Command::UpsertColumns(_) => {
+                crate::priority::discard(self)
+            }
+            _ => drop(self),
+        }
     }
 }
 

@@ -556,8 +556,7 @@ impl Engine {
                 move |s, log| {
                     let mut command = make(s);
                     let out = command.apply(s, log);
-                    // Large batches are freed off the writer thread.
-                    crate::priority::discard(command);
+                    command.free();
                     out
                 },
                 permit,
