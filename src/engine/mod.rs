@@ -115,7 +115,6 @@ impl UpsertBatch {
         }
     }
 
-    /// A batch given column by column, checked against `schema`; `record` must replay as it.
     /// A customer batch as received from a caller: its rows read against `schema` and the
     /// log record that holds it as received.
     pub fn received(schema: &Schema, msg: &CustomerBatch, limits: &Limits) -> Result<UpsertBatch> {
@@ -125,6 +124,7 @@ impl UpsertBatch {
         })
     }
 
+    /// A batch given column by column, checked against `schema`; `record` must replay as it.
     pub fn columns(schema: &Schema, mut columns: ColumnBatch, record: wal::EncodedOp) -> UpsertBatch {
         columns.look_up_codes(schema);
         let hashes = KeyHashes::of_columns(&columns);
