@@ -9,14 +9,18 @@
 //!   engine, convert back; [`api::status`] maps engine errors to gRPC codes in one place.
 //! - [`codec`]: protobuf messages and domain types, both ways, without tonic (the hand-written
 //!   customer-batch decoders among them).
-//! - [`engine`]: the async facade over the store: writes on a writer thread, logged, then durable.
+//! - [`engine`]: the async facade over the store: every change a [`engine::command::Command`]
+//!   applied on one writer thread, logged, then durable; recovery; the background tasks.
 //! - [`wal`]: the write-ahead log (format, group commit, replay); [`snapshot`]: snapshots (format,
 //!   consistent cut, retention); [`persist`]: the messages of the server's own files.
-//! - [`segment`]: rules (tree, text parser and printer), compilation, evaluation, the registry and
-//!   segment operations.
-//! - [`store`]: dense ordinals, shards of 65,536 customers, typed columns ([`store::column`]),
-//!   value dictionaries ([`store::dict`]), id and e-mail maps ([`store::index`]), the schema
-//!   ([`store::schema`]) and input checks ([`store::input`]).
+//! - [`store`]: dense ordinals, shards of 65,536 customers, id and e-mail maps ([`store::index`]),
+//!   input checks ([`store::input`]), and the segment operations, families, RFM and time flips
+//!   on them.
+//! - [`segment`]: rules (tree, text parser and printer), compilation, evaluation over a shard's
+//!   columns, the registry and family definitions.
+//! - [`columnar`]: typed columns ([`columnar::column`]), value dictionaries ([`columnar::dict`]),
+//!   string columns, the schema ([`columnar::schema`]) and values.
+//! - [`events`]: membership events: the window in memory, the event log, watchers.
 //! - [`metrics`]: Prometheus text on `/metrics`: call metrics, process, build and engine state;
 //!   [`latency`]: the latency buckets the engine's own histograms share with it.
 //! - [`error`]: the engine's one error type.
