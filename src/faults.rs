@@ -13,9 +13,10 @@ pub struct Faults {
     syncs: AtomicU32,
     event_writes: AtomicU32,
     busy: AtomicU32,
-    /// While set, the writer thread waits before each write (checked without a lock).
+    /// While set, the writer thread waits before each write (read without the lock first; set
+    /// and cleared under `hold`, which `released` waits on).
     held: AtomicBool,
-    hold: parking_lot::Mutex<bool>,
+    hold: parking_lot::Mutex<()>,
     released: parking_lot::Condvar,
     /// The file layer under the log, snapshots and event log.
     disk: std::sync::Arc<crate::disk::Disk>,
@@ -66,13 +67,13 @@ impl Faults {
     /// Stalls the writer thread before its next write, as a long write ahead in the queue
     /// would, until [`Faults::release_writes`]: writes queue up meanwhile.
     pub fn hold_writes(&self) {
-        *self.hold.lock() = true;
+        let _hold = self.hold.lock();
         self.held.store(true, Ordering::Release);
     }
 
     /// Lets the writer thread go on after [`Faults::hold_writes`].
     pub fn release_writes(&self) {
-        *self.hold.lock() = false;
+        let _hold = self.hold.lock();
         self.held.store(false, Ordering::Release);
         self.released.notify_all();
     }
@@ -82,9 +83,9 @@ impl Faults {
         if !self.held.load(Ordering::Acquire) {
             return;
         }
-        let mut held = self.hold.lock();
-        while *held {
-            self.released.wait(&mut held);
+        let mut hold = self.hold.lock();
+        while self.held.load(Ordering::Acquire) {
+            self.released.wait(&mut hold);
         }
     }
 

@@ -1762,16 +1762,10 @@ async fn replays_from_the_log_alone(change: Change) {
     use segmentd::time::{ManualClock, days_from_civil};
     let t0 = i64::from(days_from_civil(2026, 3, 10).unwrap()) * DAY;
     let clock = Arc::new(ManualClock::new(t0 * 1_000_000));
-    let tune = |c: &mut segmentd::config::Config| {
-        c.clock = Some(clock.clone());
-        c.time_tick_ms = 20;
-        c.no_snapshot_on_shutdown = true;
-        c.snapshot_interval_secs = 0;
-        c.reclassify_interval_hours = 0;
-    };
+    let tune = log_alone(clock.clone());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = TestServer::start_at(data.clone(), tune).await;
+    let server = TestServer::start_at(data.clone(), tune.clone()).await;
     replay_base(&server, t0).await;
     write_change(&server, change, &clock, t0).await;
     let before = dump(&server).await;
@@ -1835,7 +1829,9 @@ const EVERY_CHANGE: [Change; 12] = [
     Change::Erasure,
 ];
 
-fn fixture_tune(clock: Arc<segmentd::time::ManualClock>) -> impl Fn(&mut segmentd::config::Config) + Clone {
+/// A server on `clock` that writes no snapshot (at any time, or when it stops), ticks every
+/// 20 ms and never reclassifies by itself: a restart reads the log alone.
+fn log_alone(clock: Arc<segmentd::time::ManualClock>) -> impl Fn(&mut segmentd::config::Config) + Clone {
     move |c: &mut segmentd::config::Config| {
         c.clock = Some(clock.clone());
         c.time_tick_ms = 20;
@@ -1868,7 +1864,7 @@ async fn write_the_version_1_data_directory() {
     let clock = Arc::new(ManualClock::new(t0 * 1_000_000));
     let root = fixture_v1();
     let _ = std::fs::remove_dir_all(&root);
-    let server = TestServer::start_at(root.join("data"), fixture_tune(clock.clone())).await;
+    let server = TestServer::start_at(root.join("data"), log_alone(clock.clone())).await;
     replay_base(&server, t0).await;
     for change in EVERY_CHANGE {
         write_change(&server, change, &clock, t0).await;
@@ -1898,7 +1894,7 @@ async fn a_data_directory_written_by_format_version_1_opens_with_everything() {
     let data = dir.path().join("data");
     copy_dir(&root.join("data"), &data);
     let clock = Arc::new(ManualClock::new(at));
-    let server = TestServer::start_at(data.clone(), fixture_tune(clock.clone())).await;
+    let server = TestServer::start_at(data.clone(), log_alone(clock.clone())).await;
     let got = folded(&dump(&server).await);
     assert!(got == want, "{}", first_difference(&got, &want));
     // Writes go on after the old records.
@@ -1907,7 +1903,7 @@ async fn a_data_directory_written_by_format_version_1_opens_with_everything() {
     assert_ne!(changed, want);
     server.stop().await.unwrap();
     assert_eq!(clock.now_micros(), at);
-    let server = TestServer::start_at(data, fixture_tune(clock)).await;
+    let server = TestServer::start_at(data, log_alone(clock)).await;
     let again = folded(&dump(&server).await);
     assert!(again == changed, "{}", first_difference(&again, &changed));
     server.stop().await.unwrap();
