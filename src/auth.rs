@@ -67,7 +67,8 @@ pub struct Tokens {
     entries: Vec<([u8; 32], Role)>,
 }
 
-fn digest(token: &[u8]) -> [u8; 32] {
+/// A token's SHA-256 digest, the form tokens are kept and compared in.
+pub fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }
 
@@ -122,10 +123,15 @@ impl Tokens {
     /// The role of `token`, comparing its digest with every entry in constant time (no early
     /// exit, so the time tells nothing of which digest bytes matched).
     pub fn role(&self, token: &str) -> Option<Role> {
-        let hash = digest(token.as_bytes());
+        self.role_of_digest(&digest(token.as_bytes()))
+    }
+
+    /// [`Tokens::role`] of a token given by its [`digest`] (a connection that authenticated
+    /// once keeps the digest, not the token, to check it again after a reload).
+    pub fn role_of_digest(&self, hash: &[u8; 32]) -> Option<Role> {
         let mut found = None;
         for (h, role) in &self.entries {
-            if bool::from(h.ct_eq(&hash)) && found.is_none() {
+            if bool::from(h.ct_eq(hash)) && found.is_none() {
                 found = Some(*role);
             }
         }
@@ -231,6 +237,12 @@ impl Auth {
                 .extend(Tokens::parse(&text, &path.display().to_string())?.entries);
         }
         Ok(tokens)
+    }
+
+    /// The tokens in force now (a reload replaces the whole set, so a caller that kept an
+    /// earlier one can tell by pointer whether anything changed).
+    pub fn in_force(&self) -> arc_swap::Guard<Arc<Tokens>> {
+        self.tokens.load()
     }
 
     /// Whether any token is configured (calls are checked).

@@ -73,6 +73,11 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Address answering the Redis protocol's membership checks (`SISMEMBER`, `SMISMEMBER`,
+    /// `SCARD`, with `AUTH` taking a reader token); off when not given.
+    #[arg(long, env = "SEGMENTD_RESP_ADDR")]
+    pub resp_addr: Option<SocketAddr>,
+
     /// Writes that may wait for the writer thread; past it, writes are refused at once with
     /// RESOURCE_EXHAUSTED (load shedding) instead of queuing without bound.
     #[arg(long, env = "SEGMENTD_MAX_QUEUED_WRITES", default_value_t = crate::engine::DEFAULT_MAX_QUEUED_WRITES)]
@@ -184,6 +189,7 @@ impl Config {
             data_dir: data_dir.into(),
             log_format: LogFormat::Text,
             metrics_addr: None,
+            resp_addr: None,
             tokens_file: None,
             tls_cert: None,
             tls_key: None,

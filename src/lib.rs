@@ -47,6 +47,7 @@ mod layers;
 pub mod metrics;
 pub mod persist;
 pub mod priority;
+pub mod resp;
 pub mod segment;
 pub mod server;
 pub mod snapshot;

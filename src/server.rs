@@ -50,6 +50,8 @@ pub enum ServerError {
         "{0} is not a loopback address and no tokens are configured: give --tokens-file (or SEGMENTD_TOKENS), or --insecure to serve it open"
     )]
     Insecure(String),
+    #[error("redis protocol address {addr}: {source}")]
+    Resp { addr: String, source: std::io::Error },
     #[error("metrics address {addr}: {source}")]
     Metrics { addr: String, source: std::io::Error },
     #[error("{0}")]
@@ -80,6 +82,12 @@ pub async fn run(
         Auth::load(config.tokens_file.as_deref(), config.tokens.clone()).map_err(ServerError::Tokens)?,
     );
 
+    let resp_metrics =
+        crate::resp::RespMetrics::new().map_err(|e| ServerError::Internal(format!("metrics: {e}")))?;
+    let mut extra: Vec<Box<dyn prometheus::core::Collector>> = vec![Box::new(auth.reload_failures().clone())];
+    if config.resp_addr.is_some() {
+        extra.extend(resp_metrics.collectors());
+    }
     let metrics = Arc::new(
         Metrics::new(
             engine.clone(),
@@ -89,7 +97,7 @@ pub async fn run(
                 tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             ],
-            &[auth.reload_failures().clone()],
+            extra,
         )
         .map_err(|e| ServerError::Internal(format!("metrics: {e}")))?,
     );
@@ -113,15 +121,39 @@ pub async fn run(
     let tls = tls_config(&config)?;
     // Client certificates verified against a CA authenticate callers too.
     if !auth.enabled() && config.tls_client_ca.is_none() {
-        if !loopback && !config.insecure {
-            return Err(ServerError::Insecure(
-                listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            ));
+        let exposed = [
+            Some(listener.local_addr().ok()).flatten().filter(|_| !loopback),
+            config.resp_addr.filter(|a| !a.ip().is_loopback()),
+        ];
+        if let Some(addr) = exposed.into_iter().flatten().next()
+            && !config.insecure
+        {
+            return Err(ServerError::Insecure(addr.to_string()));
         }
         tracing::warn!(
             "no tokens (--tokens-file, SEGMENTD_TOKENS): every call is open to whoever reaches the server"
         );
     }
+    let resp_server = match config.resp_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Resp {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let tls = resp_tls(&config)?;
+            tracing::info!(addr = %l.local_addr().unwrap_or(addr), tls = tls.is_some(), "redis protocol checks");
+            Some(tokio::spawn(crate::resp::serve(
+                l,
+                engine.clone(),
+                auth.clone(),
+                tls,
+                resp_metrics,
+            )))
+        }
+        None => None,
+    };
     #[cfg(unix)]
     let reloader = tokio::spawn(reload_on_hangup(auth.clone()));
     let ingest = IngestServer::new(IngestApi::new(engine.clone(), limits))
@@ -228,6 +260,9 @@ pub async fn run(
         .await;
     if let Some(m) = metrics_server {
         m.abort();
+    }
+    if let Some(r) = resp_server {
+        r.abort();
     }
     recovery.abort();
     drop(tasks);
@@ -355,6 +390,44 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
         tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
     }
     Ok(Some(tls))
+}
+
+/// The TLS acceptor of the Redis protocol port: the gRPC port's certificate and key (and client
+/// CA), when TLS is on.
+fn resp_tls(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, ServerError> {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let tls = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        ServerError::Tls(format!("{}: {e}", what.display()))
+    };
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls(cert, &e))?;
+    let private = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| tls(key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let builder = match &config.tls_client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| tls(ca, &e))? {
+                roots.add(c.map_err(|e| tls(ca, &e))?).map_err(|e| tls(ca, &e))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| tls(ca, &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let server = builder
+        .with_single_cert(chain, private)
+        .map_err(|e| tls(cert, &e))?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
 }
 
 /// Checks the caller's token for `service`, then that recovery is done.

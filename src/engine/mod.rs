@@ -523,6 +523,16 @@ impl Engine {
         self.store.registry()
     }
 
+    /// The number of members of segment `segment_id`.
+    pub fn segment_size(&self, segment_id: &str) -> Result<u64> {
+        let slot = self
+            .store
+            .registry()
+            .slot(segment_id)
+            .ok_or_else(|| Error::NotFound(format!("segment `{segment_id}` not found")))?;
+        Ok(self.store.segment_size(slot))
+    }
+
     /// The sequence of the last membership event published to watchers.
     pub fn events_published(&self) -> u64 {
         self.store.events().published()

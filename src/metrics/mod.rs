@@ -40,11 +40,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers the call metrics of the methods in `descriptor_sets`, the process's own series,
-    /// `segmentd_build_info` and `extra` (counters owned elsewhere, such as token reloads).
+    /// `segmentd_build_info` and `extra` (collectors owned elsewhere, such as the token reloads'
+    /// counter).
     pub fn new(
         engine: Engine,
         descriptor_sets: &[&[u8]],
-        extra: &[IntCounter],
+        extra: Vec<Box<dyn Collector>>,
     ) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let requests = Arc::new(RequestMetrics::new(descriptor_sets, &registry)?);
@@ -63,8 +64,8 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SEGMENTD_COMMIT")])
             .set(1);
         registry.register(Box::new(build))?;
-        for counter in extra {
-            registry.register(Box::new(counter.clone()))?;
+        for collector in extra {
+            registry.register(collector)?;
         }
         Ok(Metrics {
             registry,

@@ -172,9 +172,9 @@ async fn each_role_reaches_its_services_only() {
 }
 
 /// SIGHUP reaches every server of this test process: the tests that send it take turns.
-static HUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static HUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn hangup() {
+pub(crate) fn hangup() {
     let pid = std::process::id().to_string();
     assert!(
         std::process::Command::new("kill")
