@@ -109,6 +109,7 @@ struct Candidates {
 }
 
 impl Candidates {
+    #[inline]
     fn push(&mut self, ord: u32) {
         if self.len < self.few.len() {
             self.few[self.len] = ord;
@@ -171,6 +172,10 @@ impl IdIndex {
             found.push(ord);
             false
         });
+        // Most lookups of an unknown key find no entry under its tag.
+        if found.len == 0 {
+            return None;
+        }
         found.iter().find(|&ord| holds(ord, key))
     }
 
