@@ -20,7 +20,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "segmentd",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SEGMENTD_COMMIT"), ")"),
     after_help = "Examples:\n  segmentd\n  segmentd --listen 0.0.0.0:50051 --data-dir /var/lib/segmentd --log-format json\n  SEGMENTD_METRICS_ADDR=127.0.0.1:9090 segmentd"
 )]
 pub struct Config {
