@@ -159,9 +159,12 @@ pub async fn run(
     let ingest = IngestServer::new(IngestApi::new(engine.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let admin = AdminServer::new(AdminApi::new(engine.clone()))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let admin = AdminServer::new(AdminApi::new(
+        engine.clone(),
+        crate::api::admin::Process::starting(&config),
+    ))
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
     let watch_stall = Duration::from_secs(config.watch_stall_secs);
     let segments = SegmentsServer::new(SegmentsApi::with_watch_stall(engine.clone(), watch_stall))
         .max_decoding_message_size(config.max_message_bytes)
@@ -242,7 +245,9 @@ pub async fn run(
         ))
         .add_service(InterceptedService::new(
             admin,
-            guard(engine.clone(), auth.clone(), SERVICES[1]),
+            // GetServerInfo answers while recovering: the other Admin calls check readiness
+            // themselves.
+            auth_only(auth.clone(), SERVICES[1]),
         ))
         .add_service(InterceptedService::new(
             segments,
@@ -438,13 +443,19 @@ fn guard(
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request| {
         auth.check(service, &request)?;
-        if engine.is_ready() {
-            Ok(request)
-        } else {
-            Err(Status::unavailable(
-                "segmentd is recovering its data; retry shortly",
-            ))
-        }
+        crate::api::ready(&engine)?;
+        Ok(request)
+    }
+}
+
+/// Checks the caller's token for `service` only.
+fn auth_only(
+    auth: Arc<Auth>,
+    service: &'static str,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request| {
+        auth.check(service, &request)?;
+        Ok(request)
     }
 }
 

@@ -1,4 +1,4 @@
-//! `segmentd.v1.Admin`: schema, custom attributes, statistics.
+//! `segmentd.v1.Admin`: schema, custom attributes, statistics, snapshots, what is running.
 
 use tonic::{Request, Response, Status};
 
@@ -9,11 +9,33 @@ use crate::error::Error;
 
 pub struct AdminApi {
     engine: Engine,
+    process: Process,
+}
+
+/// What `GetServerInfo` reports about the process beside the engine's state.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub started: std::time::Instant,
+    pub started_at: std::time::SystemTime,
+    pub data_dir: std::path::PathBuf,
+    pub fsync: crate::wal::FsyncMode,
+}
+
+impl Process {
+    /// The process as configured, started now.
+    pub fn starting(config: &crate::config::Config) -> Process {
+        Process {
+            started: std::time::Instant::now(),
+            started_at: std::time::SystemTime::now(),
+            data_dir: config.data_dir.clone(),
+            fsync: config.fsync,
+        }
+    }
 }
 
 impl AdminApi {
-    pub fn new(engine: Engine) -> Self {
-        AdminApi { engine }
+    pub fn new(engine: Engine, process: Process) -> Self {
+        AdminApi { engine, process }
     }
 }
 
@@ -23,6 +45,7 @@ impl Admin for AdminApi {
         &self,
         _request: Request<pb::GetSchemaRequest>,
     ) -> Result<Response<pb::GetSchemaResponse>, Status> {
+        crate::api::ready(&self.engine)?;
         let schema = self.engine.schema();
         Ok(Response::new(pb::GetSchemaResponse {
             attributes: schema.attrs().iter().map(convert::attribute_out).collect(),
@@ -33,6 +56,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::DefineAttributeRequest>,
     ) -> Result<Response<pb::DefineAttributeResponse>, Status> {
+        crate::api::ready(&self.engine)?;
         let pb::DefineAttributeRequest {
             name,
             r#type,
@@ -62,6 +86,7 @@ impl Admin for AdminApi {
         &self,
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        crate::api::ready(&self.engine)?;
         let info = self
             .engine
             .snapshot()
@@ -75,10 +100,41 @@ impl Admin for AdminApi {
         }))
     }
 
+    async fn get_server_info(
+        &self,
+        _request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        let failure = self.engine.wal().and_then(|w| w.failure());
+        let state = if !self.engine.is_ready() {
+            pb::ServerState::Recovering
+        } else if failure.is_some() {
+            pb::ServerState::Failed
+        } else {
+            pb::ServerState::Serving
+        };
+        let p = &self.process;
+        Ok(Response::new(pb::GetServerInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            commit: env!("SEGMENTD_COMMIT").to_owned(),
+            uptime_seconds: p.started.elapsed().as_secs_f64(),
+            started_at_unix_seconds: p
+                .started_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            data_dir: p.data_dir.display().to_string(),
+            role: "primary".to_owned(),
+            state: state.into(),
+            last_sequence: self.engine.wal().map_or(0, |w| w.last_sequence()),
+            fsync: p.fsync.to_string(),
+            failure: failure.map(|f| f.to_string()).unwrap_or_default(),
+        }))
+    }
+
     async fn stats(
         &self,
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
+        crate::api::ready(&self.engine)?;
         let s = self.engine.stats().await?;
         Ok(Response::new(pb::StatsResponse {
             customers: s.customers,

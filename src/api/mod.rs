@@ -18,3 +18,14 @@ pub mod pb {
 
 /// The encoded descriptor set of every proto, served by reflection.
 pub use crate::codec::FILE_DESCRIPTOR_SET;
+
+/// `UNAVAILABLE` until recovery has replayed the data directory: data calls wait for it.
+pub fn ready(engine: &crate::engine::Engine) -> Result<(), tonic::Status> {
+    if engine.is_ready() {
+        Ok(())
+    } else {
+        Err(tonic::Status::unavailable(
+            "segmentd is recovering its data; retry shortly",
+        ))
+    }
+}

@@ -93,6 +93,17 @@ pub enum FsyncMode {
     Never,
 }
 
+/// The form `--fsync` takes: `always`, `interval=<ms>` or `never`.
+impl std::fmt::Display for FsyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncMode::Always => f.write_str("always"),
+            FsyncMode::Interval(d) => write!(f, "interval={}", d.as_millis()),
+            FsyncMode::Never => f.write_str("never"),
+        }
+    }
+}
+
 impl std::str::FromStr for FsyncMode {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -515,6 +526,11 @@ impl Wal {
             .ok()
             .and_then(|s| s.failed.clone());
         why.unwrap_or_else(|| "write-ahead log closed".into())
+    }
+
+    /// Why the log failed, once it has (writes are refused from then on).
+    pub fn failure(&self) -> Option<Arc<str>> {
+        self.synced.borrow().failed.clone()
     }
 
     /// Makes the next `n` appends fail as a full disk would (fault injection).

@@ -841,6 +841,16 @@ async fn a_failed_fsync_refuses_every_write_until_restart() {
         assert!(std::time::Instant::now() < deadline, "health never NOT_SERVING");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // GetServerInfo says why.
+    let info = server
+        .admin()
+        .await
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.state(), pb::ServerState::Failed, "{info:?}");
+    assert!(info.failure.contains("sync"), "{info:?}");
     // Reads go on. (The refused write's outcome is unknown, as with any failed commit: it was
     // applied before its sync failed, and its record may or may not have reached the disk.)
     let kept = server.ingest().await.get_customer(by_id("kept")).await;

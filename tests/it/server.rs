@@ -519,9 +519,13 @@ async fn during_recovery_health_is_not_serving_and_data_calls_are_unavailable() 
         .unwrap()
         .into_inner()
         .status;
-    let call = segmentd::api::pb::admin_client::AdminClient::new(channel)
-        .stats(segmentd::api::pb::StatsRequest {})
-        .await;
+    let mut admin = segmentd::api::pb::admin_client::AdminClient::new(channel);
+    let call = admin.stats(segmentd::api::pb::StatsRequest {}).await;
+    let info = admin
+        .get_server_info(segmentd::api::pb::GetServerInfoRequest {})
+        .await
+        .expect("GetServerInfo answers while recovering")
+        .into_inner();
     let asked_after = started.elapsed();
     assert_eq!(
         health, 2,
@@ -529,7 +533,19 @@ async fn during_recovery_health_is_not_serving_and_data_calls_are_unavailable() 
     );
     let status = call.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        info.state(),
+        segmentd::api::pb::ServerState::Recovering,
+        "{info:?}"
+    );
     server.wait_serving().await;
+    let info = admin
+        .get_server_info(segmentd::api::pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.state(), segmentd::api::pb::ServerState::Serving);
+    assert!(info.last_sequence > 0, "{info:?}");
     assert_eq!(customer_count(&server).await, 400_000);
     server.stop().await.unwrap();
 }
@@ -566,4 +582,70 @@ async fn a_connection_gets_at_most_max_concurrent_streams_calls_at_once() {
         .await
         .expect("the call proceeds once a stream is free")
         .unwrap();
+}
+
+#[tokio::test]
+async fn get_server_info_names_the_build_the_directory_and_the_state() {
+    use segmentd::api::pb;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let server = TestServer::start_with(|c| {
+        c.fsync = "interval=25".parse().unwrap();
+    })
+    .await;
+    let mut admin = server.admin().await;
+    let info = admin
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    // The commit the test binary was built from is the server's: the same build script.
+    assert!(
+        info.commit == "unknown"
+            || (info.commit.len() >= 12 && info.commit[..12].bytes().all(|b| b.is_ascii_hexdigit())),
+        "{info:?}"
+    );
+    assert_eq!(info.data_dir, server.data.display().to_string());
+    assert_eq!(info.role, "primary");
+    assert_eq!(info.state(), pb::ServerState::Serving);
+    assert_eq!(info.fsync, "interval=25");
+    assert!(info.failure.is_empty());
+    assert!(
+        (before..=before + 60).contains(&info.started_at_unix_seconds),
+        "{info:?}"
+    );
+    assert!(
+        info.uptime_seconds >= 0.0 && info.uptime_seconds < 60.0,
+        "{info:?}"
+    );
+
+    // Each acknowledged write moves the log's position.
+    upsert(&server, vec![customer("c1", None, &[])]).await;
+    let after = admin
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        after.last_sequence > info.last_sequence,
+        "{info:?} then {after:?}"
+    );
+    assert!(after.uptime_seconds >= info.uptime_seconds);
+    server.stop().await.unwrap();
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_segmentd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let expected = format!("segmentd {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&expected), "{text}");
+    assert!(text.trim_end().ends_with(')'), "{text}");
 }

@@ -5,6 +5,7 @@ import grpc
 import pytest
 
 from segmentd import Client, SegmentdError
+from segmentd.v1 import admin_pb2
 
 
 def customers(n):
@@ -155,3 +156,16 @@ def test_mutual_tls(tls_server):
         with pytest.raises(SegmentdError) as e:
             anonymous.stats()
         assert e.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_server_info_and_snapshot(client):
+    info = client.get_server_info()
+    assert info.version
+    assert info.role == "primary"
+    assert info.state == admin_pb2.SERVER_STATE_SERVING
+    assert info.fsync == "never"
+    client.upsert_customers([{"customer_id": "info-1"}])
+    snap = client.snapshot()
+    assert snap.sequence >= 1
+    assert snap.path.startswith(info.data_dir)
+    assert client.get_server_info().last_sequence >= snap.sequence

@@ -213,6 +213,30 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Info => {
+            let r = AdminClient::new(channel)
+                .get_server_info(pb::GetServerInfoRequest {})
+                .await?
+                .into_inner();
+            let state = match r.state() {
+                pb::ServerState::Recovering => "recovering",
+                pb::ServerState::Serving => "serving",
+                pb::ServerState::Failed => "failed",
+                pb::ServerState::Unspecified => "unknown",
+            };
+            println!("version\t{}", r.version);
+            println!("commit\t{}", r.commit);
+            println!("role\t{}", r.role);
+            println!("state\t{state}");
+            println!("uptime_seconds\t{:.0}", r.uptime_seconds);
+            println!("data_dir\t{}", r.data_dir);
+            println!("fsync\t{}", r.fsync);
+            println!("last_sequence\t{}", r.last_sequence);
+            if !r.failure.is_empty() {
+                println!("failure\t{}", r.failure);
+            }
+            Ok(())
+        }
     }
 }
 

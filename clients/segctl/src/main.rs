@@ -154,6 +154,9 @@ Examples:\n  segctl watch\n  segctl watch --segment golfers --segment vip --from
     /// Customers, segments and memory use.
     #[command(after_help = "Example:\n  segctl stats")]
     Stats,
+    /// What is running: version, commit, uptime, data directory, role, state.
+    #[command(after_help = "Example:\n  segctl info")]
+    Info,
     /// Write a deterministic synthetic retail base: customers.csv and orders.csv.
     #[command(after_help = "Example:\n  segctl gen --customers 100000 --seed 7 --out ./demo")]
     Gen {

@@ -95,6 +95,9 @@ fn generated_base_loads_and_segments_work_end_to_end() {
     let summary = String::from_utf8_lossy(&out.stderr);
     assert!(summary.contains("0 customers created"), "{summary}");
     assert_eq!(stat(&server.ok(&["stats"]), "customers"), 3000);
+    let info = server.ok(&["info"]);
+    assert!(info.contains("role\tprimary\nstate\tserving\n"), "{info}");
+    assert!(stat(&info, "last_sequence") > 0, "{info}");
 
     // A rule segment: its size matches a preview of the same rule.
     let created = server.ok(&[

@@ -505,3 +505,11 @@ class Client:
 
     def stats(self) -> admin_pb2.StatsResponse:
         return self._call(self._admin.Stats, admin_pb2.StatsRequest())
+
+    def get_server_info(self) -> admin_pb2.GetServerInfoResponse:
+        """Version, commit, uptime, data directory, role and state (answers while recovering)."""
+        return self._call(self._admin.GetServerInfo, admin_pb2.GetServerInfoRequest())
+
+    def snapshot(self) -> admin_pb2.SnapshotResponse:
+        """Writes a snapshot now: a consistent point to copy the data directory from."""
+        return self._call(self._admin.Snapshot, admin_pb2.SnapshotRequest())
