@@ -15,8 +15,16 @@
 //! - `customer-segments`;
 //! - `batch`: `BatchCheckMemberships`, 500 customers x 20 segments a call.
 //!
-//! Latencies go into HDR histograms (microseconds); the table gives calls/s, checks/s and
-//! p50/p90/p99/p99.9.
+//! `is-member` and `check-20` also run as the same Redis commands against segmentd's Redis
+//! protocol port (`--resp-addr`).
+//!
+//! Latencies go into HDR histograms (microseconds); the table gives calls/s, checks/s,
+//! p50/p90/p99/p99.9, and the server's CPU seconds per 1,000,000 checks, read from the
+//! scheduler's per-thread counters (`/proc/.../task/*/schedstat`) over each run: the threads of
+//! the server runtime for segmentd and the floor (the client runs on a runtime of its own, with
+//! its own threads), every thread of `redis-server` for Redis. On a 2-core machine the client
+//! and the server compete for the cores, so throughput ratios mostly measure the client; the
+//! CPU per check is the fair comparison.
 //!
 //! `cargo bench --bench segbench -- [--customers N] [--seconds S] [--workload NAME] [--redis] [--duckdb]`;
 //! `benches/compare.sh` installs Redis and DuckDB and runs everything.
@@ -224,6 +232,8 @@ struct Measured {
     calls: u64,
     seconds: f64,
     latency: Histogram<u64>,
+    /// CPU time the server's threads spent over the run (nanoseconds), when known.
+    server_cpu_ns: Option<u64>,
 }
 
 impl Measured {
@@ -231,12 +241,60 @@ impl Measured {
         self.calls += other.calls;
         self.seconds += other.seconds;
         self.latency.add(other.latency).unwrap();
+        self.server_cpu_ns = self.server_cpu_ns.zip(other.server_cpu_ns).map(|(a, b)| a + b);
     }
 
     fn per_second(&self) -> f64 {
         self.calls as f64 / self.seconds
     }
 }
+
+/// Where a server's CPU time is read: threads of this process by name, or a whole process.
+#[derive(Clone, Copy)]
+enum Cpu {
+    /// This process's threads whose name starts with the given prefix (the server runtime's).
+    Threads(&'static str),
+    Process(u32),
+}
+
+impl Cpu {
+    /// CPU time so far (nanoseconds), summed over the threads' `schedstat` (time on a CPU, in
+    /// nanoseconds, as the scheduler counts it: finer than `stat`'s clock ticks).
+    fn nanos(self) -> Option<u64> {
+        let dir = match self {
+            Cpu::Threads(_) => "/proc/self/task".to_string(),
+            Cpu::Process(pid) => format!("/proc/{pid}/task"),
+        };
+        let mut total = 0;
+        for task in std::fs::read_dir(dir).ok()? {
+            let path = task.ok()?.path();
+            if let Cpu::Threads(prefix) = self {
+                let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+                if !comm.starts_with(prefix) {
+                    continue;
+                }
+            }
+            let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Some(total)
+    }
+
+    /// `run`, with the server's CPU time over it.
+    async fn over(self, run: impl Future<Output = Measured>) -> Measured {
+        let before = self.nanos();
+        let mut m = run.await;
+        m.server_cpu_ns = before.zip(self.nanos()).map(|(b, a)| a.saturating_sub(b));
+        m
+    }
+}
+
+/// The server runtime's threads (segmentd's and the floor's, which never run at once).
+const SERVERS: Cpu = Cpu::Threads("servers");
 
 /// xorshift, one per task.
 struct Rng(u64);
@@ -288,6 +346,7 @@ where
         calls,
         seconds: started.elapsed().as_secs_f64(),
         latency,
+        server_cpu_ns: None,
     }
 }
 
@@ -804,8 +863,13 @@ fn rule_comparison(n: usize) -> (f64, f64, u64) {
 fn row(workload: &str, inflight: usize, system: &str, m: &Measured, checks: u64, vs: Option<(&str, f64)>) {
     let q = |p: f64| m.latency.value_at_quantile(p);
     let ratio = vs.map(|(name, r)| format!("{r:.2}x {name}")).unwrap_or_default();
+    // Server CPU seconds per 1,000,000 checks.
+    let cpu = m
+        .server_cpu_ns
+        .map(|ns| format!("{:.2}", ns as f64 / 1e9 / (m.calls * checks) as f64 * 1e6))
+        .unwrap_or_default();
     println!(
-        "| {workload} | {inflight} | {system} | {:.0} | {:.0} | {} | {} | {} | {} | {ratio} |",
+        "| {workload} | {inflight} | {system} | {:.0} | {:.0} | {} | {} | {} | {} | {cpu} | {ratio} |",
         m.per_second(),
         m.per_second() * checks as f64,
         q(0.5),
@@ -825,10 +889,15 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let resp_addr: SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
     let (seg_addr, floor_addr) = server_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let seg_addr = listener.local_addr().unwrap();
         let mut config = Config::with_data_dir(dir.path().join("data"));
+        config.resp_addr = Some(resp_addr);
         config.fsync = segmentd::wal::FsyncMode::Never;
         config.reclassify_interval_hours = 0;
         tokio::spawn(segmentd::server::run(listener, config, std::future::pending()));
@@ -890,8 +959,10 @@ fn main() {
             args.customers, args.seconds
         );
         println!();
-        println!("| workload | in flight | system | calls/s | checks/s | p50 µs | p90 µs | p99 µs | p99.9 µs | ratio |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!(
+            "| workload | in flight | system | calls/s | checks/s | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU s per 1M checks | ratio |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         let runs = [
             (Workload::IsMember, 1),
             (Workload::IsMember, args.concurrency),
@@ -907,11 +978,11 @@ fn main() {
             // Alternate short rounds of the floor and segmentd, so that the machine's drift
             // (it is shared and noisy) falls on both alike.
             let round = args.seconds / ROUNDS as f64;
-            let mut floor = grpc(&floor_channels, w, inflight, round, args.customers).await;
-            let mut ours = grpc(&seg_channels, w, inflight, round, args.customers).await;
+            let mut floor = SERVERS.over(grpc(&floor_channels, w, inflight, round, args.customers)).await;
+            let mut ours = SERVERS.over(grpc(&seg_channels, w, inflight, round, args.customers)).await;
             for _ in 1..ROUNDS {
-                floor.merge(grpc(&floor_channels, w, inflight, round, args.customers).await);
-                ours.merge(grpc(&seg_channels, w, inflight, round, args.customers).await);
+                floor.merge(SERVERS.over(grpc(&floor_channels, w, inflight, round, args.customers)).await);
+                ours.merge(SERVERS.over(grpc(&seg_channels, w, inflight, round, args.customers)).await);
             }
             let checks = w.checks_per_call();
             row(w.name(), inflight, "floor (bare tonic)", &floor, checks, None);
@@ -922,17 +993,35 @@ fn main() {
                 ("floor throughput", ours.per_second() / floor.per_second())
             };
             row(w.name(), inflight, "segmentd", &ours, checks, Some(vs_floor));
-            if let Some(r) = &redis_server
-                && matches!(w, Workload::IsMember | Workload::Check20)
-            {
-                let theirs = redis(r.addr, w, inflight, args.seconds, args.customers).await;
-                let label = if w == Workload::Check20 { "redis (20 pipelined SISMEMBER)" } else { "redis (SISMEMBER)" };
-                row(w.name(), inflight, label, &theirs, checks, None);
-                println!(
-                    "| | | segmentd vs redis | {:.2}x calls/s | | {:.2}x p50 | | | | |",
-                    ours.per_second() / theirs.per_second(),
-                    theirs.latency.value_at_quantile(0.5) as f64 / ours.latency.value_at_quantile(0.5) as f64
-                );
+            if matches!(w, Workload::IsMember | Workload::Check20) {
+                // The same commands to segmentd's Redis protocol port and (with --redis) to
+                // Redis, alternating.
+                let label = if w == Workload::Check20 { "(20 pipelined SISMEMBER)" } else { "(SISMEMBER)" };
+                let mut resp = SERVERS.over(redis(resp_addr, w, inflight, round, args.customers)).await;
+                let mut theirs = match &redis_server {
+                    Some(r) => Some(Cpu::Process(r.child.id()).over(redis(r.addr, w, inflight, round, args.customers)).await),
+                    None => None,
+                };
+                for _ in 1..ROUNDS {
+                    resp.merge(SERVERS.over(redis(resp_addr, w, inflight, round, args.customers)).await);
+                    if let (Some(r), Some(t)) = (&redis_server, theirs.as_mut()) {
+                        t.merge(Cpu::Process(r.child.id()).over(redis(r.addr, w, inflight, round, args.customers)).await);
+                    }
+                }
+                row(w.name(), inflight, &format!("segmentd RESP {label}"), &resp, checks, None);
+                if let Some(theirs) = theirs {
+                    row(w.name(), inflight, &format!("redis {label}"), &theirs, checks, None);
+                    let cpu = |m: &Measured| m.server_cpu_ns.unwrap_or(0) as f64 / m.calls as f64;
+                    println!(
+                        "| | | segmentd vs redis | gRPC {:.2}x, RESP {:.2}x calls/s | | gRPC {:.2}x, RESP {:.2}x p50 | | | | gRPC {:.2}x, RESP {:.2}x server CPU | |",
+                        ours.per_second() / theirs.per_second(),
+                        resp.per_second() / theirs.per_second(),
+                        theirs.latency.value_at_quantile(0.5) as f64 / ours.latency.value_at_quantile(0.5) as f64,
+                        theirs.latency.value_at_quantile(0.5) as f64 / resp.latency.value_at_quantile(0.5) as f64,
+                        cpu(&ours) / cpu(&theirs),
+                        cpu(&resp) / cpu(&theirs),
+                    );
+                }
             }
         }
         if args.during_load > 0 {
