@@ -213,6 +213,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Health { service } => {
+            use tonic_health::pb::{
+                HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+            };
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest { service })
+                .await?
+                .into_inner()
+                .status();
+            if status == ServingStatus::Serving {
+                println!("SERVING");
+                Ok(())
+            } else {
+                crate::values::fail(format!("not serving: {}", status.as_str_name()))
+            }
+        }
         Command::Info => {
             let r = AdminClient::new(channel)
                 .get_server_info(pb::GetServerInfoRequest {})

@@ -157,6 +157,14 @@ Examples:\n  segctl watch\n  segctl watch --segment golfers --segment vip --from
     /// What is running: version, commit, uptime, data directory, role, state.
     #[command(after_help = "Example:\n  segctl info")]
     Info,
+    /// Exit 0 if the server reports SERVING through the gRPC health service, 1 otherwise (for
+    /// container and load-balancer health checks; needs no token).
+    #[command(after_help = "Examples:\n  segctl health\n  segctl health --service segmentd.v1.Membership")]
+    Health {
+        /// A service to ask about (default: the server as a whole).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Write a deterministic synthetic retail base: customers.csv and orders.csv.
     #[command(after_help = "Example:\n  segctl gen --customers 100000 --seed 7 --out ./demo")]
     Gen {
