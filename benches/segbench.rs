@@ -1013,11 +1013,11 @@ fn main() {
                     row(w.name(), inflight, &format!("redis {label}"), &theirs, checks, None);
                     let cpu = |m: &Measured| m.server_cpu_ns.unwrap_or(0) as f64 / m.calls as f64;
                     println!(
-                        "| | | segmentd vs redis | gRPC {:.2}x, RESP {:.2}x calls/s | | gRPC {:.2}x, RESP {:.2}x p50 | | | | gRPC {:.2}x, RESP {:.2}x server CPU | |",
+                        "| | | segmentd / redis | gRPC {:.2}x, RESP {:.2}x calls/s (higher is better) | | gRPC {:.2}x, RESP {:.2}x p50 (lower is better) | | | | gRPC {:.2}x, RESP {:.2}x server CPU (lower is better) | |",
                         ours.per_second() / theirs.per_second(),
                         resp.per_second() / theirs.per_second(),
-                        theirs.latency.value_at_quantile(0.5) as f64 / ours.latency.value_at_quantile(0.5) as f64,
-                        theirs.latency.value_at_quantile(0.5) as f64 / resp.latency.value_at_quantile(0.5) as f64,
+                        ours.latency.value_at_quantile(0.5) as f64 / theirs.latency.value_at_quantile(0.5) as f64,
+                        resp.latency.value_at_quantile(0.5) as f64 / theirs.latency.value_at_quantile(0.5) as f64,
                         cpu(&ours) / cpu(&theirs),
                         cpu(&resp) / cpu(&theirs),
                     );

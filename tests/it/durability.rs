@@ -1851,6 +1851,7 @@ fn log_alone(clock: Arc<segmentd::time::ManualClock>) -> impl Fn(&mut segmentd::
     }
 }
 
+/// Copies every file of `from` into `to` (created), as an operator's `cp -r` would.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -2118,4 +2119,56 @@ async fn a_torn_file_before_the_last_or_a_missing_file_stops_start_up() {
     let server = TestServer::start_at(data, log_only).await;
     assert_eq!(customer_count(&server).await, 300);
     server.stop().await.unwrap();
+}
+
+/// The backup procedure of docs/OPERATIONS.md: the directory `Admin.Snapshot` names, copied while
+/// the server runs, restores everything acknowledged up to it; the log files copied after it add
+/// the writes acknowledged since.
+#[tokio::test]
+async fn a_copied_snapshot_restores_and_the_copied_log_adds_what_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path().join("live"), |_| {}).await;
+    create(&server, text_segment("vips", "vip")).await.unwrap();
+    upsert(
+        &server,
+        vec![
+            customer("before-1", None, &[("vip", b(true))]),
+            customer("before-2", None, &[("vip", b(false))]),
+        ],
+    )
+    .await;
+    let snap = server
+        .admin()
+        .await
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot_dir = PathBuf::from(&snap.path);
+    let name = snapshot_dir.file_name().unwrap().to_owned();
+    // The backup: the snapshot's directory, copied while writes go on.
+    let only_snapshot = dir.path().join("restored-snapshot");
+    copy_dir(&snapshot_dir, &only_snapshot.join("snapshots").join(&name));
+    upsert(&server, vec![customer("after", None, &[("vip", b(true))])]).await;
+    // And the log since, copied after the snapshot.
+    let with_log = dir.path().join("restored-with-log");
+    copy_dir(&snapshot_dir, &with_log.join("snapshots").join(&name));
+    copy_dir(&server.data.join("wal"), &with_log.join("wal"));
+    server.stop().await.unwrap();
+
+    let restored = TestServer::start_at(only_snapshot, |_| {}).await;
+    assert_eq!(customer_count(&restored).await, 2);
+    assert_eq!(is_member(&restored, "before-1", "vips").await, (true, true));
+    assert_eq!(is_member(&restored, "after", "vips").await.0, false);
+    assert_eq!(size(&restored, "vips").await, 1);
+    // It takes writes from there on.
+    upsert(&restored, vec![customer("new", None, &[("vip", b(true))])]).await;
+    assert_eq!(size(&restored, "vips").await, 2);
+    restored.stop().await.unwrap();
+
+    let restored = TestServer::start_at(with_log, |_| {}).await;
+    assert_eq!(customer_count(&restored).await, 3);
+    assert_eq!(is_member(&restored, "after", "vips").await, (true, true));
+    assert_eq!(size(&restored, "vips").await, 2);
+    restored.stop().await.unwrap();
 }
