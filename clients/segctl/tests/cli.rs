@@ -99,7 +99,10 @@ fn generated_base_loads_and_segments_work_end_to_end() {
     assert!(info.contains("role\tprimary\nstate\tserving\n"), "{info}");
     assert!(stat(&info, "last_sequence") > 0, "{info}");
     assert_eq!(server.ok(&["health"]), "SERVING\n");
-    assert_eq!(server.ok(&["health", "--service", "segmentd.v1.Membership"]), "SERVING\n");
+    assert_eq!(
+        server.ok(&["health", "--service", "segmentd.v1.Membership"]),
+        "SERVING\n"
+    );
     let unknown = server.segctl(&["health", "--service", "segmentd.v1.Nope"]);
     assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
 
