@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/segmentd/v1/segments.proto",
     "proto/segmentd/v1/membership.proto",
     "proto/segmentd/v1/activities.proto",
+    "proto/segmentd/v1/replication.proto",
 ];
 
 /// Write-ahead log records: messages only, no service, not served by reflection.

@@ -54,7 +54,7 @@ impl Role {
 /// The role each service needs besides `admin`, by service name.
 pub fn role_for(service: &str) -> Option<Role> {
     match service {
-        "segmentd.v1.Membership" => Some(Role::Reader),
+        "segmentd.v1.Membership" | "segmentd.v1.Replication" => Some(Role::Reader),
         "segmentd.v1.Activities" => Some(Role::Activity),
         "segmentd.v1.Ingest" => Some(Role::Loader),
         _ => None, // Segments, Admin: admin only

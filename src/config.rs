@@ -148,6 +148,12 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_WATCH_STALL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub watch_stall_secs: u64,
 
+    /// Changes kept in memory for replicas (`Replication.Follow`) while one follows: customers
+    /// created or erased and membership changes, about 16 bytes each. A replica further behind
+    /// takes a new snapshot.
+    #[arg(long, env = "SEGMENTD_FOLLOW_BUFFER_ITEMS", default_value_t = crate::follow::DEFAULT_MAX_ITEMS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub follow_buffer_items: usize,
+
     /// Milliseconds between applications of time flips (a relative-time rule such as
     /// `last_order_at within 90d` changing its answer as the clock moves). A flip is applied at
     /// most this long after its instant.
@@ -212,6 +218,7 @@ impl Config {
             max_message_bytes: 64 * 1024 * 1024,
             time_tick_ms: 1000,
             watch_stall_secs: 60,
+            follow_buffer_items: crate::follow::DEFAULT_MAX_ITEMS,
             reclassify_interval_hours: 720,
             clock: None,
             faults: None,

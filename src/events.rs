@@ -116,6 +116,9 @@ pub struct Noted {
     pub changes: Vec<Change>,
     /// Customers the write erased: (ordinal, customer id).
     pub erased: Vec<(u32, Arc<str>)>,
+    /// Customers the write created, by ordinal: noted only for the follow feed while it is
+    /// armed ([`crate::follow`]); no event of their own.
+    pub created: Vec<u32>,
     /// The marketing activity behind `Cause::Activity` changes.
     pub activity: Option<Arc<str>>,
 }
@@ -132,6 +135,7 @@ impl Noted {
         }
         self.changes.clear();
         self.erased.clear();
+        self.created.clear();
         self.activity = None;
     }
 }

@@ -20,7 +20,8 @@
 //!   columns, the registry and family definitions.
 //! - [`columnar`]: typed columns ([`columnar::column`]), value dictionaries ([`columnar::dict`]),
 //!   string columns, the schema ([`columnar::schema`]) and values.
-//! - [`events`]: membership events: the window in memory, the event log, watchers.
+//! - [`events`]: membership events: the window in memory, the event log, watchers;
+//!   [`follow`]: the feed replicas follow (customers created and erased, membership changes).
 //! - [`metrics`]: Prometheus text on `/metrics`: call metrics, process, build and engine state;
 //!   [`latency`]: the latency buckets the engine's own histograms share with it.
 //! - [`error`]: the engine's one error type.
@@ -40,6 +41,7 @@ pub mod error;
 pub mod events;
 #[doc(hidden)]
 pub mod faults;
+pub mod follow;
 pub mod fuzzing;
 pub mod latency;
 #[cfg(test)]

@@ -19,7 +19,9 @@ use crate::api::pb::activities_server::ActivitiesServer;
 use crate::api::pb::admin_server::AdminServer;
 use crate::api::pb::ingest_server::IngestServer;
 use crate::api::pb::membership_server::MembershipServer;
+use crate::api::pb::replication_server::ReplicationServer;
 use crate::api::pb::segments_server::SegmentsServer;
+use crate::api::replication::ReplicationApi;
 use crate::api::segments::SegmentsApi;
 use crate::api::{FILE_DESCRIPTOR_SET, admin::AdminApi, ingest::IngestApi};
 use crate::auth::Auth;
@@ -170,6 +172,8 @@ pub async fn run(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let membership = MembershipServer::new(MembershipApi::new(engine.clone()));
+    let replication = ReplicationServer::new(ReplicationApi::new(engine.clone(), watch_stall))
+        .max_encoding_message_size(config.max_message_bytes);
     let activities = ActivitiesServer::new(ActivitiesApi::new(engine.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes);
 
@@ -259,7 +263,11 @@ pub async fn run(
         ))
         .add_service(InterceptedService::new(
             activities,
-            guard(engine.clone(), auth, SERVICES[4]),
+            guard(engine.clone(), auth.clone(), SERVICES[4]),
+        ))
+        .add_service(InterceptedService::new(
+            replication,
+            guard(engine.clone(), auth, SERVICES[5]),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
@@ -306,6 +314,7 @@ fn engine_for(config: &Config) -> Engine {
     );
     engine.store().events().set_retention(config.event_retention());
     engine.set_max_queued_writes(config.max_queued_writes);
+    engine.feed().set_max_items(config.follow_buffer_items);
     engine.set_max_queued_bytes(config.max_queued_bytes);
     engine
 }
@@ -372,12 +381,13 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
 }
 
 /// The gRPC services behind the ready check, by full name (health reports each).
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     "segmentd.v1.Ingest",
     "segmentd.v1.Admin",
     "segmentd.v1.Segments",
     "segmentd.v1.Membership",
     "segmentd.v1.Activities",
+    "segmentd.v1.Replication",
 ];
 
 /// The server's TLS settings from `--tls-cert`, `--tls-key`, `--tls-client-ca` and

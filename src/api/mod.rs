@@ -5,6 +5,7 @@ pub mod activities;
 pub mod admin;
 pub mod ingest;
 pub mod membership;
+pub mod replication;
 pub mod rules;
 pub mod segments;
 pub mod status;

@@ -593,7 +593,7 @@ fn event_out(e: &Event) -> pb::MembershipEvent {
 /// Sends `msg` to a stream's reader, waiting at most `stall` for room in its buffer. A reader
 /// that stayed that long without reading gets, after what is buffered, ABORTED saying
 /// `stalled()`. Whether the stream goes on (false: the reader left, or stalled).
-async fn send_within<T>(
+pub(crate) async fn send_within<T>(
     tx: &mpsc::Sender<Result<T, Status>>,
     msg: T,
     stall: std::time::Duration,

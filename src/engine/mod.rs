@@ -482,6 +482,18 @@ impl Engine {
         self.wal.get()
     }
 
+    /// A follower's snapshot (see [`Store::follow_snapshot`]). Blocking: writes wait for it.
+    pub fn follow_snapshot(&self, segment_ids: &[String]) -> Result<crate::store::follow::FollowSnapshot> {
+        let wal = self.wal().cloned();
+        self.store()
+            .follow_snapshot(segment_ids, &|| wal.as_ref().map_or(0, |w| w.last_sequence()))
+    }
+
+    /// The follow feed replicas read ([`crate::follow`]).
+    pub fn feed(&self) -> &Arc<crate::follow::Feed> {
+        self.store().feed()
+    }
+
     /// The store, for synchronous reads.
     pub fn store(&self) -> &Store {
         &self.store

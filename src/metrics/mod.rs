@@ -170,6 +170,17 @@ fn engine_families(engine: &Engine, s: &crate::store::StoreStats) -> Vec<MetricF
         "Published events the furthest-behind watcher has yet to receive.",
         lag as f64,
     );
+    let feed = engine.feed();
+    gauge(
+        "segmentd_followers",
+        "Connected Replication.Follow streams.",
+        feed.followers() as f64,
+    );
+    gauge(
+        "segmentd_follow_buffer_items",
+        "Changes held for followers (bounded by --follow-buffer-items; 0 while none follows).",
+        feed.items() as f64,
+    );
     if let Some(wal) = engine.wal() {
         gauge(
             "segmentd_wal_last_sequence",

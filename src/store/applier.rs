@@ -267,6 +267,7 @@ impl Store {
             written.run(&mut s, run, |_| true, &mut rows, &mut noted.changes);
         }
         self.customers.fetch_add(f.ords.len() as u64, Ordering::AcqRel);
+        self.note_created(noted, f.ords.iter().copied());
         self.commit_events(f.lsn, f.now, noted, &f.reg);
     }
 }

@@ -15,6 +15,7 @@ mod applier;
 pub mod batch;
 pub mod dedup;
 pub mod family;
+pub mod follow;
 pub mod index;
 pub mod input;
 pub mod rfm;
@@ -272,6 +273,8 @@ pub struct Store {
     emails: IdIndex,
     customers: AtomicU64,
     orders: AtomicU64,
+    /// What writes did, for followers, while one follows ([`crate::follow`]).
+    follow: Arc<crate::follow::Feed>,
 }
 
 impl Default for Store {
@@ -311,6 +314,7 @@ impl Store {
             emails: IdIndex::new(EMAIL_KEYS),
             customers: AtomicU64::new(0),
             orders: AtomicU64::new(0),
+            follow: Arc::default(),
         }
     }
 
@@ -608,6 +612,7 @@ impl Store {
     /// Commits the changes a write noted as the events of log record `lsn`, naming segments by
     /// `reg` (the registry they were made under). Called with the writer lock held.
     pub(crate) fn commit_events(&self, lsn: u64, now: Now, noted: &mut Noted, reg: &Registry) {
+        self.feed_entry(lsn, now.micros, noted, reg);
         self.events.commit(lsn, now.micros, noted, &|slot| {
             reg.get(slot).map(|e| Arc::from(e.def.id.as_str()))
         });
@@ -764,6 +769,8 @@ impl Store {
         let mut changed: Vec<AttrId> = Vec::new();
         let mut outcome = UpsertOutcome::default();
         let ords = self.prepare_rows(&mut w, &plan, hashes, |i| batch[i].email.as_deref());
+        let created = ords.iter().zip(&plan).filter(|(_, p)| p.existing.is_none());
+        self.note_created(&mut w.noted, created.map(|(&o, _)| o));
         // Apply runs of items in the same shard under one lock hold, bounded so readers of that
         // shard wait at most for `MAX_RUN` customers.
         let mut known = known;
@@ -829,6 +836,8 @@ impl Store {
         let mut rows: Vec<Rows<'_>> = batch.columns.iter().map(|c| Rows::new(&c.missing)).collect();
         let mut outcome = UpsertOutcome::default();
         let ords = self.prepare_rows(&mut w, plan, hashes, |i| batch.email(i));
+        let created = ords.iter().zip(plan).filter(|(_, p)| p.existing.is_none());
+        self.note_created(&mut w.noted, created.map(|(&o, _)| o));
         let new = |k: usize| plan[k].existing.is_none();
         let written = Written {
             batch,
@@ -1163,6 +1172,7 @@ impl Store {
                     self.ids.insert(&order.customer_id, ord);
                     self.customers.fetch_add(1, Ordering::AcqRel);
                     outcome.created_customer_ids.push(order.customer_id.clone());
+                    self.note_created(&mut w.noted, [ord]);
                     (ord, true)
                 }
             };

@@ -24,7 +24,7 @@ fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
 }
 
 /// The status code of one call to each service with `token` (Ok as `Code::Ok`).
-async fn codes(server: &TestServer, token: Option<&str>) -> [Code; 5] {
+async fn codes(server: &TestServer, token: Option<&str>) -> [Code; 6] {
     let code = |r: Result<(), tonic::Status>| r.map_or_else(|s| s.code(), |()| Code::Ok);
     let membership = server
         .membership()
@@ -70,12 +70,17 @@ async fn codes(server: &TestServer, token: Option<&str>) -> [Code; 5] {
         .stats(with_token(pb::StatsRequest {}, token))
         .await
         .map(drop);
+    let replication = segmentd::api::pb::replication_client::ReplicationClient::new(server.channel().await)
+        .follow(with_token(pb::FollowRequest::default(), token))
+        .await
+        .map(drop);
     [
         code(membership),
         code(activities),
         code(ingest),
         code(segments),
         code(admin),
+        code(replication),
     ]
 }
 
@@ -118,13 +123,13 @@ async fn each_role_reaches_its_services_only() {
         .unwrap();
 
     use Code::{Ok, PermissionDenied as No, Unauthenticated as Who};
-    //                                      membership activities ingest segments admin
-    assert_eq!(codes(&server, Some(ADMIN)).await, [Ok, Ok, Ok, Ok, Ok]);
-    assert_eq!(codes(&server, Some(READER)).await, [Ok, No, No, No, No]);
-    assert_eq!(codes(&server, Some(ACTIVITY)).await, [No, Ok, No, No, No]);
-    assert_eq!(codes(&server, Some(LOADER)).await, [No, No, Ok, No, No]);
-    assert_eq!(codes(&server, Some("not-a-token-0123456789")).await, [Who; 5]);
-    assert_eq!(codes(&server, None).await, [Who; 5]);
+    //                                      membership activities ingest segments admin replication
+    assert_eq!(codes(&server, Some(ADMIN)).await, [Ok, Ok, Ok, Ok, Ok, Ok]);
+    assert_eq!(codes(&server, Some(READER)).await, [Ok, No, No, No, No, Ok]);
+    assert_eq!(codes(&server, Some(ACTIVITY)).await, [No, Ok, No, No, No, No]);
+    assert_eq!(codes(&server, Some(LOADER)).await, [No, No, Ok, No, No, No]);
+    assert_eq!(codes(&server, Some("not-a-token-0123456789")).await, [Who; 6]);
+    assert_eq!(codes(&server, None).await, [Who; 6]);
     // The refusals name no token.
     let err = server
         .segments()
@@ -221,7 +226,7 @@ async fn a_reload_never_opens_the_server_and_a_refused_one_is_counted() {
             assert!(std::time::Instant::now() < deadline, "reload {n} not refused");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        assert_eq!(codes(&server, None).await, [Code::Unauthenticated; 5], "{text:?}");
+        assert_eq!(codes(&server, None).await, [Code::Unauthenticated; 6], "{text:?}");
         assert_eq!(codes(&server, Some(ADMIN)).await[4], Code::Ok, "{text:?}");
     }
     // A good file is taken again.

@@ -14,6 +14,7 @@ mod events;
 mod families;
 mod fuzzing;
 mod ingest;
+mod replication;
 mod resp;
 mod segments;
 mod segments_model;

@@ -133,6 +133,12 @@ async fn metrics_cover_requests_segments_events_log_and_snapshots() {
         .unwrap()
         .into_inner();
     watch.message().await.unwrap().unwrap();
+    let mut follow = segmentd::api::pb::replication_client::ReplicationClient::new(server.channel().await)
+        .follow(segmentd::api::pb::FollowRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    follow.message().await.unwrap().unwrap();
     let snapshot = server
         .admin()
         .await
@@ -166,6 +172,8 @@ async fn metrics_cover_requests_segments_events_log_and_snapshots() {
     assert_eq!(get("segmentd_events_last_sequence"), 1.0);
     assert_eq!(get("segmentd_watchers"), 1.0);
     assert_eq!(get("segmentd_watcher_lag_events"), 0.0);
+    assert_eq!(get("segmentd_followers"), 1.0);
+    assert_eq!(get("segmentd_follow_buffer_items"), 0.0);
     assert_eq!(get("segmentd_wal_written_bytes_total"), wal_bytes as f64);
     assert_eq!(get("segmentd_wal_last_sequence"), snapshot.sequence as f64);
     // With fsync always, each acknowledged write waited for a sync.
