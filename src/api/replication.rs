@@ -137,7 +137,9 @@ impl Follower {
                     None => return,
                 },
             };
-            let mut quiet_since = tokio::time::Instant::now();
+            // Heartbeats go out every interval while the follower is current, writes or not: a
+            // follower's staleness is the time since the last one.
+            let mut beaten = tokio::time::Instant::now();
             loop {
                 published.borrow_and_update();
                 match feed.after(at, PAGE_ITEMS) {
@@ -151,10 +153,9 @@ impl Follower {
                             }
                             at.sequence = e.sequence;
                         }
-                        quiet_since = tokio::time::Instant::now();
                     }
                     Next::Entries(_) => {
-                        let beat = quiet_since + self.heartbeat;
+                        let beat = beaten + self.heartbeat;
                         tokio::select! {
                             _ = published.changed() => {}
                             () = tokio::time::sleep_until(beat) => {
@@ -171,7 +172,7 @@ impl Follower {
                                 if !self.send(msg(m)).await {
                                     return;
                                 }
-                                quiet_since = tokio::time::Instant::now();
+                                beaten = tokio::time::Instant::now();
                             }
                             () = self.tx.closed() => return,
                             () = self.engine.closing() => {

@@ -45,11 +45,43 @@ impl TestServer {
 
     /// Starts a server without waiting for recovery.
     pub async fn spawn_at(data: std::path::PathBuf, tune: impl FnOnce(&mut Config)) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::spawn_with(listener, data, tune)
+    }
+
+    /// Starts a server on `addr` (a restart on the port its clients reconnect to) and waits
+    /// until it serves.
+    pub async fn start_on(
+        addr: SocketAddr,
+        data: std::path::PathBuf,
+        tune: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
+        let server = Self::spawn_with(listener, data, tune);
+        server.wait_serving().await;
+        server
+    }
+
+    fn spawn_with(
+        listener: tokio::net::TcpListener,
+        data: std::path::PathBuf,
+        tune: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = Config::with_data_dir(data.clone());
         // Tests favour speed; durability tests that need fsync set it themselves.
         config.fsync = segmentd::wal::FsyncMode::Never;
         tune(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(segmentd::server::run(listener, config, async {

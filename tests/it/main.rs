@@ -14,6 +14,7 @@ mod events;
 mod families;
 mod fuzzing;
 mod ingest;
+mod replica;
 mod replication;
 mod resp;
 mod segments;
