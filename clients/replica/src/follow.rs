@@ -264,6 +264,7 @@ impl Writer {
                 p.log_sequence = b.log_sequence;
                 p.snapshots += 1;
                 p.customers = self.live as u64;
+                p.writer_bytes = self.high.capacity() as u64 * 4;
                 p.last_error = None;
                 self.progressed = true;
             }
@@ -298,6 +299,7 @@ impl Writer {
                     p.change_micros = time;
                     p.current = false;
                     p.customers = (self.live - self.removed) as u64;
+                    p.writer_bytes = self.high.capacity() as u64 * 4;
                     self.progressed = true;
                 }
             }

@@ -150,7 +150,8 @@ pub struct Status {
     pub last_error: Option<String>,
     pub customers: u64,
     pub segments: Vec<Arc<str>>,
-    /// Heap bytes of the id table and the bitsets readers use.
+    /// Heap bytes the replica holds: the id table and the bitsets readers use, and the follow
+    /// thread's per-customer data.
     pub bytes: u64,
 }
 
@@ -180,6 +181,8 @@ pub(crate) struct Progress {
     reconnects: u64,
     last_error: Option<String>,
     customers: u64,
+    /// Heap bytes the follow thread keeps beside the readers' structures.
+    writer_bytes: u64,
 }
 
 impl Shared {
@@ -434,9 +437,10 @@ impl Replica {
             last_error: p.last_error,
             customers: p.customers,
             segments: state.as_ref().map(|s| s.segments.to_vec()).unwrap_or_default(),
-            bytes: state.as_ref().map_or(0, |s| {
-                (s.ids.bytes() + s.bits.iter().map(|b| b.bytes()).sum::<usize>()) as u64
-            }),
+            bytes: p.writer_bytes
+                + state.as_ref().map_or(0, |s| {
+                    (s.ids.bytes() + s.bits.iter().map(|b| b.bytes()).sum::<usize>()) as u64
+                }),
         }
     }
 }
