@@ -860,6 +860,39 @@ fn rule_comparison(n: usize) -> (f64, f64, u64) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// The workload against an in-process replica, one thread, for `seconds`: latency in
+/// nanoseconds (each call timed with the clock, whose ~25 ns are included).
+fn in_process(replica: &segmentd_replica::Replica, w: Workload, seconds: f64, customers: usize) -> Measured {
+    let segments: Vec<String> = (0..SEGMENTS).map(sid).collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let ids: Vec<String> = {
+        let mut rng = Rng(7);
+        (0..100_000).map(|_| cid(rng.below(customers))).collect()
+    };
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut out = [false; SEGMENTS];
+    let (mut calls, mut hits) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        for id in &ids {
+            let t = Instant::now();
+            hits += match w {
+                Workload::Check20 => u64::from(replica.check_into(id, &segs, &mut out).unwrap()),
+                _ => u64::from(replica.is_member(id, segs[calls as usize % SEGMENTS]).unwrap() == Some(true)),
+            };
+            latency.record(t.elapsed().as_nanos().max(1) as u64).unwrap();
+            calls += 1;
+        }
+    }
+    std::hint::black_box(hits);
+    Measured {
+        calls,
+        seconds: start.elapsed().as_secs_f64(),
+        latency,
+        server_cpu_ns: None,
+    }
+}
+
 fn row(workload: &str, inflight: usize, system: &str, m: &Measured, checks: u64, vs: Option<(&str, f64)>) {
     let q = |p: f64| m.latency.value_at_quantile(p);
     let ratio = vs.map(|(name, r)| format!("{r:.2}x {name}")).unwrap_or_default();
@@ -951,6 +984,23 @@ fn main() {
         } else {
             None
         };
+        // A replica of the 20 segments inside this process (segmentd-replica), for the
+        // in-process rows.
+        let replica = {
+            let r = segmentd_replica::Replica::builder(format!("http://{seg_addr}"))
+                .segments((0..SEGMENTS).map(sid))
+                .start()
+                .unwrap();
+            let t = Instant::now();
+            let r = tokio::task::spawn_blocking(move || {
+                r.wait_ready(Duration::from_secs(120)).map(|()| r)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            eprintln!("replica: ready in {:.2} s", t.elapsed().as_secs_f64());
+            Arc::new(r)
+        };
         let seg_channels = connect(seg_addr, args.channels).await;
         let floor_channels = connect(floor_addr, args.channels).await;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -1022,8 +1072,26 @@ fn main() {
                         cpu(&resp) / cpu(&theirs),
                     );
                 }
+                if inflight == 1 {
+                    let (r, seconds, n) = (replica.clone(), args.seconds, args.customers);
+                    let m = tokio::task::spawn_blocking(move || in_process(&r, w, seconds, n))
+                        .await
+                        .unwrap();
+                    let q = |p: f64| m.latency.value_at_quantile(p) as f64 / 1000.0;
+                    println!(
+                        "| {} | 1 | replica (in process) | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | 0 (no call) |  |",
+                        w.name(),
+                        m.per_second(),
+                        m.per_second() * checks as f64,
+                        q(0.5),
+                        q(0.9),
+                        q(0.99),
+                        q(0.999)
+                    );
+                }
             }
         }
+        drop(replica);
         if args.during_load > 0 {
             during_load(seg_addr, args.during_load, args.customers).await;
         }

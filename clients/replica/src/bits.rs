@@ -4,18 +4,20 @@
 //! Roaring bitmaps are smaller for sparse segments but cannot be changed under concurrent readers
 //! without a lock or a copy; at 20 segments a dense bitset costs 2.5 bytes a customer in all.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::words::Words;
 
 #[derive(Debug)]
 pub struct Bits {
-    words: Box<[AtomicU64]>,
+    words: Words,
 }
 
 impl Bits {
     /// An empty bitset for positions below `positions`.
     pub fn with_positions(positions: usize) -> Bits {
         Bits {
-            words: (0..positions.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            words: Words::zeroed(positions.div_ceil(64)),
         }
     }
 

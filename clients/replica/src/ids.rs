@@ -13,7 +13,9 @@
 //! one beside it (placing each slot again from the high hash bits it keeps by position, 4 bytes a
 //! customer, writer only) and the replica swaps it in.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::words::Words;
 
 const EMPTY: u64 = 0;
 /// A removed entry: probes go past it.
@@ -33,7 +35,7 @@ pub fn hash(id: &str) -> (u32, u32) {
 
 #[derive(Debug)]
 pub struct IdTable {
-    slots: Box<[AtomicU64]>,
+    slots: Words,
 }
 
 impl IdTable {
@@ -41,7 +43,7 @@ impl IdTable {
     pub fn with_entries(entries: usize) -> IdTable {
         let n = ((entries as f64 / LOAD) as usize).max(16);
         IdTable {
-            slots: (0..n).map(|_| AtomicU64::new(EMPTY)).collect(),
+            slots: Words::zeroed(n),
         }
     }
 

@@ -39,6 +39,7 @@
 pub mod bits;
 mod follow;
 pub mod ids;
+mod words;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
