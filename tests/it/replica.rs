@@ -342,3 +342,76 @@ fn a_replica_without_a_server_says_why_it_is_not_ready() {
         Err(Error::Config(_))
     ));
 }
+
+/// Past 32 segments a customer's memberships take more words of the replica's table: created
+/// and deleted segments, the table widened while followed, bits of deleted segments reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_segments_created_and_deleted_while_followed() {
+    let server = TestServer::start().await;
+    let customers: Vec<String> = (0..200).map(|n| format!("m{n}")).collect();
+    server
+        .admin()
+        .await
+        .define_attribute(pb::DefineAttributeRequest {
+            name: "level".into(),
+            r#type: pb::AttributeType::Int as i32,
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    upsert(
+        &server,
+        (0..200)
+            .map(|n| customer(&format!("m{n}"), None, &[("level", i(n % 90))]))
+            .collect(),
+    )
+    .await;
+    for k in 0..30 {
+        create(
+            &server,
+            text_segment(&format!("a{k:02}"), &format!("level >= {k}")),
+        )
+        .await
+        .unwrap();
+    }
+    let replica = Arc::new(
+        Replica::builder(format!("http://{}", server.addr))
+            .heartbeat(Duration::from_millis(20))
+            .start()
+            .unwrap(),
+    );
+    ready(&replica).await;
+    agrees(&server, &replica, &customers, None, "30 segments").await;
+    // Past 32, then 96: wider slots, taken while following.
+    for k in 30..100 {
+        create(
+            &server,
+            text_segment(&format!("a{k:02}"), &format!("level < {k}")),
+        )
+        .await
+        .unwrap();
+    }
+    agrees(&server, &replica, &customers, None, "100 segments").await;
+    // Deleted ones free their bits; new ones take them and start from their own members.
+    let mut segs = server.segments().await;
+    for k in (0..100).step_by(3) {
+        segs.delete_segment(pb::DeleteSegmentRequest {
+            segment_id: format!("a{k:02}"),
+        })
+        .await
+        .unwrap();
+    }
+    for k in 0..20 {
+        create(
+            &server,
+            text_segment(&format!("b{k:02}"), &format!("level = {k}")),
+        )
+        .await
+        .unwrap();
+    }
+    upsert(&server, vec![customer("m1", None, &[("level", i(89))])]).await;
+    agrees(&server, &replica, &customers, None, "reused bits").await;
+    assert_eq!(replica.status().snapshots, 1);
+    assert_eq!(replica.size("b05").unwrap(), 3);
+    server.stop().await.unwrap();
+}

@@ -8,15 +8,15 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::bits::Bits;
-use crate::ids::{self, IdTable};
 use crate::pb::{self, follow_response::Message};
+use crate::table::{self, NONE, Table};
+
+/// A position whose customer is sent and not yet placed in the table being built.
+const PENDING: u32 = u32::MAX - 1;
 use crate::{Builder, Error, Shared, State};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Room left in the bitsets for new customers before they are copied bigger.
-const HEADROOM: f64 = 1.25;
 
 pub(crate) fn endpoint(b: &Builder) -> Result<Endpoint, Error> {
     let mut e = Endpoint::from_shared(b.addr.clone())
@@ -94,25 +94,32 @@ pub(crate) fn run(
     });
 }
 
-/// A snapshot being received, out of the readers' sight.
+/// A snapshot being received, out of the readers' sight. Customers go into the table at its
+/// end, once their memberships are known: one write to the table each.
 struct Building {
     epoch: u64,
     sequence: u64,
     log_sequence: u64,
-    ids: IdTable,
+    stride: usize,
+    /// Which positions hold a customer (`PENDING`) until the table is built.
+    slot_of: Vec<u32>,
     high: Vec<u32>,
-    live: usize,
+    fp: Vec<u32>,
+    entries: usize,
+    /// The followed segments; each one's membership bit is its index.
     segments: Vec<Arc<str>>,
-    bits: Vec<Arc<Bits>>,
+    /// Membership words by position, in the slots' layout, until the end puts them in place.
+    members: Vec<u64>,
 }
 
 /// The follow thread's own state beside what readers see.
 struct Writer {
     shared: Arc<Shared>,
-    /// Each position's high hash bits: where its id sits in the table (for removal and rebuilds).
+    /// Each position's slot in the table ([`NONE`]: no live customer) and high hash bits.
+    slot_of: Vec<u32>,
     high: Vec<u32>,
     /// Entries in the table, live and removed (removed ones take slots until a rebuild).
-    live: usize,
+    entries: usize,
     removed: usize,
     building: Option<Building>,
     /// Parts of a write sent as several messages.
@@ -125,8 +132,9 @@ impl Writer {
     fn new(shared: Arc<Shared>) -> Writer {
         Writer {
             shared,
+            slot_of: Vec::new(),
             high: Vec::new(),
-            live: 0,
+            entries: 0,
             removed: 0,
             building: None,
             parts: Vec::new(),
@@ -136,6 +144,10 @@ impl Writer {
 
     fn state(&self) -> Option<Arc<State>> {
         self.shared.state.load_full()
+    }
+
+    fn writer_bytes(&self) -> u64 {
+        (self.slot_of.capacity() + self.high.capacity()) as u64 * 4
     }
 
     /// One connection: follows until the stream fails.
@@ -187,15 +199,18 @@ impl Writer {
         match m.message.ok_or("an empty message")? {
             Message::SnapshotStart(s) => {
                 let n = s.customers as usize;
+                let segments: Vec<Arc<str>> = s.segment_ids.into_iter().map(Arc::from).collect();
                 self.building = Some(Building {
                     epoch: s.epoch,
                     sequence: s.sequence,
                     log_sequence: s.log_sequence,
-                    ids: IdTable::with_entries(n),
+                    stride: table::stride_for(segments.len()),
+                    slot_of: Vec::with_capacity(n),
                     high: Vec::with_capacity(n),
-                    live: 0,
-                    segments: s.segment_ids.into_iter().map(Arc::from).collect(),
-                    bits: Vec::new(),
+                    fp: Vec::with_capacity(n),
+                    entries: 0,
+                    segments,
+                    members: Vec::new(),
                 });
             }
             Message::SnapshotCustomers(c) => {
@@ -204,67 +219,78 @@ impl Writer {
                     return Err("customers: ordinals and ids differ in number".into());
                 }
                 for (position, id) in c.ordinals.into_iter().zip(&c.customer_ids) {
-                    let (high, fp) = ids::hash(id);
+                    let (high, fp) = table::hash(id);
                     let at = position as usize;
-                    if b.high.len() <= at {
+                    if b.slot_of.len() <= at {
+                        b.slot_of.resize(at + 1, NONE);
                         b.high.resize(at + 1, 0);
+                        b.fp.resize(at + 1, 0);
                     }
+                    if b.slot_of[at] != NONE {
+                        return Err(format!("position {position} sent twice"));
+                    }
+                    b.slot_of[at] = PENDING;
                     b.high[at] = high;
-                    if !b.ids.fits(b.live + 1) {
-                        b.ids = b.ids.rebuilt(b.live * 2, &b.high);
-                    }
-                    b.ids.insert(high, fp, position);
-                    b.live += 1;
+                    b.fp[at] = fp;
+                    b.entries += 1;
                 }
             }
             Message::SnapshotMembers(m) => {
                 let b = self.building.as_mut().ok_or("members outside a snapshot")?;
-                if b.bits.is_empty() {
-                    // Every customer came first: size the bitsets for them, with room to grow.
-                    let positions = ((b.high.len() as f64) * HEADROOM) as usize + 1024;
-                    b.bits = b
-                        .segments
-                        .iter()
-                        .map(|_| Arc::new(Bits::with_positions(positions)))
-                        .collect();
+                let stride = b.stride;
+                if b.members.is_empty() {
+                    // Every customer came first: one run of words for each position.
+                    b.members = vec![0; b.slot_of.len() * stride];
                 }
-                let k = b
+                let bit = b
                     .segments
                     .iter()
                     .position(|s| **s == *m.segment_id)
                     .ok_or_else(|| format!("members of `{}`, not in the snapshot", m.segment_id))?;
+                let (offset, mask) = table::locate(bit as u32);
                 let part = roaring::RoaringBitmap::deserialize_from(&m.members[..])
                     .map_err(|e| format!("members of `{}`: {e}", m.segment_id))?;
-                if part.max().is_some_and(|p| p as usize >= b.bits[k].positions()) {
-                    return Err(format!("members of `{}` past the customers sent", m.segment_id));
+                for p in &part {
+                    let at = p as usize;
+                    if b.slot_of.get(at).is_none_or(|&s| s == NONE) {
+                        return Err(format!("`{}`: member {p} is no customer sent", m.segment_id));
+                    }
+                    b.members[at * stride + offset] |= mask;
                 }
-                b.bits[k].insert_all(&part);
             }
             Message::SnapshotEnd(e) => {
                 let mut b = self.building.take().ok_or("a snapshot end without its start")?;
                 if (e.epoch, e.sequence) != (b.epoch, b.sequence) {
                     return Err("a snapshot end for another snapshot".into());
                 }
-                if b.bits.is_empty() {
-                    let positions = ((b.high.len() as f64) * HEADROOM) as usize + 1024;
-                    b.bits = b
-                        .segments
-                        .iter()
-                        .map(|_| Arc::new(Bits::with_positions(positions)))
-                        .collect();
+                let stride = b.stride;
+                let table = Table::with_entries(b.entries, stride);
+                for position in 0..b.slot_of.len() {
+                    if b.slot_of[position] == PENDING {
+                        let bits = b
+                            .members
+                            .get(position * stride..(position + 1) * stride)
+                            .unwrap_or(&[]);
+                        b.slot_of[position] =
+                            table.insert_with(b.high[position], b.fp[position], bits) as u32;
+                    }
                 }
+                self.slot_of = b.slot_of;
                 self.high = b.high;
-                self.live = b.live;
+                self.entries = b.entries;
                 self.removed = 0;
-                let state = State::new(Arc::new(b.ids), b.segments.into_iter().zip(b.bits).collect());
-                self.shared.state.store(Some(Arc::new(state)));
+                let segments = b.segments.into_iter().zip(0..).collect();
+                self.shared
+                    .state
+                    .store(Some(Arc::new(State::new(Arc::new(table), segments))));
+                let writer_bytes = self.writer_bytes();
                 let mut p = self.shared.progress();
                 p.epoch = b.epoch;
                 p.sequence = b.sequence;
                 p.log_sequence = b.log_sequence;
                 p.snapshots += 1;
-                p.customers = self.live as u64;
-                p.writer_bytes = self.high.capacity() as u64 * 4;
+                p.customers = self.entries as u64;
+                p.writer_bytes = writer_bytes;
                 p.last_error = None;
                 self.progressed = true;
             }
@@ -293,13 +319,15 @@ impl Writer {
                     for part in parts {
                         self.apply_changes(part)?;
                     }
+                    let (customers, writer_bytes) =
+                        ((self.entries - self.removed) as u64, self.writer_bytes());
                     let mut p = self.shared.progress();
                     p.sequence = sequence;
                     p.log_sequence = log_sequence;
                     p.change_micros = time;
                     p.current = false;
-                    p.customers = (self.live - self.removed) as u64;
-                    p.writer_bytes = self.high.capacity() as u64 * 4;
+                    p.customers = customers;
+                    p.writer_bytes = writer_bytes;
                     self.progressed = true;
                 }
             }
@@ -315,122 +343,121 @@ impl Writer {
         Ok(())
     }
 
+    /// Swaps in a state with a rebuilt table, sized for `more` customers beyond the live ones,
+    /// with slots of `stride` words.
+    fn rebuild(&mut self, state: &State, more: usize, stride: usize) -> Arc<State> {
+        let live = self.entries - self.removed;
+        let table = state
+            .table
+            .rebuilt((live + more) * 2, stride, &mut self.slot_of, &self.high);
+        self.entries = live;
+        self.removed = 0;
+        let next = Arc::new(State::new(Arc::new(table), state.segments.to_vec()));
+        self.shared.state.store(Some(next.clone()));
+        next
+    }
+
     /// Applies one message's changes to the state readers use.
     fn apply_changes(&mut self, c: pb::Changes) -> Result<(), String> {
         let mut state = self.state().ok_or("changes before a snapshot")?;
         for position in c.erased {
-            let high = *self
-                .high
+            let slot = *self
+                .slot_of
                 .get(position as usize)
                 .ok_or("an erased position never given")?;
-            if state.ids.remove(high, position) {
+            if slot != NONE {
+                state.table.remove(slot as usize);
+                self.slot_of[position as usize] = NONE;
                 self.removed += 1;
-            }
-            for bits in state.bits.iter() {
-                bits.remove(position);
             }
         }
         if c.created.len() != c.created_customer_ids.len() {
             return Err("created: positions and ids differ in number".into());
         }
         if !c.created.is_empty() {
-            let max = c.created.iter().copied().max().unwrap_or(0) as usize;
-            if self.high.len() <= max {
-                self.high.resize(max + 1, 0);
+            if !state.table.fits(self.entries + c.created.len()) {
+                state = self.rebuild(&state, c.created.len(), state.table.stride());
             }
-            let needed = self.live + c.created.len();
-            let bits_short = state.bits.iter().any(|b| b.positions() <= max);
-            if !state.ids.fits(needed) || bits_short {
-                // Bigger shapes, built here and swapped in: readers keep the old until then.
-                let live = self.live - self.removed;
-                let ids = if state.ids.fits(needed) {
-                    state.ids.clone()
-                } else {
-                    self.live = live;
-                    self.removed = 0;
-                    Arc::new(state.ids.rebuilt((live + c.created.len()) * 2, &self.high))
-                };
-                let positions = ((max as f64) * HEADROOM) as usize + 1024;
-                let segments = state
-                    .segments
-                    .iter()
-                    .zip(state.bits.iter())
-                    .map(|(id, b)| {
-                        let b = if b.positions() <= max {
-                            Arc::new(b.grown(positions))
-                        } else {
-                            b.clone()
-                        };
-                        (id.clone(), b)
-                    })
-                    .collect();
-                state = Arc::new(State::new(ids, segments));
-                self.shared.state.store(Some(state.clone()));
-            }
-            for (position, id) in c.created.iter().zip(&c.created_customer_ids) {
-                let (high, fp) = ids::hash(id);
-                self.high[*position as usize] = high;
-                state.ids.insert(high, fp, *position);
-                self.live += 1;
+            for (&position, id) in c.created.iter().zip(&c.created_customer_ids) {
+                let at = position as usize;
+                if self.slot_of.len() <= at {
+                    self.slot_of.resize(at + 1, NONE);
+                    self.high.resize(at + 1, 0);
+                }
+                if self.slot_of[at] != NONE {
+                    return Err(format!("position {position} created while taken"));
+                }
+                let (high, fp) = table::hash(id);
+                self.high[at] = high;
+                self.slot_of[at] = state.table.insert(high, fp) as u32;
+                self.entries += 1;
             }
         }
+        // Changes of the segments followed before this write (a deleted one's exits among them).
+        self.apply_segments(&state, &c.segments)?;
         if c.segment_ids_changed {
-            // New segments start empty (their members come as entries); gone ones are dropped.
-            let positions = state
-                .bits
-                .first()
-                .map_or(((self.high.len() as f64) * HEADROOM) as usize + 1024, |b| {
-                    b.positions()
-                });
-            let segments = c
+            // Kept segments keep their bit; new ones take a free one (cleared first), in a
+            // table with wider slots if none is free.
+            let kept: Vec<(Arc<str>, u32)> = c
                 .segment_ids
                 .iter()
-                .map(|id| {
-                    let bits = match state.by_id.get(id.as_str()) {
-                        Some(&i) => state.bits[i].clone(),
-                        None => Arc::new(Bits::with_positions(positions)),
-                    };
-                    (Arc::from(id.as_str()), bits)
+                .filter_map(|id| {
+                    state
+                        .by_id
+                        .get(id.as_str())
+                        .map(|&bit| (Arc::from(id.as_str()), bit))
                 })
                 .collect();
-            // Exits of deleted segments come with this write: apply them to the old bitsets first.
-            apply_segments(&state, &c.segments)?;
-            let next = Arc::new(State::new(state.ids.clone(), segments));
+            let added: Vec<&String> = c
+                .segment_ids
+                .iter()
+                .filter(|id| !state.by_id.contains_key(id.as_str()))
+                .collect();
+            if table::bits_for(state.table.stride()) < c.segment_ids.len() {
+                state = self.rebuild(&state, 0, table::stride_for(c.segment_ids.len()));
+            }
+            let used: std::collections::HashSet<u32> = kept.iter().map(|(_, bit)| *bit).collect();
+            let mut free = (0..table::bits_for(state.table.stride()) as u32).filter(|b| !used.contains(b));
+            let mut segments = kept;
+            for id in &added {
+                let bit = free.next().expect("the table's slots hold every segment");
+                state.table.clear_bit(bit);
+                segments.push((Arc::from(id.as_str()), bit));
+            }
+            let next = Arc::new(State::new(state.table.clone(), segments));
             self.shared.state.store(Some(next.clone()));
-            let kept: Vec<_> = c
+            let new: Vec<pb::SegmentChanges> = c
                 .segments
                 .into_iter()
-                .filter(|s| {
-                    next.by_id.contains_key(s.segment_id.as_str())
-                        && !state.by_id.contains_key(s.segment_id.as_str())
-                })
+                .filter(|s| !state.by_id.contains_key(s.segment_id.as_str()))
                 .collect();
-            apply_segments(&next, &kept)?;
-            return Ok(());
+            self.apply_segments(&next, &new)?;
         }
-        apply_segments(&state, &c.segments)
+        Ok(())
     }
-}
 
-/// Membership changes onto `state`'s bitsets (segments it does not hold are skipped).
-fn apply_segments(state: &State, changes: &[pb::SegmentChanges]) -> Result<(), String> {
-    for s in changes {
-        let Some(&i) = state.by_id.get(s.segment_id.as_str()) else {
-            continue;
-        };
-        let bits = &state.bits[i];
-        for &p in &s.exited {
-            bits.remove(p);
-        }
-        for &p in &s.entered {
-            if p as usize >= bits.positions() {
-                return Err(format!(
-                    "`{}`: position {p} past every customer sent",
-                    s.segment_id
-                ));
+    /// Membership changes onto `state`'s table (segments it does not follow are skipped).
+    fn apply_segments(&self, state: &State, changes: &[pb::SegmentChanges]) -> Result<(), String> {
+        for s in changes {
+            let Some(&bit) = state.by_id.get(s.segment_id.as_str()) else {
+                continue;
+            };
+            for (list, member) in [(&s.exited, false), (&s.entered, true)] {
+                for &p in list {
+                    let slot = self.slot_of.get(p as usize).copied().unwrap_or(NONE);
+                    if slot == NONE {
+                        if member {
+                            return Err(format!(
+                                "`{}`: position {p} entered with no customer there",
+                                s.segment_id
+                            ));
+                        }
+                        continue;
+                    }
+                    state.table.set(slot as usize, bit, member);
+                }
             }
-            bits.insert(p);
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -30,15 +30,15 @@
 //! the server (a heartbeat, every [`Builder::heartbeat`] while current) for longer refuses to
 //! answer ([`Error::Stale`]) rather than answer from old data.
 //!
-//! **Memory.** About 10 bytes a customer for the id table (no id is stored: see [`ids`]), 4 more
-//! for the follow thread's rebuild data, and one bit a customer per segment followed.
+//! **Memory.** About 11.5 bytes a customer for the table of ids and memberships (no id is
+//! stored, and up to 32 segments' memberships share the id's word: see [`table`]), 8 more for
+//! the follow thread's per-customer data, and 11.5 more per 64 segments beyond 32.
 //!
 //! The reads need no async runtime; the replica runs its own thread (a single-threaded tokio
 //! runtime) for the connection.
 
-pub mod bits;
 mod follow;
-pub mod ids;
+pub mod table;
 mod words;
 
 use std::sync::Arc;
@@ -48,8 +48,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use foldhash::HashMap;
 
-use crate::bits::Bits;
-use crate::ids::IdTable;
+use crate::table::Table;
 
 /// The generated `segmentd.v1` Replication client and messages.
 pub mod pb {
@@ -92,39 +91,32 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// What the replica answers from: swapped whole when a snapshot lands or when the id table,
-/// the bitsets or the set of segments must change shape.
+/// What the replica answers from: swapped whole when a snapshot lands, or when the table or
+/// the set of segments must change shape.
 #[derive(Debug)]
 pub(crate) struct State {
-    ids: Arc<IdTable>,
-    /// Followed segments, sorted, with their members.
-    segments: Box<[Arc<str>]>,
-    bits: Box<[Arc<Bits>]>,
-    by_id: HashMap<Arc<str>, usize>,
+    table: Arc<Table>,
+    /// Followed segments, sorted, with their membership bit in the table's slots.
+    segments: Box<[(Arc<str>, u32)]>,
+    by_id: HashMap<Arc<str>, u32>,
 }
 
 impl State {
-    fn new(ids: Arc<IdTable>, mut segments: Vec<(Arc<str>, Arc<Bits>)>) -> State {
+    fn new(table: Arc<Table>, mut segments: Vec<(Arc<str>, u32)>) -> State {
         segments.sort_by(|a, b| a.0.cmp(&b.0));
-        let by_id = segments
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (id.clone(), i))
-            .collect();
-        let (segments, bits): (Vec<_>, Vec<_>) = segments.into_iter().unzip();
+        let by_id = segments.iter().cloned().collect();
         State {
-            ids,
+            table,
             segments: segments.into(),
-            bits: bits.into(),
             by_id,
         }
     }
 
     #[inline]
-    fn segment(&self, id: &str) -> Result<&Bits, Error> {
-        match self.by_id.get(id) {
-            Some(&i) => Ok(&self.bits[i]),
-            None => Err(Error::UnknownSegment(id.to_owned())),
+    fn bit(&self, segment_id: &str) -> Result<u32, Error> {
+        match self.by_id.get(segment_id) {
+            Some(&bit) => Ok(bit),
+            None => Err(Error::UnknownSegment(segment_id.to_owned())),
         }
     }
 }
@@ -151,8 +143,8 @@ pub struct Status {
     pub last_error: Option<String>,
     pub customers: u64,
     pub segments: Vec<Arc<str>>,
-    /// Heap bytes the replica holds: the id table and the bitsets readers use, and the follow
-    /// thread's per-customer data.
+    /// Heap bytes the replica holds: the table readers use and the follow thread's
+    /// per-customer data.
     pub bytes: u64,
 }
 
@@ -358,8 +350,11 @@ impl Replica {
     pub fn is_member(&self, customer_id: &str, segment_id: &str) -> Result<Option<bool>, Error> {
         let guard = self.state()?;
         let state = guard.as_ref().expect("checked by state()");
-        let bits = state.segment(segment_id)?;
-        Ok(state.ids.get(customer_id).map(|p| bits.contains(p)))
+        let bit = state.bit(segment_id)?;
+        Ok(state
+            .table
+            .find(customer_id)
+            .map(|(slot, first)| state.table.has(slot, first, bit)))
     }
 
     /// The customer against several segments, in order: `None` for an unknown customer.
@@ -380,37 +375,33 @@ impl Replica {
     ) -> Result<bool, Error> {
         let guard = self.state()?;
         let state = guard.as_ref().expect("checked by state()");
-        let position = state.ids.get(customer_id);
+        let found = state.table.find(customer_id);
         for (slot, id) in out.iter_mut().zip(segment_ids) {
-            let bits = state.segment(id)?;
-            *slot = position.is_some_and(|p| bits.contains(p));
+            let bit = state.bit(id)?;
+            *slot = found.is_some_and(|(s, first)| state.table.has(s, first, bit));
         }
-        Ok(position.is_some())
+        Ok(found.is_some())
     }
 
     /// Every followed segment the customer is in, sorted: `None` for an unknown customer.
     pub fn segments_of(&self, customer_id: &str) -> Result<Option<Vec<Arc<str>>>, Error> {
         let guard = self.state()?;
         let state = guard.as_ref().expect("checked by state()");
-        Ok(state.ids.get(customer_id).map(|p| {
+        Ok(state.table.find(customer_id).map(|(slot, first)| {
             state
                 .segments
                 .iter()
-                .zip(state.bits.iter())
-                .filter(|(_, bits)| bits.contains(p))
+                .filter(|(_, bit)| state.table.has(slot, first, *bit))
                 .map(|(id, _)| id.clone())
                 .collect()
         }))
     }
 
-    /// A followed segment's members.
+    /// A followed segment's members (a pass over the whole table: not for the request path).
     pub fn size(&self, segment_id: &str) -> Result<u64, Error> {
         let guard = self.state()?;
-        Ok(guard
-            .as_ref()
-            .expect("checked by state()")
-            .segment(segment_id)?
-            .count())
+        let state = guard.as_ref().expect("checked by state()");
+        Ok(state.table.count(state.bit(segment_id)?))
     }
 
     /// Where the replica stands.
@@ -437,11 +428,11 @@ impl Replica {
             reconnects: p.reconnects,
             last_error: p.last_error,
             customers: p.customers,
-            segments: state.as_ref().map(|s| s.segments.to_vec()).unwrap_or_default(),
-            bytes: p.writer_bytes
-                + state.as_ref().map_or(0, |s| {
-                    (s.ids.bytes() + s.bits.iter().map(|b| b.bytes()).sum::<usize>()) as u64
-                }),
+            segments: state
+                .as_ref()
+                .map(|s| s.segments.iter().map(|(id, _)| id.clone()).collect())
+                .unwrap_or_default(),
+            bytes: p.writer_bytes + state.as_ref().map_or(0, |s| s.table.bytes() as u64),
         }
     }
 }

@@ -29,7 +29,11 @@ impl Words {
             let boxed: Box<[AtomicU64]> = (0..len).map(|_| AtomicU64::new(0)).collect();
             let len = boxed.len();
             let ptr = NonNull::new(Box::into_raw(boxed) as *mut AtomicU64).expect("a box is not null");
-            return Words { ptr, len, layout: None };
+            return Words {
+                ptr,
+                len,
+                layout: None,
+            };
         }
         let layout = Layout::from_size_align(bytes.next_multiple_of(HUGE), HUGE).expect("a valid layout");
         // SAFETY: the layout has a non-zero size; zeroed memory is a valid AtomicU64 array.
@@ -65,7 +69,10 @@ impl Drop for Words {
             Some(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), layout) },
             // SAFETY: made from a `Box<[AtomicU64]>` of `len` in `zeroed`.
             None => unsafe {
-                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len)));
+                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                )));
             },
         }
     }
