@@ -217,7 +217,7 @@ impl Follower {
             self.followed = Some(snap.segments.iter().map(|(id, _)| id.clone()).collect());
         }
         let position = snap.position;
-        for m in snapshot_messages(snap) {
+        for m in SnapshotMessages::new(snap) {
             if !self.send(m).await {
                 return None;
             }
@@ -325,59 +325,100 @@ impl Follower {
     }
 }
 
-/// A snapshot as its messages: start, customers, members, end.
-fn snapshot_messages(snap: FollowSnapshot) -> Vec<pb::FollowResponse> {
-    let FollowSnapshot {
-        position,
-        log_sequence,
-        ordinals,
-        ids,
-        id_ends,
-        segments,
-    } = snap;
-    let mut out = vec![msg(Message::SnapshotStart(pb::SnapshotStart {
-        epoch: position.epoch,
-        sequence: position.sequence,
-        log_sequence,
-        customers: ordinals.len() as u64,
-        segment_ids: segments.iter().map(|(id, _)| id.to_string()).collect(),
-    }))];
-    let mut start = 0usize;
-    let mut chunk = pb::SnapshotCustomers::default();
-    let mut bytes = 0;
-    for (i, &ord) in ordinals.iter().enumerate() {
-        let end = id_ends[i] as usize;
-        let id = &ids[start..end];
-        start = end;
-        chunk.ordinals.push(ord);
-        chunk.customer_ids.push(id.to_owned());
-        bytes += id.len() + 8;
-        if bytes >= CHUNK_BYTES {
-            out.push(msg(Message::SnapshotCustomers(std::mem::take(&mut chunk))));
-            bytes = 0;
+/// A snapshot as its messages (start, customers, members, end), made one at a time as the
+/// stream takes them, so the first is on its way while the rest are made.
+struct SnapshotMessages {
+    snap: FollowSnapshot,
+    /// 0: start; 1: customers; 2: members; 3: end; 4: done.
+    stage: u8,
+    /// The next customer, or the next segment and shard.
+    next: usize,
+    shard: usize,
+}
+
+impl SnapshotMessages {
+    fn new(snap: FollowSnapshot) -> Self {
+        SnapshotMessages {
+            snap,
+            stage: 0,
+            next: 0,
+            shard: 0,
         }
     }
-    if !chunk.ordinals.is_empty() {
-        out.push(msg(Message::SnapshotCustomers(chunk)));
-    }
-    for (id, shards) in segments {
-        let mut part = roaring::RoaringBitmap::new();
-        for bitmap in shards {
-            // Shards are disjoint ranges of ordinals: a union appends containers.
-            part |= bitmap;
-            if part.serialized_size() >= CHUNK_BYTES / 2 {
-                out.push(members(&id, &std::mem::take(&mut part)));
+}
+
+impl Iterator for SnapshotMessages {
+    type Item = pb::FollowResponse;
+
+    fn next(&mut self) -> Option<pb::FollowResponse> {
+        let s = &self.snap;
+        loop {
+            match self.stage {
+                0 => {
+                    self.stage = 1;
+                    return Some(msg(Message::SnapshotStart(pb::SnapshotStart {
+                        epoch: s.position.epoch,
+                        sequence: s.position.sequence,
+                        log_sequence: s.log_sequence,
+                        customers: s.ordinals.len() as u64,
+                        segment_ids: s.segments.iter().map(|(id, _)| id.to_string()).collect(),
+                    })));
+                }
+                1 if self.next < s.ordinals.len() => {
+                    let first = self.next;
+                    let start = if first == 0 {
+                        0
+                    } else {
+                        s.id_ends[first - 1] as usize
+                    };
+                    let mut last = first;
+                    let mut lengths = Vec::new();
+                    let mut at = start;
+                    while last < s.ordinals.len() && (s.id_ends[last] as usize - start) < CHUNK_BYTES {
+                        let end = s.id_ends[last] as usize;
+                        lengths.push((end - at) as u32);
+                        at = end;
+                        last += 1;
+                    }
+                    self.next = last;
+                    return Some(msg(Message::SnapshotCustomers(pb::SnapshotCustomers {
+                        ordinals: s.ordinals[first..last].to_vec(),
+                        customer_ids: s.ids.as_bytes()[start..at].to_vec(),
+                        id_lengths: lengths,
+                    })));
+                }
+                1 => {
+                    self.stage = 2;
+                    self.next = 0;
+                }
+                2 if self.next < s.segments.len() => {
+                    let (id, shards) = &s.segments[self.next];
+                    // Shards are disjoint ranges of ordinals: a union appends containers.
+                    let mut part = roaring::RoaringBitmap::new();
+                    while self.shard < shards.len() && part.serialized_size() < CHUNK_BYTES / 2 {
+                        part |= &shards[self.shard];
+                        self.shard += 1;
+                    }
+                    if self.shard >= shards.len() {
+                        self.next += 1;
+                        self.shard = 0;
+                    }
+                    if !part.is_empty() {
+                        return Some(members(id, &part));
+                    }
+                }
+                2 => self.stage = 3,
+                3 => {
+                    self.stage = 4;
+                    return Some(msg(Message::SnapshotEnd(pb::SnapshotEnd {
+                        epoch: s.position.epoch,
+                        sequence: s.position.sequence,
+                    })));
+                }
+                _ => return None,
             }
         }
-        if !part.is_empty() {
-            out.push(members(&id, &part));
-        }
     }
-    out.push(msg(Message::SnapshotEnd(pb::SnapshotEnd {
-        epoch: position.epoch,
-        sequence: position.sequence,
-    })));
-    out
 }
 
 fn members(id: &str, part: &roaring::RoaringBitmap) -> pb::FollowResponse {

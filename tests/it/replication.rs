@@ -51,8 +51,16 @@ impl Replica {
             }
             Message::SnapshotCustomers(c) => {
                 assert!(self.in_snapshot);
-                assert_eq!(c.ordinals.len(), c.customer_ids.len());
-                for (ord, id) in c.ordinals.into_iter().zip(c.customer_ids) {
+                assert_eq!(c.ordinals.len(), c.id_lengths.len());
+                let mut ids = Vec::new();
+                let mut at = 0;
+                for len in &c.id_lengths {
+                    let end = at + *len as usize;
+                    ids.push(String::from_utf8(c.customer_ids[at..end].to_vec()).expect("UTF-8 ids"));
+                    at = end;
+                }
+                assert_eq!(at, c.customer_ids.len(), "lengths cover the ids");
+                for (ord, id) in c.ordinals.into_iter().zip(ids) {
                     assert!(
                         self.by_ord.insert(ord, id.clone()).is_none(),
                         "ordinal {ord} twice"

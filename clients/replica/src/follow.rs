@@ -215,11 +215,18 @@ impl Writer {
             }
             Message::SnapshotCustomers(c) => {
                 let b = self.building.as_mut().ok_or("customers outside a snapshot")?;
-                if c.ordinals.len() != c.customer_ids.len() {
+                if c.ordinals.len() != c.id_lengths.len() {
                     return Err("customers: ordinals and ids differ in number".into());
                 }
-                for (position, id) in c.ordinals.into_iter().zip(&c.customer_ids) {
-                    let (high, fp) = table::hash(id);
+                let mut start = 0usize;
+                for (position, len) in c.ordinals.into_iter().zip(&c.id_lengths) {
+                    let end = start + *len as usize;
+                    let id = c
+                        .customer_ids
+                        .get(start..end)
+                        .ok_or("customers: lengths past the ids")?;
+                    start = end;
+                    let (high, fp) = table::hash_bytes(id);
                     let at = position as usize;
                     if b.slot_of.len() <= at {
                         b.slot_of.resize(at + 1, NONE);
@@ -265,7 +272,12 @@ impl Writer {
                 }
                 let stride = b.stride;
                 let table = Table::with_entries(b.entries, stride);
+                // Positions in order land at random places: ask for a place well ahead.
+                const AHEAD: usize = 16;
                 for position in 0..b.slot_of.len() {
+                    if let Some(&h) = b.high.get(position + AHEAD) {
+                        table.prefetch(h);
+                    }
                     if b.slot_of[position] == PENDING {
                         let bits = b
                             .members
