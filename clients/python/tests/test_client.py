@@ -5,7 +5,7 @@ import grpc
 import pytest
 
 from segmentd import Client, SegmentdError
-from segmentd.v1 import admin_pb2
+from segmentd.v1 import admin_pb2, segments_pb2
 
 
 def customers(n):
@@ -169,3 +169,54 @@ def test_server_info_and_snapshot(client):
     assert snap.sequence >= 1
     assert snap.path.startswith(info.data_dir)
     assert client.get_server_info().last_sequence >= snap.sequence
+
+
+def test_every_remaining_rpc(client):
+    client.load_customers(customers(20))
+    # Schema: list, define, use.
+    names = {a.name for a in client.get_schema()}
+    assert {"gender", "birth_date", "total_spent"} <= names
+    attr = client.define_attribute("shoe_size", "int", "EU size")
+    assert attr.name == "shoe_size" and not attr.builtin
+    with pytest.raises(ValueError):
+        client.define_attribute("x", "colour")
+    client.upsert_customers([{"customer_id": "C0", "attributes": {"shoe_size": 43}}])
+    assert "shoe_size" in {a.name for a in client.get_schema()}
+
+    client.create_segment("women", rule_text='gender = "F"')
+    client.create_segment("big_feet", rule_text="shoe_size >= 42")
+    checked = client.batch_check_memberships(["C0", "C1", "nobody"], ["women", "big_feet"])
+    assert checked == {
+        "C0": {"women": True, "big_feet": True},
+        "C1": {"women": False, "big_feet": False},
+        "nobody": None,
+    }
+
+    # Member loads by id and by e-mail, streamed in batches.
+    client.create_segment("picked")
+    r = client.load_segment_members("picked", ["C1", "C3", "ghost"], emails=["c5@example.com"], batch_size=2)
+    assert (r.changed, r.unknown_count, list(r.unknown)) == (3, 1, ["ghost"])
+    assert r.batches == 3
+    client.load_segment_members("picked", ["C3"], mode="exclude")
+    assert client.customer_segments("C3") == []
+    with pytest.raises(ValueError):
+        client.load_segment_members("picked", ["C1"], mode="maybe")
+
+    why = client.explain_membership("C1", "picked")
+    assert why.member and why.decided_by == segments_pb2.DECISION_INCLUDED_CUSTOMER
+    overlap = client.segment_overlap(["women", "picked"])
+    assert overlap[("women", "women")] == 10 and overlap[("picked", "picked")] == 2
+    assert overlap[("women", "picked")] == 0
+
+    family = client.create_family("sizes", [("sizes.big", "shoe_size >= 40")], "sizes.rest")
+    assert family.family_id == "sizes"
+    client.delete_family("sizes")
+    assert "sizes" not in {f.family_id for f in client.list_families()}
+
+    # Erasure by e-mail.
+    client.delete_customer(email="c2@example.com")
+    with pytest.raises(SegmentdError) as e:
+        client.get_customer("C2")
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(ValueError):
+        client.delete_customer("C4", email="c4@example.com")

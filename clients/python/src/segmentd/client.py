@@ -274,6 +274,23 @@ class Client:
         )
         return dict(zip(ids, reply.member))
 
+    def batch_check_memberships(
+        self, customer_ids: Sequence[str], segment_ids: Sequence[str]
+    ) -> Dict[str, Optional[Dict[str, bool]]]:
+        """Each customer against each segment in one call: None for an unknown customer."""
+        r = self._call(
+            self._membership.BatchCheckMemberships,
+            membership_pb2.BatchCheckMembershipsRequest(customer_ids=list(customer_ids), segment_ids=list(segment_ids)),
+        )
+        n = len(segment_ids)
+        out: Dict[str, Optional[Dict[str, bool]]] = {}
+        for i, customer in enumerate(customer_ids):
+            if r.known_customer[i]:
+                out[customer] = dict(zip(segment_ids, r.member[i * n : (i + 1) * n]))
+            else:
+                out[customer] = None
+        return out
+
     def customer_segments(self, customer_id: str) -> List[str]:
         return list(
             self._call(
@@ -359,8 +376,49 @@ class Client:
         )
         return from_customer(self._call(self._ingest.GetCustomer, req).customer)
 
-    def delete_customer(self, customer_id: str) -> None:
-        self._call(self._ingest.DeleteCustomer, ingest_pb2.DeleteCustomerRequest(customer_id=customer_id))
+    def delete_customer(self, customer_id: Optional[str] = None, *, email: Optional[str] = None) -> None:
+        """Erases a customer, by id or by e-mail (exactly one)."""
+        if (customer_id is None) == (email is None):
+            raise ValueError("give exactly one of customer_id or email")
+        req = (
+            ingest_pb2.DeleteCustomerRequest(customer_id=customer_id)
+            if customer_id is not None
+            else ingest_pb2.DeleteCustomerRequest(email=email)
+        )
+        self._call(self._ingest.DeleteCustomer, req)
+
+    def load_segment_members(
+        self,
+        segment_id: str,
+        customer_ids: Iterable[str] = (),
+        emails: Iterable[str] = (),
+        *,
+        mode: str = "include",
+        batch_size: int = 10_000,
+    ) -> ingest_pb2.LoadSegmentMembersResponse:
+        """Puts customers (by id and by e-mail) on a segment's include or exclude list, streamed
+        in batches; unknown ones are counted and listed in the response."""
+        modes = {"include": ingest_pb2.MEMBER_MODE_INCLUDE, "exclude": ingest_pb2.MEMBER_MODE_EXCLUDE}
+        if mode not in modes:
+            raise ValueError("mode is 'include' or 'exclude'")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+        def batches() -> Iterator[ingest_pb2.LoadSegmentMembersRequest]:
+            for field, values in (("customer_ids", customer_ids), ("emails", emails)):
+                it = iter(values)
+                while True:
+                    chunk = list(itertools.islice(it, batch_size))
+                    if not chunk:
+                        break
+                    yield ingest_pb2.LoadSegmentMembersRequest(
+                        segment_id=segment_id, mode=modes[mode], **{field: chunk}
+                    )
+
+        try:
+            return self._ingest.LoadSegmentMembers(batches(), timeout=self._timeout)
+        except grpc.RpcError as err:
+            raise _raise(err) from None
 
     def record_orders(self, orders: Iterable[Mapping[str, Any]]) -> OrdersResult:
         """Orders as dicts: order_id, customer_id, placed_at (datetime), amount_minor (cents),
@@ -425,6 +483,10 @@ class Client:
         )
         return self._call(self._segments.CreateFamily, segments_pb2.CreateFamilyRequest(family=family))
 
+    def delete_family(self, family_id: str) -> None:
+        """Deletes a family and its member segments (the built-in RFM family cannot be)."""
+        self._call(self._segments.DeleteFamily, segments_pb2.DeleteFamilyRequest(family_id=family_id))
+
     def list_families(self) -> List[segments_pb2.Family]:
         return list(self._call(self._segments.ListFamilies, segments_pb2.ListFamiliesRequest()).families)
 
@@ -455,6 +517,20 @@ class Client:
 
     def delete_segment(self, segment_id: str) -> None:
         self._call(self._segments.DeleteSegment, segments_pb2.DeleteSegmentRequest(segment_id=segment_id))
+
+    def explain_membership(self, customer_id: str, segment_id: str) -> segments_pb2.ExplainMembershipResponse:
+        """Why a customer is in a segment or not: the deciding list or rule, each predicate's value."""
+        return self._call(
+            self._segments.ExplainMembership,
+            segments_pb2.ExplainMembershipRequest(customer_id=customer_id, segment_id=segment_id),
+        )
+
+    def segment_overlap(self, segment_ids: Sequence[str]) -> Dict[Tuple[str, str], int]:
+        """Customers in both segments of every pair (a pair of one segment with itself: its size)."""
+        r = self._call(
+            self._segments.SegmentOverlap, segments_pb2.SegmentOverlapRequest(segment_ids=list(segment_ids))
+        )
+        return {(o.segment_a, o.segment_b): o.count for o in r.overlaps}
 
     def preview(self, rule_text: str, *, sample_size: int = 0, as_of: Optional[_dt.datetime] = None):
         """(count, sample customer ids) of the customers `rule_text` matches now (or `as_of`)."""
@@ -505,6 +581,32 @@ class Client:
 
     def stats(self) -> admin_pb2.StatsResponse:
         return self._call(self._admin.Stats, admin_pb2.StatsRequest())
+
+    def get_schema(self) -> List[admin_pb2.Attribute]:
+        """Every attribute with its type, built-in or custom."""
+        return list(self._call(self._admin.GetSchema, admin_pb2.GetSchemaRequest()).attributes)
+
+    def define_attribute(self, name: str, type: str, description: str = "") -> admin_pb2.Attribute:
+        """Declares a custom attribute: `type` is bool, int, float, money, date, timestamp, keyword,
+        keywords or text."""
+        types = {
+            "bool": admin_pb2.ATTRIBUTE_TYPE_BOOL,
+            "int": admin_pb2.ATTRIBUTE_TYPE_INT,
+            "float": admin_pb2.ATTRIBUTE_TYPE_FLOAT,
+            "money": admin_pb2.ATTRIBUTE_TYPE_MONEY,
+            "date": admin_pb2.ATTRIBUTE_TYPE_DATE,
+            "timestamp": admin_pb2.ATTRIBUTE_TYPE_TIMESTAMP,
+            "keyword": admin_pb2.ATTRIBUTE_TYPE_KEYWORD,
+            "keywords": admin_pb2.ATTRIBUTE_TYPE_KEYWORDS,
+            "text": admin_pb2.ATTRIBUTE_TYPE_TEXT,
+        }
+        if type not in types:
+            raise ValueError(f"type is one of {', '.join(types)}")
+        r = self._call(
+            self._admin.DefineAttribute,
+            admin_pb2.DefineAttributeRequest(name=name, type=types[type], description=description),
+        )
+        return r.attribute
 
     def get_server_info(self) -> admin_pb2.GetServerInfoResponse:
         """Version, commit, uptime, data directory, role and state (answers while recovering)."""
