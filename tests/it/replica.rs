@@ -300,6 +300,8 @@ async fn a_stale_replica_refuses_to_answer_when_asked_to() {
             .unwrap(),
     );
     ready(&replica).await;
+    // Fresh from its snapshot: it answers at once, before any heartbeat.
+    assert_eq!(replica.is_member("a", "vips"), Ok(Some(true)));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while replica.is_member("a", "vips") != Ok(Some(true)) {
         assert!(

@@ -304,6 +304,10 @@ impl Writer {
                 p.customers = self.entries as u64;
                 p.writer_bytes = writer_bytes;
                 p.last_error = None;
+                // The snapshot was taken a moment ago: current as of now, until a heartbeat.
+                p.current = true;
+                let at = self.shared.start.elapsed().as_micros() as u64;
+                self.shared.current_at.store(at.max(1), Ordering::Release);
                 self.progressed = true;
             }
             Message::Changes(c) => {
