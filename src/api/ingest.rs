@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
+use tonic_types::StatusExt;
 
 use crate::api::pb::{self, ingest_server::Ingest};
 use crate::codec::wire::CustomerBatch;
@@ -219,7 +220,9 @@ impl Ingest for IngestApi {
                 total.updated
             );
             super::status::with_details(
-                Status::new(status.code(), message),
+                status.code(),
+                message,
+                status.get_error_details(),
                 "PARTIALLY_APPLIED",
                 vec![
                     ("applied_batches", batches.to_string()),
@@ -234,7 +237,8 @@ impl Ingest for IngestApi {
                 e @ Error::InvalidArgument { .. } => e.within(&at).into(),
                 e => {
                     let status = Status::from(e);
-                    Status::new(status.code(), format!("{at}: {}", status.message()))
+                    let message = format!("{at}: {}", status.message());
+                    Status::with_error_details(status.code(), message, status.get_error_details())
                 }
             };
             return Err(applied(status));

@@ -319,7 +319,7 @@ impl Segments for SegmentsApi {
                 schema
                     .get(f)
                     .map(|d| d.id)
-                    .ok_or_else(|| Error::invalid(format!("fields[{i}]"), format!("unknown attribute `{f}`")))
+                    .ok_or_else(|| Error::invalid(format!("fields[{i}]"), schema.unknown(f)))
             })
             .collect::<Result<Vec<_>>>()?;
         // Fail fast on an unknown segment, before the stream starts.

@@ -68,12 +68,9 @@ pub fn column_batch(schema: &Schema, limits: Option<&Limits>, bytes: &Bytes) -> 
     let mut resolved: Vec<(&AttrDef, usize, RawColumn<'_>)> = Vec::with_capacity(attributes.len());
     for (j, column) in attributes.into_iter().enumerate() {
         let field = || format!("columns.attributes[{j}]");
-        let def = schema.get(column.name).ok_or_else(|| {
-            Error::invalid(
-                field(),
-                format!("unknown attribute `{}` (see Admin.GetSchema)", column.name),
-            )
-        })?;
+        let def = schema
+            .get(column.name)
+            .ok_or_else(|| Error::invalid(field(), schema.unknown(column.name)))?;
         if let Some((_, first, _)) = resolved.iter().find(|(d, _, _)| d.id == def.id) {
             return Err(Error::invalid(
                 field(),

@@ -26,7 +26,7 @@ pub fn customer_patch(schema: &Schema, customer: pb::Customer) -> Result<Custome
         let field = || format!("attributes[\"{name}\"]");
         let def = schema
             .get(&name)
-            .ok_or_else(|| Error::invalid(field(), "unknown attribute (see Admin.GetSchema)"))?;
+            .ok_or_else(|| Error::invalid(field(), schema.unknown(&name)))?;
         let value = value_in(def, value).map_err(|e| e.within(&field()))?;
         attrs.push((def.id, value));
     }

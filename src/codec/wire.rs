@@ -368,10 +368,7 @@ impl<'a, 's> Scratch<'a, 's> {
                 _ => {
                     let name = utf8(name, "attributes")?;
                     let def = schema.get(name).ok_or_else(|| {
-                        Error::invalid(
-                            format!("attributes[\"{name}\"]"),
-                            "unknown attribute (see Admin.GetSchema)",
-                        )
+                        Error::invalid(format!("attributes[\"{name}\"]"), schema.unknown(name))
                     })?;
                     self.names.truncate(k);
                     self.names.push((name.as_bytes(), def));

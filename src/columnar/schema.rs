@@ -314,6 +314,27 @@ impl Schema {
         &self.attrs[usize::from(id)]
     }
 
+    /// The attribute whose name is nearest `name`, if one is near enough to be a typo of it
+    /// (an edit or two for short names, a quarter of the letters for long ones).
+    pub fn nearest(&self, name: &str) -> Option<&str> {
+        let most = (name.chars().count() / 4).max(2);
+        self.attrs
+            .iter()
+            .map(|a| (strsim::damerau_levenshtein(name, &a.name), &*a.name))
+            .filter(|&(d, _)| d <= most)
+            .min()
+            .map(|(_, n)| n)
+    }
+
+    /// The message for an attribute the schema does not have, with the nearest name if any:
+    /// "unknown attribute `gendre` (did you mean `gender`? see Admin.GetSchema)".
+    pub fn unknown(&self, name: &str) -> String {
+        match self.nearest(name) {
+            Some(near) => format!("unknown attribute `{name}` (did you mean `{near}`? see Admin.GetSchema)"),
+            None => format!("unknown attribute `{name}` (see Admin.GetSchema)"),
+        }
+    }
+
     pub fn attrs(&self) -> &[AttrDef] {
         &self.attrs
     }

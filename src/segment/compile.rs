@@ -295,9 +295,13 @@ fn compile_pred(
         _ => {}
     }
     let def = schema.get(&p.attr).ok_or_else(|| {
+        let hint = schema
+            .nearest(&p.attr)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
         Error::invalid(
             "rule",
-            format!("`{}`: unknown attribute (see Admin.GetSchema)", p.attr),
+            format!("`{}`: unknown attribute{hint} (see Admin.GetSchema)", p.attr),
         )
     })?;
     let attr = def.id;

@@ -985,3 +985,75 @@ async fn a_retried_order_counts_once_within_the_dedup_window_and_again_after_it(
     );
     server.stop().await.unwrap();
 }
+
+/// Errors a program can read: a BadRequest naming the field (with the row's index), an ErrorInfo
+/// with a stable reason, and the nearest attribute name for a typo, on the wire, in a rule and
+/// in a column batch alike.
+#[tokio::test]
+async fn errors_carry_the_field_a_reason_and_the_nearest_name() {
+    use tonic_types::StatusExt;
+    let server = TestServer::start().await;
+    let err = server
+        .ingest()
+        .await
+        .upsert_customers(pb::UpsertCustomersRequest::new(vec![
+            customer("ok", None, &[]),
+            customer("typo", None, &[("gendr", s("F"))]),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let details = err.get_error_details();
+    let violation = &details.bad_request().expect("BadRequest").field_violations[0];
+    assert_eq!(violation.field, "customers[1].attributes[\"gendr\"]");
+    assert!(
+        violation.description.contains("did you mean `gender`?"),
+        "{}",
+        violation.description
+    );
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("INVALID_FIELD", "segmentd")
+    );
+
+    let columns = segmentd::codec::columns::to_columns(&[customer("c", None, &[("vipp", b(true))])]).unwrap();
+    let err = server
+        .ingest()
+        .await
+        .upsert_customers(pb::UpsertCustomersRequest::from_columns(&columns))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("did you mean `vip`?"), "{}", err.message());
+
+    let err = create(&server, text_segment("s", "totl_spent > 10"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("did you mean `total_spent`?"),
+        "{}",
+        err.message()
+    );
+    // Nothing near: no guess.
+    let err = create(&server, text_segment("s", "shoe_size > 10"))
+        .await
+        .unwrap_err();
+    assert!(!err.message().contains("did you mean"), "{}", err.message());
+    let details = err.get_error_details();
+    assert_eq!(
+        details.bad_request().unwrap().field_violations[0].field,
+        "segment.rule"
+    );
+
+    let err = server
+        .membership()
+        .await
+        .is_member(pb::IsMemberRequest {
+            customer_id: "ok".into(),
+            segment_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.get_error_details().error_info().unwrap().reason, "NOT_FOUND");
+    server.stop().await.unwrap();
+}

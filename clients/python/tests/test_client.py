@@ -220,3 +220,18 @@ def test_every_remaining_rpc(client):
     assert e.value.code == grpc.StatusCode.NOT_FOUND
     with pytest.raises(ValueError):
         client.delete_customer("C4", email="c4@example.com")
+
+
+def test_errors_carry_the_rich_details(client):
+    client.load_customers(customers(3))
+    with pytest.raises(SegmentdError) as e:
+        client.upsert_customers([{"customer_id": "C1"}, {"customer_id": "C2", "attributes": {"gendr": "F"}}])
+    err = e.value
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.reason == "INVALID_FIELD"
+    (field, description), = err.field_violations
+    assert field == 'customers[1].attributes["gendr"]'
+    assert "did you mean `gender`?" in description
+    with pytest.raises(SegmentdError) as e:
+        client.is_member("C1", "nope")
+    assert (e.value.code, e.value.reason, e.value.field_violations) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND", [])

@@ -345,6 +345,24 @@ async fn schema(channel: &Ch) -> Result<HashMap<String, (Ty, bool)>> {
 }
 
 /// The file line of `batch[k].customers[i]` (or `orders[i]`) in a server error, if it names one.
+/// The file line of the row a refusal names: the field path of its `BadRequest` detail
+/// (`batch[2].customers[5].email`), or of its message from a server without details.
+fn line_of_status(status: &tonic::Status, lines: &[Vec<u64>], batch_offset: Option<usize>) -> Option<u64> {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let field = details
+        .bad_request()
+        .and_then(|b| b.field_violations.first())
+        .map(|v| v.field.clone());
+    // A refusal after some batches were applied names its batch in the message only.
+    let path = match field {
+        Some(f) if f.starts_with("batch[") || batch_offset.is_some() => f,
+        Some(f) => format!("{} {f}", status.message()),
+        None => status.message().to_string(),
+    };
+    line_of(&path, lines, batch_offset)
+}
+
 fn line_of(message: &str, lines: &[Vec<u64>], batch_offset: Option<usize>) -> Option<u64> {
     let number = |s: &str, key: &str| -> Option<usize> {
         let at = s.find(key)? + key.len();
@@ -633,7 +651,7 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
             bad_rows(read.bad)
         }
         Err(status) => {
-            let at = line_of(status.message(), &lines.lock().unwrap(), None)
+            let at = line_of_status(&status, &lines.lock().unwrap(), None)
                 .map(|l| format!("{}:{l}: ", args.file.display()))
                 .unwrap_or_default();
             Err(Failure(format!("{at}{}", Failure::from(status))))
@@ -723,7 +741,7 @@ pub async fn orders(channel: Ch, args: LoadArgs) -> Result<()> {
                 .record_orders(pb::RecordOrdersRequest { orders: batch.items })
                 .await
                 .map_err(|status| {
-                    let at = line_of(status.message(), std::slice::from_ref(&batch.lines), Some(0))
+                    let at = line_of_status(&status, std::slice::from_ref(&batch.lines), Some(0))
                         .map(|l| format!("{}:{l}: ", args.file.display()))
                         .unwrap_or_default();
                     Failure(format!("{at}{}", Failure::from(status)))

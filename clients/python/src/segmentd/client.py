@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from segmentd.v1 import (
     activities_pb2,
@@ -31,12 +32,33 @@ AttrValue = Union[bool, int, float, str, _dt.date, _dt.datetime, Sequence[str], 
 
 
 class SegmentdError(Exception):
-    """A call segmentd refused or could not serve; `code` is the gRPC status code."""
+    """A call segmentd refused or could not serve: `code` is the gRPC status code, and the rich
+    error details the server sent (Google's error model) are read into attributes:
 
-    def __init__(self, code: grpc.StatusCode, details: str):
+    - `reason`: the `ErrorInfo` reason (`INVALID_FIELD`, `NOT_FOUND`, `OVERLOADED`,
+      `PARTIALLY_APPLIED`, ...), with its `metadata` (such as `applied_batches`);
+    - `field_violations`: `(field, description)` pairs of a `BadRequest`, the field a path such as
+      `customers[3].email`;
+    - `retry_delay`: seconds to wait before retrying (`RetryInfo`), for RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        *,
+        reason: Optional[str] = None,
+        metadata: Optional[Dict[str, str]] = None,
+        field_violations: Sequence[Tuple[str, str]] = (),
+        retry_delay: Optional[float] = None,
+    ):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        self.reason = reason
+        self.metadata: Dict[str, str] = dict(metadata or {})
+        self.field_violations: List[Tuple[str, str]] = list(field_violations)
+        self.retry_delay = retry_delay
 
 
 @dataclass(frozen=True)
@@ -91,7 +113,37 @@ def _event(e: segments_pb2.MembershipEvent) -> MembershipEvent:
 
 
 def _raise(err: grpc.RpcError) -> SegmentdError:
-    return SegmentdError(err.code(), err.details() or "")
+    """The error with the rich details of its `grpc-status-details-bin` trailer, if any."""
+    reason: Optional[str] = None
+    metadata: Dict[str, str] = {}
+    violations: List[Tuple[str, str]] = []
+    retry: Optional[float] = None
+    trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key != "grpc-status-details-bin":
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations.extend((v.field, v.description) for v in bad.field_violations)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info_r = error_details_pb2.RetryInfo()
+                detail.Unpack(info_r)
+                retry = info_r.retry_delay.seconds + info_r.retry_delay.nanos / 1e9
+    return SegmentdError(
+        err.code(),
+        err.details() or "",
+        reason=reason,
+        metadata=metadata,
+        field_violations=violations,
+        retry_delay=retry,
+    )
 
 
 def _timestamp(t: _dt.datetime) -> timestamp_pb2.Timestamp:
