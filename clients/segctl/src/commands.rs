@@ -30,7 +30,7 @@ async fn connect(cli: &Cli) -> Result<Ch> {
     // is open (an idle connection pinging can be told off by proxies).
     let patience = std::time::Duration::from_secs(cli.timeout);
     let mut endpoint = Endpoint::from_shared(uri.clone())
-        .map_err(|e| Failure(format!("bad server address `{server}`: {e}")))?
+        .map_err(|e| Failure::new(format!("bad server address `{server}`: {e}")))?
         .initial_connection_window_size(16 << 20)
         .initial_stream_window_size(4 << 20)
         .connect_timeout(patience)
@@ -38,7 +38,7 @@ async fn connect(cli: &Cli) -> Result<Ch> {
         .keep_alive_timeout(patience / 2);
     if let Some(ca) = &cli.tls_ca {
         let read =
-            |p: &std::path::Path| std::fs::read(p).map_err(|e| Failure(format!("{}: {e}", p.display())));
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| Failure::new(format!("{}: {e}", p.display())));
         let domain = match &cli.tls_domain {
             Some(d) => d.clone(),
             None => endpoint.uri().host().unwrap_or("localhost").to_string(),
@@ -51,7 +51,7 @@ async fn connect(cli: &Cli) -> Result<Ch> {
         }
         endpoint = endpoint
             .tls_config(config)
-            .map_err(|e| Failure(format!("TLS settings: {e}")))?;
+            .map_err(|e| Failure::new(format!("TLS settings: {e}")))?;
     }
     let channel = tokio::time::timeout(patience, endpoint.connect())
         .await
@@ -61,17 +61,17 @@ async fn connect(cli: &Cli) -> Result<Ch> {
             } else {
                 " (if it serves TLS, give --tls-ca)"
             };
-            Failure(format!(
+            Failure::new(format!(
                 "segmentd at {uri} did not answer within {} s{hint}",
                 cli.timeout
             ))
         })?
-        .map_err(|e| Failure(format!("cannot reach segmentd at {uri}: {}", causes(&e))))?;
+        .map_err(|e| Failure::new(format!("cannot reach segmentd at {uri}: {}", causes(&e))))?;
     let bearer = match token {
         Some(t) => Some(
             format!("Bearer {}", t.trim())
                 .parse()
-                .map_err(|_| Failure("the token holds characters a header cannot carry".into()))?,
+                .map_err(|_| Failure::new("the token holds characters a header cannot carry"))?,
         ),
         None => None,
     };
@@ -112,7 +112,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Family(cmd) => family(channel, cmd).await,
         Command::Reclassify { as_of } => {
             let as_of = as_of
-                .map(|t| values::parse_timestamp(&t).map_err(|e| Failure(format!("--as-of: {e}"))))
+                .map(|t| values::parse_timestamp(&t).map_err(|e| Failure::new(format!("--as-of: {e}"))))
                 .transpose()?;
             let r = SegmentsClient::new(channel)
                 .reclassify(pb::ReclassifyRequest { as_of })
@@ -299,7 +299,7 @@ async fn family(channel: Ch, cmd: FamilyCommand) -> Result<()> {
                 .map(|m| {
                     let (id, rule) = m
                         .split_once('=')
-                        .ok_or_else(|| Failure(format!("--member `{m}`: expected SEGMENT_ID=RULE")))?;
+                        .ok_or_else(|| Failure::new(format!("--member `{m}`: expected SEGMENT_ID=RULE")))?;
                     Ok(pb::FamilyMember {
                         segment_id: id.trim().to_string(),
                         name: id.trim().to_string(),
@@ -463,7 +463,7 @@ async fn customer(channel: Ch, cmd: CustomerCommand) -> Result<()> {
                 .await?
                 .into_inner()
                 .customer
-                .ok_or_else(|| Failure("the server returned no customer".into()))?;
+                .ok_or_else(|| Failure::new("the server returned no customer"))?;
             println!("customer_id\t{}", c.customer_id);
             println!("email\t{}", c.email.unwrap_or_default());
             for (name, value) in &c.attributes {
@@ -638,7 +638,7 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
         }
         SegmentCommand::Preview { rule, sample, as_of } => {
             let as_of = as_of
-                .map(|t| values::parse_timestamp(&t).map_err(|e| Failure(format!("--as-of: {e}"))))
+                .map(|t| values::parse_timestamp(&t).map_err(|e| Failure::new(format!("--as-of: {e}"))))
                 .transpose()?;
             let r = segments
                 .preview_segment(pb::PreviewSegmentRequest {
@@ -707,7 +707,7 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
             let sink: Box<dyn Write> = match &out {
                 Some(path) => Box::new(
                     std::fs::File::create(path)
-                        .map_err(|e| Failure(format!("cannot create {}: {e}", path.display())))?,
+                        .map_err(|e| Failure::new(format!("cannot create {}: {e}", path.display())))?,
                 ),
                 None => Box::new(std::io::stdout().lock()),
             };

@@ -171,7 +171,7 @@ fn open(path: &Path, bytes: Arc<AtomicU64>) -> Result<(Box<dyn Read + Send>, u64
             0,
         ));
     }
-    let file = File::open(path).map_err(|e| Failure(format!("cannot open {}: {e}", path.display())))?;
+    let file = File::open(path).map_err(|e| Failure::new(format!("cannot open {}: {e}", path.display())))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     Ok((Box::new(Counting { inner: file, bytes }), len))
 }
@@ -623,7 +623,7 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
     };
     progress.finish();
     feeder.abort();
-    let reply = reply.map_err(|e| Failure(format!("load task failed: {e}")))?;
+    let reply = reply.map_err(|e| Failure::new(format!("load task failed: {e}")))?;
     let read = join(reader);
     match reply {
         Ok(r) => {
@@ -654,7 +654,7 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
             let at = line_of_status(&status, &lines.lock().unwrap(), None)
                 .map(|l| format!("{}:{l}: ", args.file.display()))
                 .unwrap_or_default();
-            Err(Failure(format!("{at}{}", Failure::from(status))))
+            Err(Failure::new(format!("{at}{}", Failure::from(status))))
         }
     }
 }
@@ -744,7 +744,7 @@ pub async fn orders(channel: Ch, args: LoadArgs) -> Result<()> {
                     let at = line_of_status(&status, std::slice::from_ref(&batch.lines), Some(0))
                         .map(|l| format!("{}:{l}: ", args.file.display()))
                         .unwrap_or_default();
-                    Failure(format!("{at}{}", Failure::from(status)))
+                    Failure::new(format!("{at}{}", Failure::from(status)))
                 })?
                 .into_inner();
             applied += reply.applied;
@@ -857,15 +857,21 @@ pub async fn members(
 fn join(handle: std::thread::JoinHandle<Result<ReadOutcome>>) -> Result<ReadOutcome> {
     handle
         .join()
-        .map_err(|_| Failure("the reader thread panicked".into()))?
+        .map_err(|_| Failure::new("the reader thread panicked"))?
 }
 
 /// Bad rows within `--max-errors` were reported and skipped: the load itself succeeded.
+/// The end of a load: partly applied (exit 3) when bad rows were skipped.
 fn bad_rows(bad: u64) -> Result<()> {
-    if bad > 0 {
-        eprintln!("{bad} bad rows were skipped (see above)");
+    match bad {
+        0 => Ok(()),
+        1 => Err(Failure::partly(
+            "1 bad row was skipped (see above); the other rows are applied",
+        )),
+        n => Err(Failure::partly(format!(
+            "{n} bad rows were skipped (see above); the other rows are applied"
+        ))),
     }
-    Ok(())
 }
 
 #[cfg(test)]

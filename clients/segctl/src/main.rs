@@ -33,7 +33,7 @@ pub mod pb {
     name = "segctl",
     version,
     about = "Command line for segmentd: bulk loads, segments, membership checks and exports",
-    after_help = "Examples:\n  segctl gen --customers 100000 --out ./demo\n  segctl load customers ./demo/customers.csv\n  segctl segment create good --rule 'total_spent > 1000 and registered'\n  segctl check C000000042 good men-over-40\n  SEGMENTD_ADDR=http://10.0.0.5:50051 segctl stats"
+    after_help = "Examples:\n  segctl gen --customers 100000 --out ./demo\n  segctl load customers ./demo/customers.csv\n  segctl segment create good --rule 'total_spent > 1000 and registered'\n  segctl check C000000042 good men-over-40\n  SEGMENTD_ADDR=http://10.0.0.5:50051 segctl stats\n\nExit codes: 0 done (or the reader of its output closed the pipe), 1 error, 2 usage error, 3 partly applied (bad rows skipped, a load stopped part way) or not found."
 )]
 struct Cli {
     /// segmentd's gRPC address.
@@ -406,6 +406,22 @@ pub struct ActivityArgs {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> ExitCode {
+    // A closed pipe (`segctl segment export good | head`) ends segctl quietly (exit 0) instead
+    // of a panic on the next write. Not by restoring SIGPIPE's default: a write to a connection
+    // the server closed would then kill segctl instead of returning an error it can report.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
     // Freed memory kept ten seconds rather than one (unless MIMALLOC_PURGE_DELAY says): a load
     // frees each batch it encodes, and with the default the next one faulted its pages in and
     // had them zeroed again (a tenth of the reader's time).
@@ -423,9 +439,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.exit == 0 => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("segctl: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit)
         }
     }
 }

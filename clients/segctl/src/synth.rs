@@ -247,10 +247,12 @@ fn customer(seed: u64, n: u64, out: &mut impl Write, orders: &mut impl Write) ->
 
 /// Writes `customers.csv` and `orders.csv` for `count` customers into `dir`.
 pub fn write(count: u64, seed: u64, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Failure(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
     let create = |name: &str| -> Result<BufWriter<File>> {
         let path = dir.join(name);
-        let f = File::create(&path).map_err(|e| Failure(format!("cannot create {}: {e}", path.display())))?;
+        let f = File::create(&path)
+            .map_err(|e| Failure::new(format!("cannot create {}: {e}", path.display())))?;
         Ok(BufWriter::with_capacity(1 << 20, f))
     };
     let (mut customers, mut orders) = (create("customers.csv")?, create("orders.csv")?);

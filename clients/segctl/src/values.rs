@@ -4,13 +4,39 @@ use std::fmt;
 
 use crate::pb::{self, value::Kind};
 
-/// A failure to report to the user: one line, no debug dump.
+/// A failure to report to the user: one line, no debug dump, and the exit code it ends segctl
+/// with ([`EXIT_ERROR`], or [`EXIT_PARTLY`] when something was not found or only part of a load
+/// was applied).
 #[derive(Debug)]
-pub struct Failure(pub String);
+pub struct Failure {
+    pub message: String,
+    pub exit: u8,
+}
+
+/// Exit codes: 0 done, 1 an error, 2 a usage error (clap's), 3 partly applied or not found.
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_PARTLY: u8 = 3;
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            exit: EXIT_ERROR,
+        }
+    }
+
+    /// Ends segctl with [`EXIT_PARTLY`].
+    pub fn partly(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            exit: EXIT_PARTLY,
+        }
+    }
+}
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -19,7 +45,7 @@ impl std::error::Error for Failure {}
 pub type Result<T, E = Failure> = std::result::Result<T, E>;
 
 pub fn fail<T>(msg: impl Into<String>) -> Result<T> {
-    Err(Failure(msg.into()))
+    Err(Failure::new(msg.into()))
 }
 
 impl From<tonic::Status> for Failure {
@@ -48,19 +74,42 @@ impl From<tonic::Status> for Failure {
             }
             source = cause.source();
         }
-        Failure(format!("{what}: {}", said.join(": ")))
+        let message = format!("{what}: {}", said.join(": "));
+        // Not found, or a load stopped after some batches were applied: partly done.
+        use tonic_types::StatusExt;
+        let partly = s.code() == Code::NotFound
+            || s.get_error_details()
+                .error_info()
+                .is_some_and(|i| i.reason == "PARTIALLY_APPLIED");
+        if partly {
+            Failure::partly(message)
+        } else {
+            Failure::new(message)
+        }
     }
 }
 
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
-        Failure(e.to_string())
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // The reader of segctl's output closed the pipe: it has what it wanted.
+            return Failure {
+                message: String::new(),
+                exit: 0,
+            };
+        }
+        Failure::new(e.to_string())
     }
 }
 
 impl From<csv::Error> for Failure {
     fn from(e: csv::Error) -> Self {
-        Failure(e.to_string())
+        if let csv::ErrorKind::Io(io) = e.kind()
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            return std::io::Error::from(std::io::ErrorKind::BrokenPipe).into();
+        }
+        Failure::new(e.to_string())
     }
 }
 

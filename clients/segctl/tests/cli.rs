@@ -104,7 +104,7 @@ fn generated_base_loads_and_segments_work_end_to_end() {
         "SERVING\n"
     );
     let unknown = server.segctl(&["health", "--service", "segmentd.v1.Nope"]);
-    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert_eq!(unknown.status.code(), Some(3), "not found: {unknown:?}");
 
     // A rule segment: its size matches a preview of the same rule.
     let created = server.ok(&[
@@ -204,9 +204,17 @@ fn bad_rows_are_reported_with_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{file}:3: `household_size`")), "{err}");
 
-    // Tolerated: the good rows load.
+    // Default stop: nothing applied, exit 1.
+    assert_eq!(out.status.code(), Some(1));
+    // Tolerated: the good rows load, and the exit code (3) says only part of the file did.
     let out = server.segctl(&["load", "customers", &file, "--max-errors", "1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 bad row was skipped"));
     assert_eq!(stat(&server.ok(&["stats"]), "customers"), 2);
 
     // Dry run: checked, nothing sent.
@@ -498,4 +506,34 @@ fn a_server_that_never_answers_is_given_up_on() {
     );
     // Connected (TCP, HTTP/2 preface sent), then the call's keep-alive ping went unanswered.
     assert!(stderr.contains("keep-alive timed out"), "{stderr}");
+}
+
+#[test]
+fn a_closed_pipe_ends_segctl_quietly() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().to_str().unwrap();
+    server.ok(&["gen", "--customers", "3000", "--seed", "2", "--out", demo]);
+    server.ok(&["load", "customers", &format!("{demo}/customers.csv")]);
+    server.ok(&["segment", "create", "all", "--rule", "not vip or vip"]);
+    // The reader takes one line and closes the pipe: segctl's next writes fail.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_segctl"))
+        .args(["segment", "export", "all"])
+        .env("SEGMENTD_ADDR", &server.addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
 }
