@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .build_server(false)
+        // Attributes in a stable (name) order when printed.
+        .btree_map(".segmentd.v1.Customer.attributes")
         // Customers are sent column by column, written straight from file rows (src/wire.rs).
         .extern_path(".segmentd.v1.LoadCustomersRequest", "crate::wire::EncodedColumns")
         .compile_fds(protox::compile(&files, [root])?)?;

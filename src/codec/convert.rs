@@ -48,9 +48,9 @@ pub fn value_in(def: &AttrDef, value: pb::Value) -> Result<Option<Value>> {
         Error::invalid(
             "",
             format!(
-                "expected a {} value for attribute `{}`, got {got}",
-                expected_kind(def.ty),
-                def.name
+                "attribute `{}` takes `{}`, got `{got}`",
+                def.name,
+                expected_kind(def.ty)
             ),
         )
     };

@@ -13,7 +13,7 @@ use crate::pb::{
 use crate::values::{self, Failure, Result, fail};
 use crate::{
     ActivityArgs, ActivityCommand, Cli, Command, CustomerCommand, EventFormat, ExportFormat, FamilyCommand,
-    LoadCommand, SegmentArgs, SegmentCommand,
+    LoadCommand, SchemaCommand, SegmentArgs, SegmentCommand,
 };
 
 async fn connect(cli: &Cli) -> Result<Ch> {
@@ -97,9 +97,26 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Gen { customers, seed, out } = &cli.command {
         return crate::synth::write(*customers, *seed, out);
     }
+    // Made from the command definitions alone: no server.
+    // (Into a buffer first: a closed pipe is then an error to end quietly on, not a panic.)
+    if let Command::Completions { shell } = &cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let mut text = Vec::new();
+        clap_complete::generate(*shell, &mut cmd, "segctl", &mut text);
+        std::io::stdout().write_all(&text)?;
+        return Ok(());
+    }
+    if let Command::Man = &cli.command {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let mut text = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut text)?;
+        std::io::stdout().write_all(&text)?;
+        return Ok(());
+    }
     let channel = connect(&cli).await?;
     match cli.command {
-        Command::Gen { .. } => unreachable!("handled above"),
+        Command::Gen { .. } | Command::Completions { .. } | Command::Man => unreachable!("handled above"),
+        Command::Schema(cmd) => schema(channel, cmd).await,
         Command::Load(LoadCommand::Customers(args)) => crate::load::customers(channel, args).await,
         Command::Load(LoadCommand::Orders(args)) => crate::load::orders(channel, args).await,
         Command::Load(LoadCommand::Members {
@@ -254,6 +271,61 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn schema(channel: Ch, cmd: SchemaCommand) -> Result<()> {
+    let mut admin = AdminClient::new(channel);
+    let type_name = |t: i32| {
+        pb::AttributeType::try_from(t)
+            .map(|t| {
+                t.as_str_name()
+                    .trim_start_matches("ATTRIBUTE_TYPE_")
+                    .to_lowercase()
+            })
+            .unwrap_or_else(|_| format!("type {t}"))
+    };
+    match cmd {
+        SchemaCommand::List => {
+            let attrs = admin
+                .get_schema(pb::GetSchemaRequest {})
+                .await?
+                .into_inner()
+                .attributes;
+            for a in attrs {
+                let mut flags = vec![if a.builtin { "built-in" } else { "custom" }];
+                if a.read_only {
+                    flags.push("read-only");
+                }
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    a.name,
+                    type_name(a.r#type),
+                    flags.join(","),
+                    a.description
+                );
+            }
+        }
+        SchemaCommand::Define {
+            name,
+            r#type,
+            description,
+        } => {
+            let ty = pb::AttributeType::from_str_name(&format!("ATTRIBUTE_TYPE_{}", r#type.to_uppercase()))
+                .ok_or_else(|| Failure::new(format!("unknown type `{type}`", type = r#type)))?;
+            let a = admin
+                .define_attribute(pb::DefineAttributeRequest {
+                    name,
+                    r#type: ty as i32,
+                    description,
+                })
+                .await?
+                .into_inner()
+                .attribute
+                .ok_or_else(|| Failure::new("the server returned no attribute"))?;
+            println!("defined {} ({})", a.name, type_name(a.r#type));
+        }
+    }
+    Ok(())
 }
 
 async fn family(channel: Ch, cmd: FamilyCommand) -> Result<()> {

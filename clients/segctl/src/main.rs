@@ -154,6 +154,20 @@ Examples:\n  segctl watch\n  segctl watch --segment golfers --segment vip --from
     /// Customers, segments and memory use.
     #[command(after_help = "Example:\n  segctl stats")]
     Stats,
+    /// The attributes customers have (the names load files and rules use), or define one.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// Shell completions for segctl, to source or install.
+    #[command(
+        after_help = "Examples:\n  segctl completions bash > /etc/bash_completion.d/segctl\n  segctl completions zsh > \"${fpath[1]}/_segctl\"\n  segctl completions fish > ~/.config/fish/completions/segctl.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// segctl's manual page (roff), for `man`.
+    #[command(after_help = "Example:\n  segctl man > /usr/local/share/man/man1/segctl.1")]
+    Man,
     /// What is running: version, commit, uptime, data directory, role, state.
     #[command(after_help = "Example:\n  segctl info")]
     Info,
@@ -336,6 +350,24 @@ enum CustomerCommand {
         key: String,
         #[arg(long)]
         email: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SchemaCommand {
+    /// Every attribute: name, type, built in or custom, read-only, description.
+    #[command(after_help = "Example:\n  segctl schema list")]
+    List,
+    /// Declare a custom attribute (a new column), usable in loads and rules at once.
+    #[command(after_help = "Example:\n  segctl schema define shoe_size int --description 'EU size'")]
+    Define {
+        /// Lower-case letters, digits and '_', starting with a letter.
+        name: String,
+        /// bool, int, float, money, date, timestamp, keyword, keywords or text.
+        #[arg(value_parser = ["bool", "int", "float", "money", "date", "timestamp", "keyword", "keywords", "text"])]
+        r#type: String,
+        #[arg(long, default_value = "")]
+        description: String,
     },
 }
 

@@ -74,7 +74,13 @@ impl From<tonic::Status> for Failure {
             }
             source = cause.source();
         }
-        let message = format!("{what}: {}", said.join(": "));
+        let said = said.join(": ");
+        // "not found: customer `x` not found" says it twice: the server's words suffice.
+        let message = if said.to_lowercase().contains(what) {
+            said
+        } else {
+            format!("{what}: {said}")
+        };
         // Not found, or a load stopped after some batches were applied: partly done.
         use tonic_types::StatusExt;
         let partly = s.code() == Code::NotFound

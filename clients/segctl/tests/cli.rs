@@ -293,7 +293,8 @@ fn jsonl_members_and_plain_errors() {
     let out = server.segctl(&["segment", "get", "nope"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("segctl: not found: "), "{err}");
+    assert_eq!(out.status.code(), Some(3), "not found");
+    assert!(err.starts_with("segctl: segment `nope` not found"), "{err}");
     assert!(!err.contains("Status {"), "{err}");
     let out = server.segctl(&["segment", "create", "broken", "--rule", "age >"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("rule_text"));
@@ -536,4 +537,55 @@ fn a_closed_pipe_ends_segctl_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn schema_completions_man_and_plain_not_found() {
+    let server = Server::start();
+    let list = server.ok(&["schema", "list"]);
+    assert!(list.contains("gender\tkeyword\tbuilt-in\t"), "{list}");
+    assert!(
+        list.contains("total_spent\tmoney\tbuilt-in,read-only\t"),
+        "{list}"
+    );
+    let defined = server.ok(&["schema", "define", "shoe_size", "int", "--description", "EU size"]);
+    assert_eq!(defined, "defined shoe_size (int)\n");
+    assert!(
+        server
+            .ok(&["schema", "list"])
+            .contains("shoe_size\tint\tcustom\tEU size")
+    );
+    let bad = server.segctl(&["schema", "define", "shoe_size", "colour"]);
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+
+    // Attributes in name order, every time.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.csv",
+        "customer_id,vip,shoe_size,household_size,city\nA1,true,44,3,Lyon\n",
+    );
+    server.ok(&["load", "customers", &file]);
+    let got = server.ok(&["customer", "get", "A1"]);
+    let names: Vec<&str> = got
+        .lines()
+        .skip(2)
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "{got}");
+
+    // Not found: said once, exit 3.
+    let out = server.segctl(&["customer", "get", "nobody"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("not found").count(), 1, "{err}");
+
+    let completions = server.ok(&["completions", "bash"]);
+    assert!(
+        completions.contains("segctl") && completions.contains("schema"),
+        "{completions}"
+    );
+    assert!(server.ok(&["man"]).starts_with(".ie"), "a roff page");
 }
