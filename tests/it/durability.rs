@@ -1833,7 +1833,7 @@ fn fixture_v1() -> PathBuf {
 }
 
 /// Every kind of change, in an order in which each applies after the others.
-const EVERY_CHANGE: [Change; 12] = [
+pub(crate) const EVERY_CHANGE: [Change; 12] = [
     Change::Time,
     Change::Customers,
     Change::Loads,

@@ -9,7 +9,7 @@ use segmentd::api::pb;
 use segmentd_replica::{Error, Replica};
 
 use crate::common::*;
-use crate::durability::{Change, DAY, log_alone, replay_base, replay_ids, write_change};
+use crate::durability::{DAY, EVERY_CHANGE, log_alone, replay_base, replay_ids, write_change};
 
 /// A TCP proxy between the replica and the server, whose connections the test can cut.
 struct Proxy {
@@ -173,21 +173,6 @@ async fn ready(replica: &Arc<Replica>) {
         .unwrap();
 }
 
-const CHANGES: [Change; 12] = [
-    Change::Customers,
-    Change::Loads,
-    Change::Orders,
-    Change::Erasure,
-    Change::Attributes,
-    Change::Segments,
-    Change::Lists,
-    Change::Activities,
-    Change::MemberLoads,
-    Change::Families,
-    Change::Time,
-    Change::Reclassification,
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replica_agrees_with_the_server_through_every_write_a_cut_a_fall_behind_and_a_restart() {
     use segmentd::time::{ManualClock, days_from_civil};
@@ -228,7 +213,7 @@ async fn the_replica_agrees_with_the_server_through_every_write_a_cut_a_fall_beh
         named.is_member("c00", "golf"),
         Err(Error::UnknownSegment("golf".into()))
     );
-    for change in CHANGES {
+    for change in EVERY_CHANGE {
         write_change(&server, change, &clock, t0).await;
         let when = format!("{change:?}");
         agrees(&server, &all, &customers, None, &when).await;

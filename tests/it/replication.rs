@@ -12,7 +12,7 @@ use segmentd::api::pb::{self, follow_response::Message, replication_client::Repl
 use tokio_stream::StreamExt;
 
 use crate::common::*;
-use crate::durability::{Change, DAY, log_alone, replay_base, replay_ids, write_change};
+use crate::durability::{Change, DAY, EVERY_CHANGE, log_alone, replay_base, replay_ids, write_change};
 
 /// A replica as the stream describes it.
 #[derive(Debug, Default)]
@@ -292,22 +292,6 @@ async fn agrees(
     }
 }
 
-const CHANGES: [Change; 12] = [
-    Change::Customers,
-    Change::Loads,
-    Change::Orders,
-    Change::Erasure,
-    Change::Attributes,
-    Change::Segments,
-    Change::Lists,
-    Change::Activities,
-    Change::MemberLoads,
-    Change::Families,
-    // Time before reclassification, which moves the clock 120 days on (leaving nothing to flip).
-    Change::Time,
-    Change::Reclassification,
-];
-
 /// Every kind of write while two replicas follow (every segment; two named ones): after each,
 /// once quiet, both answer as the server does for every customer, including the erased and the
 /// never seen.
@@ -332,7 +316,7 @@ async fn replicas_agree_with_the_server_after_every_kind_of_write() {
         "base",
     )
     .await;
-    for change in CHANGES {
+    for change in EVERY_CHANGE {
         write_change(&server, change, &clock, t0).await;
         let when = format!("{change:?}");
         agrees(&server, &all.replica, &customers, None, &when).await;
