@@ -3,7 +3,8 @@
 //!
 //! A lookup in a 100 MB table of 4 KiB pages misses the TLB as well as the cache: the page walk
 //! is a second wait before the slot's own. Aligned to 2 MiB and marked `MADV_HUGEPAGE`, the same
-//! table needs about 50 TLB entries instead of 25,000 (measured in `benches/replica.rs`).
+//! table needs about 50 TLB entries instead of 25,000. (The machine of BENCHMARKS.md grants no
+//! huge pages, so its figures do not show the gain; see "The replica client" there.)
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
