@@ -1778,9 +1778,7 @@ async fn update(
 /// Writes the base and `change` with no snapshot at any point, restarts, and compares the whole
 /// state with what it was before the restart.
 async fn replays_from_the_log_alone(change: Change) {
-    use segmentd::time::{ManualClock, days_from_civil};
-    let t0 = i64::from(days_from_civil(2026, 3, 10).unwrap()) * DAY;
-    let clock = Arc::new(ManualClock::new(t0 * 1_000_000));
+    let (t0, clock) = replay_clock();
     let tune = log_alone(clock.clone());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -1848,6 +1846,25 @@ pub(crate) const EVERY_CHANGE: [Change; 12] = [
     Change::Erasure,
 ];
 
+/// Where the replay tests start: 2026-03-10 (`t0`, seconds since the epoch) on a manual clock.
+pub(crate) fn replay_clock() -> (i64, Arc<segmentd::time::ManualClock>) {
+    let days = segmentd::time::days_from_civil(2026, 3, 10).unwrap();
+    let t0 = i64::from(days) * DAY;
+    (t0, Arc::new(segmentd::time::ManualClock::new(t0 * 1_000_000)))
+}
+
+/// [`log_alone`], with the changes kept for replicas bounded to `items`.
+pub(crate) fn log_alone_following(
+    clock: Arc<segmentd::time::ManualClock>,
+    items: usize,
+) -> impl Fn(&mut segmentd::config::Config) + Clone {
+    let base = log_alone(clock);
+    move |c: &mut segmentd::config::Config| {
+        base(c);
+        c.follow_buffer_items = items;
+    }
+}
+
 /// A server on `clock` that writes no snapshot (at any time, or when it stops), ticks every
 /// 20 ms and never reclassifies by itself: a restart reads the log alone.
 pub(crate) fn log_alone(
@@ -1881,9 +1898,8 @@ fn copy_dir(from: &Path, to: &Path) {
 #[tokio::test]
 #[ignore]
 async fn write_the_version_1_data_directory() {
-    use segmentd::time::{Clock, ManualClock, days_from_civil};
-    let t0 = i64::from(days_from_civil(2026, 3, 10).unwrap()) * DAY;
-    let clock = Arc::new(ManualClock::new(t0 * 1_000_000));
+    use segmentd::time::Clock;
+    let (t0, clock) = replay_clock();
     let root = fixture_v1();
     let _ = std::fs::remove_dir_all(&root);
     let server = TestServer::start_at(root.join("data"), log_alone(clock.clone())).await;

@@ -9,7 +9,9 @@ use segmentd::api::pb;
 use segmentd_replica::{Error, Replica};
 
 use crate::common::*;
-use crate::durability::{DAY, EVERY_CHANGE, log_alone, replay_base, replay_ids, write_change};
+use crate::durability::{
+    EVERY_CHANGE, log_alone_following, replay_base, replay_clock, replay_ids, write_change,
+};
 
 /// A TCP proxy between the replica and the server, whose connections the test can cut.
 struct Proxy {
@@ -175,18 +177,10 @@ async fn ready(replica: &Arc<Replica>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replica_agrees_with_the_server_through_every_write_a_cut_a_fall_behind_and_a_restart() {
-    use segmentd::time::{ManualClock, days_from_civil};
-    let t0 = i64::from(days_from_civil(2026, 3, 10).unwrap()) * DAY;
-    let clock = Arc::new(ManualClock::new(t0 * 1_000_000));
+    let (t0, clock) = replay_clock();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let tune = {
-        let base = log_alone(clock.clone());
-        move |c: &mut segmentd::config::Config| {
-            base(c);
-            c.follow_buffer_items = 500;
-        }
-    };
+    let tune = log_alone_following(clock.clone(), 500);
     let server = TestServer::start_at(data.clone(), tune.clone()).await;
     let proxy = Proxy::start(server.addr).await;
     replay_base(&server, t0).await;

@@ -12,7 +12,9 @@ use segmentd::api::pb::{self, follow_response::Message, replication_client::Repl
 use tokio_stream::StreamExt;
 
 use crate::common::*;
-use crate::durability::{Change, DAY, EVERY_CHANGE, log_alone, replay_base, replay_ids, write_change};
+use crate::durability::{
+    Change, EVERY_CHANGE, log_alone, log_alone_following, replay_base, replay_clock, replay_ids, write_change,
+};
 
 /// A replica as the stream describes it.
 #[derive(Debug, Default)]
@@ -297,9 +299,7 @@ async fn agrees(
 /// never seen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_agree_with_the_server_after_every_kind_of_write() {
-    use segmentd::time::{ManualClock, days_from_civil};
-    let t0 = i64::from(days_from_civil(2026, 3, 10).unwrap()) * DAY;
-    let clock = Arc::new(ManualClock::new(t0 * 1_000_000));
+    let (t0, clock) = replay_clock();
     let server = TestServer::start_with(log_alone(clock.clone())).await;
     let mut customers = replay_ids();
     customers.push("never-seen".into());
@@ -353,18 +353,10 @@ async fn replicas_agree_with_the_server_after_every_kind_of_write() {
 /// time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_resume_or_take_a_new_snapshot_never_a_gap() {
-    use segmentd::time::{ManualClock, days_from_civil};
-    let t0 = i64::from(days_from_civil(2026, 3, 10).unwrap()) * DAY;
-    let clock = Arc::new(ManualClock::new(t0 * 1_000_000));
+    let (t0, clock) = replay_clock();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let tune = {
-        let base = log_alone(clock.clone());
-        move |c: &mut segmentd::config::Config| {
-            base(c);
-            c.follow_buffer_items = 200;
-        }
-    };
+    let tune = log_alone_following(clock.clone(), 200);
     let server = TestServer::start_at(data.clone(), tune.clone()).await;
     replay_base(&server, t0).await;
     let mut customers = replay_ids();
