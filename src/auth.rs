@@ -1,7 +1,9 @@
 //! Bearer tokens mapped to roles.
 //!
 //! Each service needs a role: `reader` calls `Membership`, `activity` calls `Activities`, `loader`
-//! calls `Ingest`, and `admin` calls everything (`Segments` and `Admin` only admin). A call carries
+//! calls `Ingest`, and `admin` calls everything (`Segments` and `Admin` only admin, except
+//! `Admin.GetSchema`, which every role may call: it names the attributes and their types that
+//! loads, rules and customers use, and no customer's data). A call carries
 //! `authorization: Bearer <token>` (the scheme in any case). Tokens come from a file
 //! (`--tokens-file`) or the environment (`SEGMENTD_TOKENS`), one `role token` pair a line (or
 //! comma-separated); `#` starts a comment to the end of the line; a token may be given as
@@ -59,6 +61,30 @@ pub fn role_for(service: &str) -> Option<Role> {
         "segmentd.v1.Ingest" => Some(Role::Loader),
         _ => None, // Segments, Admin: admin only
     }
+}
+
+/// The role a call was authenticated with (`None`: the server checks no tokens), put in the
+/// call's extensions for a service whose methods need different roles (`Admin`), which then
+/// checks each call with [`Caller::require_admin`].
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Option<Role>);
+
+impl Caller {
+    /// Refuses a call that is not an admin's (or that no authentication step marked).
+    pub fn require_admin<T>(request: &Request<T>, method: &str) -> Result<(), Status> {
+        match request.extensions().get::<Caller>() {
+            Some(Caller(None | Some(Role::Admin))) => Ok(()),
+            Some(Caller(Some(role))) => Err(denied(*role, method)),
+            None => Err(Status::internal(format!(
+                "{method}: the call was not authenticated"
+            ))),
+        }
+    }
+}
+
+/// PERMISSION_DENIED for `role` calling `what` (a service or a method).
+fn denied(role: Role, what: &str) -> Status {
+    Status::permission_denied(format!("the `{}` role may not call {what}", role.name()))
 }
 
 /// The accepted tokens, as SHA-256 digests with their roles.
@@ -250,29 +276,31 @@ impl Auth {
         !self.tokens.load().is_empty()
     }
 
-    /// Checks the call's bearer token against what `service` needs.
-    pub fn check<T>(&self, service: &str, request: &Request<T>) -> Result<(), Status> {
+    /// The role of the call's bearer token; `None` when the server checks no tokens.
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Option<Role>, Status> {
         let tokens = self.tokens.load();
         if tokens.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let presented = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(bearer);
-        let Some(role) = presented.and_then(|t| tokens.role(t)) else {
-            return Err(Status::unauthenticated(
+        match presented.and_then(|t| tokens.role(t)) {
+            Some(role) => Ok(Some(role)),
+            None => Err(Status::unauthenticated(
                 "missing or invalid bearer token (authorization: Bearer <token>)",
-            ));
-        };
-        if role == Role::Admin || role_for(service) == Some(role) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(format!(
-                "the `{}` role may not call {service}",
-                role.name()
-            )))
+            )),
+        }
+    }
+
+    /// Checks the call's bearer token against what `service` needs.
+    pub fn check<T>(&self, service: &str, request: &Request<T>) -> Result<(), Status> {
+        match self.authenticate(request)? {
+            None | Some(Role::Admin) => Ok(()),
+            Some(role) if role_for(service) == Some(role) => Ok(()),
+            Some(role) => Err(denied(role, service)),
         }
     }
 }

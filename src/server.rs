@@ -250,8 +250,8 @@ pub async fn run(
         .add_service(InterceptedService::new(
             admin,
             // GetServerInfo answers while recovering: the other Admin calls check readiness
-            // themselves.
-            auth_only(auth.clone(), SERVICES[1]),
+            // themselves. Any role may call GetSchema: each other method checks for admin.
+            authenticate_only(auth.clone()),
         ))
         .add_service(InterceptedService::new(
             segments,
@@ -458,13 +458,12 @@ fn guard(
     }
 }
 
-/// Checks the caller's token for `service` only.
-fn auth_only(
-    auth: Arc<Auth>,
-    service: &'static str,
-) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |request| {
-        auth.check(service, &request)?;
+/// Checks that the caller's token is one of the server's and marks the call with its role, for
+/// the service's methods to check (`Admin`).
+fn authenticate_only(auth: Arc<Auth>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request| {
+        let role = auth.authenticate(&request)?;
+        request.extensions_mut().insert(crate::auth::Caller(role));
         Ok(request)
     }
 }

@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::api::pb::{self, admin_server::Admin};
+use crate::auth::Caller;
 use crate::codec::convert;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -41,6 +42,8 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl Admin for AdminApi {
+    /// Open to every role (see `auth`): the attribute names and types are what loads, rules and
+    /// customers use.
     async fn get_schema(
         &self,
         _request: Request<pb::GetSchemaRequest>,
@@ -56,6 +59,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::DefineAttributeRequest>,
     ) -> Result<Response<pb::DefineAttributeResponse>, Status> {
+        Caller::require_admin(&request, "segmentd.v1.Admin/DefineAttribute")?;
         crate::api::ready(&self.engine)?;
         let pb::DefineAttributeRequest {
             name,
@@ -84,8 +88,9 @@ impl Admin for AdminApi {
 
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        Caller::require_admin(&request, "segmentd.v1.Admin/Snapshot")?;
         crate::api::ready(&self.engine)?;
         let info = self
             .engine
@@ -102,8 +107,9 @@ impl Admin for AdminApi {
 
     async fn get_server_info(
         &self,
-        _request: Request<pb::GetServerInfoRequest>,
+        request: Request<pb::GetServerInfoRequest>,
     ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        Caller::require_admin(&request, "segmentd.v1.Admin/GetServerInfo")?;
         let failure = self.engine.wal().and_then(|w| w.failure());
         let state = if !self.engine.is_ready() {
             pb::ServerState::Recovering
@@ -130,10 +136,8 @@ impl Admin for AdminApi {
         }))
     }
 
-    async fn stats(
-        &self,
-        _request: Request<pb::StatsRequest>,
-    ) -> Result<Response<pb::StatsResponse>, Status> {
+    async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        Caller::require_admin(&request, "segmentd.v1.Admin/Stats")?;
         crate::api::ready(&self.engine)?;
         let s = self.engine.stats().await?;
         Ok(Response::new(pb::StatsResponse {

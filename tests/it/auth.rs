@@ -130,6 +130,70 @@ async fn each_role_reaches_its_services_only() {
     assert_eq!(codes(&server, Some(LOADER)).await, [No, No, Ok, No, No, No]);
     assert_eq!(codes(&server, Some("not-a-token-0123456789")).await, [Who; 6]);
     assert_eq!(codes(&server, None).await, [Who; 6]);
+    // Admin.GetSchema is every role's (the attribute names and types loads and rules use); the
+    // rest of Admin stays the admin's, refusals naming the method.
+    for token in [ADMIN, READER, ACTIVITY, LOADER] {
+        let schema = server
+            .admin()
+            .await
+            .get_schema(with_token(pb::GetSchemaRequest {}, Some(token)))
+            .await
+            .unwrap_or_else(|e| panic!("{token}: {e}"))
+            .into_inner();
+        assert!(
+            schema.attributes.iter().any(|a| a.name == "total_spent"),
+            "{token}"
+        );
+    }
+    let mut admin = server.admin().await;
+    for token in [READER, ACTIVITY, LOADER] {
+        let refused = [
+            admin
+                .stats(with_token(pb::StatsRequest {}, Some(token)))
+                .await
+                .map(drop),
+            admin
+                .snapshot(with_token(pb::SnapshotRequest {}, Some(token)))
+                .await
+                .map(drop),
+            admin
+                .get_server_info(with_token(pb::GetServerInfoRequest {}, Some(token)))
+                .await
+                .map(drop),
+            admin
+                .define_attribute(with_token(
+                    pb::DefineAttributeRequest {
+                        name: "shoe_size".into(),
+                        r#type: pb::AttributeType::Int as i32,
+                        description: String::new(),
+                    },
+                    Some(token),
+                ))
+                .await
+                .map(drop),
+        ];
+        for (r, method) in refused
+            .into_iter()
+            .zip(["Stats", "Snapshot", "GetServerInfo", "DefineAttribute"])
+        {
+            let e = r.expect_err(method);
+            assert_eq!(e.code(), No, "{token} {method}");
+            assert!(
+                e.message().contains(&format!("segmentd.v1.Admin/{method}")),
+                "{}",
+                e.message()
+            );
+        }
+    }
+    let no_token = admin.get_schema(pb::GetSchemaRequest {}).await.unwrap_err();
+    assert_eq!(no_token.code(), Who);
+    // The refused definition changed nothing.
+    let schema = admin
+        .get_schema(with_token(pb::GetSchemaRequest {}, Some(ADMIN)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!schema.attributes.iter().any(|a| a.name == "shoe_size"));
     // The refusals name no token.
     let err = server
         .segments()
