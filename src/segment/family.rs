@@ -95,7 +95,15 @@ impl Family {
             .iter()
             .filter_map(|m| m.rule.clone())
             .collect();
-        let none_earlier = || Rule::Not(Box::new(Rule::Or(earlier.clone())));
+        // One earlier member is negated as it is, not as a one-rule `or`: the text form of a
+        // one-rule `or` keeps parentheses the parsed rule loses, so the rule shown would change
+        // after a restart.
+        let none_earlier = || {
+            Rule::Not(Box::new(match earlier.as_slice() {
+                [one] => one.clone(),
+                _ => Rule::Or(earlier.clone()),
+            }))
+        };
         match (&self.members[k].rule, earlier.is_empty()) {
             (Some(rule), true) => rule.clone(),
             (Some(rule), false) => Rule::And(vec![rule.clone(), none_earlier()]),
@@ -191,6 +199,7 @@ pub struct FamilyInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segment::text;
 
     #[test]
     fn rfm_members_cover_every_score_once_in_order() {
@@ -241,6 +250,29 @@ mod tests {
             panic!("the catch-all is none of the others")
         };
         assert!(matches!(*earlier, Rule::Or(ref v) if v.len() == RFM_MEMBERS.len()));
+        // Every derived rule reads the same once its text is parsed again (as after a restart),
+        // a member after a single one-predicate member included.
+        let member = |id: &str, rule: Option<&str>| FamilyMember {
+            segment_id: id.into(),
+            name: id.into(),
+            rule: rule.map(|r| text::parse(r).unwrap()),
+        };
+        let value = Family {
+            id: "value".into(),
+            name: "value".into(),
+            members: vec![
+                member("value.big", Some("total_spent >= 1000")),
+                member("value.mid", Some("total_spent >= 100")),
+                member("value.small", None),
+            ],
+            ..Family::default()
+        };
+        for family in [&f, &value] {
+            for k in 0..family.members.len() {
+                let printed = text::print(&family.derived_rule(k));
+                assert_eq!(text::print(&text::parse(&printed).unwrap()), printed, "{} {k}", family.id);
+            }
+        }
         let mut bad = f.clone();
         bad.members[3].segment_id = "rfm.champions".into();
         assert!(
