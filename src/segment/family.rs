@@ -270,7 +270,12 @@ mod tests {
         for family in [&f, &value] {
             for k in 0..family.members.len() {
                 let printed = text::print(&family.derived_rule(k));
-                assert_eq!(text::print(&text::parse(&printed).unwrap()), printed, "{} {k}", family.id);
+                assert_eq!(
+                    text::print(&text::parse(&printed).unwrap()),
+                    printed,
+                    "{} {k}",
+                    family.id
+                );
             }
         }
         let mut bad = f.clone();

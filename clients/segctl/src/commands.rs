@@ -6,11 +6,12 @@ use tonic::transport::Endpoint;
 
 use crate::Ch;
 
+use crate::output::{Cell, Format, Record, Rows};
 use crate::pb::{
     self, activities_client::ActivitiesClient, admin_client::AdminClient, ingest_client::IngestClient,
     membership_client::MembershipClient, segments_client::SegmentsClient,
 };
-use crate::values::{self, Failure, Result, fail};
+use crate::values::{self, Failure, Result, Ty, fail};
 use crate::{
     ActivityArgs, ActivityCommand, Cli, Command, CustomerCommand, EventFormat, ExportFormat, FamilyCommand,
     LoadCommand, SchemaCommand, SegmentArgs, SegmentCommand,
@@ -146,16 +147,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                     join(&t.recency_days)
                 );
                 println!("frequency: score steps above {} orders", join(&t.frequency));
-                println!(
-                    "monetary: score steps above {} (minor units)",
-                    join(&t.monetary_minor)
-                );
+                let money: Vec<String> = t
+                    .monetary_minor
+                    .iter()
+                    .map(|m| values::format_money(*m))
+                    .collect();
+                println!("monetary: score steps above {} spent", money.join(" "));
             }
             Ok(())
         }
         Command::Check {
             customer_id,
             segments,
+            out,
         } => {
             let reply = MembershipClient::new(channel)
                 .check_memberships(pb::CheckMembershipsRequest {
@@ -167,10 +171,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             if !reply.known_customer {
                 eprintln!("note: no customer `{customer_id}` (anonymous shoppers are in no segment)");
             }
+            let mut rows = Rows::new(["segment_id", "member"]);
             for (segment, member) in segments.iter().zip(reply.member) {
-                println!("{segment}\t{}", if member { "yes" } else { "no" });
+                rows.push(vec![segment.into(), member.into()]);
             }
-            Ok(())
+            rows.print(out.output)
         }
         Command::Watch {
             from,
@@ -181,7 +186,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::History {
             customer_id,
             segment,
-            format,
+            out,
         } => {
             let reply = SegmentsClient::new(channel)
                 .get_membership_history(pb::GetMembershipHistoryRequest {
@@ -190,16 +195,41 @@ pub async fn run(cli: Cli) -> Result<()> {
                 })
                 .await?
                 .into_inner();
-            let mut out = std::io::stdout().lock();
+            let mut rows = Rows::new([
+                "sequence",
+                "time",
+                "segment_id",
+                "customer_id",
+                "event",
+                "cause",
+                "activity_id",
+                "from_segment_id",
+            ]);
             for e in &reply.events {
-                print_event(&mut out, e, format)?;
+                rows.push(vec![
+                    e.sequence.into(),
+                    e.time.as_ref().map(values::format_timestamp).into(),
+                    (&e.segment_id).into(),
+                    (&e.customer_id).into(),
+                    (if e.entered { "entered" } else { "exited" }).into(),
+                    cause_name(e.cause).into(),
+                    Some(&e.activity_id).filter(|a| !a.is_empty()).into(),
+                    Some(&e.from_segment_id).filter(|a| !a.is_empty()).into(),
+                ]);
             }
-            if format == EventFormat::Text {
-                eprintln!(
-                    "{} events (history before sequence {} is no longer retained)",
-                    reply.events.len(),
-                    reply.oldest_retained_sequence
-                );
+            rows.print(out.output)?;
+            if out.output == Format::Table {
+                // Sequences start at 1: a history that begins there has lost nothing.
+                let lost = if reply.oldest_retained_sequence > 1 {
+                    format!(
+                        " (history before sequence {} is no longer retained)",
+                        reply.oldest_retained_sequence
+                    )
+                } else {
+                    String::new()
+                };
+                let n = reply.events.len();
+                eprintln!("{n} event{}{lost}", if n == 1 { "" } else { "s" });
             }
             Ok(())
         }
@@ -216,19 +246,36 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Stats => {
+        Command::Stats { out } => {
             let r = AdminClient::new(channel)
                 .stats(pb::StatsRequest {})
                 .await?
                 .into_inner();
-            println!("customers\t{}", r.customers);
-            println!("segments\t{}", r.segments);
-            println!("bytes_used\t{}", r.bytes_used);
-            println!("bytes_per_customer\t{:.1}", r.bytes_per_customer);
-            for part in r.memory.iter().take(10) {
-                println!("memory:{}\t{}", part.name, part.bytes);
+            let record = Record::new()
+                .field("customers", r.customers)
+                .field("segments", r.segments)
+                .field("bytes_used", r.bytes_used)
+                .field("bytes_per_customer", (r.bytes_per_customer * 10.0).round() / 10.0);
+            match out.output {
+                Format::Json => {
+                    let mut json = record.json();
+                    json["memory"] = r
+                        .memory
+                        .iter()
+                        .map(|p| serde_json::json!({"name": p.name, "bytes": p.bytes}))
+                        .collect();
+                    crate::output::print_json(&json)
+                }
+                // The ten largest parts, as `memory:<part>` fields.
+                format => r
+                    .memory
+                    .iter()
+                    .take(10)
+                    .fold(record, |r, part| {
+                        r.field(format!("memory:{}", part.name), part.bytes)
+                    })
+                    .print(format),
             }
-            Ok(())
         }
         Command::Health { service } => {
             use tonic_health::pb::{
@@ -246,7 +293,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 crate::values::fail(format!("not serving: {}", status.as_str_name()))
             }
         }
-        Command::Info => {
+        Command::Info { out } => {
             let r = AdminClient::new(channel)
                 .get_server_info(pb::GetServerInfoRequest {})
                 .await?
@@ -257,18 +304,17 @@ pub async fn run(cli: Cli) -> Result<()> {
                 pb::ServerState::Failed => "failed",
                 pb::ServerState::Unspecified => "unknown",
             };
-            println!("version\t{}", r.version);
-            println!("commit\t{}", r.commit);
-            println!("role\t{}", r.role);
-            println!("state\t{state}");
-            println!("uptime_seconds\t{:.0}", r.uptime_seconds);
-            println!("data_dir\t{}", r.data_dir);
-            println!("fsync\t{}", r.fsync);
-            println!("last_sequence\t{}", r.last_sequence);
-            if !r.failure.is_empty() {
-                println!("failure\t{}", r.failure);
-            }
-            Ok(())
+            Record::new()
+                .field("version", r.version)
+                .field("commit", r.commit)
+                .field("role", r.role)
+                .field("state", state)
+                .field("uptime_seconds", r.uptime_seconds.round() as u64)
+                .field("data_dir", r.data_dir)
+                .field("fsync", r.fsync)
+                .field("last_sequence", r.last_sequence)
+                .field("failure", Some(r.failure).filter(|f| !f.is_empty()))
+                .print(out.output)
         }
     }
 }
@@ -285,25 +331,23 @@ async fn schema(channel: Ch, cmd: SchemaCommand) -> Result<()> {
             .unwrap_or_else(|_| format!("type {t}"))
     };
     match cmd {
-        SchemaCommand::List => {
+        SchemaCommand::List { out } => {
             let attrs = admin
                 .get_schema(pb::GetSchemaRequest {})
                 .await?
                 .into_inner()
                 .attributes;
+            let mut rows = Rows::new(["name", "type", "builtin", "read_only", "description"]);
             for a in attrs {
-                let mut flags = vec![if a.builtin { "built-in" } else { "custom" }];
-                if a.read_only {
-                    flags.push("read-only");
-                }
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    a.name,
-                    type_name(a.r#type),
-                    flags.join(","),
-                    a.description
-                );
+                rows.push(vec![
+                    a.name.into(),
+                    type_name(a.r#type).into(),
+                    a.builtin.into(),
+                    a.read_only.into(),
+                    a.description.into(),
+                ]);
             }
+            rows.print(out.output)?;
         }
         SchemaCommand::Define {
             name,
@@ -331,32 +375,88 @@ async fn schema(channel: Ch, cmd: SchemaCommand) -> Result<()> {
 async fn family(channel: Ch, cmd: FamilyCommand) -> Result<()> {
     let mut client = SegmentsClient::new(channel);
     match cmd {
-        FamilyCommand::List => {
+        FamilyCommand::List { out } if out.output != Format::Table => {
             let families = client
                 .list_families(pb::ListFamiliesRequest {})
                 .await?
                 .into_inner()
                 .families;
-            for f in families {
+            let member = |m: &pb::FamilyMember, catch_all: bool| {
+                Record::new()
+                    .field("segment_id", &m.segment_id)
+                    .field("size", m.size)
+                    .field("rule", Some(&m.rule_text).filter(|_| !catch_all))
+                    .field("catch_all", catch_all)
+            };
+            if out.output == Format::Json {
+                let json: Vec<serde_json::Value> = families
+                    .iter()
+                    .map(|f| {
+                        let mut obj = Record::new()
+                            .field("family_id", &f.family_id)
+                            .field("name", &f.name)
+                            .field("builtin", f.builtin)
+                            .field(
+                                "reclassified_at",
+                                f.reclassified_at.as_ref().map(values::format_timestamp),
+                            )
+                            .json();
+                        obj["members"] = f
+                            .members
+                            .iter()
+                            .map(|m| member(m, false).json())
+                            .chain(f.catch_all.iter().map(|m| member(m, true).json()))
+                            .collect();
+                        obj
+                    })
+                    .collect();
+                crate::output::print_json(&serde_json::Value::Array(json))?;
+            } else {
+                let mut rows = Rows::new(["family_id", "segment_id", "size", "rule", "catch_all"]);
+                for f in &families {
+                    let members = f.members.iter().map(|m| (m, false));
+                    for (m, catch_all) in members.chain(f.catch_all.iter().map(|m| (m, true))) {
+                        rows.push(vec![
+                            (&f.family_id).into(),
+                            (&m.segment_id).into(),
+                            m.size.into(),
+                            Some(&m.rule_text).filter(|_| !catch_all).into(),
+                            catch_all.into(),
+                        ]);
+                    }
+                }
+                rows.print(Format::Csv)?;
+            }
+        }
+        FamilyCommand::List { .. } => {
+            let families = client
+                .list_families(pb::ListFamiliesRequest {})
+                .await?
+                .into_inner()
+                .families;
+            for (i, f) in families.iter().enumerate() {
                 let when = f
                     .reclassified_at
                     .as_ref()
                     .map(|t| format!(", reclassified {}", values::format_timestamp(t)))
                     .unwrap_or_default();
+                if i > 0 {
+                    println!();
+                }
                 println!(
-                    "{}\t{}{}{when}",
+                    "{}: {}{}{when}",
                     f.family_id,
                     f.name,
                     if f.builtin { " (built in)" } else { "" }
                 );
-                for m in f.members.iter().chain(f.catch_all.iter()) {
-                    let rule = if m.rule_text.is_empty() {
-                        "(catch-all)"
-                    } else {
-                        &m.rule_text
-                    };
-                    println!("  {}\t{}\t{rule}", m.segment_id, m.size);
+                let mut rows = Rows::new(["segment_id", "size", "rule"]);
+                for m in &f.members {
+                    rows.push(vec![(&m.segment_id).into(), m.size.into(), (&m.rule_text).into()]);
                 }
+                if let Some(m) = &f.catch_all {
+                    rows.push(vec![(&m.segment_id).into(), m.size.into(), "(catch-all)".into()]);
+                }
+                rows.print(Format::Table)?;
             }
         }
         FamilyCommand::Create {
@@ -521,9 +621,10 @@ async fn watch(
 }
 
 async fn customer(channel: Ch, cmd: CustomerCommand) -> Result<()> {
+    let ingest_channel = channel.clone();
     let mut ingest = IngestClient::new(channel);
     match cmd {
-        CustomerCommand::Get { key, email } => {
+        CustomerCommand::Get { key, email, out } => {
             use pb::get_customer_request::Key;
             let key = if email {
                 Key::Email(key)
@@ -536,11 +637,15 @@ async fn customer(channel: Ch, cmd: CustomerCommand) -> Result<()> {
                 .into_inner()
                 .customer
                 .ok_or_else(|| Failure::new("the server returned no customer"))?;
-            println!("customer_id\t{}", c.customer_id);
-            println!("email\t{}", c.email.unwrap_or_default());
+            let types = attribute_types(&ingest_channel).await?;
+            // Attributes in name order (the map is sorted), money in major units.
+            let mut record = Record::new()
+                .field("customer_id", c.customer_id)
+                .field("email", c.email);
             for (name, value) in &c.attributes {
-                println!("{name}\t{}", values::format_value(value));
+                record.push(name, values::cell(value, types.get(name).copied()));
             }
+            record.print(out.output)?;
         }
         CustomerCommand::Delete { key, email } => {
             use pb::delete_customer_request::Key;
@@ -639,20 +744,29 @@ fn segment_in(args: SegmentArgs) -> (pb::Segment, Vec<String>) {
     (s, paths.into_iter().map(str::to_string).collect())
 }
 
-fn print_segment(s: &pb::Segment) {
-    println!("segment_id\t{}", s.segment_id);
-    println!("name\t{}", s.name);
-    if !s.description.is_empty() {
-        println!("description\t{}", s.description);
-    }
-    println!("rule\t{}", s.rule_text);
-    println!("size\t{}", s.size);
-    println!("allow_activities\t{}", s.allow_activities);
-    println!("included\t{}", s.include_customer_count);
-    println!("excluded\t{}", s.exclude_customer_count);
+fn segment_record(s: pb::Segment) -> Record {
+    Record::new()
+        .field("segment_id", s.segment_id)
+        .field("name", s.name)
+        .field("description", s.description)
+        .field("rule", s.rule_text)
+        .field("size", s.size)
+        .field("allow_activities", s.allow_activities)
+        .field("included", s.include_customer_count)
+        .field("excluded", s.exclude_customer_count)
+}
+
+/// Attribute name → type, from `Admin.GetSchema` (open to every role).
+async fn attribute_types(channel: &Ch) -> Result<std::collections::HashMap<String, Ty>> {
+    Ok(crate::load::schema(channel)
+        .await?
+        .into_iter()
+        .map(|(name, (ty, _))| (name, ty))
+        .collect())
 }
 
 async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
+    let segments_channel = &channel.clone();
     let mut segments = SegmentsClient::new(channel);
     match cmd {
         SegmentCommand::Create(args) => {
@@ -684,21 +798,28 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
                 .into_inner();
             println!("updated {} ({} members)", s.segment_id, s.size);
         }
-        SegmentCommand::Get { segment } => {
+        SegmentCommand::Get { segment, out } => {
             let s = segments
                 .get_segment(pb::GetSegmentRequest { segment_id: segment })
                 .await?
                 .into_inner();
-            print_segment(&s);
+            segment_record(s).print(out.output)?;
         }
-        SegmentCommand::List => {
+        SegmentCommand::List { out } => {
             let r = segments
                 .list_segments(pb::ListSegmentsRequest {})
                 .await?
                 .into_inner();
+            let mut rows = Rows::new(["segment_id", "size", "name", "rule"]);
             for s in r.segments {
-                println!("{}\t{}\t{}\t{}", s.segment_id, s.size, s.name, s.rule_text);
+                rows.push(vec![
+                    s.segment_id.into(),
+                    s.size.into(),
+                    s.name.into(),
+                    s.rule_text.into(),
+                ]);
             }
+            rows.print(out.output)?;
         }
         SegmentCommand::Delete { segment } => {
             segments
@@ -708,7 +829,12 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
                 .await?;
             println!("deleted {segment}");
         }
-        SegmentCommand::Preview { rule, sample, as_of } => {
+        SegmentCommand::Preview {
+            rule,
+            sample,
+            as_of,
+            out,
+        } => {
             let as_of = as_of
                 .map(|t| values::parse_timestamp(&t).map_err(|e| Failure::new(format!("--as-of: {e}"))))
                 .transpose()?;
@@ -721,12 +847,24 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!("{} customers", r.count);
-            for id in r.sample_customer_ids {
-                println!("{id}");
+            match out.output {
+                Format::Table => {
+                    println!("{} customers", r.count);
+                    for id in r.sample_customer_ids {
+                        println!("{id}");
+                    }
+                }
+                format => Record::new()
+                    .field("count", r.count)
+                    .field("sample", Cell::List(r.sample_customer_ids))
+                    .print(format)?,
             }
         }
-        SegmentCommand::Explain { customer_id, segment } => {
+        SegmentCommand::Explain {
+            customer_id,
+            segment,
+            out,
+        } => {
             let r = segments
                 .explain_membership(pb::ExplainMembershipRequest {
                     customer_id,
@@ -741,26 +879,79 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
                         .to_ascii_lowercase()
                 })
                 .unwrap_or_default();
-            println!("member\t{}", if r.member { "yes" } else { "no" });
-            println!("decided_by\t{decided}");
-            println!("rule_matched\t{}", r.rule_matched);
-            for p in r.predicates {
-                let value = if p.value_set { p.value } else { "(not set)".into() };
-                println!(
-                    "{}\t{}\tvalue: {value}",
-                    if p.held { "held" } else { "failed" },
-                    p.predicate
-                );
+            let head = Record::new()
+                .field("member", r.member)
+                .field("decided_by", decided.as_str())
+                .field("rule_matched", r.rule_matched);
+            let value =
+                |p: &pb::PredicateExplanation| Cell::from(Some(p.value.clone()).filter(|_| p.value_set));
+            match out.output {
+                Format::Table => {
+                    head.print(Format::Table)?;
+                    if !r.predicates.is_empty() {
+                        println!();
+                        let mut rows = Rows::new(["result", "predicate", "value"]);
+                        for p in &r.predicates {
+                            let v = if p.value_set {
+                                p.value.clone()
+                            } else {
+                                "(not set)".into()
+                            };
+                            rows.push(vec![
+                                (if p.held { "held" } else { "failed" }).into(),
+                                (&p.predicate).into(),
+                                v.into(),
+                            ]);
+                        }
+                        rows.print(Format::Table)?;
+                    }
+                }
+                Format::Json => {
+                    let mut json = head.json();
+                    json["predicates"] = r
+                        .predicates
+                        .iter()
+                        .map(|p| serde_json::json!({"predicate": p.predicate, "held": p.held, "value": value(p).json()}))
+                        .collect();
+                    crate::output::print_json(&json)?;
+                }
+                // One row per predicate, the decision repeated on each.
+                Format::Csv => {
+                    let mut rows = Rows::new([
+                        "member",
+                        "decided_by",
+                        "rule_matched",
+                        "predicate",
+                        "held",
+                        "value",
+                    ]);
+                    let decision = || -> Vec<Cell> {
+                        vec![r.member.into(), decided.as_str().into(), r.rule_matched.into()]
+                    };
+                    for p in &r.predicates {
+                        let mut row = decision();
+                        row.extend([(&p.predicate).into(), p.held.into(), value(p)]);
+                        rows.push(row);
+                    }
+                    if r.predicates.is_empty() {
+                        let mut row = decision();
+                        row.extend([Cell::Null, Cell::Null, Cell::Null]);
+                        rows.push(row);
+                    }
+                    rows.print(Format::Csv)?;
+                }
             }
         }
-        SegmentCommand::Overlap { segments: ids } => {
+        SegmentCommand::Overlap { segments: ids, out } => {
             let r = segments
                 .segment_overlap(pb::SegmentOverlapRequest { segment_ids: ids })
                 .await?
                 .into_inner();
+            let mut rows = Rows::new(["segment_a", "segment_b", "count"]);
             for o in r.overlaps {
-                println!("{}\t{}\t{}", o.segment_a, o.segment_b, o.count);
+                rows.push(vec![o.segment_a.into(), o.segment_b.into(), o.count.into()]);
             }
+            rows.print(out.output)?;
         }
         SegmentCommand::Export {
             segment,
@@ -768,6 +959,10 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
             fields,
             out,
         } => {
+            // Money in major units, as load files and rules write it (a file exported is a file
+            // that loads back).
+            let types = attribute_types(segments_channel).await?;
+            let ty = |f: &str| types.get(f).copied();
             let mut stream = segments
                 .export_segment(pb::ExportSegmentRequest {
                     segment_id: segment,
@@ -807,9 +1002,8 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
                             w.write_field(&c.customer_id)?;
                             w.write_field(c.email.as_deref().unwrap_or_default())?;
                             for f in &fields {
-                                w.write_field(
-                                    c.attributes.get(f).map(values::format_value).unwrap_or_default(),
-                                )?;
+                                let cell = c.attributes.get(f).map_or(Cell::Null, |v| values::cell(v, ty(f)));
+                                w.write_field(cell.csv())?;
                             }
                             w.write_record(None::<&[u8]>)?;
                         }
@@ -824,7 +1018,7 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
                                 let v = c
                                     .attributes
                                     .get(f)
-                                    .map_or(serde_json::Value::Null, values::json_value);
+                                    .map_or(serde_json::Value::Null, |v| values::cell(v, ty(f)).json());
                                 obj.insert(f.clone(), v);
                             }
                             writeln!(w, "{}", serde_json::Value::Object(obj))?;

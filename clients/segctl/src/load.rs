@@ -332,7 +332,7 @@ fn spawn_reader<S: Sink>(
 }
 
 /// The schema: attribute name → type.
-async fn schema(channel: &Ch) -> Result<HashMap<String, (Ty, bool)>> {
+pub async fn schema(channel: &Ch) -> Result<HashMap<String, (Ty, bool)>> {
     let reply = AdminClient::new(channel.clone())
         .get_schema(pb::GetSchemaRequest {})
         .await?

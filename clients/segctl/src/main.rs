@@ -2,6 +2,7 @@
 
 mod commands;
 mod load;
+mod output;
 mod progress;
 mod synth;
 mod values;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use output::OutputArgs;
 
 // Bulk loads allocate a buffer per row on one thread and free it on another.
 #[global_allocator]
@@ -110,6 +112,8 @@ enum Command {
         customer_id: String,
         #[arg(required = true)]
         segments: Vec<String>,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Read or erase one customer.
     #[command(subcommand)]
@@ -145,15 +149,18 @@ Examples:\n  segctl watch\n  segctl watch --segment golfers --segment vip --from
         /// Only this segment.
         #[arg(long)]
         segment: Option<String>,
-        #[arg(long, value_enum, default_value_t = EventFormat::Text)]
-        format: EventFormat,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Write a snapshot of the server's state now.
     #[command(after_help = "Example:\n  segctl snapshot")]
     Snapshot,
     /// Customers, segments and memory use.
-    #[command(after_help = "Example:\n  segctl stats")]
-    Stats,
+    #[command(after_help = "Examples:\n  segctl stats\n  segctl stats -o json")]
+    Stats {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// The attributes customers have (the names load files and rules use), or define one.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -170,7 +177,10 @@ Examples:\n  segctl watch\n  segctl watch --segment golfers --segment vip --from
     Man,
     /// What is running: version, commit, uptime, data directory, role, state.
     #[command(after_help = "Example:\n  segctl info")]
-    Info,
+    Info {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Exit 0 if the server reports SERVING through the gRPC health service, 1 otherwise (for
     /// container and load-balancer health checks; needs no token).
     #[command(after_help = "Examples:\n  segctl health\n  segctl health --service segmentd.v1.Membership")]
@@ -261,10 +271,17 @@ enum SegmentCommand {
     Update(SegmentArgs),
     /// Show a segment.
     #[command(after_help = "Example:\n  segctl segment get good")]
-    Get { segment: String },
+    Get {
+        segment: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// List segments with their sizes.
-    #[command(after_help = "Example:\n  segctl segment list")]
-    List,
+    #[command(after_help = "Examples:\n  segctl segment list\n  segctl segment list -o csv > segments.csv")]
+    List {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Delete a segment.
     #[command(after_help = "Example:\n  segctl segment delete good")]
     Delete { segment: String },
@@ -278,15 +295,24 @@ enum SegmentCommand {
         /// Evaluate relative time as of this RFC 3339 instant.
         #[arg(long)]
         as_of: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Why a customer is or is not a member.
     #[command(after_help = "Example:\n  segctl segment explain C000000042 good")]
-    Explain { customer_id: String, segment: String },
+    Explain {
+        customer_id: String,
+        segment: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Customers shared by each pair of segments.
     #[command(after_help = "Example:\n  segctl segment overlap good men-over-40 golfers")]
     Overlap {
         #[arg(required = true)]
         segments: Vec<String>,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Write a segment's members (id, e-mail and chosen attributes).
     #[command(
@@ -343,6 +369,8 @@ enum CustomerCommand {
         key: String,
         #[arg(long)]
         email: bool,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Erase a customer from every column, index and segment.
     #[command(after_help = "Example:\n  segctl customer delete C000000042")]
@@ -356,8 +384,11 @@ enum CustomerCommand {
 #[derive(Subcommand)]
 pub enum SchemaCommand {
     /// Every attribute: name, type, built in or custom, read-only, description.
-    #[command(after_help = "Example:\n  segctl schema list")]
-    List,
+    #[command(after_help = "Examples:\n  segctl schema list\n  segctl schema list -o json")]
+    List {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Declare a custom attribute (a new column), usable in loads and rules at once.
     #[command(after_help = "Example:\n  segctl schema define shoe_size int --description 'EU size'")]
     Define {
@@ -375,7 +406,10 @@ pub enum SchemaCommand {
 pub enum FamilyCommand {
     /// Every family with its members, their rules and sizes.
     #[command(after_help = "Example:\n  segctl family list")]
-    List,
+    List {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Define a family: members in order (first match wins), then the catch-all.
     #[command(
         after_help = "Example:\n  segctl family create value --name 'Value tiers' \\\n    --member 'value.big=total_spent >= 1000' --member 'value.mid=total_spent >= 100' \\\n    --catch-all value.small"
@@ -434,6 +468,30 @@ pub struct ActivityArgs {
     email: bool,
 }
 
+/// segctl's command line as parsed. The connection flags are global (accepted before or after
+/// any subcommand) but listed once, in `segctl --help`, not again in each subcommand's help.
+/// (Completions and the man page take [`Cli`]'s command as it is: they complete and document
+/// the flags everywhere.)
+fn command() -> clap::Command {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let globals: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| a.clone().hide(true))
+        .collect();
+    // Each subcommand gets the flags hidden before clap copies them in visible (it copies only
+    // those a subcommand lacks); done before the command is built, whose index of flags a later
+    // change would leave stale.
+    fn hide(cmd: &mut clap::Command, globals: &[clap::Arg]) {
+        for sub in cmd.get_subcommands_mut() {
+            *sub = std::mem::take(sub).args(globals.iter().cloned());
+            hide(sub, globals);
+        }
+    }
+    hide(&mut cmd, &globals);
+    cmd
+}
+
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (mimalloc.h), unnamed by the bindings.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
@@ -461,7 +519,10 @@ fn main() -> ExitCode {
         // SAFETY: mimalloc's option setter is not thread-safe; no other thread exists yet.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
     }
-    let cli = Cli::parse();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -108,6 +108,15 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Self {
+        match e.io_error_kind() {
+            Some(kind) => std::io::Error::from(kind).into(),
+            None => Failure::new(e.to_string()),
+        }
+    }
+}
+
 impl From<csv::Error> for Failure {
     fn from(e: csv::Error) -> Self {
         if let csv::ErrorKind::Io(io) = e.kind()
@@ -249,6 +258,14 @@ pub fn parse_money(s: &str) -> Result<i64, String> {
         .and_then(|w| w.checked_add(cents))
         .ok_or_else(bad)?;
     Ok(if neg { -v } else { v })
+}
+
+/// Minor units in major units with two decimals (`1250` → `12.50`, `-7` → `-0.07`): the
+/// inverse of [`parse_money`].
+pub fn format_money(minor: i64) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
 pub fn parse_date(s: &str) -> Result<pb::Date, String> {
@@ -399,8 +416,8 @@ pub fn format_timestamp(t: &prost_types::Timestamp) -> String {
     }
 }
 
-/// A value in the text form of CSV cells (the inverse of [`parse_cell`]; money stays in minor
-/// units, as the API gives it).
+/// A value in the text form of CSV cells (the inverse of [`parse_cell`] but for money, which
+/// this leaves in minor units: see [`cell`] for money in major units).
 pub fn format_value(v: &pb::Value) -> String {
     match &v.kind {
         None => String::new(),
@@ -414,16 +431,18 @@ pub fn format_value(v: &pb::Value) -> String {
     }
 }
 
-/// A value as JSON (lists as arrays, dates and timestamps as strings).
-pub fn json_value(v: &pb::Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match &v.kind {
-        None => J::Null,
-        Some(Kind::BoolValue(b)) => J::Bool(*b),
-        Some(Kind::IntValue(i)) => J::from(*i),
-        Some(Kind::DoubleValue(f)) => J::from(*f),
-        Some(Kind::ListValue(l)) => J::from(l.values.clone()),
-        Some(_) => J::String(format_value(v)),
+/// A value of an attribute typed `ty` as a cell of segctl's output: money in major units, as
+/// load files and rules write it.
+pub fn cell(v: &pb::Value, ty: Option<Ty>) -> crate::output::Cell {
+    use crate::output::Cell;
+    match (&v.kind, ty) {
+        (None, _) => Cell::Null,
+        (Some(Kind::IntValue(i)), Some(Ty::Money)) => Cell::Money(*i),
+        (Some(Kind::BoolValue(b)), _) => Cell::Bool(*b),
+        (Some(Kind::IntValue(i)), _) => Cell::Int(*i),
+        (Some(Kind::DoubleValue(f)), _) => Cell::Float(*f),
+        (Some(Kind::ListValue(l)), _) => Cell::List(l.values.clone()),
+        (Some(_), _) => Cell::Text(format_value(v)),
     }
 }
 
@@ -547,6 +566,11 @@ mod tests {
         assert!(parse_money("1.234").is_err());
         assert!(parse_money("abc").is_err());
         assert!(parse_money("").is_err());
+        for minor in [0, 7, -7, 1250, -1250, 100_000, i64::MIN + 1, i64::MAX] {
+            assert_eq!(parse_money(&format_money(minor)), Ok(minor), "{minor}");
+        }
+        assert_eq!(format_money(-7), "-0.07");
+        assert_eq!(format_money(1250), "12.50");
     }
 
     #[test]

@@ -69,13 +69,30 @@ impl Server {
     }
 }
 
-fn stat(stats: &str, name: &str) -> u64 {
-    stats
+impl Server {
+    /// Runs a read command with `-o json` and parses its answer.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let args: Vec<&str> = args.iter().copied().chain(["-o", "json"]).collect();
+        let text = self.ok(&args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("segctl {args:?}: {e}: {text}"))
+    }
+
+    /// A number of `segctl stats`.
+    fn stat(&self, name: &str) -> u64 {
+        let stats = self.json(&["stats"]);
+        stats[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    }
+}
+
+/// Whether a line of an aligned table starts with `words`, column by column (cells split on
+/// whitespace).
+fn has_row(table: &str, words: &str) -> bool {
+    let want: Vec<&str> = words.split_whitespace().collect();
+    table
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}\t")))
-        .unwrap_or_else(|| panic!("no {name} in {stats}"))
-        .parse()
-        .unwrap()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>().starts_with(&want))
 }
 
 fn first_number(s: &str) -> u64 {
@@ -94,10 +111,14 @@ fn generated_base_loads_and_segments_work_end_to_end() {
     assert!(out.status.success());
     let summary = String::from_utf8_lossy(&out.stderr);
     assert!(summary.contains("0 customers created"), "{summary}");
-    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 3000);
+    assert_eq!(server.stat("customers"), 3000);
     let info = server.ok(&["info"]);
-    assert!(info.contains("role\tprimary\nstate\tserving\n"), "{info}");
-    assert!(stat(&info, "last_sequence") > 0, "{info}");
+    assert!(
+        has_row(&info, "role primary") && has_row(&info, "state serving"),
+        "{info}"
+    );
+    let info = server.json(&["info"]);
+    assert!(info["last_sequence"].as_u64().unwrap() > 0, "{info}");
     assert_eq!(server.ok(&["health"]), "SERVING\n");
     assert_eq!(
         server.ok(&["health", "--service", "segmentd.v1.Membership"]),
@@ -148,9 +169,10 @@ fn generated_base_loads_and_segments_work_end_to_end() {
     ]);
     assert!(added.starts_with("2 changed"), "{added}");
     let check = server.ok(&["check", "C000000007", "golfers", "good"]);
-    assert!(check.contains("golfers\tyes"), "{check}");
+    assert!(has_row(&check, "golfers yes"), "{check}");
     let list = server.ok(&["segment", "list"]);
-    assert!(list.contains("golfers\t2\t"), "{list}");
+    assert!(has_row(&list, "segment_id size name rule"), "a header: {list}");
+    assert!(has_row(&list, "golfers 2 Golfers"), "{list}");
 
     // Export: a header and one line per member.
     let export = dir.path().join("good.csv");
@@ -168,19 +190,16 @@ fn generated_base_loads_and_segments_work_end_to_end() {
     assert_eq!(text.lines().count() as u64, size + 1);
     // `check` answers for `good` as its export lists the customer.
     let exported = text.lines().any(|l| l.starts_with("C000000007,"));
-    let expected = format!("good\t{}", if exported { "yes" } else { "no" });
-    assert!(
-        check.lines().any(|l| l == expected),
-        "{check} (exported: {exported})"
-    );
+    let expected = format!("good {}", if exported { "yes" } else { "no" });
+    assert!(has_row(&check, &expected), "{check} (exported: {exported})");
     let jsonl = server.ok(&["segment", "export", "golfers", "--format", "jsonl"]);
     assert_eq!(jsonl.lines().count(), 2);
     assert!(jsonl.contains("\"customer_id\":\"C000000007\""), "{jsonl}");
 
     let explain = server.ok(&["segment", "explain", "C000000007", "golfers"]);
-    assert!(explain.contains("decided_by\tincluded_by_activity"), "{explain}");
+    assert!(has_row(&explain, "decided_by included_by_activity"), "{explain}");
     let customer = server.ok(&["customer", "get", "C000000007"]);
-    assert!(customer.contains("email\tcustomer7.5@example.com"), "{customer}");
+    assert!(has_row(&customer, "email customer7.5@example.com"), "{customer}");
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -215,12 +234,12 @@ fn bad_rows_are_reported_with_file_and_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 bad row was skipped"));
-    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 2);
+    assert_eq!(server.stat("customers"), 2);
 
     // Dry run: checked, nothing sent.
     let more = write(dir.path(), "d.csv", "customer_id,city\nB1,Lyon\nB2,Nice\n");
     server.ok(&["load", "customers", &more, "--dry-run"]);
-    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 2);
+    assert_eq!(server.stat("customers"), 2);
 
     // A server-side refusal names the line too.
     let bad_email = write(
@@ -253,12 +272,12 @@ fn bad_rows_are_reported_with_file_and_line() {
         )),
         "{err}"
     );
-    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 2);
+    assert_eq!(server.stat("customers"), 2);
     let twice = write(dir.path(), "t.csv", "customer_id,city,city\nT1,Lyon,Nice\n");
     let out = server.segctl(&["load", "customers", &twice]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("column `city` appears twice in the header"));
-    assert_eq!(stat(&server.ok(&["stats"]), "customers"), 2);
+    assert_eq!(server.stat("customers"), 2);
 }
 
 #[test]
@@ -275,19 +294,19 @@ fn jsonl_members_and_plain_errors() {
     server.ok(&["load", "customers", &file]);
     let j1 = server.ok(&["customer", "get", "j1@example.com", "--email"]);
     assert!(
-        j1.contains("tags\tgolf|ski") && j1.contains("household_size\t3"),
+        has_row(&j1, "tags golf|ski") && has_row(&j1, "household_size 3"),
         "{j1}"
     );
     // Keys differ from row to row: each value is typed by its own key.
     let j3 = server.ok(&["customer", "get", "J3"]);
-    assert!(j3.contains("gender\tF"), "{j3}");
+    assert!(has_row(&j3, "gender F"), "{j3}");
 
     server.ok(&["segment", "create", "vip-list"]);
     let members = write(dir.path(), "m.csv", "email\nj2@example.com\nnobody@example.com\n");
     let out = server.segctl(&["load", "members", "vip-list", &members, "--by", "email"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 changed, 0 unchanged, 1 unknown"));
-    assert!(server.ok(&["check", "J2", "vip-list"]).contains("vip-list\tyes"));
+    assert!(has_row(&server.ok(&["check", "J2", "vip-list"]), "vip-list yes"));
 
     // Errors are the status message in plain words, and the exit code says so.
     let out = server.segctl(&["segment", "get", "nope"]);
@@ -341,8 +360,20 @@ fn watch_and_history_show_entries_and_exits_and_resume() {
     let filtered = server.ok(&["watch", "--segment", "golfers", "--limit", "1"]);
     assert!(filtered.contains("\tgolfers\tW2\tentered\t"), "{filtered}");
 
-    let history = server.ok(&["history", "W1"]);
-    assert_eq!(history.lines().count(), 2, "{history}");
+    let history = server.segctl(&["history", "W1"]);
+    let table = String::from_utf8_lossy(&history.stdout);
+    assert_eq!(table.lines().count(), 3, "a header and two events: {table}");
+    assert!(
+        has_row(&table, "sequence time segment_id customer_id event cause"),
+        "{table}"
+    );
+    // Nothing was dropped from this server's history: the footer does not say otherwise.
+    assert_eq!(String::from_utf8_lossy(&history.stderr), "2 events\n");
+    let events = server.json(&["history", "W1"]);
+    assert_eq!(events[0]["segment_id"], "men");
+    assert_eq!(events[1]["event"], "exited");
+    assert_eq!(events[1]["cause"], "deletion");
+    assert!(events[0]["activity_id"].is_null(), "{events}");
     let out = server.segctl(&["watch", "--from", "99"]);
     assert!(!out.status.success());
     assert!(
@@ -391,15 +422,191 @@ fn families_and_reclassification_from_the_command_line() {
     assert!(scored.starts_with("3 customers scored"), "{scored}");
     let list = server.ok(&["family", "list"]);
     assert!(
-        list.contains("rfm\tRFM (built in), reclassified 2026-03-01"),
+        list.contains("rfm: RFM (built in), reclassified 2026-03-01"),
         "{list}"
     );
-    assert!(list.contains("  value.big\t1\ttotal_spent >= 1000"), "{list}");
-    assert!(list.contains("  rfm.unscored\t0\t(catch-all)"), "{list}");
+    assert!(has_row(&list, "value.big 1 total_spent >= 1000"), "{list}");
+    assert!(has_row(&list, "rfm.unscored 0 (catch-all)"), "{list}");
+    let families = server.json(&["family", "list"]);
+    let value = families
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["family_id"] == "value")
+        .unwrap();
+    assert_eq!(value["members"][1]["rule"], "total_spent >= 10");
+    assert_eq!(value["members"][2]["catch_all"], true);
+    assert!(value["members"][2]["rule"].is_null());
+    let csv = server.ok(&["family", "list", "-o", "csv"]);
+    assert!(
+        csv.starts_with("family_id,segment_id,size,rule,catch_all\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("\nvalue,value.small,1,,true\n"), "{csv}");
     let out = server.segctl(&["family", "delete", "rfm"]);
     assert!(!out.status.success());
     server.ok(&["family", "delete", "value"]);
     assert!(!server.ok(&["family", "list"]).contains("value"));
+}
+
+#[test]
+fn money_in_major_units_in_every_output_and_exports_that_load_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write(
+        dir.path(),
+        "tokens",
+        "admin admin-token-0123456789\nloader loader-token-0123456789\n",
+    );
+    let server = Server::start_with(
+        |c| c.tokens_file = Some(tokens.into()),
+        &["--token", "admin-token-0123456789"],
+    );
+    let admin = ["--token", "admin-token-0123456789"];
+    let loader = ["--token", "loader-token-0123456789"];
+    let with = |token: &[&str; 2], args: &[&str]| -> Vec<String> {
+        args.iter().chain(token).map(|s| s.to_string()).collect()
+    };
+    let run = |args: Vec<String>| server.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    server.ok(&with(&admin, &["schema", "define", "credit", "money"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    // A loader's token loads a file (the load reads the attribute types through GetSchema).
+    let customers = write(
+        dir.path(),
+        "c.csv",
+        "customer_id,credit,city\nM1,12.50,Lyon\nM2,-0.07,Paris\n",
+    );
+    let orders = write(
+        dir.path(),
+        "o.csv",
+        "order_id,customer_id,placed_at,amount\no1,M1,2026-01-05,1000.25\n",
+    );
+    run(with(&loader, &["load", "customers", &customers]));
+    run(with(&loader, &["load", "orders", &orders]));
+
+    // customer get: the loader reads major units in every format.
+    let table = run(with(&loader, &["customer", "get", "M1"]));
+    assert!(
+        has_row(&table, "credit 12.50") && has_row(&table, "total_spent 1000.25"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&run(with(&loader, &["customer", "get", "M2", "-o", "json"]))).unwrap();
+    assert_eq!(json["credit"], -0.07);
+    assert_eq!(json["customer_id"], "M2");
+    let csv = run(with(&loader, &["customer", "get", "M1", "-o", "csv"]));
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+    assert_eq!(
+        (at("credit"), at("total_spent"), at("city")),
+        ("12.50", "1000.25", "Lyon"),
+        "{csv}"
+    );
+
+    // An export in major units loads back unchanged.
+    run(with(
+        &admin,
+        &["segment", "create", "all", "--rule", "city is set"],
+    ));
+    let exported = run(with(
+        &admin,
+        &["segment", "export", "all", "--fields", "credit,city"],
+    ));
+    assert!(
+        exported.contains("\nM1,,12.50,Lyon\n") && exported.contains("\nM2,,-0.07,Paris\n"),
+        "{exported}"
+    );
+    let jsonl = run(with(
+        &admin,
+        &[
+            "segment", "export", "all", "--fields", "credit", "--format", "jsonl",
+        ],
+    ));
+    assert!(jsonl.contains("\"credit\":12.5"), "{jsonl}");
+    let again = write(dir.path(), "again.csv", &exported);
+    run(with(&admin, &["load", "customers", &again]));
+    let json: serde_json::Value =
+        serde_json::from_str(&run(with(&admin, &["customer", "get", "M1", "-o", "json"]))).unwrap();
+    assert_eq!(json["credit"], 12.5);
+
+    // Every read command's `-o json` parses, and `-o csv` has a header.
+    for args in [
+        &["segment", "list"][..],
+        &["segment", "get", "all"],
+        &["segment", "preview", "credit > 0", "--sample", "1"],
+        &["segment", "explain", "M1", "all"],
+        &["segment", "overlap", "all", "all"],
+        &["check", "M1", "all"],
+        &["history", "M1"],
+        &["stats"],
+        &["info"],
+        &["schema", "list"],
+        &["family", "list"],
+        &["customer", "get", "M1"],
+    ] {
+        let text = run(with(&admin, &[args, &["-o", "json"][..]].concat()));
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(&text);
+        assert!(parsed.is_ok(), "{args:?}: {text}");
+        let csv = run(with(&admin, &[args, &["-o", "csv"][..]].concat()));
+        let header = csv.lines().next().unwrap_or_default();
+        assert!(header.contains(',') && !header.contains(' '), "{args:?}: {csv}");
+    }
+    let preview: serde_json::Value = serde_json::from_str(&run(with(
+        &admin,
+        &["segment", "preview", "credit > 0", "--sample", "5", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!(preview, serde_json::json!({"count": 1, "sample": ["M1"]}));
+}
+
+#[test]
+fn connection_flags_are_listed_once_and_accepted_anywhere() {
+    let server = Server::start();
+    let top = server.ok(&["--help"]);
+    assert!(top.contains("--server") && top.contains("--tls-ca"), "{top}");
+    for sub in [
+        &["segment", "list", "--help"][..],
+        &["load", "customers", "--help"],
+        &["stats", "--help"],
+    ] {
+        let help = server.ok(sub);
+        assert!(
+            !help.contains("--server") && !help.contains("--tls-ca"),
+            "{sub:?}: {help}"
+        );
+    }
+    // Before or after the subcommand, each flag reaches its own setting.
+    let wrong = "http://127.0.0.1:9";
+    let env_wrong = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_segctl"))
+            .args(args)
+            .env("SEGMENTD_ADDR", wrong)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["--server", &server.addr, "stats"][..],
+        &["stats", "--server", &server.addr],
+        &[
+            "stats",
+            "--timeout",
+            "5",
+            "--server",
+            &server.addr,
+            "--tls-domain",
+            "localhost",
+        ],
+    ] {
+        let out = env_wrong(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -447,7 +654,7 @@ fn tls_with_client_certificates() {
         &with_identity,
     );
     let stats: Vec<&str> = ["stats"].iter().chain(&with_identity).copied().collect();
-    assert_eq!(stat(&server.ok(&stats), "customers"), 0);
+    assert_eq!(server.json(&stats)["customers"], 0);
     // Without a client certificate the handshake is refused; plain text gets no answer, and
     // segctl gives up after its `--timeout` saying so. Either way it exits 1 with a message.
     for args in [
@@ -543,17 +750,24 @@ fn a_closed_pipe_ends_segctl_quietly() {
 fn schema_completions_man_and_plain_not_found() {
     let server = Server::start();
     let list = server.ok(&["schema", "list"]);
-    assert!(list.contains("gender\tkeyword\tbuilt-in\t"), "{list}");
-    assert!(
-        list.contains("total_spent\tmoney\tbuilt-in,read-only\t"),
-        "{list}"
-    );
+    assert!(has_row(&list, "gender keyword yes no"), "{list}");
+    assert!(has_row(&list, "total_spent money yes yes"), "{list}");
     let defined = server.ok(&["schema", "define", "shoe_size", "int", "--description", "EU size"]);
     assert_eq!(defined, "defined shoe_size (int)\n");
-    assert!(
-        server
-            .ok(&["schema", "list"])
-            .contains("shoe_size\tint\tcustom\tEU size")
+    assert!(has_row(
+        &server.ok(&["schema", "list"]),
+        "shoe_size int no no EU size"
+    ));
+    let schema = server.json(&["schema", "list"]);
+    let shoe = schema
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "shoe_size")
+        .unwrap();
+    assert_eq!(
+        *shoe,
+        serde_json::json!({"name": "shoe_size", "type": "int", "builtin": false, "read_only": false, "description": "EU size"})
     );
     let bad = server.segctl(&["schema", "define", "shoe_size", "colour"]);
     assert_eq!(bad.status.code(), Some(2), "a usage error");
@@ -570,7 +784,7 @@ fn schema_completions_man_and_plain_not_found() {
     let names: Vec<&str> = got
         .lines()
         .skip(2)
-        .map(|l| l.split('\t').next().unwrap())
+        .map(|l| l.split_whitespace().next().unwrap())
         .collect();
     let mut sorted = names.clone();
     sorted.sort();
