@@ -8,6 +8,26 @@ pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 pub const MIN_YEAR: i32 = 1;
 pub const MAX_YEAR: i32 = 9999;
 
+/// Why `year-month-day` is not a date (for a date [`days_from_civil`] refuses): the message
+/// after "invalid date ...".
+pub fn no_such_date(year: i32, month: i32, day: i32) -> String {
+    if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
+        return format!("years run from {MIN_YEAR} to {MAX_YEAR}");
+    }
+    if !(1..=12).contains(&month) {
+        return format!("there is no month {month}");
+    }
+    let days = (28..=31)
+        .rev()
+        .find(|&d| days_from_civil(year, month, d).is_some())
+        .unwrap_or(28);
+    if day < 1 || day > days {
+        format!("month {month} of {year} has {days} days")
+    } else {
+        "not a date".to_string()
+    }
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date, or `None` when the date does not exist.
 pub fn days_from_civil(year: i32, month: i32, day: i32) -> Option<i32> {
     if !(MIN_YEAR..=MAX_YEAR).contains(&year) || !(1..=12).contains(&month) {

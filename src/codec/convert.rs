@@ -121,7 +121,13 @@ pub fn date_in(d: &pb::Date) -> Result<i32> {
     time::days_from_civil(d.year, d.month, d.day).ok_or_else(|| {
         Error::invalid(
             "",
-            format!("{:04}-{:02}-{:02} is not a valid date", d.year, d.month, d.day),
+            format!(
+                "invalid date {:04}-{:02}-{:02}: {}",
+                d.year,
+                d.month,
+                d.day,
+                time::no_such_date(d.year, d.month, d.day)
+            ),
         )
     })
 }

@@ -156,6 +156,9 @@ fn lex(src: &str) -> Result<Vec<Spanned>> {
                 }
                 let word: String = chars[start..=i].iter().collect();
                 classify_number(&word).ok_or_else(|| {
+                    if let Some(why) = impossible_date(&word) {
+                        return err(l0, c0, format!("invalid date `{word}`: {why}"));
+                    }
                     err(l0, c0, format!("`{word}` is not a number, date (2024-01-31), timestamp (RFC 3339) or duration (90d)"))
                 })?
             }
@@ -199,6 +202,22 @@ fn classify_number(word: &str) -> Option<Tok> {
         return n.checked_mul(secs * 1_000_000).map(Tok::Duration);
     }
     word.parse::<f64>().ok().filter(|f| f.is_finite()).map(Tok::Float)
+}
+
+/// Why `word`, written as a date (`YYYY-MM-DD`, alone or starting a timestamp), names no day:
+/// `None` if it is not written as a date or names one.
+pub fn impossible_date(word: &str) -> Option<String> {
+    let b = word.as_bytes();
+    let shaped = b.len() >= 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && (b.len() == 10 || matches!(b[10], b'T' | b't'))
+        && [0, 1, 2, 3, 5, 6, 8, 9].iter().all(|&i| b[i].is_ascii_digit());
+    if !shaped || parse_date(&word[..10]).is_some() {
+        return None;
+    }
+    let part = |r: std::ops::Range<usize>| word[r].parse::<i32>().ok();
+    Some(time::no_such_date(part(0..4)?, part(5..7)?, part(8..10)?))
 }
 
 /// `YYYY-MM-DD` as days since the epoch.
@@ -796,5 +815,31 @@ mod tests {
         assert_eq!(parse_timestamp("1970-01-01T00:00:00.5Z"), Some(500_000));
         assert_eq!(parse_timestamp("1970-01-01 00:00:00Z"), None);
         assert_eq!(timestamp_text(1_500_000), "1970-01-01T00:00:01.500000Z");
+    }
+
+    #[test]
+    fn an_impossible_date_says_so() {
+        let e = parse("birth_date > 2025-02-30").unwrap_err().to_string();
+        assert!(
+            e.contains("column 14: invalid date `2025-02-30`: month 2 of 2025 has 28 days"),
+            "{e}"
+        );
+        let e = parse("birth_date > 2024-02-30").unwrap_err().to_string();
+        assert!(e.contains("month 2 of 2024 has 29 days"), "{e}");
+        let e = parse("registered_at > 2025-13-01T00:00:00Z")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid date `2025-13-01T00:00:00Z`: there is no month 13"),
+            "{e}"
+        );
+        // Not written as a date: the general message.
+        let e = parse("age > 12x").unwrap_err().to_string();
+        assert!(e.contains("is not a number, date"), "{e}");
+        assert_eq!(impossible_date("2024-02-29"), None);
+        assert_eq!(
+            impossible_date("2024-04-31").as_deref(),
+            Some("month 4 of 2024 has 30 days")
+        );
     }
 }

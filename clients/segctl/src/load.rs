@@ -217,8 +217,8 @@ fn spawn_reader<S: Sink>(
                             eprintln!("{name}:{line}: {why}");
                             if out.bad as usize > max_errors {
                                 return fail(format!(
-                                    "stopped after {} bad rows (--max-errors {max_errors})",
-                                    out.bad
+                                    "stopped after {} (--max-errors {max_errors})",
+                                    values::bad_rows(out.bad)
                                 ));
                             }
                         }
@@ -523,7 +523,7 @@ fn owned(kind: Kind) -> Result<Typed<'static>, String> {
         Kind::DateValue(d) => Typed::Date(
             values::days_from_civil(d.year, d.month, d.day)
                 .filter(|_| (1..=9999).contains(&d.year))
-                .ok_or_else(|| format!("{:04}-{:02}-{:02} is not a valid date", d.year, d.month, d.day))?,
+                .ok_or_else(|| values::invalid_date(&d))?,
         ),
         Kind::TimestampValue(t) => {
             // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z.
@@ -795,7 +795,8 @@ pub async fn members(
             eprintln!("{}:{}: `{value}` is not an e-mail", file.display(), i + 1);
             if bad as usize > args.max_errors {
                 return fail(format!(
-                    "stopped after {bad} bad rows (--max-errors {})",
+                    "stopped after {} (--max-errors {})",
+                    values::bad_rows(bad),
                     args.max_errors
                 ));
             }

@@ -303,7 +303,7 @@ fn timestamp(s: &str, quick: bool) -> Result<prost_types::Timestamp, String> {
     let bad = || format!("`{s}` is not a timestamp (RFC 3339, e.g. 2024-05-01T10:00:00Z)");
     let date = s.get(..10).ok_or_else(bad)?;
     let date = if quick { parse_date(date) } else { any_date(date) }.map_err(|_| bad())?;
-    let days = days_from_civil(date.year, date.month, date.day).ok_or_else(bad)?;
+    let days = days_from_civil(date.year, date.month, date.day).ok_or_else(|| invalid_date(&date))?;
     let mut seconds = days * 86_400;
     let mut nanos = 0i32;
     let rest = &s[10..];
@@ -375,6 +375,28 @@ pub fn days_from_civil(y: i32, m: i32, d: i32) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     Some(era * 146_097 + doe - 719_468)
+}
+
+/// "invalid date 2025-02-30: month 2 of 2025 has 28 days", as the server words it.
+pub fn invalid_date(d: &pb::Date) -> String {
+    let why = if !(1..=9999).contains(&d.year) {
+        "years run from 1 to 9999".to_string()
+    } else if !(1..=12).contains(&d.month) {
+        format!("there is no month {}", d.month)
+    } else {
+        format!(
+            "month {} of {} has {} days",
+            d.month,
+            d.year,
+            days_in_month(d.year, d.month)
+        )
+    };
+    format!("invalid date {:04}-{:02}-{:02}: {why}", d.year, d.month, d.day)
+}
+
+/// "1 bad row", "2 bad rows".
+pub fn bad_rows(n: u64) -> String {
+    format!("{n} bad row{}", if n == 1 { "" } else { "s" })
 }
 
 fn days_in_month(y: i32, m: i32) -> i32 {
@@ -571,6 +593,19 @@ mod tests {
         }
         assert_eq!(format_money(-7), "-0.07");
         assert_eq!(format_money(1250), "12.50");
+    }
+
+    #[test]
+    fn impossible_dates_say_why() {
+        assert_eq!(
+            parse_timestamp("2025-02-30").unwrap_err(),
+            "invalid date 2025-02-30: month 2 of 2025 has 28 days"
+        );
+        assert_eq!(
+            parse_timestamp("2025-13-01T00:00:00Z").unwrap_err(),
+            "invalid date 2025-13-01: there is no month 13"
+        );
+        assert_eq!(bad_rows(1), "1 bad row");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use segmentd::config::Config;
 /// A segmentd server on its own runtime thread, with a temporary data directory.
 struct Server {
     addr: String,
+    /// Shuts the server down when sent to (or dropped).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
     _runtime: tokio::runtime::Runtime,
 }
@@ -32,9 +34,13 @@ impl Server {
         let mut config = Config::with_data_dir(dir.path().join("data"));
         config.fsync = segmentd::wal::FsyncMode::Never;
         tune(&mut config);
-        runtime.spawn(segmentd::server::run(listener, config, std::future::pending()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn(segmentd::server::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
         let server = Server {
             addr,
+            stop: Some(stop),
             _dir: dir,
             _runtime: runtime,
         };
@@ -222,6 +228,7 @@ fn bad_rows_are_reported_with_file_and_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{file}:3: `household_size`")), "{err}");
+    assert!(err.contains("stopped after 1 bad row (--max-errors 0)"), "{err}");
 
     // Default stop: nothing applied, exit 1.
     assert_eq!(out.status.code(), Some(1));
@@ -268,7 +275,7 @@ fn bad_rows_are_reported_with_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "{dates}:3: `birth_date`: 1981-02-29 is not a valid date"
+            "{dates}:3: `birth_date`: invalid date 1981-02-29: month 2 of 1981 has 28 days"
         )),
         "{err}"
     );
@@ -381,6 +388,33 @@ fn watch_and_history_show_entries_and_exits_and_resume() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_watch_ended_by_shutdown_says_once_where_to_resume() {
+    let mut server = Server::start();
+    server.ok(&["segment", "create", "golfers", "--allow-activities"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "c.csv", "customer_id\nS1\n");
+    server.ok(&["load", "customers", &file]);
+    server.ok(&["activity", "add", "golfers", "--activity", "a", "S1"]);
+    let watch = Command::new(env!("CARGO_BIN_EXE_segctl"))
+        .args(["watch"])
+        .env("SEGMENTD_ADDR", &server.addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the watch has printed its event, stop the server.
+    let mut stdout = std::io::BufReader::new(watch.stdout.unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.contains("golfers\tS1\tentered"), "{line}");
+    drop(server.stop.take());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut watch.stderr.unwrap(), &mut err).unwrap();
+    assert_eq!(err.matches("resume").count(), 1, "{err}");
+    assert!(err.contains("shutting down; resume with --from 1"), "{err}");
 }
 
 #[test]
