@@ -398,7 +398,7 @@ fn a_watch_ended_by_shutdown_says_once_where_to_resume() {
     let file = write(dir.path(), "c.csv", "customer_id\nS1\n");
     server.ok(&["load", "customers", &file]);
     server.ok(&["activity", "add", "golfers", "--activity", "a", "S1"]);
-    let watch = Command::new(env!("CARGO_BIN_EXE_segctl"))
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_segctl"))
         .args(["watch"])
         .env("SEGMENTD_ADDR", &server.addr)
         .stdout(std::process::Stdio::piped())
@@ -406,13 +406,14 @@ fn a_watch_ended_by_shutdown_says_once_where_to_resume() {
         .spawn()
         .unwrap();
     // Once the watch has printed its event, stop the server.
-    let mut stdout = std::io::BufReader::new(watch.stdout.unwrap());
+    let mut stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert!(line.contains("golfers\tS1\tentered"), "{line}");
     drop(server.stop.take());
     let mut err = String::new();
-    std::io::Read::read_to_string(&mut watch.stderr.unwrap(), &mut err).unwrap();
+    std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(watch.wait().unwrap().code(), Some(1), "{err}");
     assert_eq!(err.matches("resume").count(), 1, "{err}");
     assert!(err.contains("shutting down; resume with --from 1"), "{err}");
 }
