@@ -1,7 +1,7 @@
 //! Snapshots: the whole store at one log sequence, so start-up loads it and replays only the
 //! log after it, and old log files can be deleted.
 //!
-//! # Format (version 1)
+//! # Format (version 1; `meta.bin` version 2)
 //!
 //! A directory `snapshots/<sequence, 20 digits>/`, written as `snapshots/.tmp-<sequence>`, each
 //! file fsynced, the directory fsynced, renamed into place and the parent fsynced:
@@ -9,7 +9,7 @@
 //! | file | content |
 //! |---|---|
 //! | `MANIFEST` | text: `segmentd-snapshot 1`, `sequence <n>`, then `file <name> <bytes> <crc32c hex>` per file |
-//! | `meta.bin` | magic `SEGDMETA`, version; sequence; next ordinal and free ordinals; order count and the 128-bit hashes of every order id; custom attributes; dictionary values in code order (empty: no customer held it); segment definitions (rules as text) in dependency order with their slots |
+//! | `meta.bin` | magic `SEGDMETA`, version; sequence; next ordinal and free ordinals; order count and the 128-bit keys of the order ids recently recorded (version 2: the customer's ordinal over 96 bits of the order id's hash; version 1: the order id's hash alone), then (version 2) the version-1 keys still held; custom attributes; dictionary values in code order (empty: no customer held it); segment definitions (rules as text) in dependency order with their slots |
 //! | `shard-<n>.bin` | magic `SEGDSHRD`, version, shard index; live bitmap; the id and e-mail columns (u32 offsets, then bytes holding each string behind a varint length); each column (presence bitmap, then values: dense vectors, dictionary codes and the bitmaps of common values (the index of rare values is rebuilt from the codes), or strings); each segment's members, include, exclude and activity bitmaps |
 //!
 //! Integers are little-endian; strings and lists are length-prefixed (u32); bitmaps are in the
@@ -50,6 +50,8 @@ use crate::store::{Cut, Restored, Shard, Store, local};
 use crate::wal;
 
 const VERSION: u32 = 1;
+/// `meta.bin`'s version: 2 keys order ids by customer (version 1 is read too).
+const META_VERSION: u32 = 2;
 const META_MAGIC: &[u8; 8] = b"SEGDMETA";
 const SHARD_MAGIC: &[u8; 8] = b"SEGDSHRD";
 const MANIFEST_HEADER: &str = "segmentd-snapshot 1";
@@ -174,17 +176,18 @@ impl<'a> In<'a> {
         let b = self.take(n)?;
         RoaringBitmap::deserialize_from(b).map_err(|e| self.bad(&format!("bad bitmap: {e}")))
     }
-    fn header(&mut self, magic: &[u8; 8]) -> Result<()> {
+    /// Checks the magic and that the version is one of `versions`; returns the version.
+    fn header(&mut self, magic: &[u8; 8], versions: &[u32]) -> Result<u32> {
         if self.take(8)? != magic {
             return Err(self.bad("bad magic"));
         }
         let v = self.u32()?;
-        if v != VERSION {
+        if !versions.contains(&v) {
             return Err(self.bad(&format!(
-                "unknown format version {v} (this server reads {VERSION})"
+                "unknown format version {v} (this server reads {versions:?})"
             )));
         }
-        Ok(())
+        Ok(v)
     }
 }
 
@@ -291,7 +294,7 @@ fn encode_shard(index: usize, s: &mut Shard) -> Vec<u8> {
 
 fn decode_shard(file: &str, data: &[u8], expect_index: usize) -> Result<Shard> {
     let mut r = In { data, pos: 0, file };
-    r.header(SHARD_MAGIC)?;
+    r.header(SHARD_MAGIC, &[VERSION])?;
     let index = r.u32()? as usize;
     if index != expect_index {
         return Err(r.bad(&format!("holds shard {index}, expected {expect_index}")));
@@ -442,16 +445,16 @@ impl UsedCodes {
 fn encode_meta(cut: &Cut, used: &UsedCodes) -> Vec<u8> {
     let mut o = Out(Vec::new());
     o.0.extend_from_slice(META_MAGIC);
-    o.u32(VERSION);
+    o.u32(META_VERSION);
     o.u64(cut.sequence);
     o.u32(cut.next_ordinal);
     o.len(cut.free.len());
     cut.free.iter().for_each(|&f| o.u32(f));
     o.u64(cut.orders);
-    o.len(cut.orders_seen.len());
-    cut.orders_seen
-        .iter()
-        .for_each(|k| o.0.extend_from_slice(&k.to_le_bytes()));
+    for keys in [&cut.orders_seen, &cut.orders_seen_legacy] {
+        o.len(keys.len());
+        keys.iter().for_each(|k| o.0.extend_from_slice(&k.to_le_bytes()));
+    }
     let custom: Vec<_> = cut.schema.attrs().iter().filter(|a| !a.builtin).collect();
     o.len(custom.len());
     for a in custom {
@@ -511,7 +514,7 @@ fn encode_meta(cut: &Cut, used: &UsedCodes) -> Vec<u8> {
 
 fn decode_meta(file: &str, data: &[u8]) -> Result<Restored> {
     let mut r = In { data, pos: 0, file };
-    r.header(META_MAGIC)?;
+    let version = r.header(META_MAGIC, &[1, META_VERSION])?;
     let mut out = Restored {
         sequence: r.u64()?,
         next_ordinal: r.u32()?,
@@ -520,12 +523,20 @@ fn decode_meta(file: &str, data: &[u8]) -> Result<Restored> {
     let n = r.len()?;
     out.free = (0..n).map(|_| r.u32()).collect::<Result<_>>()?;
     out.orders = r.u64()?;
-    let n = r.len()?;
-    let raw = r.take(n * 16)?;
-    out.orders_seen = raw
-        .chunks_exact(16)
-        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
-        .collect();
+    let keys = |r: &mut In| -> Result<Vec<u128>> {
+        let n = r.len()?;
+        let raw = r.take(n * 16)?;
+        Ok(raw
+            .chunks_exact(16)
+            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+            .collect())
+    };
+    if version == 1 {
+        out.orders_seen_legacy = keys(&mut r)?;
+    } else {
+        out.orders_seen = keys(&mut r)?;
+        out.orders_seen_legacy = keys(&mut r)?;
+    }
     let n = r.len()?;
     for _ in 0..n {
         let id = r.u16()?;

@@ -173,6 +173,8 @@ pub struct Cut {
     pub next_ordinal: u32,
     pub free: Vec<u32>,
     pub orders_seen: Vec<u128>,
+    /// Order id keys restored from a version-1 snapshot, still held.
+    pub orders_seen_legacy: Vec<u128>,
     pub orders: u64,
     /// Shards existing at the cut; `Some` once copied.
     pub shards: Vec<Option<Shard>>,
@@ -188,6 +190,8 @@ pub struct Restored {
     pub free: Vec<u32>,
     pub orders: u64,
     pub orders_seen: Vec<u128>,
+    /// Keys of a version-1 snapshot (the order id's hash alone).
+    pub orders_seen_legacy: Vec<u128>,
     /// Custom attributes in id order: (id, name, type, description).
     pub custom_attrs: Vec<(AttrId, String, AttrType, String)>,
     /// Dictionary values in code order, per attribute.
@@ -386,6 +390,7 @@ impl Store {
             next_ordinal: w.next_ordinal,
             free: w.free.clone(),
             orders_seen: w.orders_seen.keys().collect(),
+            orders_seen_legacy: w.orders_seen.legacy_keys().collect(),
             orders: self.orders.load(Ordering::Acquire),
             shards: (0..self.shards.len()).map(|_| None).collect(),
             waiting: Vec::new(),
@@ -510,7 +515,8 @@ impl Store {
         let mut w = _w;
         w.next_ordinal = r.next_ordinal;
         w.free = r.free;
-        w.orders_seen.restore(r.orders_seen, self.clock_micros());
+        w.orders_seen
+            .restore(r.orders_seen, r.orders_seen_legacy, self.clock_micros());
         self.orders.store(r.orders, Ordering::Release);
         self.customers.store(customers, Ordering::Release);
         Ok(())
@@ -1132,6 +1138,8 @@ impl Store {
             s.live.remove(ord);
         }
         w.free.push(ord);
+        // Its order ids go with it: the same orders recorded again recreate it with them.
+        w.orders_seen.forget_customer(ord);
         self.customers.fetch_sub(1, Ordering::AcqRel);
         w.noted.erased.push((ord, erased));
         self.commit_events(lsn, self.now(), &mut w.noted, &self.registry());
@@ -1155,11 +1163,17 @@ impl Store {
         let now = self.now();
         let mut outcome = OrdersOutcome::default();
         for order in orders {
-            if !w.orders_seen.insert(order_key(&order.order_id), now.micros) {
+            // A retry names the customer it was recorded for; a customer not (or no longer)
+            // there has no order recorded.
+            let known = self.ordinal_of_id(&order.customer_id);
+            let retried = w.orders_seen.recorded_before_upgrade(&order.order_id, now.micros)
+                || known
+                    .is_some_and(|ord| !w.orders_seen.insert(dedup::key(ord, &order.order_id), now.micros));
+            if retried {
                 outcome.duplicates += 1;
                 continue;
             }
-            let (ord, new) = match self.ordinal_of_id(&order.customer_id) {
+            let (ord, new) = match known {
                 Some(ord) => (ord, false),
                 None => {
                     let ord = self.allocate(&mut w);
@@ -1173,6 +1187,7 @@ impl Store {
                     self.customers.fetch_add(1, Ordering::AcqRel);
                     outcome.created_customer_ids.push(order.customer_id.clone());
                     self.note_created(&mut w.noted, [ord]);
+                    w.orders_seen.insert(dedup::key(ord, &order.order_id), now.micros);
                     (ord, true)
                 }
             };
@@ -1608,10 +1623,6 @@ fn not_found(key: &CustomerKey) -> Error {
 }
 
 /// The dedup key of an order id: 128 bits, so that distinct ids never collide in practice.
-fn order_key(order_id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(order_id.as_bytes())
-}
-
 fn apply_order(s: &mut Shard, schema: &Schema, ord: u32, order: &OrderIn) {
     let i64_col = |s: &Shard, attr: AttrId| -> Option<i64> { s.column(attr).and_then(|c| c.get_i64(ord)) };
     let count = i64_col(s, purchase::ORDER_COUNT).unwrap_or(0) + 1;

@@ -1880,7 +1880,7 @@ pub(crate) fn log_alone(
 }
 
 /// Copies every file of `from` into `to` (created), as an operator's `cp -r` would.
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

@@ -1057,3 +1057,153 @@ async fn errors_carry_the_field_a_reason_and_the_nearest_name() {
     assert_eq!(err.get_error_details().error_info().unwrap().reason, "NOT_FOUND");
     server.stop().await.unwrap();
 }
+
+/// An erased customer's order ids go with them: the same orders recorded again recreate the
+/// customer with them, once; the same after a restart from a snapshot and from the log alone.
+#[tokio::test]
+async fn an_erased_customers_orders_count_again_when_recorded_again() {
+    for snapshots in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let tune = move |c: &mut segmentd::config::Config| {
+            if !snapshots {
+                c.no_snapshot_on_shutdown = true;
+                c.snapshot_interval_secs = 0;
+            }
+        };
+        let orders = || pb::RecordOrdersRequest {
+            orders: vec![
+                order("o1", "X1", 1_700_000_000, 2_000, false, &[]),
+                order("o2", "X1", 1_700_000_100, 3_000, false, &[]),
+                order("o9", "X2", 1_700_000_000, 500, false, &[]),
+            ],
+        };
+        let counts = |r: pb::RecordOrdersResponse| (r.applied, r.duplicates, r.created_customer_ids);
+        let total = |c: pb::Customer| c.attributes["total_spent"].clone();
+        let server = TestServer::start_at(data.clone(), tune).await;
+        let mut ingest = server.ingest().await;
+        assert_eq!(
+            counts(ingest.record_orders(orders()).await.unwrap().into_inner()).0,
+            3
+        );
+        ingest.delete_customer(delete_id("X1")).await.unwrap();
+        // X1 comes back with its two orders; X2's order is still a retry.
+        assert_eq!(
+            counts(ingest.record_orders(orders()).await.unwrap().into_inner()),
+            (2, 1, vec!["X1".to_string()])
+        );
+        assert_eq!(total(get(&mut ingest, "X1").await.unwrap()), i(5_000));
+        assert_eq!(
+            counts(ingest.record_orders(orders()).await.unwrap().into_inner()).1,
+            3
+        );
+        // Erased again, then a restart before the orders come back.
+        ingest.delete_customer(delete_id("X1")).await.unwrap();
+        server.stop().await.unwrap();
+        let server = TestServer::start_at(data.clone(), tune).await;
+        let mut ingest = server.ingest().await;
+        assert_eq!(
+            counts(ingest.record_orders(orders()).await.unwrap().into_inner()),
+            (2, 1, vec!["X1".to_string()]),
+            "snapshots: {snapshots}"
+        );
+        assert_eq!(total(get(&mut ingest, "X1").await.unwrap()), i(5_000));
+        server.stop().await.unwrap();
+        // And after one more restart, they are retries.
+        let server = TestServer::start_at(data, tune).await;
+        let mut ingest = server.ingest().await;
+        assert_eq!(total(get(&mut ingest, "X1").await.unwrap()), i(5_000));
+        assert_eq!(
+            counts(ingest.record_orders(orders()).await.unwrap().into_inner()).1,
+            3
+        );
+        server.stop().await.unwrap();
+    }
+}
+
+/// A snapshot written before order ids were kept by customer (`tests/fixtures/snapshot-v1`:
+/// orders o1 for X1 and o2 for X2, the log after it deleted): its order ids are still retries
+/// for a window after the restart, through a snapshot written since, then forgotten.
+#[tokio::test]
+async fn order_ids_of_a_version_1_snapshot_are_still_retries_after_the_upgrade() {
+    use segmentd::time::ManualClock;
+    const HOUR: i64 = 3_600 * 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshot-v1/data");
+    crate::durability::copy_dir(&fixture, &data);
+    let clock = std::sync::Arc::new(ManualClock::new(1_800_000_000 * 1_000_000));
+    let c = clock.clone();
+    let tune = move |cfg: &mut segmentd::config::Config| {
+        cfg.clock = Some(c.clone());
+        cfg.order_dedup_window_hours = 8;
+    };
+    let record = |id: &str, customer: &str| pb::RecordOrdersRequest {
+        orders: vec![order(id, customer, 1_700_000_000, 1_000, false, &[])],
+    };
+    let counts = |r: pb::RecordOrdersResponse| (r.applied, r.duplicates);
+    let server = TestServer::start_at(data.clone(), tune.clone()).await;
+    let mut ingest = server.ingest().await;
+    assert_eq!(
+        get(&mut ingest, "X1").await.unwrap().attributes["total_spent"],
+        i(2_000)
+    );
+    assert_eq!(
+        counts(
+            ingest
+                .record_orders(record("o1", "X1"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        (0, 1)
+    );
+    assert_eq!(
+        counts(
+            ingest
+                .record_orders(record("o3", "X1"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        (1, 0)
+    );
+    server.stop().await.unwrap();
+    // Through a version-2 snapshot (written at that shutdown).
+    clock.advance(HOUR);
+    let server = TestServer::start_at(data.clone(), tune.clone()).await;
+    let mut ingest = server.ingest().await;
+    assert_eq!(
+        counts(
+            ingest
+                .record_orders(record("o2", "X2"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        (0, 1)
+    );
+    assert_eq!(
+        counts(
+            ingest
+                .record_orders(record("o3", "X1"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        (0, 1)
+    );
+    // Past the window, the version-1 ids are forgotten.
+    clock.advance(9 * HOUR);
+    assert_eq!(
+        counts(
+            ingest
+                .record_orders(record("o2", "X2"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        (1, 0)
+    );
+    server.stop().await.unwrap();
+}

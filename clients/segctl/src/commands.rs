@@ -604,7 +604,10 @@ async fn watch(
                 // The server's own hint names the API's field (`from_sequence`): said once, as
                 // segctl's flag.
                 let why = Failure::from(status).to_string();
-                let why = why.split("; resume with from_sequence").next().unwrap_or_default();
+                let why = why
+                    .split("; resume with from_sequence")
+                    .next()
+                    .unwrap_or_default();
                 return fail(format!("{why}; {}", resume(last)));
             }
         };
