@@ -235,3 +235,102 @@ def test_errors_carry_the_rich_details(client):
     with pytest.raises(SegmentdError) as e:
         client.is_member("C1", "nope")
     assert (e.value.code, e.value.reason, e.value.field_violations) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND", [])
+
+
+def test_load_customers_goes_column_by_column_and_falls_back_to_messages(client):
+    from segmentd.client import to_columns
+
+    batch = list(customers(20))
+    columns = to_columns(batch)
+    assert columns is not None and list(columns.customer_ids) == [f"C{i}" for i in range(20)]
+    # A cleared value or a removed e-mail needs Customer messages.
+    assert to_columns([{"customer_id": "x", "attributes": {"vip": None}}]) is None
+    assert to_columns([{"customer_id": "x", "email": ""}]) is None
+    assert to_columns([{"customer_id": "x", "attributes": {"household_size": 1}},
+                       {"customer_id": "y", "attributes": {"household_size": "two"}}]) is None
+
+    assert client.load_customers(customers(20), batch_size=8).created == 20
+    # Each batch read as the same customers sent as messages would be.
+    for i in (0, 7, 19):
+        got = client.get_customer(f"C{i}")
+        want = next(itertools.islice(customers(20), i, None))
+        assert got["email"] == want["email"]
+        for name, value in want["attributes"].items():
+            assert got["attributes"].get(name, []) == value, (i, name)
+    # A batch that clears a value goes as messages, in the same stream.
+    mixed = [{"customer_id": "C1", "attributes": {"vip": None}}, {"customer_id": "C2", "attributes": {"vip": True}}]
+    assert client.load_customers(mixed).updated == 2
+    assert "vip" not in client.get_customer("C1")["attributes"]
+    # A bad row is named in the column form as in the message form.
+    with pytest.raises(SegmentdError) as err:
+        client.load_customers([{"customer_id": "C3", "attributes": {"household_size": "two"}}])
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "household_size" in str(err.value)
+
+
+def test_dataframes_in_and_out(client):
+    pandas = pytest.importorskip("pandas")
+    df = pandas.DataFrame(
+        {
+            "customer_id": ["P1", "P2", "P3"],
+            "email": ["p1@example.com", None, "p3@example.com"],
+            "household_size": [2, 3, 4],
+            "gender": ["F", "M", None],
+            "registered_at": pandas.to_datetime(["2021-05-01T10:00:00Z", None, "2022-01-01T00:00:00Z"]),
+        }
+    )
+    assert client.load_dataframe(df).created == 3
+    p2 = client.get_customer("P2")
+    assert p2["email"] is None and "registered_at" not in p2["attributes"]
+    assert client.get_customer("P3")["attributes"]["registered_at"] == dt.datetime(2022, 1, 1, tzinfo=dt.timezone.utc)
+
+    client.create_segment("big", rule_text="household_size >= 3")
+    out = client.export_segment("big", fields=["household_size", "gender"]).to_dataframe()
+    assert list(out.columns) == ["customer_id", "email", "household_size", "gender"]
+    assert sorted(out["customer_id"]) == ["P2", "P3"]
+    row = out.set_index("customer_id").loc["P2"]
+    assert row["household_size"] == 3 and row["gender"] == "M"
+
+
+def test_unavailable_is_retried_until_the_server_is_back(server_bin, tmp_path):
+    import socket
+    import subprocess
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # No server yet: without retries the call fails at once.
+    with Client(f"127.0.0.1:{port}", timeout=10, retries=0) as c:
+        with pytest.raises(SegmentdError) as err:
+            c.stats()
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    # With retries, a server that starts a moment later answers the same call.
+    procs = []
+
+    def start():
+        procs.append(
+            subprocess.Popen(
+                [server_bin, "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"), "--fsync", "never"],
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    timer = threading.Timer(0.3, start)
+    timer.start()
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=10, retries=4) as c:
+            assert c.stats().customers == 0
+    finally:
+        timer.join()
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=20)
+    with pytest.raises(ValueError):
+        Client("127.0.0.1:1", retries=5)
+
+
+def test_methods_are_named_as_the_rpcs():
+    for rpc in ("preview_segment", "export_segment", "watch_memberships", "get_membership_history",
+                "get_customer_segments", "load_dataframe"):
+        assert callable(getattr(Client, rpc)), rpc

@@ -3,10 +3,11 @@
 from segmentd.client import (
     ActivityResult,
     Client,
+    Export,
     LoadResult,
     MembershipEvent,
     OrdersResult,
     SegmentdError,
 )
 
-__all__ = ["ActivityResult", "Client", "LoadResult", "MembershipEvent", "OrdersResult", "SegmentdError"]
+__all__ = ["ActivityResult", "Client", "Export", "LoadResult", "MembershipEvent", "OrdersResult", "SegmentdError"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import itertools
+import json
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
@@ -25,6 +26,9 @@ from segmentd.v1 import (
     segments_pb2,
     segments_pb2_grpc,
 )
+
+if TYPE_CHECKING:  # pandas is optional: `pip install segmentd[pandas]`
+    import pandas
 
 #: A Python attribute value: bool, int (money in minor units), float, str, date, datetime
 #: (timezone-aware, or naive meaning UTC), a list of str (a `keywords` set), or None (clears).
@@ -201,12 +205,144 @@ def to_customer(c: Union[Mapping[str, Any], customer_pb2.Customer]) -> customer_
     return msg
 
 
+def _column(name: str, rows: List[Tuple[int, Any]], n: int) -> Optional[customer_pb2.AttributeColumn]:
+    """One attribute's column: its values in row order, the other rows listed as missing; None
+    when the values are not all of one kind."""
+    present = {i for i, _ in rows}
+    col = customer_pb2.AttributeColumn(name=name, missing=[i for i in range(n) if i not in present])
+    values = [v for _, v in rows]
+    kinds = {type(v) for v in values}
+    if kinds <= {bool}:
+        col.bools.values.extend(values)
+    elif kinds <= {int}:
+        col.ints.values.extend(values)
+    elif kinds <= {float}:
+        col.doubles.values.extend(values)
+    elif kinds <= {str}:
+        distinct = list(dict.fromkeys(values))
+        if len(distinct) * 2 <= len(values):
+            # Few distinct strings (a country, a tier): each sent once.
+            at = {v: i for i, v in enumerate(distinct)}
+            col.strings.values.extend(distinct)
+            col.strings.indexes.extend(at[v] for v in values)
+        else:
+            col.strings.values.extend(values)
+    elif kinds <= {_dt.date}:
+        col.dates.values.extend((v - _EPOCH).days for v in values)
+    elif all(isinstance(v, _dt.datetime) for v in values):
+        col.timestamps.values.extend(_micros(v) for v in values)
+    elif all(isinstance(v, (list, tuple, set, frozenset)) for v in values):
+        col.lists.values.extend(customer_pb2.StringList(values=sorted(str(x) for x in v)) for v in values)
+    else:
+        return None
+    return col
+
+
+def _micros(t: _dt.datetime) -> int:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    delta = t - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def to_columns(customers: Sequence[Union[Mapping[str, Any], customer_pb2.Customer]]) -> Optional[customer_pb2.CustomerColumns]:
+    """Customers as dicts (see `to_customer`) as one `CustomerColumns`, or None when one of
+    them needs the message form (see `Client.load_customers`)."""
+    ids: List[str] = []
+    emails: List[str] = []
+    attrs: Dict[str, List[Tuple[int, Any]]] = {}
+    for i, c in enumerate(customers):
+        if isinstance(c, customer_pb2.Customer):
+            return None
+        ids.append(c["customer_id"])
+        email = c.get("email")
+        if email == "":
+            return None
+        emails.append(email or "")
+        for name, value in (c.get("attributes") or {}).items():
+            if value is None:
+                return None
+            attrs.setdefault(name, []).append((i, value))
+    columns = customer_pb2.CustomerColumns(customer_ids=ids)
+    if any(emails):
+        columns.emails.extend(emails)
+    for name, rows in attrs.items():
+        col = _column(name, rows, len(ids))
+        if col is None:
+            return None
+        columns.attributes.append(col)
+    return columns
+
+
 def from_customer(c: customer_pb2.Customer) -> Dict[str, Any]:
     return {
         "customer_id": c.customer_id,
         "email": c.email if c.HasField("email") else None,
         "attributes": {k: from_value(v) for k, v in c.attributes.items()},
     }
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("DataFrames need pandas: pip install 'segmentd[pandas]'") from None
+    return pandas
+
+
+class Export(Iterator[Dict[str, Any]]):
+    """A segment's members as they stream in, each a dict (customer_id, email, attributes);
+    `to_dataframe()` collects the rest into a pandas DataFrame, one column per field."""
+
+    def __init__(self, rows: Iterator[Dict[str, Any]], fields: Sequence[str]):
+        self._rows = rows
+        self._fields = list(fields)
+
+    def __iter__(self) -> "Export":
+        return self
+
+    def __next__(self) -> Dict[str, Any]:
+        return next(self._rows)
+
+    def to_dataframe(self) -> "pandas.DataFrame":
+        """The members not yet read: columns customer_id, email, then the fields asked for."""
+        pandas = _pandas()
+        columns = ["customer_id", "email", *self._fields]
+        records = [
+            {"customer_id": r["customer_id"], "email": r["email"], **{f: r["attributes"].get(f) for f in self._fields}}
+            for r in self
+        ]
+        return pandas.DataFrame.from_records(records, columns=columns)
+
+
+def _from_pandas(v: Any) -> Any:
+    """A cell of a DataFrame as a Python value; None when it is missing (NaN, NaT, None)."""
+    pandas = _pandas()
+    if v is None or (not isinstance(v, (list, tuple, set, frozenset, str)) and pandas.isna(v)):
+        return None
+    if isinstance(v, pandas.Timestamp):
+        return v.to_pydatetime()
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        return v.item()  # a numpy scalar
+    return v
+
+
+def dataframe_customers(df: "pandas.DataFrame") -> Iterator[Dict[str, Any]]:
+    """The rows of a DataFrame as customers: `customer_id`, an optional `email`, and every other
+    column an attribute; a missing cell (NaN, NaT, None) leaves the attribute as it is."""
+    if "customer_id" not in df.columns:
+        raise ValueError("the DataFrame needs a `customer_id` column")
+    names = [str(c) for c in df.columns]
+    for row in df.itertuples(index=False, name=None):
+        cells = dict(zip(names, row))
+        customer: Dict[str, Any] = {"customer_id": str(cells.pop("customer_id"))}
+        email = _from_pandas(cells.pop("email", None))
+        if email is not None:
+            customer["email"] = email
+        customer["attributes"] = {
+            k: v for k, v in ((k, _from_pandas(v)) for k, v in cells.items()) if v is not None
+        }
+        yield customer
 
 
 def _pem(v: Union[str, bytes]) -> bytes:
@@ -252,11 +388,49 @@ class _Bearer(
         return continuation(self._details(details), requests)
 
 
+_EPOCH = _dt.date(1970, 1, 1)
+
+#: Most attempts gRPC's retry policy allows (the first call included).
+_MAX_ATTEMPTS = 5
+
+
+def _channel_options(retries: int) -> List[Tuple[str, Any]]:
+    """Channel options: large messages, and gRPC's own retry policy (a maintained mechanism,
+    the same in every language) for calls refused UNAVAILABLE: a server restarting, a
+    connection not yet (re)established. Exponential backoff from 0.1 s, jittered, at most 2 s
+    a wait. Reconnection is retried as quickly, so a restart of a few hundred milliseconds is
+    not seen by the caller."""
+    if not 0 <= retries < _MAX_ATTEMPTS:
+        raise ValueError(f"retries is 0 to {_MAX_ATTEMPTS - 1}")
+    options: List[Tuple[str, Any]] = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if retries:
+        policy = {
+            "maxAttempts": retries + 1,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        config = {"methodConfig": [{"name": [{}], "retryPolicy": policy}]}
+        options += [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
+    else:
+        options.append(("grpc.enable_retries", 0))
+    return options
+
+
 class Client:
     """segmentd over one gRPC channel. `target` is `host:port`; `timeout` (seconds) applies to
     every unary call; `token` is sent as a bearer token to a server with roles; `tls_ca` (a PEM
     path or bytes) switches to TLS, with `tls_cert` and `tls_key` for a server that verifies
-    clients. Use as a context manager or call `close()`."""
+    clients; a call refused UNAVAILABLE (the server restarting, unreachable for a moment) is
+    tried again up to `retries` times (0 to 4) with exponential backoff. Use as a context
+    manager or call `close()`."""
 
     def __init__(
         self,
@@ -269,8 +443,9 @@ class Client:
         tls_key: Optional[Union[str, bytes]] = None,
         tls_domain: Optional[str] = None,
         channel: Optional[grpc.Channel] = None,
+        retries: int = 3,
     ):
-        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        options = _channel_options(retries)
         if channel is not None:
             self._raw_channel = channel
         elif tls_ca is not None:
@@ -343,13 +518,15 @@ class Client:
                 out[customer] = None
         return out
 
-    def customer_segments(self, customer_id: str) -> List[str]:
+    def get_customer_segments(self, customer_id: str) -> List[str]:
         return list(
             self._call(
                 self._membership.GetCustomerSegments,
                 membership_pb2.GetCustomerSegmentsRequest(customer_id=customer_id),
             ).segment_ids
         )
+
+    customer_segments = get_customer_segments
 
     # Activities.
 
@@ -400,7 +577,10 @@ class Client:
         batch_size: int = 1000,
     ) -> LoadResult:
         """Streams customers in batches; a bad batch ends the load with `SegmentdError` naming
-        it (earlier batches stay applied)."""
+        it (earlier batches stay applied). Batches go column by column (`CustomerColumns`, the
+        form segctl sends and the server applies fastest) unless one needs the message form: a
+        `Customer` message given, a value of None (clearing), an e-mail of "" (removing it), or
+        one attribute given values of different kinds."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
 
@@ -410,7 +590,11 @@ class Client:
                 chunk = list(itertools.islice(it, batch_size))
                 if not chunk:
                     return
-                yield ingest_pb2.LoadCustomersRequest(customers=[to_customer(c) for c in chunk])
+                columns = to_columns(chunk)
+                if columns is not None:
+                    yield ingest_pb2.LoadCustomersRequest(columns=columns)
+                else:
+                    yield ingest_pb2.LoadCustomersRequest(customers=[to_customer(c) for c in chunk])
 
         try:
             r = self._ingest.LoadCustomers(batches())
@@ -584,7 +768,7 @@ class Client:
         )
         return {(o.segment_a, o.segment_b): o.count for o in r.overlaps}
 
-    def preview(self, rule_text: str, *, sample_size: int = 0, as_of: Optional[_dt.datetime] = None):
+    def preview_segment(self, rule_text: str, *, sample_size: int = 0, as_of: Optional[_dt.datetime] = None):
         """(count, sample customer ids) of the customers `rule_text` matches now (or `as_of`)."""
         req = segments_pb2.PreviewSegmentRequest(rule_text=rule_text, sample_size=sample_size)
         if as_of is not None:
@@ -592,19 +776,33 @@ class Client:
         r = self._call(self._segments.PreviewSegment, req)
         return r.count, list(r.sample_customer_ids)
 
-    def export(self, segment_id: str, fields: Sequence[str] = (), batch_size: int = 1000) -> Iterator[Dict[str, Any]]:
-        """Members of a segment as dicts (customer_id, email, attributes), streamed."""
+    preview = preview_segment
+
+    def export_segment(self, segment_id: str, fields: Sequence[str] = (), batch_size: int = 1000) -> Export:
+        """Members of a segment as dicts (customer_id, email, attributes), streamed; the result
+        also gives them as a DataFrame (`.to_dataframe()`, with `segmentd[pandas]`)."""
         stream = self._segments.ExportSegment(
             segments_pb2.ExportSegmentRequest(segment_id=segment_id, fields=list(fields), batch_size=batch_size)
         )
-        try:
-            for msg in stream:
-                for c in msg.customers:
-                    yield from_customer(c)
-        except grpc.RpcError as err:
-            raise _raise(err) from None
 
-    def watch(self, from_sequence: int = 0, segment_ids: Sequence[str] = ()) -> Iterator[MembershipEvent]:
+        def rows() -> Iterator[Dict[str, Any]]:
+            try:
+                for msg in stream:
+                    for c in msg.customers:
+                        yield from_customer(c)
+            except grpc.RpcError as err:
+                raise _raise(err) from None
+
+        return Export(rows(), fields)
+
+    export = export_segment
+
+    def load_dataframe(self, df: "pandas.DataFrame", batch_size: int = 1000) -> LoadResult:
+        """Loads the rows of a DataFrame as customers (see `dataframe_customers`), column by
+        column as `load_customers` sends them."""
+        return self.load_customers(dataframe_customers(df), batch_size=batch_size)
+
+    def watch_memberships(self, from_sequence: int = 0, segment_ids: Sequence[str] = ()) -> Iterator[MembershipEvent]:
         """Membership events after `from_sequence` (0: everything retained), in order, then new
         ones as they happen; endless until the caller stops iterating. To resume after an
         interruption, pass the last `sequence` received: no duplicates, no gaps. A sequence older
@@ -621,13 +819,17 @@ class Client:
         finally:
             stream.cancel()
 
-    def membership_history(self, customer_id: str, segment_id: str = "") -> List[MembershipEvent]:
+    watch = watch_memberships
+
+    def get_membership_history(self, customer_id: str, segment_id: str = "") -> List[MembershipEvent]:
         """A customer's entries into and exits from segments (one, or all), oldest first."""
         r = self._call(
             self._segments.GetMembershipHistory,
             segments_pb2.GetMembershipHistoryRequest(customer_id=customer_id, segment_id=segment_id),
         )
         return [_event(e) for e in r.events]
+
+    membership_history = get_membership_history
 
     # Admin.
 
