@@ -2,6 +2,8 @@
 before the package is built, so they always match the server's contract."""
 
 import pathlib
+import shutil
+import sys
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -19,13 +21,24 @@ def generate() -> None:
     if not protos:
         raise SystemExit(f"no .proto files under {PROTO_ROOT}/segmentd/v1: build from a segmentd checkout")
     well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    # mypy-protobuf's plugins (build requirements), beside the running interpreter or on PATH:
+    # typed stubs for the messages and for the service stubs, which pass `mypy --strict`.
+    plugins = []
+    for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc"):
+        beside = pathlib.Path(sys.executable).parent / name
+        found = str(beside) if beside.exists() else shutil.which(name)
+        if found is None:
+            raise SystemExit(f"{name} not found: install mypy-protobuf (a build requirement)")
+        plugins.append(f"--plugin={name}={found}")
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        *plugins,
         f"--python_out={OUT}",
-        f"--pyi_out={OUT}",
+        f"--mypy_out={OUT}",
         f"--grpc_python_out={OUT}",
+        f"--mypy_grpc_out={OUT}",
         *protos,
     ]
     if protoc.main(args) != 0:

@@ -7,11 +7,27 @@ import datetime as _dt
 import itertools
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+    cast,
+)
 
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
-from google.rpc import error_details_pb2, status_pb2
+# googleapis-common-protos ships no type stubs: its messages are used as Any.
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from segmentd.v1 import (
     activities_pb2,
@@ -122,7 +138,9 @@ def _raise(err: grpc.RpcError) -> SegmentdError:
     metadata: Dict[str, str] = {}
     violations: List[Tuple[str, str]] = []
     retry: Optional[float] = None
-    trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    # The errors of calls are also grpc.Call objects, with trailers.
+    call = cast(Any, err)
+    trailers = call.trailing_metadata() if hasattr(call, "trailing_metadata") else None
     for key, value in trailers or ():
         if key != "grpc-status-details-bin":
             continue
@@ -141,8 +159,8 @@ def _raise(err: grpc.RpcError) -> SegmentdError:
                 detail.Unpack(info_r)
                 retry = info_r.retry_delay.seconds + info_r.retry_delay.nanos / 1e9
     return SegmentdError(
-        err.code(),
-        err.details() or "",
+        call.code(),
+        call.details() or "",
         reason=reason,
         metadata=metadata,
         field_violations=violations,
@@ -190,7 +208,8 @@ def from_value(v: customer_pb2.Value) -> AttrValue:
         return v.timestamp_value.ToDatetime(tzinfo=_dt.timezone.utc)
     if kind == "list_value":
         return list(v.list_value.values)
-    return getattr(v, kind)
+    value: AttrValue = getattr(v, kind)
+    return value
 
 
 def to_customer(c: Union[Mapping[str, Any], customer_pb2.Customer]) -> customer_pb2.Customer:
@@ -287,7 +306,7 @@ def _pandas() -> Any:
         import pandas
     except ImportError:
         raise ImportError("DataFrames need pandas: pip install 'segmentd[pandas]'") from None
-    return pandas
+    return cast(Any, pandas)
 
 
 class Export(Iterator[Dict[str, Any]]):
@@ -306,13 +325,14 @@ class Export(Iterator[Dict[str, Any]]):
 
     def to_dataframe(self) -> "pandas.DataFrame":
         """The members not yet read: columns customer_id, email, then the fields asked for."""
-        pandas = _pandas()
+        pd = _pandas()
         columns = ["customer_id", "email", *self._fields]
         records = [
             {"customer_id": r["customer_id"], "email": r["email"], **{f: r["attributes"].get(f) for f in self._fields}}
             for r in self
         ]
-        return pandas.DataFrame.from_records(records, columns=columns)
+        frame: "pandas.DataFrame" = pd.DataFrame.from_records(records, columns=columns)
+        return frame
 
 
 def _from_pandas(v: Any) -> Any:
@@ -371,24 +391,27 @@ class _Bearer(
     def __init__(self, token: str):
         self._header = ("authorization", f"Bearer {token}")
 
-    def _details(self, d):
+    def _details(self, d: Any) -> Any:
         metadata = list(d.metadata or []) + [self._header]
         return _CallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression)
 
-    def intercept_unary_unary(self, continuation, details, request):
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details), request)
 
-    def intercept_unary_stream(self, continuation, details, request):
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details), request)
 
-    def intercept_stream_unary(self, continuation, details, requests):
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
         return continuation(self._details(details), requests)
 
-    def intercept_stream_stream(self, continuation, details, requests):
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
         return continuation(self._details(details), requests)
 
 
 _EPOCH = _dt.date(1970, 1, 1)
+
+#: The reply type of a call.
+_Reply = TypeVar("_Reply")
 
 #: Most attempts gRPC's retry policy allows (the first call included).
 _MAX_ATTEMPTS = 5
@@ -479,7 +502,7 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method, request):
+    def _call(self, method: Callable[..., _Reply], request: Any) -> _Reply:
         try:
             return method(request, timeout=self._timeout)
         except grpc.RpcError as err:
@@ -608,7 +631,7 @@ class Client:
         req = (
             ingest_pb2.GetCustomerRequest(customer_id=customer_id)
             if customer_id is not None
-            else ingest_pb2.GetCustomerRequest(email=email)
+            else ingest_pb2.GetCustomerRequest(email=cast(str, email))
         )
         return from_customer(self._call(self._ingest.GetCustomer, req).customer)
 
@@ -619,7 +642,7 @@ class Client:
         req = (
             ingest_pb2.DeleteCustomerRequest(customer_id=customer_id)
             if customer_id is not None
-            else ingest_pb2.DeleteCustomerRequest(email=email)
+            else ingest_pb2.DeleteCustomerRequest(email=cast(str, email))
         )
         self._call(self._ingest.DeleteCustomer, req)
 
@@ -768,7 +791,9 @@ class Client:
         )
         return {(o.segment_a, o.segment_b): o.count for o in r.overlaps}
 
-    def preview_segment(self, rule_text: str, *, sample_size: int = 0, as_of: Optional[_dt.datetime] = None):
+    def preview_segment(
+        self, rule_text: str, *, sample_size: int = 0, as_of: Optional[_dt.datetime] = None
+    ) -> Tuple[int, List[str]]:
         """(count, sample customer ids) of the customers `rule_text` matches now (or `as_of`)."""
         req = segments_pb2.PreviewSegmentRequest(rule_text=rule_text, sample_size=sample_size)
         if as_of is not None:
