@@ -334,3 +334,67 @@ def test_methods_are_named_as_the_rpcs():
     for rpc in ("preview_segment", "export_segment", "watch_memberships", "get_membership_history",
                 "get_customer_segments", "load_dataframe"):
         assert callable(getattr(Client, rpc)), rpc
+
+
+@pytest.fixture
+def served(server_bin):
+    from conftest import _server
+
+    with _server(server_bin) as (c, port):
+        yield c, port
+
+
+def test_async_client(served):
+    import asyncio
+
+    from segmentd import AsyncClient
+
+    sync, port = served
+    sync.load_customers(customers(50))
+    sync.create_segment("golfers", rule_text='tags has_any ("golf")', allow_activities=True)
+
+    async def main():
+        async with AsyncClient(f"127.0.0.1:{port}", timeout=10) as c:
+            assert await c.is_member("C0", "golfers")
+            assert not await c.is_member("C1", "golfers")
+            assert await c.check_memberships("C10", ["golfers"]) == {"golfers": True}
+            assert (await c.stats()).customers == 50
+            loaded = await c.load_customers(({"customer_id": f"A{i}", "attributes": {"vip": True}} for i in range(30)), batch_size=7)
+            assert (loaded.created, loaded.batches) == (30, 5)
+            result = await c.add_to_segment("golfers", ["A1"], activity_id="golf-week")
+            assert result.changed == 1
+            members = [m["customer_id"] async for m in c.export_segment("golfers")]
+            assert sorted(members) == sorted(["A1"] + [f"C{i}" for i in range(0, 50, 10)])
+            # Events stream as an async iterator; the first is the oldest retained.
+            events = c.watch_memberships(0, ["golfers"])
+            first = await events.__anext__()
+            assert first.segment_id == "golfers" and first.entered
+            await events.aclose()
+            with pytest.raises(SegmentdError) as err:
+                await c.get_segment("nope")
+            assert err.value.code == grpc.StatusCode.NOT_FOUND
+            assert err.value.reason == "NOT_FOUND"
+            count, sample = await c.preview_segment("vip", sample_size=1)
+            assert count == 31 and len(sample) == 1  # the 30 loaded here and C7
+
+    asyncio.run(main())
+
+
+def test_async_client_sends_its_token(secured):
+    import asyncio
+
+    from conftest import ADMIN_TOKEN
+
+    from segmentd import AsyncClient
+
+    _, port = secured
+
+    async def main():
+        async with AsyncClient(f"127.0.0.1:{port}", token=ADMIN_TOKEN) as c:
+            assert (await c.stats()).customers == 0
+        async with AsyncClient(f"127.0.0.1:{port}") as c:
+            with pytest.raises(SegmentdError) as err:
+                await c.stats()
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+    asyncio.run(main())

@@ -1,5 +1,6 @@
 """Python client for segmentd, the customer-segmentation service."""
 
+from segmentd.aio import AsyncClient
 from segmentd.client import (
     ActivityResult,
     Client,
@@ -10,4 +11,4 @@ from segmentd.client import (
     SegmentdError,
 )
 
-__all__ = ["ActivityResult", "Client", "Export", "LoadResult", "MembershipEvent", "OrdersResult", "SegmentdError"]
+__all__ = ["ActivityResult", "AsyncClient", "Client", "Export", "LoadResult", "MembershipEvent", "OrdersResult", "SegmentdError"]

@@ -12,6 +12,7 @@ from typing import (
     Any,
     Callable,
     Dict,
+    Generic,
     Iterable,
     Iterator,
     List,
@@ -410,8 +411,302 @@ class _Bearer(
 
 _EPOCH = _dt.date(1970, 1, 1)
 
-#: The reply type of a call.
-_Reply = TypeVar("_Reply")
+#: What a method returns.
+_Out = TypeVar("_Out")
+
+#: A customer to send: a dict (see `to_customer`) or a `Customer` message.
+CustomerIn = Union[Mapping[str, Any], customer_pb2.Customer]
+
+
+@dataclass(frozen=True)
+class _Plan(Generic[_Out]):
+    """One unary (or request-streaming) call, made the same way by `Client` and `AsyncClient`:
+    the stub attribute and method, the request (or request iterator), whether the client's
+    timeout applies, and what the method returns from the reply."""
+
+    stub: str
+    method: str
+    request: Any
+    convert: Callable[[Any], _Out]
+    timeout: bool = True
+
+
+def _unit(_: Any) -> None:
+    return None
+
+
+def _same(reply: Any) -> Any:
+    return reply
+
+
+# Each RPC's request and answer, shared by the two clients.
+
+
+def _p_is_member(customer_id: str, segment_id: str) -> _Plan[bool]:
+    request = membership_pb2.IsMemberRequest(customer_id=customer_id, segment_id=segment_id)
+    return _Plan("_membership", "IsMember", request, lambda r: bool(r.member))
+
+
+def _p_check_memberships(customer_id: str, segment_ids: Sequence[str]) -> _Plan[Dict[str, bool]]:
+    ids = list(segment_ids)
+    request = membership_pb2.CheckMembershipsRequest(customer_id=customer_id, segment_ids=ids)
+    return _Plan("_membership", "CheckMemberships", request, lambda r: dict(zip(ids, r.member)))
+
+
+def _p_batch_check_memberships(
+    customer_ids: Sequence[str], segment_ids: Sequence[str]
+) -> _Plan[Dict[str, Optional[Dict[str, bool]]]]:
+    customers, segments = list(customer_ids), list(segment_ids)
+    n = len(segments)
+
+    def convert(r: Any) -> Dict[str, Optional[Dict[str, bool]]]:
+        return {
+            c: dict(zip(segments, r.member[i * n : (i + 1) * n])) if r.known_customer[i] else None
+            for i, c in enumerate(customers)
+        }
+
+    request = membership_pb2.BatchCheckMembershipsRequest(customer_ids=customers, segment_ids=segments)
+    return _Plan("_membership", "BatchCheckMemberships", request, convert)
+
+
+def _p_get_customer_segments(customer_id: str) -> _Plan[List[str]]:
+    request = membership_pb2.GetCustomerSegmentsRequest(customer_id=customer_id)
+    return _Plan("_membership", "GetCustomerSegments", request, lambda r: list(r.segment_ids))
+
+
+def _p_activity(
+    add: bool, segment_id: str, customer_ids: Sequence[str], emails: Sequence[str], activity_id: str
+) -> _Plan[ActivityResult]:
+    ids, mails = list(customer_ids), list(emails)
+    if add:
+        request: Any = activities_pb2.AddToSegmentRequest(
+            segment_id=segment_id, customer_ids=ids, emails=mails, activity_id=activity_id
+        )
+    else:
+        request = activities_pb2.RemoveFromSegmentRequest(
+            segment_id=segment_id, customer_ids=ids, emails=mails, activity_id=activity_id
+        )
+    method = "AddToSegment" if add else "RemoveFromSegment"
+    return _Plan("_activities", method, request, lambda r: ActivityResult(r.changed, r.unchanged, list(r.unknown)))
+
+
+def _p_upsert_customers(customers: Iterable[CustomerIn]) -> _Plan[LoadResult]:
+    request = ingest_pb2.UpsertCustomersRequest(customers=[to_customer(c) for c in customers])
+    return _Plan("_ingest", "UpsertCustomers", request, lambda r: LoadResult(r.created, r.updated, 1))
+
+
+def _p_load_customers(customers: Iterable[CustomerIn], batch_size: int) -> _Plan[LoadResult]:
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+
+    def batches() -> Iterator[ingest_pb2.LoadCustomersRequest]:
+        it = iter(customers)
+        while True:
+            chunk = list(itertools.islice(it, batch_size))
+            if not chunk:
+                return
+            columns = to_columns(chunk)
+            if columns is not None:
+                yield ingest_pb2.LoadCustomersRequest(columns=columns)
+            else:
+                yield ingest_pb2.LoadCustomersRequest(customers=[to_customer(c) for c in chunk])
+
+    # A load runs as long as it has rows: no deadline.
+    convert = lambda r: LoadResult(r.created, r.updated, r.batches)  # noqa: E731
+    return _Plan("_ingest", "LoadCustomers", batches(), convert, timeout=False)
+
+
+def _customer_key(customer_id: Optional[str], email: Optional[str]) -> Dict[str, str]:
+    if customer_id is not None and email is None:
+        return {"customer_id": customer_id}
+    if email is not None and customer_id is None:
+        return {"email": email}
+    raise ValueError("give exactly one of customer_id or email")
+
+
+def _p_get_customer(customer_id: Optional[str], email: Optional[str]) -> _Plan[Dict[str, Any]]:
+    request = ingest_pb2.GetCustomerRequest(**_customer_key(customer_id, email))
+    return _Plan("_ingest", "GetCustomer", request, lambda r: from_customer(r.customer))
+
+
+def _p_delete_customer(customer_id: Optional[str], email: Optional[str]) -> _Plan[None]:
+    request = ingest_pb2.DeleteCustomerRequest(**_customer_key(customer_id, email))
+    return _Plan("_ingest", "DeleteCustomer", request, _unit)
+
+
+def _p_load_segment_members(
+    segment_id: str, customer_ids: Iterable[str], emails: Iterable[str], mode: str, batch_size: int
+) -> _Plan[ingest_pb2.LoadSegmentMembersResponse]:
+    modes = {"include": ingest_pb2.MEMBER_MODE_INCLUDE, "exclude": ingest_pb2.MEMBER_MODE_EXCLUDE}
+    if mode not in modes:
+        raise ValueError("mode is 'include' or 'exclude'")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+
+    def batches() -> Iterator[ingest_pb2.LoadSegmentMembersRequest]:
+        for field, values in (("customer_ids", customer_ids), ("emails", emails)):
+            it = iter(values)
+            while True:
+                chunk = list(itertools.islice(it, batch_size))
+                if not chunk:
+                    break
+                yield ingest_pb2.LoadSegmentMembersRequest(segment_id=segment_id, mode=modes[mode], **{field: chunk})
+
+    return _Plan("_ingest", "LoadSegmentMembers", batches(), _same)
+
+
+def _p_record_orders(orders: Iterable[Mapping[str, Any]]) -> _Plan[OrdersResult]:
+    msgs = [
+        customer_pb2.Order(
+            order_id=o["order_id"],
+            customer_id=o["customer_id"],
+            placed_at=_timestamp(o["placed_at"]),
+            amount_minor=o["amount_minor"],
+            promotion=bool(o.get("promotion", False)),
+            categories=list(o.get("categories", ())),
+            brands=list(o.get("brands", ())),
+        )
+        for o in orders
+    ]
+    convert = lambda r: OrdersResult(r.applied, r.duplicates, list(r.created_customer_ids))  # noqa: E731
+    return _Plan("_ingest", "RecordOrders", ingest_pb2.RecordOrdersRequest(orders=msgs), convert)
+
+
+def _p_create_segment(
+    segment_id: str,
+    rule_text: str,
+    name: Optional[str],
+    description: str,
+    allow_activities: bool,
+    include_customer_ids: Sequence[str],
+    exclude_customer_ids: Sequence[str],
+) -> _Plan[segments_pb2.Segment]:
+    segment = segments_pb2.Segment(
+        segment_id=segment_id,
+        name=name or segment_id,
+        description=description,
+        rule_text=rule_text,
+        allow_activities=allow_activities,
+        include_customer_ids=list(include_customer_ids),
+        exclude_customer_ids=list(exclude_customer_ids),
+    )
+    return _Plan("_segments", "CreateSegment", segments_pb2.CreateSegmentRequest(segment=segment), _same)
+
+
+def _p_create_family(
+    family_id: str, members: Sequence[Tuple[str, str]], catch_all: str, name: Optional[str], description: str
+) -> _Plan[segments_pb2.Family]:
+    family = segments_pb2.Family(
+        family_id=family_id,
+        name=name or family_id,
+        description=description,
+        members=[segments_pb2.FamilyMember(segment_id=i, name=i, rule_text=r) for i, r in members],
+        catch_all=segments_pb2.FamilyMember(segment_id=catch_all, name=catch_all),
+    )
+    return _Plan("_segments", "CreateFamily", segments_pb2.CreateFamilyRequest(family=family), _same)
+
+
+def _p_reclassify(as_of: Optional[_dt.datetime]) -> _Plan[segments_pb2.ReclassifyResponse]:
+    request = segments_pb2.ReclassifyRequest()
+    if as_of is not None:
+        request.as_of.CopyFrom(_timestamp(as_of))
+    return _Plan("_segments", "Reclassify", request, _same)
+
+
+def _p_update_segment(segment_id: str, fields: Dict[str, Any]) -> _Plan[segments_pb2.Segment]:
+    if not fields:
+        raise ValueError("give at least one field to update")
+    segment = segments_pb2.Segment(segment_id=segment_id, **fields)
+    paths = ["rule" if f == "rule_text" else f for f in fields]
+    request = segments_pb2.UpdateSegmentRequest(segment=segment, update_mask=field_mask_pb2.FieldMask(paths=paths))
+    return _Plan("_segments", "UpdateSegment", request, _same)
+
+
+def _p_segment_overlap(segment_ids: Sequence[str]) -> _Plan[Dict[Tuple[str, str], int]]:
+    request = segments_pb2.SegmentOverlapRequest(segment_ids=list(segment_ids))
+    convert = lambda r: {(o.segment_a, o.segment_b): o.count for o in r.overlaps}  # noqa: E731
+    return _Plan("_segments", "SegmentOverlap", request, convert)
+
+
+def _p_preview_segment(rule_text: str, sample_size: int, as_of: Optional[_dt.datetime]) -> _Plan[Tuple[int, List[str]]]:
+    request = segments_pb2.PreviewSegmentRequest(rule_text=rule_text, sample_size=sample_size)
+    if as_of is not None:
+        request.as_of.CopyFrom(_timestamp(as_of))
+    return _Plan("_segments", "PreviewSegment", request, lambda r: (r.count, list(r.sample_customer_ids)))
+
+
+def _p_get_membership_history(customer_id: str, segment_id: str) -> _Plan[List[MembershipEvent]]:
+    request = segments_pb2.GetMembershipHistoryRequest(customer_id=customer_id, segment_id=segment_id)
+    return _Plan("_segments", "GetMembershipHistory", request, lambda r: [_event(e) for e in r.events])
+
+
+_ATTRIBUTE_TYPES = {
+    "bool": admin_pb2.ATTRIBUTE_TYPE_BOOL,
+    "int": admin_pb2.ATTRIBUTE_TYPE_INT,
+    "float": admin_pb2.ATTRIBUTE_TYPE_FLOAT,
+    "money": admin_pb2.ATTRIBUTE_TYPE_MONEY,
+    "date": admin_pb2.ATTRIBUTE_TYPE_DATE,
+    "timestamp": admin_pb2.ATTRIBUTE_TYPE_TIMESTAMP,
+    "keyword": admin_pb2.ATTRIBUTE_TYPE_KEYWORD,
+    "keywords": admin_pb2.ATTRIBUTE_TYPE_KEYWORDS,
+    "text": admin_pb2.ATTRIBUTE_TYPE_TEXT,
+}
+
+
+def _p_define_attribute(name: str, type: str, description: str) -> _Plan[admin_pb2.Attribute]:
+    if type not in _ATTRIBUTE_TYPES:
+        raise ValueError(f"type is one of {', '.join(_ATTRIBUTE_TYPES)}")
+    request = admin_pb2.DefineAttributeRequest(name=name, type=_ATTRIBUTE_TYPES[type], description=description)
+    return _Plan("_admin", "DefineAttribute", request, lambda r: r.attribute)
+
+
+def _p_get_segment(segment_id: str) -> _Plan[segments_pb2.Segment]:
+    return _Plan("_segments", "GetSegment", segments_pb2.GetSegmentRequest(segment_id=segment_id), _same)
+
+
+def _p_list_segments() -> _Plan[List[segments_pb2.Segment]]:
+    return _Plan("_segments", "ListSegments", segments_pb2.ListSegmentsRequest(), lambda r: list(r.segments))
+
+
+def _p_delete_segment(segment_id: str) -> _Plan[None]:
+    return _Plan("_segments", "DeleteSegment", segments_pb2.DeleteSegmentRequest(segment_id=segment_id), _unit)
+
+
+def _p_explain_membership(customer_id: str, segment_id: str) -> _Plan[segments_pb2.ExplainMembershipResponse]:
+    request = segments_pb2.ExplainMembershipRequest(customer_id=customer_id, segment_id=segment_id)
+    return _Plan("_segments", "ExplainMembership", request, _same)
+
+
+def _p_list_families() -> _Plan[List[segments_pb2.Family]]:
+    return _Plan("_segments", "ListFamilies", segments_pb2.ListFamiliesRequest(), lambda r: list(r.families))
+
+
+def _p_delete_family(family_id: str) -> _Plan[None]:
+    return _Plan("_segments", "DeleteFamily", segments_pb2.DeleteFamilyRequest(family_id=family_id), _unit)
+
+
+def _p_stats() -> _Plan[admin_pb2.StatsResponse]:
+    return _Plan("_admin", "Stats", admin_pb2.StatsRequest(), _same)
+
+
+def _p_get_schema() -> _Plan[List[admin_pb2.Attribute]]:
+    return _Plan("_admin", "GetSchema", admin_pb2.GetSchemaRequest(), lambda r: list(r.attributes))
+
+
+def _p_get_server_info() -> _Plan[admin_pb2.GetServerInfoResponse]:
+    return _Plan("_admin", "GetServerInfo", admin_pb2.GetServerInfoRequest(), _same)
+
+
+def _p_snapshot() -> _Plan[admin_pb2.SnapshotResponse]:
+    return _Plan("_admin", "Snapshot", admin_pb2.SnapshotRequest(), _same)
+
+
+def _export_request(segment_id: str, fields: Sequence[str], batch_size: int) -> segments_pb2.ExportSegmentRequest:
+    return segments_pb2.ExportSegmentRequest(segment_id=segment_id, fields=list(fields), batch_size=batch_size)
+
+
+def _watch_request(from_sequence: int, segment_ids: Sequence[str]) -> segments_pb2.WatchMembershipsRequest:
+    return segments_pb2.WatchMembershipsRequest(from_sequence=from_sequence, segment_ids=list(segment_ids))
 
 #: Most attempts gRPC's retry policy allows (the first call included).
 _MAX_ATTEMPTS = 5
@@ -447,6 +742,28 @@ def _channel_options(retries: int) -> List[Tuple[str, Any]]:
     return options
 
 
+def _connection(
+    retries: int,
+    tls_ca: Optional[Union[str, bytes]],
+    tls_cert: Optional[Union[str, bytes]],
+    tls_key: Optional[Union[str, bytes]],
+    tls_domain: Optional[str],
+) -> Tuple[List[Tuple[str, Any]], Optional[grpc.ChannelCredentials]]:
+    """The channel options and, for TLS, the credentials: the server's CA (a PEM path or
+    bytes), and for mutual TLS a client certificate and key."""
+    options = _channel_options(retries)
+    if tls_ca is None:
+        return options, None
+    if tls_domain:
+        options.append(("grpc.ssl_target_name_override", tls_domain))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_pem(tls_ca),
+        private_key=_pem(tls_key) if tls_key is not None else None,
+        certificate_chain=_pem(tls_cert) if tls_cert is not None else None,
+    )
+    return options, credentials
+
+
 class Client:
     """segmentd over one gRPC channel. `target` is `host:port`; `timeout` (seconds) applies to
     every unary call; `token` is sent as a bearer token to a server with roles; `tls_ca` (a PEM
@@ -468,18 +785,10 @@ class Client:
         channel: Optional[grpc.Channel] = None,
         retries: int = 3,
     ):
-        options = _channel_options(retries)
+        options, credentials = _connection(retries, tls_ca, tls_cert, tls_key, tls_domain)
         if channel is not None:
             self._raw_channel = channel
-        elif tls_ca is not None:
-            # TLS: the server's CA (a PEM path or bytes), and for mutual TLS a client certificate.
-            if tls_domain:
-                options.append(("grpc.ssl_target_name_override", tls_domain))
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_pem(tls_ca),
-                private_key=_pem(tls_key) if tls_key is not None else None,
-                certificate_chain=_pem(tls_cert) if tls_cert is not None else None,
-            )
+        elif credentials is not None:
             self._raw_channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._raw_channel = grpc.insecure_channel(target, options=options)
@@ -502,149 +811,69 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., _Reply], request: Any) -> _Reply:
+    def _run(self, plan: "_Plan[_Out]") -> _Out:
+        method = getattr(getattr(self, plan.stub), plan.method)
         try:
-            return method(request, timeout=self._timeout)
+            reply = method(plan.request, timeout=self._timeout if plan.timeout else None)
         except grpc.RpcError as err:
             raise _raise(err) from None
+        return plan.convert(reply)
 
     # Membership: the request-time path.
 
     def is_member(self, customer_id: str, segment_id: str) -> bool:
-        return self._call(
-            self._membership.IsMember,
-            membership_pb2.IsMemberRequest(customer_id=customer_id, segment_id=segment_id),
-        ).member
+        return self._run(_p_is_member(customer_id, segment_id))
 
     def check_memberships(self, customer_id: str, segment_ids: Sequence[str]) -> Dict[str, bool]:
-        ids = list(segment_ids)
-        reply = self._call(
-            self._membership.CheckMemberships,
-            membership_pb2.CheckMembershipsRequest(customer_id=customer_id, segment_ids=ids),
-        )
-        return dict(zip(ids, reply.member))
+        return self._run(_p_check_memberships(customer_id, segment_ids))
 
     def batch_check_memberships(
         self, customer_ids: Sequence[str], segment_ids: Sequence[str]
     ) -> Dict[str, Optional[Dict[str, bool]]]:
         """Each customer against each segment in one call: None for an unknown customer."""
-        r = self._call(
-            self._membership.BatchCheckMemberships,
-            membership_pb2.BatchCheckMembershipsRequest(customer_ids=list(customer_ids), segment_ids=list(segment_ids)),
-        )
-        n = len(segment_ids)
-        out: Dict[str, Optional[Dict[str, bool]]] = {}
-        for i, customer in enumerate(customer_ids):
-            if r.known_customer[i]:
-                out[customer] = dict(zip(segment_ids, r.member[i * n : (i + 1) * n]))
-            else:
-                out[customer] = None
-        return out
+        return self._run(_p_batch_check_memberships(customer_ids, segment_ids))
 
     def get_customer_segments(self, customer_id: str) -> List[str]:
-        return list(
-            self._call(
-                self._membership.GetCustomerSegments,
-                membership_pb2.GetCustomerSegmentsRequest(customer_id=customer_id),
-            ).segment_ids
-        )
+        return self._run(_p_get_customer_segments(customer_id))
 
     customer_segments = get_customer_segments
 
     # Activities.
 
     def add_to_segment(
-        self,
-        segment_id: str,
-        customer_ids: Sequence[str] = (),
-        emails: Sequence[str] = (),
-        *,
-        activity_id: str,
+        self, segment_id: str, customer_ids: Sequence[str] = (), emails: Sequence[str] = (), *, activity_id: str
     ) -> ActivityResult:
-        r = self._call(
-            self._activities.AddToSegment,
-            activities_pb2.AddToSegmentRequest(
-                segment_id=segment_id, customer_ids=list(customer_ids), emails=list(emails), activity_id=activity_id
-            ),
-        )
-        return ActivityResult(r.changed, r.unchanged, list(r.unknown))
+        return self._run(_p_activity(True, segment_id, customer_ids, emails, activity_id))
 
     def remove_from_segment(
-        self,
-        segment_id: str,
-        customer_ids: Sequence[str] = (),
-        emails: Sequence[str] = (),
-        *,
-        activity_id: str,
+        self, segment_id: str, customer_ids: Sequence[str] = (), emails: Sequence[str] = (), *, activity_id: str
     ) -> ActivityResult:
-        r = self._call(
-            self._activities.RemoveFromSegment,
-            activities_pb2.RemoveFromSegmentRequest(
-                segment_id=segment_id, customer_ids=list(customer_ids), emails=list(emails), activity_id=activity_id
-            ),
-        )
-        return ActivityResult(r.changed, r.unchanged, list(r.unknown))
+        return self._run(_p_activity(False, segment_id, customer_ids, emails, activity_id))
 
     # Ingest.
 
-    def upsert_customers(self, customers: Iterable[Union[Mapping[str, Any], customer_pb2.Customer]]) -> LoadResult:
-        r = self._call(
-            self._ingest.UpsertCustomers,
-            ingest_pb2.UpsertCustomersRequest(customers=[to_customer(c) for c in customers]),
-        )
-        return LoadResult(r.created, r.updated, 1)
+    def upsert_customers(self, customers: Iterable[CustomerIn]) -> LoadResult:
+        return self._run(_p_upsert_customers(customers))
 
-    def load_customers(
-        self,
-        customers: Iterable[Union[Mapping[str, Any], customer_pb2.Customer]],
-        batch_size: int = 1000,
-    ) -> LoadResult:
+    def load_customers(self, customers: Iterable[CustomerIn], batch_size: int = 1000) -> LoadResult:
         """Streams customers in batches; a bad batch ends the load with `SegmentdError` naming
         it (earlier batches stay applied). Batches go column by column (`CustomerColumns`, the
         form segctl sends and the server applies fastest) unless one needs the message form: a
         `Customer` message given, a value of None (clearing), an e-mail of "" (removing it), or
         one attribute given values of different kinds."""
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        return self._run(_p_load_customers(customers, batch_size))
 
-        def batches() -> Iterator[ingest_pb2.LoadCustomersRequest]:
-            it = iter(customers)
-            while True:
-                chunk = list(itertools.islice(it, batch_size))
-                if not chunk:
-                    return
-                columns = to_columns(chunk)
-                if columns is not None:
-                    yield ingest_pb2.LoadCustomersRequest(columns=columns)
-                else:
-                    yield ingest_pb2.LoadCustomersRequest(customers=[to_customer(c) for c in chunk])
-
-        try:
-            r = self._ingest.LoadCustomers(batches())
-        except grpc.RpcError as err:
-            raise _raise(err) from None
-        return LoadResult(r.created, r.updated, r.batches)
+    def load_dataframe(self, df: "pandas.DataFrame", batch_size: int = 1000) -> LoadResult:
+        """Loads the rows of a DataFrame as customers (see `dataframe_customers`), column by
+        column as `load_customers` sends them."""
+        return self.load_customers(dataframe_customers(df), batch_size=batch_size)
 
     def get_customer(self, customer_id: Optional[str] = None, *, email: Optional[str] = None) -> Dict[str, Any]:
-        if (customer_id is None) == (email is None):
-            raise ValueError("give exactly one of customer_id or email")
-        req = (
-            ingest_pb2.GetCustomerRequest(customer_id=customer_id)
-            if customer_id is not None
-            else ingest_pb2.GetCustomerRequest(email=cast(str, email))
-        )
-        return from_customer(self._call(self._ingest.GetCustomer, req).customer)
+        return self._run(_p_get_customer(customer_id, email))
 
     def delete_customer(self, customer_id: Optional[str] = None, *, email: Optional[str] = None) -> None:
         """Erases a customer, by id or by e-mail (exactly one)."""
-        if (customer_id is None) == (email is None):
-            raise ValueError("give exactly one of customer_id or email")
-        req = (
-            ingest_pb2.DeleteCustomerRequest(customer_id=customer_id)
-            if customer_id is not None
-            else ingest_pb2.DeleteCustomerRequest(email=cast(str, email))
-        )
-        self._call(self._ingest.DeleteCustomer, req)
+        self._run(_p_delete_customer(customer_id, email))
 
     def load_segment_members(
         self,
@@ -657,46 +886,12 @@ class Client:
     ) -> ingest_pb2.LoadSegmentMembersResponse:
         """Puts customers (by id and by e-mail) on a segment's include or exclude list, streamed
         in batches; unknown ones are counted and listed in the response."""
-        modes = {"include": ingest_pb2.MEMBER_MODE_INCLUDE, "exclude": ingest_pb2.MEMBER_MODE_EXCLUDE}
-        if mode not in modes:
-            raise ValueError("mode is 'include' or 'exclude'")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-
-        def batches() -> Iterator[ingest_pb2.LoadSegmentMembersRequest]:
-            for field, values in (("customer_ids", customer_ids), ("emails", emails)):
-                it = iter(values)
-                while True:
-                    chunk = list(itertools.islice(it, batch_size))
-                    if not chunk:
-                        break
-                    yield ingest_pb2.LoadSegmentMembersRequest(
-                        segment_id=segment_id, mode=modes[mode], **{field: chunk}
-                    )
-
-        try:
-            return self._ingest.LoadSegmentMembers(batches(), timeout=self._timeout)
-        except grpc.RpcError as err:
-            raise _raise(err) from None
+        return self._run(_p_load_segment_members(segment_id, customer_ids, emails, mode, batch_size))
 
     def record_orders(self, orders: Iterable[Mapping[str, Any]]) -> OrdersResult:
         """Orders as dicts: order_id, customer_id, placed_at (datetime), amount_minor (cents),
         promotion, categories, brands."""
-        msgs = []
-        for o in orders:
-            msgs.append(
-                customer_pb2.Order(
-                    order_id=o["order_id"],
-                    customer_id=o["customer_id"],
-                    placed_at=_timestamp(o["placed_at"]),
-                    amount_minor=o["amount_minor"],
-                    promotion=bool(o.get("promotion", False)),
-                    categories=list(o.get("categories", ())),
-                    brands=list(o.get("brands", ())),
-                )
-            )
-        r = self._call(self._ingest.RecordOrders, ingest_pb2.RecordOrdersRequest(orders=msgs))
-        return OrdersResult(r.applied, r.duplicates, list(r.created_customer_ids))
+        return self._run(_p_record_orders(orders))
 
     # Segments.
 
@@ -711,104 +906,46 @@ class Client:
         include_customer_ids: Sequence[str] = (),
         exclude_customer_ids: Sequence[str] = (),
     ) -> segments_pb2.Segment:
-        segment = segments_pb2.Segment(
-            segment_id=segment_id,
-            name=name or segment_id,
-            description=description,
-            rule_text=rule_text,
-            allow_activities=allow_activities,
-            include_customer_ids=list(include_customer_ids),
-            exclude_customer_ids=list(exclude_customer_ids),
+        return self._run(
+            _p_create_segment(
+                segment_id, rule_text, name, description, allow_activities, include_customer_ids, exclude_customer_ids
+            )
         )
-        return self._call(self._segments.CreateSegment, segments_pb2.CreateSegmentRequest(segment=segment))
-
-    def create_family(
-        self,
-        family_id: str,
-        members: Sequence[Tuple[str, str]],
-        catch_all: str,
-        *,
-        name: Optional[str] = None,
-        description: str = "",
-    ) -> segments_pb2.Family:
-        """A family: `members` as (segment_id, rule_text) in order (first match wins), then the
-        catch-all segment id. Each member becomes a segment."""
-        family = segments_pb2.Family(
-            family_id=family_id,
-            name=name or family_id,
-            description=description,
-            members=[segments_pb2.FamilyMember(segment_id=i, name=i, rule_text=r) for i, r in members],
-            catch_all=segments_pb2.FamilyMember(segment_id=catch_all, name=catch_all),
-        )
-        return self._call(self._segments.CreateFamily, segments_pb2.CreateFamilyRequest(family=family))
-
-    def delete_family(self, family_id: str) -> None:
-        """Deletes a family and its member segments (the built-in RFM family cannot be)."""
-        self._call(self._segments.DeleteFamily, segments_pb2.DeleteFamilyRequest(family_id=family_id))
-
-    def list_families(self) -> List[segments_pb2.Family]:
-        return list(self._call(self._segments.ListFamilies, segments_pb2.ListFamiliesRequest()).families)
-
-    def reclassify(self, as_of: Optional[_dt.datetime] = None) -> segments_pb2.ReclassifyResponse:
-        """Scores RFM now (or as of `as_of`) and moves customers between the RFM members."""
-        request = segments_pb2.ReclassifyRequest()
-        if as_of is not None:
-            request.as_of.CopyFrom(_timestamp(as_of))
-        return self._call(self._segments.Reclassify, request)
 
     def update_segment(self, segment_id: str, **fields: Any) -> segments_pb2.Segment:
         """Replaces the fields given (name, description, rule_text, allow_activities,
         include_customer_ids, ...), keeping the others."""
-        if not fields:
-            raise ValueError("give at least one field to update")
-        segment = segments_pb2.Segment(segment_id=segment_id, **fields)
-        paths = ["rule" if f == "rule_text" else f for f in fields]
-        return self._call(
-            self._segments.UpdateSegment,
-            segments_pb2.UpdateSegmentRequest(segment=segment, update_mask=field_mask_pb2.FieldMask(paths=paths)),
-        )
+        return self._run(_p_update_segment(segment_id, fields))
 
     def get_segment(self, segment_id: str) -> segments_pb2.Segment:
-        return self._call(self._segments.GetSegment, segments_pb2.GetSegmentRequest(segment_id=segment_id))
+        return self._run(_p_get_segment(segment_id))
 
     def list_segments(self) -> List[segments_pb2.Segment]:
-        return list(self._call(self._segments.ListSegments, segments_pb2.ListSegmentsRequest()).segments)
+        return self._run(_p_list_segments())
 
     def delete_segment(self, segment_id: str) -> None:
-        self._call(self._segments.DeleteSegment, segments_pb2.DeleteSegmentRequest(segment_id=segment_id))
-
-    def explain_membership(self, customer_id: str, segment_id: str) -> segments_pb2.ExplainMembershipResponse:
-        """Why a customer is in a segment or not: the deciding list or rule, each predicate's value."""
-        return self._call(
-            self._segments.ExplainMembership,
-            segments_pb2.ExplainMembershipRequest(customer_id=customer_id, segment_id=segment_id),
-        )
-
-    def segment_overlap(self, segment_ids: Sequence[str]) -> Dict[Tuple[str, str], int]:
-        """Customers in both segments of every pair (a pair of one segment with itself: its size)."""
-        r = self._call(
-            self._segments.SegmentOverlap, segments_pb2.SegmentOverlapRequest(segment_ids=list(segment_ids))
-        )
-        return {(o.segment_a, o.segment_b): o.count for o in r.overlaps}
+        self._run(_p_delete_segment(segment_id))
 
     def preview_segment(
         self, rule_text: str, *, sample_size: int = 0, as_of: Optional[_dt.datetime] = None
     ) -> Tuple[int, List[str]]:
         """(count, sample customer ids) of the customers `rule_text` matches now (or `as_of`)."""
-        req = segments_pb2.PreviewSegmentRequest(rule_text=rule_text, sample_size=sample_size)
-        if as_of is not None:
-            req.as_of.CopyFrom(_timestamp(as_of))
-        r = self._call(self._segments.PreviewSegment, req)
-        return r.count, list(r.sample_customer_ids)
+        return self._run(_p_preview_segment(rule_text, sample_size, as_of))
 
     preview = preview_segment
+
+    def explain_membership(self, customer_id: str, segment_id: str) -> segments_pb2.ExplainMembershipResponse:
+        """Why a customer is in a segment or not: the deciding list or rule, each predicate's value."""
+        return self._run(_p_explain_membership(customer_id, segment_id))
+
+    def segment_overlap(self, segment_ids: Sequence[str]) -> Dict[Tuple[str, str], int]:
+        """Customers in both segments of every pair (a pair of one segment with itself: its size)."""
+        return self._run(_p_segment_overlap(segment_ids))
 
     def export_segment(self, segment_id: str, fields: Sequence[str] = (), batch_size: int = 1000) -> Export:
         """Members of a segment as dicts (customer_id, email, attributes), streamed; the result
         also gives them as a DataFrame (`.to_dataframe()`, with `segmentd[pandas]`)."""
-        stream = self._segments.ExportSegment(
-            segments_pb2.ExportSegmentRequest(segment_id=segment_id, fields=list(fields), batch_size=batch_size)
-        )
+        stream = self._segments.ExportSegment(_export_request(segment_id, fields, batch_size))
 
         def rows() -> Iterator[Dict[str, Any]]:
             try:
@@ -822,19 +959,12 @@ class Client:
 
     export = export_segment
 
-    def load_dataframe(self, df: "pandas.DataFrame", batch_size: int = 1000) -> LoadResult:
-        """Loads the rows of a DataFrame as customers (see `dataframe_customers`), column by
-        column as `load_customers` sends them."""
-        return self.load_customers(dataframe_customers(df), batch_size=batch_size)
-
     def watch_memberships(self, from_sequence: int = 0, segment_ids: Sequence[str] = ()) -> Iterator[MembershipEvent]:
         """Membership events after `from_sequence` (0: everything retained), in order, then new
         ones as they happen; endless until the caller stops iterating. To resume after an
         interruption, pass the last `sequence` received: no duplicates, no gaps. A sequence older
         than the server's retention raises SegmentdError with code OUT_OF_RANGE."""
-        stream = self._segments.WatchMemberships(
-            segments_pb2.WatchMembershipsRequest(from_sequence=from_sequence, segment_ids=list(segment_ids))
-        )
+        stream = self._segments.WatchMemberships(_watch_request(from_sequence, segment_ids))
         try:
             for msg in stream:
                 for e in msg.events:
@@ -848,49 +978,54 @@ class Client:
 
     def get_membership_history(self, customer_id: str, segment_id: str = "") -> List[MembershipEvent]:
         """A customer's entries into and exits from segments (one, or all), oldest first."""
-        r = self._call(
-            self._segments.GetMembershipHistory,
-            segments_pb2.GetMembershipHistoryRequest(customer_id=customer_id, segment_id=segment_id),
-        )
-        return [_event(e) for e in r.events]
+        return self._run(_p_get_membership_history(customer_id, segment_id))
 
     membership_history = get_membership_history
+
+    # Families.
+
+    def create_family(
+        self,
+        family_id: str,
+        members: Sequence[Tuple[str, str]],
+        catch_all: str,
+        *,
+        name: Optional[str] = None,
+        description: str = "",
+    ) -> segments_pb2.Family:
+        """A family: `members` as (segment_id, rule_text) in order (first match wins), then the
+        catch-all segment id. Each member becomes a segment."""
+        return self._run(_p_create_family(family_id, members, catch_all, name, description))
+
+    def list_families(self) -> List[segments_pb2.Family]:
+        return self._run(_p_list_families())
+
+    def delete_family(self, family_id: str) -> None:
+        """Deletes a family and its member segments (the built-in RFM family cannot be)."""
+        self._run(_p_delete_family(family_id))
+
+    def reclassify(self, as_of: Optional[_dt.datetime] = None) -> segments_pb2.ReclassifyResponse:
+        """Scores RFM now (or as of `as_of`) and moves customers between the RFM members."""
+        return self._run(_p_reclassify(as_of))
 
     # Admin.
 
     def stats(self) -> admin_pb2.StatsResponse:
-        return self._call(self._admin.Stats, admin_pb2.StatsRequest())
+        return self._run(_p_stats())
 
     def get_schema(self) -> List[admin_pb2.Attribute]:
         """Every attribute with its type, built-in or custom."""
-        return list(self._call(self._admin.GetSchema, admin_pb2.GetSchemaRequest()).attributes)
+        return self._run(_p_get_schema())
 
     def define_attribute(self, name: str, type: str, description: str = "") -> admin_pb2.Attribute:
         """Declares a custom attribute: `type` is bool, int, float, money, date, timestamp, keyword,
         keywords or text."""
-        types = {
-            "bool": admin_pb2.ATTRIBUTE_TYPE_BOOL,
-            "int": admin_pb2.ATTRIBUTE_TYPE_INT,
-            "float": admin_pb2.ATTRIBUTE_TYPE_FLOAT,
-            "money": admin_pb2.ATTRIBUTE_TYPE_MONEY,
-            "date": admin_pb2.ATTRIBUTE_TYPE_DATE,
-            "timestamp": admin_pb2.ATTRIBUTE_TYPE_TIMESTAMP,
-            "keyword": admin_pb2.ATTRIBUTE_TYPE_KEYWORD,
-            "keywords": admin_pb2.ATTRIBUTE_TYPE_KEYWORDS,
-            "text": admin_pb2.ATTRIBUTE_TYPE_TEXT,
-        }
-        if type not in types:
-            raise ValueError(f"type is one of {', '.join(types)}")
-        r = self._call(
-            self._admin.DefineAttribute,
-            admin_pb2.DefineAttributeRequest(name=name, type=types[type], description=description),
-        )
-        return r.attribute
+        return self._run(_p_define_attribute(name, type, description))
 
     def get_server_info(self) -> admin_pb2.GetServerInfoResponse:
         """Version, commit, uptime, data directory, role and state (answers while recovering)."""
-        return self._call(self._admin.GetServerInfo, admin_pb2.GetServerInfoRequest())
+        return self._run(_p_get_server_info())
 
     def snapshot(self) -> admin_pb2.SnapshotResponse:
         """Writes a snapshot now: a consistent point to copy the data directory from."""
-        return self._call(self._admin.Snapshot, admin_pb2.SnapshotRequest())
+        return self._run(_p_snapshot())
