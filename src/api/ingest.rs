@@ -104,6 +104,20 @@ impl Ingest for IngestApi {
         request: Request<Streaming<pb::LoadCustomersRequest>>,
     ) -> Result<Response<pb::LoadCustomersResponse>, Status> {
         let mut stream = request.into_inner();
+        // The first message says how the stream loads: skipping or only checking bad rows goes
+        // row by row (`load_rows`); the usual load, below, pipelines whole batches.
+        let mut first = match stream.message().await? {
+            Some(first) => Some(first),
+            None => return Ok(Response::new(pb::LoadCustomersResponse::default())),
+        };
+        if first
+            .as_ref()
+            .is_some_and(|f| super::load_rows::Mode::of(f).by_row())
+        {
+            let first = first.take().expect("checked above");
+            let reply = super::load_rows::load(&self.engine, self.limits, first, stream).await?;
+            return Ok(Response::new(reply));
+        }
         let (tx, mut rx) = mpsc::channel::<(u64, UpsertBatch)>(STREAM_QUEUE);
         let engine = self.engine.clone();
         // Applies groups one after another without waiting for each to be synced: the reply waits
@@ -189,7 +203,11 @@ impl Ingest for IngestApi {
             if !reading {
                 continue;
             }
-            let msg = match stream.message().await {
+            let next = match first.take() {
+                Some(msg) => Ok(Some(msg)),
+                None => stream.message().await,
+            };
+            let msg = match next {
                 Ok(Some(msg)) => msg,
                 Ok(None) => {
                     reading = false;
@@ -202,6 +220,17 @@ impl Ingest for IngestApi {
                     continue;
                 }
             };
+            // The options are the first message's: a later one setting them would load a stream
+            // half one way, half the other.
+            if msg.validate_only || msg.max_bad_rows != 0 {
+                let e = Error::invalid(
+                    "validate_only",
+                    "validate_only and max_bad_rows are read from the stream's first message only",
+                );
+                read_error = Some(e.within(&format!("batch[{number}]")).into());
+                reading = false;
+                continue;
+            }
             parsing.push_back((number, Parse::start(&schema, self.limits, msg)));
             number += 1;
         }
@@ -250,6 +279,7 @@ impl Ingest for IngestApi {
             created: total.created,
             updated: total.updated,
             batches,
+            ..Default::default()
         }))
     }
 

@@ -4,6 +4,7 @@
 pub mod activities;
 pub mod admin;
 pub mod ingest;
+pub mod load_rows;
 pub mod membership;
 pub mod replication;
 pub mod rules;

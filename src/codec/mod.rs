@@ -5,6 +5,7 @@
 
 pub mod columns;
 pub mod convert;
+pub mod rows;
 pub mod tags;
 pub mod wire;
 
@@ -66,6 +67,16 @@ mod tests {
         ("UpsertCustomersRequest", "columns", super::tags::batch::COLUMNS),
         ("LoadCustomersRequest", "customers", super::tags::batch::CUSTOMERS),
         ("LoadCustomersRequest", "columns", super::tags::batch::COLUMNS),
+        (
+            "LoadCustomersRequest",
+            "validate_only",
+            super::tags::batch::VALIDATE_ONLY,
+        ),
+        (
+            "LoadCustomersRequest",
+            "max_bad_rows",
+            super::tags::batch::MAX_BAD_ROWS,
+        ),
         ("Customer", "customer_id", super::tags::customer::CUSTOMER_ID),
         ("Customer", "email", super::tags::customer::EMAIL),
         ("Customer", "attributes", super::tags::customer::ATTRIBUTES),

@@ -3,10 +3,15 @@
 //! generated code. One place, checked by a test in `codec` against the descriptors compiled from
 //! `proto/`: a field renumbered there fails the test instead of being misread.
 
-/// `UpsertCustomersRequest` and `LoadCustomersRequest` (the same two fields).
+/// `UpsertCustomersRequest` and `LoadCustomersRequest` (the same two fields, and the load's
+/// options).
 pub mod batch {
     pub const CUSTOMERS: u32 = 1;
     pub const COLUMNS: u32 = 2;
+    /// `LoadCustomersRequest` only.
+    pub const VALIDATE_ONLY: u32 = 3;
+    /// `LoadCustomersRequest` only.
+    pub const MAX_BAD_ROWS: u32 = 4;
 }
 
 /// `Customer`.

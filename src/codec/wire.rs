@@ -44,6 +44,10 @@ pub struct CustomerBatch {
     joined: std::sync::OnceLock<Bytes>,
     /// Customers past [`decode_ceiling`] in this message: counted, not kept.
     overflow: usize,
+    /// `LoadCustomersRequest.validate_only` (an `UpsertCustomersRequest` has no such field).
+    pub validate_only: bool,
+    /// `LoadCustomersRequest.max_bad_rows`.
+    pub max_bad_rows: u32,
 }
 
 /// The most customers one decoded message keeps: the largest `--max-batch` of the process's
@@ -236,6 +240,12 @@ impl Message for CustomerBatch {
         if !self.more_columns.is_empty() {
             encoding::bytes::encode(batch::COLUMNS, &self.more_columns, buf);
         }
+        if self.validate_only {
+            encoding::bool::encode(batch::VALIDATE_ONLY, &self.validate_only, buf);
+        }
+        if self.max_bad_rows != 0 {
+            encoding::uint32::encode(batch::MAX_BAD_ROWS, &self.max_bad_rows, buf);
+        }
     }
 
     fn merge_field(
@@ -266,6 +276,8 @@ impl Message for CustomerBatch {
                     Some(_) => self.more_columns.extend_from_slice(&more),
                 }
             }
+            batch::VALIDATE_ONLY => encoding::bool::merge(wire_type, &mut self.validate_only, buf, ctx)?,
+            batch::MAX_BAD_ROWS => encoding::uint32::merge(wire_type, &mut self.max_bad_rows, buf, ctx)?,
             _ => encoding::skip_field(wire_type, tag, buf, ctx)?,
         }
         Ok(())
@@ -286,6 +298,16 @@ impl Message for CustomerBatch {
                 0
             } else {
                 encoding::bytes::encoded_len(2, &self.more_columns)
+            }
+            + if self.validate_only {
+                encoding::bool::encoded_len(batch::VALIDATE_ONLY, &self.validate_only)
+            } else {
+                0
+            }
+            + if self.max_bad_rows != 0 {
+                encoding::uint32::encoded_len(batch::MAX_BAD_ROWS, &self.max_bad_rows)
+            } else {
+                0
             }
     }
 

@@ -1207,3 +1207,162 @@ async fn order_ids_of_a_version_1_snapshot_are_still_retries_after_the_upgrade()
     );
     server.stop().await.unwrap();
 }
+
+/// A stream with a bad row of every kind: a type mismatch and a repeated id (found parsing),
+/// and, given column by column, an e-mail another customer holds (found by the writer).
+fn stream_with_bad_rows(first: impl Fn(&mut pb::LoadCustomersRequest)) -> Vec<pb::LoadCustomersRequest> {
+    let mut batch0 = pb::LoadCustomersRequest::new(vec![
+        customer("g1", None, &[("household_size", i(1))]),
+        customer("g2", None, &[]),
+    ]);
+    first(&mut batch0);
+    let batch1 = pb::LoadCustomersRequest::new(vec![
+        customer("g3", None, &[]),
+        customer("g4", None, &[("household_size", s("two"))]),
+        customer("g3", None, &[("household_size", i(3))]),
+        customer("g5", Some("g5@example.com"), &[]),
+    ]);
+    let columns = segmentd::codec::columns::to_columns(&[
+        customer("g6", Some("taken@example.com"), &[("household_size", i(6))]),
+        customer("g7", Some("g7@example.com"), &[("household_size", i(7))]),
+    ])
+    .unwrap();
+    vec![batch0, batch1, pb::LoadCustomersRequest::from_columns(&columns)]
+}
+
+async fn with_owner_of_taken() -> TestServer {
+    let server = TestServer::start().await;
+    upsert(&server, vec![customer("owner", Some("taken@example.com"), &[])]).await;
+    server
+}
+
+/// `max_bad_rows`: each bad row is skipped and reported (batch, row, field, why), the others
+/// applied; one more bad row than allowed ends the stream naming every bad row.
+#[tokio::test]
+async fn a_load_with_max_bad_rows_applies_the_good_rows_and_reports_each_bad_one() {
+    let server = with_owner_of_taken().await;
+    let mut ingest = server.ingest().await;
+    let reply = ingest
+        .load_customers(tokio_stream::iter(stream_with_bad_rows(|b| b.max_bad_rows = 3)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.created, reply.updated, reply.batches), (5, 0, 3));
+    assert_eq!(reply.bad_row_count, 3);
+    let bad: Vec<(u64, u32, &str)> = reply
+        .bad_rows
+        .iter()
+        .map(|b| (b.batch, b.row, b.field.as_str()))
+        .collect();
+    assert_eq!(
+        bad,
+        [
+            (1, 1, "batch[1].customers[1].attributes[\"household_size\"]"),
+            (1, 2, "batch[1].customers[2].customer_id"),
+            (2, 0, "batch[2].customers[0].email"),
+        ]
+    );
+    assert!(
+        reply.bad_rows[2]
+            .reason
+            .contains("belongs to another customer (owner)"),
+        "{:?}",
+        reply.bad_rows
+    );
+    for id in ["g1", "g2", "g3", "g5", "g7"] {
+        assert!(get(&mut ingest, id).await.is_ok(), "{id}");
+    }
+    for id in ["g4", "g6"] {
+        assert_eq!(
+            get(&mut ingest, id).await.unwrap_err().code(),
+            tonic::Code::NotFound,
+            "{id}"
+        );
+    }
+    // g3 as its first row gave it (the repeat was refused), g7 from the column batch.
+    assert!(
+        !get(&mut ingest, "g3")
+            .await
+            .unwrap()
+            .attributes
+            .contains_key("household_size")
+    );
+    assert_eq!(
+        get(&mut ingest, "g7").await.unwrap().attributes["household_size"],
+        i(7)
+    );
+
+    // One bad row allowed: the second ends the stream, what came before it applied.
+    let server = with_owner_of_taken().await;
+    let mut ingest = server.ingest().await;
+    let err = ingest
+        .load_customers(tokio_stream::iter(stream_with_bad_rows(|b| b.max_bad_rows = 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("more than max_bad_rows (1)"),
+        "{}",
+        err.message()
+    );
+    use tonic_types::StatusExt;
+    let details = err.get_error_details();
+    assert_eq!(details.error_info().unwrap().reason, "PARTIALLY_APPLIED");
+    assert_eq!(details.error_info().unwrap().metadata["applied_batches"], "1");
+    let fields: Vec<&str> = details
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(fields.len(), 2, "{fields:?}");
+    assert!(get(&mut ingest, "g1").await.is_ok());
+    assert!(
+        get(&mut ingest, "g3").await.is_err(),
+        "the batch past the limit is not applied"
+    );
+}
+
+/// `validate_only`: every bad row reported, what the rest would do counted, nothing applied.
+#[tokio::test]
+async fn a_load_with_validate_only_reports_every_bad_row_and_applies_nothing() {
+    let server = with_owner_of_taken().await;
+    upsert(&server, vec![customer("g1", None, &[])]).await;
+    let before = customer_count(&server).await;
+    let mut ingest = server.ingest().await;
+    let reply = ingest
+        .load_customers(tokio_stream::iter(stream_with_bad_rows(|b| {
+            b.validate_only = true
+        })))
+        .await
+        .unwrap()
+        .into_inner();
+    // g1 exists (an update); g2, g3, g5 and g7 would be created.
+    assert_eq!((reply.created, reply.updated, reply.batches), (4, 1, 3));
+    let fields: Vec<&str> = reply.bad_rows.iter().map(|b| b.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "batch[1].customers[1].attributes[\"household_size\"]",
+            "batch[1].customers[2].customer_id",
+            "batch[2].customers[0].email",
+        ]
+    );
+    assert_eq!(customer_count(&server).await, before);
+    assert!(get(&mut ingest, "g2").await.is_err());
+
+    // The options belong to the first message: a later one may not turn them on.
+    let mut stream = stream_with_bad_rows(|_| {});
+    stream[1].validate_only = true;
+    let err = ingest
+        .load_customers(tokio_stream::iter(stream))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("batch[1].validate_only"),
+        "{}",
+        err.message()
+    );
+}

@@ -398,3 +398,21 @@ def test_async_client_sends_its_token(secured):
             assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
 
     asyncio.run(main())
+
+
+def test_load_customers_skips_or_only_checks_bad_rows(client):
+    rows = [
+        {"customer_id": "V1", "attributes": {"household_size": 1}},
+        {"customer_id": "V2", "attributes": {"household_size": "two"}},
+        {"customer_id": "V3", "attributes": {"household_size": 3}},
+    ]
+    checked = client.load_customers(rows, validate_only=True)
+    assert (checked.created, checked.bad_row_count) == (2, 1)
+    assert checked.bad_rows[0].row == 1 and "household_size" in checked.bad_rows[0].field
+    assert client.stats().customers == 0
+    loaded = client.load_customers(rows, max_bad_rows=1)
+    assert (loaded.created, loaded.bad_row_count) == (2, 1)
+    assert client.stats().customers == 2
+    with pytest.raises(SegmentdError) as err:
+        client.load_customers(rows)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -576,23 +576,12 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
         total_bytes: total,
     } = spawn_reader(&args, check_header, sink)?;
     let mut progress = Progress::new("customers", total);
-    if args.dry_run {
-        let mut rows = 0u64;
-        while let Some(batch) = rx.recv().await {
-            rows += batch.lines.len() as u64;
-            progress.update(rows, bytes.load(Ordering::Relaxed));
-        }
-        let read = join(reader)?;
-        progress.finish();
-        summary(
-            "dry run",
-            read.rows,
-            read.bad,
-            progress.elapsed().as_secs_f64(),
-            "; nothing sent",
-        );
-        return bad_rows(read.bad);
-    }
+    // --dry-run: the server checks every row and applies none; --max-errors: it skips and
+    // reports up to that many rows it refuses (segctl skips as many it refuses itself).
+    let mut options = Some(crate::wire::LoadOptions {
+        validate_only: args.dry_run,
+        max_bad_rows: u32::try_from(args.max_errors).unwrap_or(u32::MAX),
+    });
     let lines: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default();
     let sent = Arc::new(AtomicU64::new(0));
     let (stream_tx, stream_rx) = mpsc::channel::<EncodedColumns>(4);
@@ -601,7 +590,8 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
         while let Some(batch) = rx.recv().await {
             sent2.fetch_add(batch.lines.len() as u64, Ordering::Relaxed);
             lines2.lock().unwrap().push(batch.lines);
-            if stream_tx.send(EncodedColumns(batch.items)).await.is_err() {
+            let first = options.take().unwrap_or_default();
+            if stream_tx.send(EncodedColumns(batch.items, first)).await.is_err() {
                 break;
             }
         }
@@ -629,26 +619,53 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
         Ok(r) => {
             let r = r.into_inner();
             let read = read?;
+            // Each row the server refused, at its file line.
+            let lines = lines.lock().unwrap();
+            for b in &r.bad_rows {
+                let line = lines
+                    .get(b.batch as usize)
+                    .and_then(|l| l.get(b.row as usize))
+                    .map_or_else(|| "?".to_string(), u64::to_string);
+                // `batch[2].customers[5].email`: the line says which row; the rest, what.
+                let field = b.field.splitn(3, '.').nth(2).unwrap_or("row");
+                eprintln!("{}:{line}: `{field}`: {}", args.file.display(), b.reason);
+            }
+            if r.bad_row_count > r.bad_rows.len() as u64 {
+                eprintln!("... and {} more", r.bad_row_count - r.bad_rows.len() as u64);
+            }
+            let (label, verb) = if args.dry_run {
+                ("dry run", "would be")
+            } else {
+                ("customers", "")
+            };
+            let verb = if verb.is_empty() {
+                String::new()
+            } else {
+                format!("{verb} ")
+            };
             summary(
-                "customers",
+                label,
                 read.rows,
-                read.bad,
+                read.bad + r.bad_row_count,
                 progress.elapsed().as_secs_f64(),
                 &format!(
-                    "; {} created, {} updated in {} batches",
-                    r.created, r.updated, r.batches
+                    "; {} {verb}created, {} {verb}updated in {} batches{}",
+                    r.created,
+                    r.updated,
+                    r.batches,
+                    if args.dry_run { "; nothing applied" } else { "" }
                 ),
             );
             // A server that predates column batches ignores them: say so rather than succeed.
             let sent = sent.load(Ordering::Relaxed);
-            if r.created + r.updated != sent {
+            if r.created + r.updated + r.bad_row_count != sent {
                 return fail(format!(
                     "the server applied {} of the {sent} customers sent; a segmentd older than this \
                      segctl does not read customers sent column by column",
                     r.created + r.updated
                 ));
             }
-            bad_rows(read.bad)
+            bad_rows(read.bad + r.bad_row_count)
         }
         Err(status) => {
             let at = line_of_status(&status, &lines.lock().unwrap(), None)

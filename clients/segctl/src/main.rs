@@ -239,10 +239,15 @@ pub struct LoadArgs {
     /// Rows per message.
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
-    /// Stop after this many bad rows (each is reported with file and line).
+    /// Skip up to this many bad rows, each reported with its file line, and apply the others:
+    /// rows segctl refuses (a cell of the wrong type) and, for customers, rows the server
+    /// refuses (an e-mail another customer holds), each side counting its own. 0: the first
+    /// bad row stops the load (for customers, its batch of rows is not applied).
     #[arg(long, default_value_t = 0)]
     max_errors: usize,
-    /// Read and check every row without sending anything.
+    /// Check every row and apply nothing. For customers the server checks them too
+    /// (`validate_only`): each row it would refuse is reported, and what the others would do
+    /// counted. Orders and members are checked by segctl only.
     #[arg(long)]
     dry_run: bool,
 }

@@ -12,9 +12,17 @@ use foldhash::fast::RandomState;
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
-/// `LoadCustomersRequest` as segctl sends it: field 2, an encoded `CustomerColumns`.
+/// `LoadCustomersRequest` as segctl sends it: field 2, an encoded `CustomerColumns`, and on the
+/// stream's first message the load's options.
 #[derive(Clone, Default, PartialEq)]
-pub struct EncodedColumns(pub Vec<u8>);
+pub struct EncodedColumns(pub Vec<u8>, pub LoadOptions);
+
+/// `LoadCustomersRequest.validate_only` and `max_bad_rows`.
+#[derive(Clone, Copy, Default, PartialEq, Debug)]
+pub struct LoadOptions {
+    pub validate_only: bool,
+    pub max_bad_rows: u32,
+}
 
 impl std::fmt::Debug for EncodedColumns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -25,6 +33,12 @@ impl std::fmt::Debug for EncodedColumns {
 impl Message for EncodedColumns {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         encoding::bytes::encode(batch::COLUMNS, &self.0, buf);
+        if self.1.validate_only {
+            encoding::bool::encode(batch::VALIDATE_ONLY, &true, buf);
+        }
+        if self.1.max_bad_rows != 0 {
+            encoding::uint32::encode(batch::MAX_BAD_ROWS, &self.1.max_bad_rows, buf);
+        }
     }
 
     /// Kept as bytes; segctl never receives this message.
@@ -44,6 +58,16 @@ impl Message for EncodedColumns {
 
     fn encoded_len(&self) -> usize {
         encoding::bytes::encoded_len(batch::COLUMNS, &self.0)
+            + if self.1.validate_only {
+                encoding::bool::encoded_len(batch::VALIDATE_ONLY, &true)
+            } else {
+                0
+            }
+            + if self.1.max_bad_rows != 0 {
+                encoding::uint32::encoded_len(batch::MAX_BAD_ROWS, &self.1.max_bad_rows)
+            } else {
+                0
+            }
     }
 
     fn clear(&mut self) {
@@ -423,7 +447,7 @@ mod tests {
         let decoded = pb::CustomerColumns::decode(w.take().as_slice()).unwrap();
         assert!(decoded.emails.is_empty() && decoded.attributes.is_empty());
         // The request carries them as its `columns` field.
-        let request = EncodedColumns(decoded.encode_to_vec());
+        let request = EncodedColumns(decoded.encode_to_vec(), LoadOptions::default());
         #[derive(Clone, PartialEq, prost::Message)]
         struct Generic {
             #[prost(message, repeated, tag = "1")]

@@ -838,3 +838,45 @@ fn schema_completions_man_and_plain_not_found() {
     );
     assert!(server.ok(&["man"]).starts_with(".ie"), "a roff page");
 }
+
+#[test]
+fn dry_run_asks_the_server_and_max_errors_skips_what_it_refuses() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let owner = write(
+        dir.path(),
+        "owner.csv",
+        "customer_id,email\nO1,taken@example.com\n",
+    );
+    server.ok(&["load", "customers", &owner]);
+    // Line 3: a cell segctl refuses; line 4: an e-mail only the server knows is taken.
+    let file = write(
+        dir.path(),
+        "c.csv",
+        "customer_id,email,household_size\nA1,a1@example.com,2\nA2,,two\nA3,taken@example.com,3\nA4,,4\n",
+    );
+    let out = server.segctl(&["load", "customers", &file, "--dry-run", "--max-errors", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("{file}:3: `household_size`")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{file}:4: `email`: `taken@example.com` belongs to another customer (O1)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 would be created, 0 would be updated") && err.contains("nothing applied"),
+        "{err}"
+    );
+    assert_eq!(server.stat("customers"), 1, "a dry run applies nothing");
+
+    // Applied for real: the two good rows go in, each bad one is reported at its line.
+    let out = server.segctl(&["load", "customers", &file, "--max-errors", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("{file}:4: `email`")), "{err}");
+    assert!(err.contains("2 bad rows were skipped"), "{err}");
+    assert_eq!(server.stat("customers"), 3);
+    assert!(server.segctl(&["customer", "get", "A3"]).status.code() == Some(3));
+}

@@ -3,6 +3,7 @@
 from segmentd.aio import AsyncClient
 from segmentd.client import (
     ActivityResult,
+    BadRow,
     Client,
     Export,
     LoadResult,
@@ -11,4 +12,4 @@ from segmentd.client import (
     SegmentdError,
 )
 
-__all__ = ["ActivityResult", "AsyncClient", "Client", "Export", "LoadResult", "MembershipEvent", "OrdersResult", "SegmentdError"]
+__all__ = ["ActivityResult", "AsyncClient", "BadRow", "Client", "Export", "LoadResult", "MembershipEvent", "OrdersResult", "SegmentdError"]

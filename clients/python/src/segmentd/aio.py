@@ -153,9 +153,16 @@ class AsyncClient:
     async def upsert_customers(self, customers: Iterable[CustomerIn]) -> LoadResult:
         return await self._run(_p_upsert_customers(customers))
 
-    async def load_customers(self, customers: Iterable[CustomerIn], batch_size: int = 1000) -> LoadResult:
+    async def load_customers(
+        self,
+        customers: Iterable[CustomerIn],
+        batch_size: int = 1000,
+        *,
+        validate_only: bool = False,
+        max_bad_rows: int = 0,
+    ) -> LoadResult:
         """As `Client.load_customers` (batches read from `customers` as the stream takes them)."""
-        return await self._run(_p_load_customers(customers, batch_size))
+        return await self._run(_p_load_customers(customers, batch_size, validate_only, max_bad_rows))
 
     async def load_dataframe(self, df: "pandas.DataFrame", batch_size: int = 1000) -> LoadResult:
         return await self.load_customers(dataframe_customers(df), batch_size=batch_size)

@@ -7,6 +7,7 @@ import datetime as _dt
 import itertools
 import json
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -83,10 +84,24 @@ class SegmentdError(Exception):
 
 
 @dataclass(frozen=True)
+class BadRow:
+    """A row the server refused: `batch` and `row` locate it in the load, `field` names what is
+    wrong (`batch[2].customers[5].email`), `reason` says why."""
+
+    batch: int
+    row: int
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class LoadResult:
     created: int
     updated: int
     batches: int
+    #: With `max_bad_rows` or `validate_only`: the rows refused (the first 1,000), and how many.
+    bad_rows: List[BadRow] = dataclass_field(default_factory=list)
+    bad_row_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -495,24 +510,34 @@ def _p_upsert_customers(customers: Iterable[CustomerIn]) -> _Plan[LoadResult]:
     return _Plan("_ingest", "UpsertCustomers", request, lambda r: LoadResult(r.created, r.updated, 1))
 
 
-def _p_load_customers(customers: Iterable[CustomerIn], batch_size: int) -> _Plan[LoadResult]:
+def _p_load_customers(
+    customers: Iterable[CustomerIn], batch_size: int, validate_only: bool = False, max_bad_rows: int = 0
+) -> _Plan[LoadResult]:
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if max_bad_rows < 0:
+        raise ValueError("max_bad_rows must be at least 0")
 
     def batches() -> Iterator[ingest_pb2.LoadCustomersRequest]:
         it = iter(customers)
+        # The options go with the first message, for the whole stream.
+        options: Dict[str, Any] = {"validate_only": validate_only, "max_bad_rows": max_bad_rows}
         while True:
             chunk = list(itertools.islice(it, batch_size))
             if not chunk:
                 return
             columns = to_columns(chunk)
             if columns is not None:
-                yield ingest_pb2.LoadCustomersRequest(columns=columns)
+                yield ingest_pb2.LoadCustomersRequest(columns=columns, **options)
             else:
-                yield ingest_pb2.LoadCustomersRequest(customers=[to_customer(c) for c in chunk])
+                yield ingest_pb2.LoadCustomersRequest(customers=[to_customer(c) for c in chunk], **options)
+            options = {}
+
+    def convert(r: Any) -> LoadResult:
+        bad = [BadRow(b.batch, b.row, b.field, b.reason) for b in r.bad_rows]
+        return LoadResult(r.created, r.updated, r.batches, bad, r.bad_row_count)
 
     # A load runs as long as it has rows: no deadline.
-    convert = lambda r: LoadResult(r.created, r.updated, r.batches)  # noqa: E731
     return _Plan("_ingest", "LoadCustomers", batches(), convert, timeout=False)
 
 
@@ -855,13 +880,22 @@ class Client:
     def upsert_customers(self, customers: Iterable[CustomerIn]) -> LoadResult:
         return self._run(_p_upsert_customers(customers))
 
-    def load_customers(self, customers: Iterable[CustomerIn], batch_size: int = 1000) -> LoadResult:
+    def load_customers(
+        self,
+        customers: Iterable[CustomerIn],
+        batch_size: int = 1000,
+        *,
+        validate_only: bool = False,
+        max_bad_rows: int = 0,
+    ) -> LoadResult:
         """Streams customers in batches; a bad batch ends the load with `SegmentdError` naming
-        it (earlier batches stay applied). Batches go column by column (`CustomerColumns`, the
-        form segctl sends and the server applies fastest) unless one needs the message form: a
-        `Customer` message given, a value of None (clearing), an e-mail of "" (removing it), or
-        one attribute given values of different kinds."""
-        return self._run(_p_load_customers(customers, batch_size))
+        it (earlier batches stay applied). With `max_bad_rows`, up to that many bad rows are
+        skipped and listed in the result's `bad_rows` instead; with `validate_only`, every row
+        is checked, the bad ones listed, and nothing applied. Batches go column by column
+        (`CustomerColumns`, the form segctl sends and the server applies fastest) unless one
+        needs the message form: a `Customer` message given, a value of None (clearing), an
+        e-mail of "" (removing it), or one attribute given values of different kinds."""
+        return self._run(_p_load_customers(customers, batch_size, validate_only, max_bad_rows))
 
     def load_dataframe(self, df: "pandas.DataFrame", batch_size: int = 1000) -> LoadResult:
         """Loads the rows of a DataFrame as customers (see `dataframe_customers`), column by
