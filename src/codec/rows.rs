@@ -231,7 +231,7 @@ mod tests {
         };
         let rows = [
             row("a", Some("X@x.io")),
-            row("b", Some("x@x.io ")),
+            row("b", Some("x@X.IO")),
             row("a", None),
         ];
         let found: Vec<String> = repeats(&rows)
