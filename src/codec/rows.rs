@@ -229,11 +229,7 @@ mod tests {
             email: email.map(str::to_string),
             ..Default::default()
         };
-        let rows = [
-            row("a", Some("X@x.io")),
-            row("b", Some("x@X.IO")),
-            row("a", None),
-        ];
+        let rows = [row("a", Some("X@x.io")), row("b", Some("x@X.IO")), row("a", None)];
         let found: Vec<String> = repeats(&rows)
             .into_iter()
             .map(|(i, e)| format!("{i} {e}"))
