@@ -94,6 +94,9 @@ impl<'a> Row<'a> {
 struct Batch<B> {
     items: B,
     lines: Vec<u64>,
+    /// Input bytes up to the end of the batch's last row: the progress of the rows sent, the
+    /// whole input at the last batch.
+    read: u64,
 }
 
 /// What a reader turns good rows into, a batch at a time.
@@ -134,20 +137,6 @@ struct ReadOutcome {
     bad: u64,
 }
 
-/// Counts bytes read, for the progress ETA.
-struct Counting<R> {
-    inner: R,
-    bytes: Arc<AtomicU64>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Format {
     Csv,
@@ -161,27 +150,21 @@ fn format_of(path: &Path) -> Format {
     }
 }
 
-fn open(path: &Path, bytes: Arc<AtomicU64>) -> Result<(Box<dyn Read + Send>, u64)> {
+/// The input and its size (0 when unknown: stdin).
+fn open(path: &Path) -> Result<(Box<dyn Read + Send>, u64)> {
     if path.as_os_str() == "-" {
-        return Ok((
-            Box::new(Counting {
-                inner: std::io::stdin(),
-                bytes,
-            }),
-            0,
-        ));
+        return Ok((Box::new(std::io::stdin()), 0));
     }
     let file = File::open(path).map_err(|e| Failure::new(format!("cannot open {}: {e}", path.display())))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    Ok((Box::new(Counting { inner: file, bytes }), len))
+    Ok((Box::new(file), len))
 }
 
 /// A running reader thread.
 struct Reader<T> {
     batches: mpsc::Receiver<Batch<T>>,
     handle: std::thread::JoinHandle<Result<ReadOutcome>>,
-    /// Input bytes read so far, and the input's size (0 when unknown).
-    bytes: Arc<AtomicU64>,
+    /// The input's size (0 when unknown).
     total_bytes: u64,
 }
 
@@ -192,8 +175,7 @@ fn spawn_reader<S: Sink>(
     check_header: impl FnOnce(&[String]) -> Result<()> + Send + 'static,
     mut sink: S,
 ) -> Result<Reader<S::Batch>> {
-    let bytes = Arc::new(AtomicU64::new(0));
-    let (input, total_bytes) = open(&args.file, bytes.clone())?;
+    let (input, total_bytes) = open(&args.file)?;
     let (tx, rx) = mpsc::channel::<Batch<S::Batch>>(QUEUE);
     let (path, batch_size, max_errors) = (args.file.clone(), args.batch_size.max(1), args.max_errors);
     let format = format_of(&args.file);
@@ -203,13 +185,17 @@ fn spawn_reader<S: Sink>(
             .spawn(move || -> Result<ReadOutcome> {
                 let mut out = ReadOutcome { rows: 0, bad: 0 };
                 let mut lines = Vec::with_capacity(batch_size);
+                // Input bytes up to the end of the last row taken.
+                let mut consumed = 0u64;
                 let name = path.display().to_string();
                 let mut take = |parsed: Result<(), String>,
                                 line: u64,
+                                end: u64,
                                 out: &mut ReadOutcome,
                                 sink: &mut S|
                  -> Result<bool> {
                     out.rows += 1;
+                    consumed = end;
                     match parsed {
                         Ok(()) => lines.push(line),
                         Err(why) => {
@@ -227,6 +213,7 @@ fn spawn_reader<S: Sink>(
                         let full = Batch {
                             items: sink.take(),
                             lines: std::mem::replace(&mut lines, Vec::with_capacity(batch_size)),
+                            read: consumed,
                         };
                         if tx.blocking_send(full).is_err() {
                             return Ok(false); // the sender stopped (server error)
@@ -250,13 +237,14 @@ fn spawn_reader<S: Sink>(
                                 Ok(false) => break,
                                 Ok(true) => {
                                     let line = record.position().map_or(0, |p| p.line());
+                                    let end = reader.position().byte();
                                     if record.len() != header.len() {
                                         let why = format!(
                                             "{} cells, the header has {}",
                                             record.len(),
                                             header.len()
                                         );
-                                        if !take(Err(why), line, &mut out, &mut sink)? {
+                                        if !take(Err(why), line, end, &mut out, &mut sink)? {
                                             break;
                                         }
                                         continue;
@@ -269,13 +257,14 @@ fn spawn_reader<S: Sink>(
                                     row.fields.extend(header.iter().map(String::as_str).zip(cells));
                                     let pushed = sink.push(&row);
                                     fields = recycle(row.fields);
-                                    if !take(pushed, line, &mut out, &mut sink)? {
+                                    if !take(pushed, line, end, &mut out, &mut sink)? {
                                         break;
                                     }
                                 }
                                 Err(e) => {
                                     let line = e.position().map_or(0, |p| p.line());
-                                    if !take(Err(e.to_string()), line, &mut out, &mut sink)? {
+                                    let end = reader.position().byte();
+                                    if !take(Err(e.to_string()), line, end, &mut out, &mut sink)? {
                                         break;
                                     }
                                 }
@@ -284,9 +273,11 @@ fn spawn_reader<S: Sink>(
                     }
                     Format::Jsonl => {
                         let mut header_checked = Some(check_header);
+                        let mut end = 0u64;
                         for (i, text) in BufReader::with_capacity(1 << 20, input).lines().enumerate() {
                             let text = text?;
                             let line = i as u64 + 1;
+                            end += text.len() as u64 + 1;
                             if text.trim().is_empty() {
                                 continue;
                             }
@@ -309,7 +300,7 @@ fn spawn_reader<S: Sink>(
                                 }
                                 Err(e) => Err(format!("not a JSON object: {e}")),
                             };
-                            if !take(parsed, line, &mut out, &mut sink)? {
+                            if !take(parsed, line, end, &mut out, &mut sink)? {
                                 break;
                             }
                         }
@@ -319,6 +310,7 @@ fn spawn_reader<S: Sink>(
                     let _ = tx.blocking_send(Batch {
                         items: sink.take(),
                         lines,
+                        read: consumed,
                     });
                 }
                 Ok(out)
@@ -326,7 +318,6 @@ fn spawn_reader<S: Sink>(
     Ok(Reader {
         batches: rx,
         handle,
-        bytes,
         total_bytes,
     })
 }
@@ -572,7 +563,6 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
     let Reader {
         batches: mut rx,
         handle: reader,
-        bytes,
         total_bytes: total,
     } = spawn_reader(&args, check_header, sink)?;
     let mut progress = Progress::new("customers", total);
@@ -584,11 +574,14 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
     });
     let lines: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default();
     let sent = Arc::new(AtomicU64::new(0));
+    // The input bytes behind the rows sent: the bar reaches 100% with the last row.
+    let sent_bytes = Arc::new(AtomicU64::new(0));
     let (stream_tx, stream_rx) = mpsc::channel::<EncodedColumns>(4);
-    let (lines2, sent2) = (lines.clone(), sent.clone());
+    let (lines2, sent2, sent_bytes2) = (lines.clone(), sent.clone(), sent_bytes.clone());
     let feeder = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             sent2.fetch_add(batch.lines.len() as u64, Ordering::Relaxed);
+            sent_bytes2.store(batch.read, Ordering::Relaxed);
             lines2.lock().unwrap().push(batch.lines);
             let first = options.take().unwrap_or_default();
             if stream_tx.send(EncodedColumns(batch.items, first)).await.is_err() {
@@ -607,7 +600,7 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
         tokio::select! {
             r = &mut call => break r,
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
-                progress.update(sent.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+                progress.update(sent.load(Ordering::Relaxed), sent_bytes.load(Ordering::Relaxed));
             }
         }
     };
@@ -738,7 +731,6 @@ pub async fn orders(channel: Ch, args: LoadArgs) -> Result<()> {
     let Reader {
         batches: mut rx,
         handle: reader,
-        bytes,
         total_bytes: total,
     } = spawn_reader(
         &args,
@@ -768,7 +760,7 @@ pub async fn orders(channel: Ch, args: LoadArgs) -> Result<()> {
             duplicates += reply.duplicates;
             created += reply.created_customer_ids.len();
         }
-        progress.update(rows, bytes.load(Ordering::Relaxed));
+        progress.update(rows, batch.read);
     }
     let read = join(reader)?;
     progress.finish();
@@ -798,7 +790,7 @@ pub async fn members(
 ) -> Result<()> {
     // One value a line, or the first column of a CSV; a header named like the key is skipped.
     let file: PathBuf = args.file.clone();
-    let (input, total) = open(&file, Arc::new(AtomicU64::new(0)))?;
+    let (input, total) = open(&file)?;
     let mut values_read = Vec::new();
     let mut bad = 0u64;
     for (i, line) in BufReader::new(input).lines().enumerate() {
@@ -895,6 +887,56 @@ fn bad_rows(bad: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The progress of a load follows the rows sent: each batch carries the input bytes up to
+    /// its last row, rising with the rows, the whole input at the last one (CSV and JSONL).
+    #[tokio::test]
+    async fn batches_carry_the_input_bytes_up_to_their_last_row() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("c.csv", {
+                let mut t = String::from("customer_id,city\n");
+                (0..2500).for_each(|i| t.push_str(&format!("C{i},Lyon\n")));
+                t
+            }),
+            (
+                "c.jsonl",
+                (0..2500)
+                    .map(|i| format!("{{\"customer_id\":\"C{i}\"}}\n"))
+                    .collect(),
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &text).unwrap();
+            let args = crate::LoadArgs {
+                file: path,
+                batch_size: 1000,
+                max_errors: 0,
+                dry_run: false,
+            };
+            let sink = Items {
+                parse: |_: &Row<'_>| Ok(()),
+                items: Vec::new(),
+            };
+            let Reader {
+                mut batches,
+                handle,
+                total_bytes,
+            } = spawn_reader(&args, |_| Ok(()), sink).unwrap();
+            let mut read = Vec::new();
+            while let Some(b) = batches.recv().await {
+                read.push(b.read);
+            }
+            join(handle).unwrap();
+            assert_eq!(total_bytes, text.len() as u64);
+            assert_eq!(read.len(), 3, "{name}");
+            // About 40% and 80% of the input after 1,000 and 2,000 of 2,500 rows, all of it after the last.
+            let share = |b: u64| b as f64 / total_bytes as f64;
+            assert!((0.35..0.45).contains(&share(read[0])), "{name}: {read:?}");
+            assert!((0.75..0.85).contains(&share(read[1])), "{name}: {read:?}");
+            assert_eq!(read[2], total_bytes, "{name}");
+        }
+    }
 
     #[test]
     fn recycled_vectors_keep_their_allocation() {
