@@ -94,7 +94,9 @@ struct ModelCustomer {
 #[derive(Debug, Default)]
 struct Model {
     customers: HashMap<usize, ModelCustomer>,
-    orders_seen: HashSet<usize>,
+    /// (customer, order id) recorded: an order id is remembered for its customer, and
+    /// forgotten with the customer.
+    orders_seen: HashSet<(usize, usize)>,
 }
 
 impl Model {
@@ -329,6 +331,7 @@ proptest! {
                 Op::Delete(i) => {
                     let ok = store.delete(&CustomerKey::Id(id(*i)), &mut no_log).is_ok();
                     prop_assert_eq!(ok, model.customers.remove(i).is_some());
+                    model.orders_seen.retain(|(c, _)| c != i);
                 }
                 Op::Orders(orders) => {
                     let ins: Vec<OrderIn> = orders
@@ -346,7 +349,7 @@ proptest! {
                     let out = store.record_orders(&ins, &mut no_log).unwrap();
                     let mut applied = 0;
                     for ((c, o, amount, promo, cats), order) in orders.iter().zip(&ins) {
-                        if model.orders_seen.insert(*o) {
+                        if model.orders_seen.insert((*c, *o)) {
                             applied += 1;
                             let m = model.customers.entry(*c).or_default();
                             m.orders.push((order.placed_at, *amount, *promo));
