@@ -661,12 +661,44 @@ pub async fn customers(channel: Ch, args: LoadArgs) -> Result<()> {
             bad_rows(read.bad + r.bad_row_count)
         }
         Err(status) => {
-            let at = line_of_status(&status, &lines.lock().unwrap(), None)
+            let lines = lines.lock().unwrap();
+            let at = line_of_status(&status, &lines, None)
                 .map(|l| format!("{}:{l}: ", args.file.display()))
                 .unwrap_or_default();
-            Err(Failure::new(format!("{at}{}", Failure::from(status))))
+            let applied = applied_lines(&status, &lines)
+                .map(|a| format!("\n{}: {a}", args.file.display()))
+                .unwrap_or_default();
+            // Exit 3 when earlier batches were applied (the status says so), else 1.
+            let failure = Failure::from(status);
+            Err(Failure {
+                message: format!("{at}{failure}{applied}"),
+                exit: failure.exit,
+            })
         }
     }
+}
+
+/// Which lines of the file a load that stopped part way applied: those of the batches before
+/// the one it stopped at (`applied_batches` of its ErrorInfo), each applied whole.
+fn applied_lines(status: &tonic::Status, lines: &[Vec<u64>]) -> Option<String> {
+    use tonic_types::StatusExt;
+    let applied: usize = status
+        .get_error_details()
+        .error_info()?
+        .metadata
+        .get("applied_batches")?
+        .parse()
+        .ok()?;
+    let first_not = lines.get(applied).and_then(|b| b.first());
+    let last_applied = applied
+        .checked_sub(1)
+        .and_then(|b| lines.get(b))
+        .and_then(|b| b.last());
+    Some(match (last_applied, first_not) {
+        (None, _) => "no line was applied".to_string(),
+        (Some(last), Some(next)) => format!("lines up to {last} were applied; none from line {next} on"),
+        (Some(last), None) => format!("lines up to {last} were applied"),
+    })
 }
 
 pub async fn orders(channel: Ch, args: LoadArgs) -> Result<()> {
@@ -743,6 +775,8 @@ pub async fn orders(channel: Ch, args: LoadArgs) -> Result<()> {
     let mut progress = Progress::new("orders", total);
     let mut ingest = IngestClient::new(channel).max_encoding_message_size(64 << 20);
     let (mut rows, mut applied, mut duplicates, mut created) = (0u64, 0u64, 0u64, 0usize);
+    // The last file line of the batches applied so far.
+    let mut applied_through: Option<u64> = None;
     while let Some(batch) = rx.recv().await {
         rows += batch.items.len() as u64;
         if !args.dry_run {
@@ -753,9 +787,21 @@ pub async fn orders(channel: Ch, args: LoadArgs) -> Result<()> {
                     let at = line_of_status(&status, std::slice::from_ref(&batch.lines), Some(0))
                         .map(|l| format!("{}:{l}: ", args.file.display()))
                         .unwrap_or_default();
-                    Failure::new(format!("{at}{}", Failure::from(status)))
+                    let next = batch.lines.first().copied().unwrap_or_default();
+                    let message = format!("{at}{}", Failure::from(status));
+                    // Each request is all or nothing: the batches before this one stand.
+                    match applied_through {
+                        Some(last) => Failure::partly(format!(
+                            "{message}\n{}: lines up to {last} were applied; none from line {next} on",
+                            args.file.display()
+                        )),
+                        None => {
+                            Failure::new(format!("{message}\n{}: no line was applied", args.file.display()))
+                        }
+                    }
                 })?
                 .into_inner();
+            applied_through = batch.lines.last().copied().or(applied_through);
             applied += reply.applied;
             duplicates += reply.duplicates;
             created += reply.created_customer_ids.len();

@@ -879,4 +879,42 @@ fn dry_run_asks_the_server_and_max_errors_skips_what_it_refuses() {
     assert!(err.contains("2 bad rows were skipped"), "{err}");
     assert_eq!(server.stat("customers"), 3);
     assert!(server.segctl(&["customer", "get", "A3"]).status.code() == Some(3));
+
+    // Without --max-errors the refused row's batch is not applied and the load stops there,
+    // saying which lines were applied.
+    let file = write(
+        dir.path(),
+        "d.csv",
+        "customer_id,email\nB1,\nB2,\nB3,\nB4,taken@example.com\nB5,\n",
+    );
+    let out = server.segctl(&["load", "customers", &file, "--batch-size", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "partly applied: {err}");
+    assert!(err.contains(&format!("{file}:5: ")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{file}: lines up to 3 were applied; none from line 4 on"
+        )),
+        "{err}"
+    );
+    assert_eq!(server.stat("customers"), 5, "B1 and B2 only");
+
+    // Orders go a request per batch: those before the refused one stand, and the summary says so.
+    let long_id = "o".repeat(200);
+    let orders = write(
+        dir.path(),
+        "o.csv",
+        &format!(
+            "order_id,customer_id,placed_at,amount\no1,B1,2026-01-05,1.00\n{long_id},B1,2026-01-06,2.00\n"
+        ),
+    );
+    let out = server.segctl(&["load", "orders", &orders, "--batch-size", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "partly applied: {err}");
+    assert!(
+        err.contains(&format!(
+            "{orders}: lines up to 2 were applied; none from line 3 on"
+        )),
+        "{err}"
+    );
 }
