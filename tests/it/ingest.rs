@@ -1138,73 +1138,24 @@ async fn order_ids_of_a_version_1_snapshot_are_still_retries_after_the_upgrade()
         cfg.clock = Some(c.clone());
         cfg.order_dedup_window_hours = 8;
     };
-    let record = |id: &str, customer: &str| pb::RecordOrdersRequest {
-        orders: vec![order(id, customer, 1_700_000_000, 1_000, false, &[])],
-    };
-    let counts = |r: pb::RecordOrdersResponse| (r.applied, r.duplicates);
     let server = TestServer::start_at(data.clone(), tune.clone()).await;
     let mut ingest = server.ingest().await;
     assert_eq!(
         get(&mut ingest, "X1").await.unwrap().attributes["total_spent"],
         i(2_000)
     );
-    assert_eq!(
-        counts(
-            ingest
-                .record_orders(record("o1", "X1"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        (0, 1)
-    );
-    assert_eq!(
-        counts(
-            ingest
-                .record_orders(record("o3", "X1"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        (1, 0)
-    );
+    assert_eq!(record(&mut ingest, "o1", "X1").await, (0, 1));
+    assert_eq!(record(&mut ingest, "o3", "X1").await, (1, 0));
     server.stop().await.unwrap();
     // Through a version-2 snapshot (written at that shutdown).
     clock.advance(HOUR);
     let server = TestServer::start_at(data.clone(), tune.clone()).await;
     let mut ingest = server.ingest().await;
-    assert_eq!(
-        counts(
-            ingest
-                .record_orders(record("o2", "X2"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        (0, 1)
-    );
-    assert_eq!(
-        counts(
-            ingest
-                .record_orders(record("o3", "X1"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        (0, 1)
-    );
+    assert_eq!(record(&mut ingest, "o2", "X2").await, (0, 1));
+    assert_eq!(record(&mut ingest, "o3", "X1").await, (0, 1));
     // Past the window, the version-1 ids are forgotten.
     clock.advance(9 * HOUR);
-    assert_eq!(
-        counts(
-            ingest
-                .record_orders(record("o2", "X2"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        (1, 0)
-    );
+    assert_eq!(record(&mut ingest, "o2", "X2").await, (1, 0));
     server.stop().await.unwrap();
 }
 
@@ -1365,4 +1316,17 @@ async fn a_load_with_validate_only_reports_every_bad_row_and_applies_nothing() {
         "{}",
         err.message()
     );
+}
+
+/// Records order `id` for `customer`: (applied, duplicates).
+async fn record(
+    ingest: &mut segmentd::api::pb::ingest_client::IngestClient<tonic::transport::Channel>,
+    id: &str,
+    customer: &str,
+) -> (u64, u64) {
+    let request = pb::RecordOrdersRequest {
+        orders: vec![order(id, customer, 1_700_000_000, 1_000, false, &[])],
+    };
+    let r = ingest.record_orders(request).await.unwrap().into_inner();
+    (r.applied, r.duplicates)
 }
