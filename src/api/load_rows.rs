@@ -212,14 +212,9 @@ fn sift(
         if refused[row] {
             continue;
         }
-        let one = CustomerBatch::new(vec![customer]);
-        match UpsertBatch::received(&schema, &one, &limits) {
-            Ok(_) => good.push((
-                row,
-                one.customers()
-                    .map_err(|e| Error::Internal(e.to_string()))?
-                    .remove(0),
-            )),
+        // Checked as a batch of one, as the writer will read it (no log record made).
+        match CustomerBatch::new(vec![customer.clone()]).patches(&schema, &limits) {
+            Ok(_) => good.push((row, customer)),
             Err(e) => bad.push((row, rows::renumbered(e, 0, row))),
         }
     }
