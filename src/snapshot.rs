@@ -9,7 +9,7 @@
 //! | file | content |
 //! |---|---|
 //! | `MANIFEST` | text: `segmentd-snapshot 1`, `sequence <n>`, then `file <name> <bytes> <crc32c hex>` per file |
-//! | `meta.bin` | magic `SEGDMETA`, version; sequence; next ordinal and free ordinals; order count and the 128-bit keys of the order ids recently recorded (version 2: the customer's ordinal over 96 bits of the order id's hash; version 1: the order id's hash alone), then (version 2) the version-1 keys still held; custom attributes; dictionary values in code order (empty: no customer held it); segment definitions (rules as text) in dependency order with their slots |
+//! | `meta.bin` | magic `SEGDMETA`, version; sequence; next ordinal and free ordinals; order count and the 128-bit keys of the order ids recently recorded (version 2: the customer's ordinal over 96 bits of the order id's hash; version 1: the order id's hash alone), then (version 2) the version-1 keys still held and until when (µs); custom attributes; dictionary values in code order (empty: no customer held it); segment definitions (rules as text) in dependency order with their slots |
 //! | `shard-<n>.bin` | magic `SEGDSHRD`, version, shard index; live bitmap; the id and e-mail columns (u32 offsets, then bytes holding each string behind a varint length); each column (presence bitmap, then values: dense vectors, dictionary codes and the bitmaps of common values (the index of rare values is rebuilt from the codes), or strings); each segment's members, include, exclude and activity bitmaps |
 //!
 //! Integers are little-endian; strings and lists are length-prefixed (u32); bitmaps are in the
@@ -455,6 +455,7 @@ fn encode_meta(cut: &Cut, used: &UsedCodes) -> Vec<u8> {
         o.len(keys.len());
         keys.iter().for_each(|k| o.0.extend_from_slice(&k.to_le_bytes()));
     }
+    o.u64(cut.orders_seen_legacy_until as u64);
     let custom: Vec<_> = cut.schema.attrs().iter().filter(|a| !a.builtin).collect();
     o.len(custom.len());
     for a in custom {
@@ -536,6 +537,7 @@ fn decode_meta(file: &str, data: &[u8]) -> Result<Restored> {
     } else {
         out.orders_seen = keys(&mut r)?;
         out.orders_seen_legacy = keys(&mut r)?;
+        out.orders_seen_legacy_until = Some(r.u64()? as i64);
     }
     let n = r.len()?;
     for _ in 0..n {

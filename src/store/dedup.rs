@@ -128,24 +128,26 @@ impl OrderDedup {
         self.generations.iter().flat_map(|(_, keys)| keys.iter().copied())
     }
 
-    /// The keys of a version-1 snapshot still held, for a snapshot.
-    pub fn legacy_keys(&self) -> impl Iterator<Item = u128> + '_ {
-        self.legacy.iter().copied()
+    /// The keys of a version-1 snapshot still held, and until when (µs), for a snapshot.
+    pub fn legacy_keys(&self) -> (Vec<u128>, i64) {
+        (self.legacy.iter().copied().collect(), self.legacy_until)
     }
 
     /// Puts back the keys of a snapshot as one generation opened at `now` (the snapshot does
     /// not say when each was recorded: each is kept a window from the restart at least), and
-    /// the version-1 keys it holds for a window from now.
+    /// the version-1 keys it holds until `legacy_until` (read from a version-1 snapshot: a
+    /// window from now; a later snapshot keeps the time, so restarts do not extend it).
     pub fn restore(
         &mut self,
         keys: impl IntoIterator<Item = u128>,
         legacy: impl IntoIterator<Item = u128>,
+        legacy_until: Option<i64>,
         now: i64,
     ) {
         self.generations.clear();
         self.generations.push_front((now, keys.into_iter().collect()));
         self.legacy = legacy.into_iter().collect();
-        self.legacy_until = now.saturating_add(self.window_micros);
+        self.legacy_until = legacy_until.unwrap_or_else(|| now.saturating_add(self.window_micros));
     }
 
     /// Keys held.
@@ -215,15 +217,25 @@ mod tests {
     #[test]
     fn version_1_keys_are_held_for_a_window_after_the_restart() {
         let mut d = OrderDedup::new(8 * HOUR, 1_000);
-        d.restore([key(3, "new")], [legacy_key("old")], 10 * HOUR);
+        d.restore([key(3, "new")], [legacy_key("old")], None, 10 * HOUR);
         assert!(d.recorded_before_upgrade("old", 17 * HOUR));
         assert!(!d.recorded_before_upgrade("other", 17 * HOUR));
         assert!(!d.insert(key(3, "new"), 17 * HOUR));
+        // A restart from a later snapshot keeps the deadline instead of starting a new window.
+        let (legacy, until) = d.legacy_keys();
+        assert_eq!(until, 18 * HOUR);
+        let mut again = OrderDedup::new(8 * HOUR, 1_000);
+        again.restore([], legacy, Some(until), 17 * HOUR);
+        assert!(again.recorded_before_upgrade("old", 17 * HOUR));
+        assert!(
+            !again.recorded_before_upgrade("old", 18 * HOUR),
+            "the window has passed"
+        );
         assert!(
             !d.recorded_before_upgrade("old", 18 * HOUR),
             "the window has passed"
         );
-        assert_eq!(d.legacy_keys().count(), 0);
+        assert_eq!(d.legacy_keys().0.len(), 0);
     }
 
     /// Not a check: how long one erasure's pass takes over a million keys (in a release build:

@@ -173,8 +173,9 @@ pub struct Cut {
     pub next_ordinal: u32,
     pub free: Vec<u32>,
     pub orders_seen: Vec<u128>,
-    /// Order id keys restored from a version-1 snapshot, still held.
+    /// Order id keys restored from a version-1 snapshot, still held, and until when (µs).
     pub orders_seen_legacy: Vec<u128>,
+    pub orders_seen_legacy_until: i64,
     pub orders: u64,
     /// Shards existing at the cut; `Some` once copied.
     pub shards: Vec<Option<Shard>>,
@@ -190,8 +191,10 @@ pub struct Restored {
     pub free: Vec<u32>,
     pub orders: u64,
     pub orders_seen: Vec<u128>,
-    /// Keys of a version-1 snapshot (the order id's hash alone).
+    /// Keys of a version-1 snapshot (the order id's hash alone), and until when they are held
+    /// (`None`: read from a version-1 snapshot, a window from the restart).
     pub orders_seen_legacy: Vec<u128>,
+    pub orders_seen_legacy_until: Option<i64>,
     /// Custom attributes in id order: (id, name, type, description).
     pub custom_attrs: Vec<(AttrId, String, AttrType, String)>,
     /// Dictionary values in code order, per attribute.
@@ -378,6 +381,7 @@ impl Store {
         self.events.sync()?;
         let schema = self.schema();
         let sequence = log_sequence()?;
+        let (legacy, legacy_until) = w.orders_seen.legacy_keys();
         let cut = Cut {
             sequence,
             dict_lens: schema
@@ -390,7 +394,8 @@ impl Store {
             next_ordinal: w.next_ordinal,
             free: w.free.clone(),
             orders_seen: w.orders_seen.keys().collect(),
-            orders_seen_legacy: w.orders_seen.legacy_keys().collect(),
+            orders_seen_legacy: legacy,
+            orders_seen_legacy_until: legacy_until,
             orders: self.orders.load(Ordering::Acquire),
             shards: (0..self.shards.len()).map(|_| None).collect(),
             waiting: Vec::new(),
@@ -515,8 +520,12 @@ impl Store {
         let mut w = _w;
         w.next_ordinal = r.next_ordinal;
         w.free = r.free;
-        w.orders_seen
-            .restore(r.orders_seen, r.orders_seen_legacy, self.clock_micros());
+        w.orders_seen.restore(
+            r.orders_seen,
+            r.orders_seen_legacy,
+            r.orders_seen_legacy_until,
+            self.clock_micros(),
+        );
         self.orders.store(r.orders, Ordering::Release);
         self.customers.store(customers, Ordering::Release);
         Ok(())
