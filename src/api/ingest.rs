@@ -106,18 +106,15 @@ impl Ingest for IngestApi {
         let mut stream = request.into_inner();
         // The first message says how the stream loads: skipping or only checking bad rows goes
         // row by row (`load_rows`); the usual load, below, pipelines whole batches.
-        let mut first = match stream.message().await? {
-            Some(first) => Some(first),
-            None => return Ok(Response::new(pb::LoadCustomersResponse::default())),
+        let Some(first) = stream.message().await? else {
+            return Ok(Response::new(pb::LoadCustomersResponse::default()));
         };
-        if first
-            .as_ref()
-            .is_some_and(|f| super::load_rows::Mode::of(f).by_row())
-        {
-            let first = first.take().expect("checked above");
+        if super::load_rows::Mode::of(&first).by_row() {
             let reply = super::load_rows::load(&self.engine, self.limits, first, stream).await?;
             return Ok(Response::new(reply));
         }
+        // Taken by the reading loop below before it reads the stream.
+        let mut first = Some(first);
         let (tx, mut rx) = mpsc::channel::<(u64, UpsertBatch)>(STREAM_QUEUE);
         let engine = self.engine.clone();
         // Applies groups one after another without waiting for each to be synced: the reply waits
