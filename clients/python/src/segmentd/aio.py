@@ -49,6 +49,7 @@ from segmentd.client import (
     _p_stats,
     _p_update_segment,
     _p_upsert_customers,
+    _bearer,
     _Plan,
     _raise,
     _watch_request,
@@ -92,8 +93,7 @@ class AsyncClient:
             self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(target, options=options)
-        # The token goes with each call's metadata (grpc.aio's interceptors are per channel type).
-        self._metadata: Tuple[Tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = _bearer(token)
         self._timeout = timeout
         self._membership = membership_pb2_grpc.MembershipStub(self._channel)
         self._activities = activities_pb2_grpc.ActivitiesStub(self._channel)

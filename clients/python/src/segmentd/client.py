@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import datetime as _dt
 import itertools
 import json
@@ -389,39 +388,10 @@ def _pem(v: Union[str, bytes]) -> bytes:
         return f.read()
 
 
-class _CallDetails(
-    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
-    grpc.ClientCallDetails,
-):
-    pass
-
-
-class _Bearer(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer <token>` to every call."""
-
-    def __init__(self, token: str):
-        self._header = ("authorization", f"Bearer {token}")
-
-    def _details(self, d: Any) -> Any:
-        metadata = list(d.metadata or []) + [self._header]
-        return _CallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression)
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
+def _bearer(token: Optional[str]) -> Tuple[Tuple[str, str], ...]:
+    """The metadata every call of a client carries: `authorization: Bearer <token>`, if any (the
+    same for `Client` and `AsyncClient`, whose channels take different interceptors)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 _EPOCH = _dt.date(1970, 1, 1)
@@ -812,14 +782,12 @@ class Client:
     ):
         options, credentials = _connection(retries, tls_ca, tls_cert, tls_key, tls_domain)
         if channel is not None:
-            self._raw_channel = channel
+            self._channel = channel
         elif credentials is not None:
-            self._raw_channel = grpc.secure_channel(target, credentials, options=options)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
-            self._raw_channel = grpc.insecure_channel(target, options=options)
-        self._channel = (
-            grpc.intercept_channel(self._raw_channel, _Bearer(token)) if token else self._raw_channel
-        )
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._metadata = _bearer(token)
         self._timeout = timeout
         self._membership = membership_pb2_grpc.MembershipStub(self._channel)
         self._activities = activities_pb2_grpc.ActivitiesStub(self._channel)
@@ -828,7 +796,7 @@ class Client:
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
     def close(self) -> None:
-        self._raw_channel.close()
+        self._channel.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -839,7 +807,9 @@ class Client:
     def _run(self, plan: "_Plan[_Out]") -> _Out:
         method = getattr(getattr(self, plan.stub), plan.method)
         try:
-            reply = method(plan.request, timeout=self._timeout if plan.timeout else None)
+            reply = method(
+                plan.request, timeout=self._timeout if plan.timeout else None, metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise _raise(err) from None
         return plan.convert(reply)
@@ -979,7 +949,8 @@ class Client:
     def export_segment(self, segment_id: str, fields: Sequence[str] = (), batch_size: int = 1000) -> Export:
         """Members of a segment as dicts (customer_id, email, attributes), streamed; the result
         also gives them as a DataFrame (`.to_dataframe()`, with `segmentd[pandas]`)."""
-        stream = self._segments.ExportSegment(_export_request(segment_id, fields, batch_size))
+        request = _export_request(segment_id, fields, batch_size)
+        stream = self._segments.ExportSegment(request, metadata=self._metadata)
 
         def rows() -> Iterator[Dict[str, Any]]:
             try:
@@ -998,7 +969,8 @@ class Client:
         ones as they happen; endless until the caller stops iterating. To resume after an
         interruption, pass the last `sequence` received: no duplicates, no gaps. A sequence older
         than the server's retention raises SegmentdError with code OUT_OF_RANGE."""
-        stream = self._segments.WatchMemberships(_watch_request(from_sequence, segment_ids))
+        request = _watch_request(from_sequence, segment_ids)
+        stream = self._segments.WatchMemberships(request, metadata=self._metadata)
         try:
             for msg in stream:
                 for e in msg.events:
