@@ -627,7 +627,7 @@ async fn watch(
 }
 
 async fn customer(channel: Ch, cmd: CustomerCommand) -> Result<()> {
-    let ingest_channel = channel.clone();
+    let schema_channel = channel.clone();
     let mut ingest = IngestClient::new(channel);
     match cmd {
         CustomerCommand::Get { key, email, out } => {
@@ -643,7 +643,7 @@ async fn customer(channel: Ch, cmd: CustomerCommand) -> Result<()> {
                 .into_inner()
                 .customer
                 .ok_or_else(|| Failure::new("the server returned no customer"))?;
-            let types = attribute_types(&ingest_channel).await?;
+            let types = attribute_types(&schema_channel).await?;
             // Attributes in name order (the map is sorted), money in major units.
             let mut record = Record::new()
                 .field("customer_id", c.customer_id)
@@ -772,7 +772,7 @@ async fn attribute_types(channel: &Ch) -> Result<std::collections::HashMap<Strin
 }
 
 async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
-    let segments_channel = &channel.clone();
+    let schema_channel = channel.clone();
     let mut segments = SegmentsClient::new(channel);
     match cmd {
         SegmentCommand::Create(args) => {
@@ -967,7 +967,7 @@ async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {
         } => {
             // Money in major units, as load files and rules write it (a file exported is a file
             // that loads back).
-            let types = attribute_types(segments_channel).await?;
+            let types = attribute_types(&schema_channel).await?;
             let ty = |f: &str| types.get(f).copied();
             let mut stream = segments
                 .export_segment(pb::ExportSegmentRequest {
