@@ -78,6 +78,22 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_RESP_ADDR")]
     pub resp_addr: Option<SocketAddr>,
 
+    /// Address serving the web console (HTTP GET /); off when not given. While it is on, the
+    /// gRPC port also answers gRPC-Web (HTTP/1.1) calls from the console's origin.
+    #[arg(long, env = "SEGMENTD_CONSOLE_ADDR")]
+    pub console_addr: Option<SocketAddr>,
+
+    /// Origins (`scheme://host:port`, comma-separated) whose pages may call the gRPC port through
+    /// gRPC-Web: the console's public address behind a proxy. Default: the console's address
+    /// itself (and `localhost` for a loopback one; any host on its port for 0.0.0.0).
+    #[arg(
+        long,
+        env = "SEGMENTD_CONSOLE_ORIGIN",
+        value_delimiter = ',',
+        requires = "console_addr"
+    )]
+    pub console_origin: Vec<String>,
+
     /// Writes that may wait for the writer thread; past it, writes are refused at once with
     /// RESOURCE_EXHAUSTED (load shedding) instead of queuing without bound.
     #[arg(long, env = "SEGMENTD_MAX_QUEUED_WRITES", default_value_t = crate::engine::DEFAULT_MAX_QUEUED_WRITES)]
@@ -165,6 +181,11 @@ pub struct Config {
     #[arg(long, env = "SEGMENTD_RECLASSIFY_INTERVAL_HOURS", default_value_t = 720)]
     pub reclassify_interval_hours: u64,
 
+    /// Seconds between samples of every segment's size (`Segments.GetSizeHistory`, the
+    /// console's size over time); the last 24 hours are kept in memory, at most 1,440 samples.
+    #[arg(long, env = "SEGMENTD_SIZE_SAMPLE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub size_sample_secs: u64,
+
     /// The clock relative-time rules read (tests set a manual one); the system clock otherwise.
     #[arg(skip)]
     pub clock: Option<std::sync::Arc<dyn crate::time::Clock>>,
@@ -196,6 +217,8 @@ impl Config {
             log_format: LogFormat::Text,
             metrics_addr: None,
             resp_addr: None,
+            console_addr: None,
+            console_origin: Vec::new(),
             tokens_file: None,
             tls_cert: None,
             tls_key: None,
@@ -220,6 +243,7 @@ impl Config {
             watch_stall_secs: 60,
             follow_buffer_items: crate::follow::DEFAULT_MAX_ITEMS,
             reclassify_interval_hours: 720,
+            size_sample_secs: 300,
             clock: None,
             faults: None,
             event_retention_events: crate::events::DEFAULT_MAX_EVENTS,

@@ -35,6 +35,7 @@ pub mod auth;
 pub mod codec;
 pub mod columnar;
 pub mod config;
+pub mod console;
 pub mod disk;
 pub mod engine;
 pub mod error;
@@ -43,6 +44,7 @@ pub mod events;
 pub mod faults;
 pub mod follow;
 pub mod fuzzing;
+pub mod httpd;
 pub mod latency;
 #[cfg(test)]
 mod layers;

@@ -54,6 +54,8 @@ pub enum ServerError {
     Insecure(String),
     #[error("redis protocol address {addr}: {source}")]
     Resp { addr: String, source: std::io::Error },
+    #[error("console address {addr}: {source}")]
+    Console { addr: String, source: std::io::Error },
     #[error("metrics address {addr}: {source}")]
     Metrics { addr: String, source: std::io::Error },
     #[error("{0}")]
@@ -156,6 +158,36 @@ pub async fn run(
         }
         None => None,
     };
+    // The console: its page on its own port, and gRPC-Web (with CORS for the page's origin) on
+    // the gRPC port while it is on.
+    let (console_server, grpc_web) = match config.console_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Console {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let bound = l.local_addr().unwrap_or(addr);
+            let endpoint = crate::console::Endpoint {
+                grpc: listener
+                    .local_addr()
+                    .map_err(|e| ServerError::Internal(format!("gRPC listener: {e}")))?,
+                tls: tls.is_some(),
+            };
+            tracing::info!(addr = %bound, "console on http://{bound}/");
+            let origins = crate::console::allowed_origins(bound, &config.console_origin);
+            (
+                Some(tokio::spawn(crate::httpd::serve(
+                    l,
+                    crate::console::router(endpoint),
+                    "console",
+                ))),
+                Some((crate::console::cors(origins), tonic_web::GrpcWebLayer::new())),
+            )
+        }
+        None => (None, None),
+    };
     #[cfg(unix)]
     let reloader = tokio::spawn(reload_on_hangup(auth.clone()));
     let ingest = IngestServer::new(IngestApi::new(engine.clone(), limits))
@@ -199,6 +231,7 @@ pub async fn run(
             snapshot_wal_bytes: config.snapshot_wal_bytes,
             time_tick: Duration::from_millis(config.time_tick_ms),
             reclassify_every: Duration::from_secs(config.reclassify_interval_hours.saturating_mul(3600)),
+            size_sample: Duration::from_secs(config.size_sample_secs),
         },
     );
     let shutdown = async move {
@@ -232,7 +265,11 @@ pub async fn run(
             .tls_config(tls)
             .map_err(|e| ServerError::Tls(e.to_string()))?;
     }
+    let (cors, grpc_web) = grpc_web.unzip();
     let result = builder
+        .accept_http1(cors.is_some())
+        .layer(tower::util::option_layer(cors))
+        .layer(tower::util::option_layer(grpc_web))
         .layer(crate::metrics::requests::RecordLayer(metrics.requests().clone()))
         .tcp_nodelay(true)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -276,6 +313,9 @@ pub async fn run(
     }
     if let Some(r) = resp_server {
         r.abort();
+    }
+    if let Some(c) = console_server {
+        c.abort();
     }
     recovery.abort();
     drop(tasks);

@@ -441,6 +441,7 @@ pub fn family_out(info: FamilyInfo) -> pb::Family {
         family,
         sizes,
         reclassified_at,
+        last_moves,
     } = info;
     let mut members: Vec<pb::FamilyMember> = family
         .members
@@ -463,6 +464,14 @@ pub fn family_out(info: FamilyInfo) -> pb::Family {
         catch_all,
         builtin: family.builtin,
         reclassified_at: reclassified_at.map(crate::codec::convert::timestamp_out),
+        last_moves: last_moves
+            .into_iter()
+            .map(|(from, to, count)| pb::FamilyMove {
+                from_segment_id: from.unwrap_or_default(),
+                to_segment_id: to,
+                count,
+            })
+            .collect(),
     }
 }
 

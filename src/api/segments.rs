@@ -385,7 +385,16 @@ impl Segments for SegmentsApi {
         let pb::WatchMembershipsRequest {
             from_sequence,
             segment_ids,
+            from_latest,
         } = request.into_inner();
+        if from_latest && from_sequence != 0 {
+            return Err(Error::invalid("from_sequence", "give either from_sequence or from_latest").into());
+        }
+        let from_sequence = if from_latest {
+            self.engine.events_published()
+        } else {
+            from_sequence
+        };
         if segment_ids.len() > MAX_WATCH_SEGMENTS {
             return Err(
                 Error::invalid("segment_ids", format!("at most {MAX_WATCH_SEGMENTS} segments")).into(),
@@ -400,6 +409,14 @@ impl Segments for SegmentsApi {
         let engine = self.engine.clone();
         let stall = self.watch_stall;
         let slot = self.engine.watcher(from_sequence);
+        if from_latest {
+            // Where the stream starts, for the caller to resume from should it drop at once.
+            let start = pb::WatchMembershipsResponse {
+                events: vec![],
+                last_sequence: from_sequence,
+            };
+            let _ = tx.send(Ok(start)).await;
+        }
         tokio::spawn(async move {
             let _slot = &slot;
             let mut after = from_sequence;
@@ -538,6 +555,30 @@ impl Segments for SegmentsApi {
             }),
             as_of: Some(convert::timestamp_out(r.as_of)),
             seconds,
+        }))
+    }
+
+    async fn get_size_history(
+        &self,
+        request: Request<pb::GetSizeHistoryRequest>,
+    ) -> Result<Response<pb::GetSizeHistoryResponse>, Status> {
+        let pb::GetSizeHistoryRequest { segment_ids } = request.into_inner();
+        let reg = self.engine.registry();
+        for (i, id) in segment_ids.iter().enumerate() {
+            segment_id(id).map_err(|e| Error::invalid(format!("segment_ids[{i}]"), e.to_string()))?;
+            if reg.slot(id).is_none() {
+                return Err(Error::NotFound(format!("segment_ids[{i}]: segment `{id}` not found")).into());
+            }
+        }
+        let sampled = self.engine.size_history().read(&segment_ids);
+        Ok(Response::new(pb::GetSizeHistoryResponse {
+            sample_times: sampled.times.into_iter().map(convert::timestamp_out).collect(),
+            histories: sampled
+                .sizes
+                .into_iter()
+                .map(|(segment_id, sizes)| pb::SizeHistory { segment_id, sizes })
+                .collect(),
+            interval: prost_types::Duration::try_from(sampled.interval).ok(),
         }))
     }
 

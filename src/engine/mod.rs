@@ -7,6 +7,7 @@
 //! it, and its reply waits until the log is as durable as the fsync mode promises.
 
 pub mod command;
+pub mod sizes;
 pub mod tasks;
 
 use command::{Applied, Command, Journal, applied};
@@ -249,6 +250,8 @@ pub struct Engine {
     next_watcher: Arc<std::sync::atomic::AtomicU64>,
     /// Disk faults injected into the log it opens (tests and drills).
     faults: Arc<crate::faults::Faults>,
+    /// Segments' sizes sampled over time.
+    sizes: Arc<sizes::SizeHistory>,
 }
 
 /// A watcher's registration: its position, removed when the watch ends.
@@ -297,6 +300,7 @@ impl Engine {
             watchers: Arc::default(),
             next_watcher: Arc::default(),
             faults: Arc::default(),
+            sizes: Arc::default(),
         }
     }
 
@@ -375,6 +379,20 @@ impl Engine {
         let e = Engine::with_store(store);
         e.ready.store(false, Ordering::Release);
         e
+    }
+
+    /// Segments' sizes sampled over time ([`Engine::sample_sizes`]).
+    pub fn size_history(&self) -> &sizes::SizeHistory {
+        &self.sizes
+    }
+
+    /// Records every segment's size now in the size history.
+    pub fn sample_sizes(&self) {
+        let reg = self.store.registry();
+        let sizes = reg
+            .in_order()
+            .map(|e| (e.def.id.clone(), self.store.segment_size(e.slot)));
+        self.sizes.record(self.store.clock_micros(), sizes);
     }
 
     /// Whether recovery is done and calls are served.

@@ -16,6 +16,8 @@ pub struct Schedule {
     pub snapshot_wal_bytes: u64,
     pub time_tick: Duration,
     pub reclassify_every: Duration,
+    /// Between samples of the segments' sizes.
+    pub size_sample: Duration,
 }
 
 /// How often the snapshot triggers are checked.
@@ -36,6 +38,7 @@ impl Tasks {
             handles: vec![
                 tokio::spawn(snapshots(engine.clone(), schedule)),
                 tokio::spawn(time(engine.clone(), schedule)),
+                tokio::spawn(sizes(engine.clone(), schedule.size_sample)),
             ],
         }
     }
@@ -46,6 +49,22 @@ impl Drop for Tasks {
         for handle in &self.handles {
             handle.abort();
         }
+    }
+}
+
+/// Samples every segment's size as soon as recovery is done, then every `interval`.
+async fn sizes(engine: Engine, interval: Duration) {
+    engine.size_history().set_interval(interval);
+    while !engine.is_ready() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let e = engine.clone();
+        // Reading a size counts a bitmap: off the async threads for many segments.
+        let _ = tokio::task::spawn_blocking(move || e.sample_sizes()).await;
     }
 }
 

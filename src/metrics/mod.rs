@@ -8,7 +8,6 @@
 pub mod requests;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
@@ -20,15 +19,6 @@ use requests::RequestMetrics;
 
 /// Most segments whose size `/metrics` reports.
 const MAX_SIZED: usize = 10_000;
-
-/// How long a client may take to send its request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long one connection may stay open, whatever it does.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Connections served at once; more wait in the listen queue.
-const MAX_CONNECTIONS: usize = 64;
 
 /// The server's metrics: the registry of what is recorded as it happens, and the engine whose
 /// state is read at scrape time.
@@ -269,7 +259,7 @@ fn engine_families(engine: &Engine, s: &crate::store::StoreStats) -> Vec<MetricF
 }
 
 /// Serves `/metrics` on `listener` until the task is dropped: HTTP/1.1 with a deadline for the
-/// request head and for the whole connection, at most [`MAX_CONNECTIONS`] at once.
+/// request head and for the whole connection ([`crate::httpd::serve`]).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     use axum::routing::get;
     let router = axum::Router::new()
@@ -286,26 +276,5 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         )
         .fallback(|| async { (http::StatusCode::NOT_FOUND, "not found: try /metrics\n") })
         .with_state(metrics);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Ok((conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let served = http.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
-                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection"),
-                Err(_) => tracing::debug!("metrics connection closed after {CONNECTION_TIMEOUT:?}"),
-                Ok(Ok(())) => {}
-            }
-            drop(permit);
-        });
-    }
+    crate::httpd::serve(listener, router, "metrics").await;
 }

@@ -194,6 +194,9 @@ pub struct FamilyInfo {
     pub family: Family,
     pub sizes: Vec<u64>,
     pub reclassified_at: Option<i64>,
+    /// The last reclassification's moves: (member left, if any; member entered; customers),
+    /// largest first.
+    pub last_moves: Vec<(Option<String>, String, u64)>,
 }
 
 #[cfg(test)]

@@ -58,6 +58,9 @@ pub struct FamilyEntry {
     pub rules: Vec<Option<Compiled>>,
     /// When the family was last reclassified (RFM), microseconds since the epoch.
     pub reclassified_at: Option<i64>,
+    /// What the last reclassification moved: (member left, if any; member entered; customers),
+    /// by slot. In memory only.
+    pub last_moves: Vec<(Option<u32>, u32, u64)>,
 }
 
 /// Every defined segment, by id and by slot, with an evaluation order.

@@ -173,6 +173,7 @@ impl Store {
             slots,
             rules,
             reclassified_at: None,
+            last_moves: Vec::new(),
         }))
     }
 
@@ -222,6 +223,14 @@ impl Store {
             family: fe.family.clone(),
             sizes: fe.slots.iter().map(|&s| self.segment_size(s)).collect(),
             reclassified_at: fe.reclassified_at,
+            last_moves: fe
+                .last_moves
+                .iter()
+                .filter_map(|&(from, to, n)| {
+                    let id = |slot| reg.get(slot).map(|e| e.def.id.clone());
+                    Some((from.and_then(id), id(to)?, n))
+                })
+                .collect(),
         })
     }
 

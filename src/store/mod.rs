@@ -513,6 +513,7 @@ impl Store {
                 slots,
                 rules,
                 reclassified_at,
+                last_moves: Vec::new(),
             });
         }
         self.segments.store(Arc::new(reg));

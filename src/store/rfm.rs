@@ -211,6 +211,7 @@ impl Store {
         let family_changes = changes.len() as u64;
         let mut entry = (*fe).clone();
         entry.reclassified_at = Some(as_of);
+        entry.last_moves = moves(&changes, &fe.slots);
         let next = reg.with_family(entry);
         self.segments.store(Arc::new(next));
         w.noted.changes = changes;
@@ -227,6 +228,18 @@ impl Store {
             as_of,
         })
     }
+}
+
+/// The entries into `members` among `changes`, counted by (member left, member entered),
+/// largest first.
+fn moves(changes: &[crate::events::Change], members: &[u32]) -> Vec<(Option<u32>, u32, u64)> {
+    let mut counts: std::collections::HashMap<(Option<u32>, u32), u64> = Default::default();
+    for c in changes.iter().filter(|c| c.entered && members.contains(&c.slot)) {
+        *counts.entry((c.from_slot, c.slot)).or_default() += 1;
+    }
+    let mut out: Vec<_> = counts.into_iter().map(|((from, to), n)| (from, to, n)).collect();
+    out.sort_unstable_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+    out
 }
 
 #[cfg(test)]

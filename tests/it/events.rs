@@ -16,6 +16,7 @@ async fn watch(server: &TestServer, from: u64, segments: &[&str]) -> Result<Stre
         .watch_memberships(pb::WatchMembershipsRequest {
             from_sequence: from,
             segment_ids: segments.iter().map(|s| s.to_string()).collect(),
+            from_latest: false,
         })
         .await?
         .into_inner())

@@ -63,6 +63,7 @@ async fn events_after(server: &TestServer, after: u64) -> Vec<pb::MembershipEven
         .watch_memberships(pb::WatchMembershipsRequest {
             from_sequence: after,
             segment_ids: vec![],
+            from_latest: false,
         })
         .await
         .unwrap()
@@ -157,6 +158,7 @@ async fn a_family_partitions_customers_and_a_move_is_one_event() {
         .watch_memberships(pb::WatchMembershipsRequest {
             from_sequence: before,
             segment_ids: vec!["value.mid".into()],
+            from_latest: false,
         })
         .await
         .unwrap()

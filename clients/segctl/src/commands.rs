@@ -583,6 +583,7 @@ async fn watch(
         .watch_memberships(pb::WatchMembershipsRequest {
             from_sequence: from,
             segment_ids: segments,
+            from_latest: false,
         })
         .await?
         .into_inner();
