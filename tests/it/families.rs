@@ -303,6 +303,21 @@ async fn rfm_scores_by_quintiles_places_everyone_once_and_reports_downgrades() {
     assert!(rfm.builtin && rfm.reclassified_at.is_some());
     let named: u64 = rfm.members.iter().map(|m| m.size).sum();
     assert_eq!((named, rfm.catch_all.as_ref().unwrap().size), (120, 30));
+    // The first run placed everyone: its moves come from no member, one per member's size.
+    assert!(rfm.last_moves.iter().all(|m| m.from_segment_id.is_empty()));
+    let placed: BTreeMap<&str, u64> = rfm
+        .last_moves
+        .iter()
+        .map(|m| (m.to_segment_id.as_str(), m.count))
+        .collect();
+    for m in rfm.members.iter().chain(rfm.catch_all.as_ref()) {
+        assert_eq!(
+            placed.get(m.segment_id.as_str()).copied().unwrap_or(0),
+            m.size,
+            "{}",
+            m.segment_id
+        );
+    }
     let mut ingest = server.ingest().await;
     let mut measures: BTreeMap<String, [i64; 3]> = BTreeMap::new();
     let mut scores: BTreeMap<String, [i64; 3]> = BTreeMap::new();
@@ -399,8 +414,34 @@ async fn rfm_scores_by_quintiles_places_everyone_once_and_reports_downgrades() {
         .reclassify(pb::ReclassifyRequest::default())
         .await
         .unwrap();
-    let moves: Vec<_> = events_after(&server, last_seq)
+    let events = events_after(&server, last_seq).await;
+    // The family's last moves are this run's events, counted by (member left, member entered).
+    let mut counted: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.cause() == C::Reclassification && e.entered)
+    {
+        *counted
+            .entry((e.from_segment_id.clone(), e.segment_id.clone()))
+            .or_default() += 1;
+    }
+    let rfm = families(&server)
         .await
+        .into_iter()
+        .find(|f| f.family_id == "rfm")
+        .unwrap();
+    let reported: BTreeMap<(String, String), u64> = rfm
+        .last_moves
+        .iter()
+        .map(|m| ((m.from_segment_id.clone(), m.to_segment_id.clone()), m.count))
+        .collect();
+    assert_eq!(reported, counted);
+    assert!(
+        rfm.last_moves.windows(2).all(|w| w[0].count >= w[1].count),
+        "largest first"
+    );
+    assert!(reported.keys().any(|(from, _)| from == "rfm.champions"));
+    let moves: Vec<_> = events
         .into_iter()
         .filter(|e| e.customer_id == who && e.cause() == C::Reclassification)
         .collect();

@@ -7,6 +7,7 @@
 mod common;
 
 mod calendar;
+mod console;
 
 mod auth;
 mod durability;
