@@ -128,6 +128,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }) => crate::load::members(channel, segment, args, by, mode).await,
         Command::Segment(cmd) => segment(channel, cmd).await,
         Command::Family(cmd) => family(channel, cmd).await,
+        Command::Demo { customers, seed } => demo(channel, customers, seed).await,
         Command::Reclassify { as_of } => {
             let as_of = as_of
                 .map(|t| values::parse_timestamp(&t).map_err(|e| Failure::new(format!("--as-of: {e}"))))
@@ -770,6 +771,81 @@ async fn attribute_types(channel: &Ch) -> Result<std::collections::HashMap<Strin
         .into_iter()
         .map(|(name, (ty, _))| (name, ty))
         .collect())
+}
+
+/// The demo's segments: id, name, rule (empty for a container filled by activities).
+const DEMO_SEGMENTS: [(&str, &str, &str); 6] = [
+    ("good", "Good customers", "registered and total_spent > 1000"),
+    ("men-over-40", "Men over 40", r#"gender = "M" and age > 40"#),
+    (
+        "recent-buyers",
+        "Bought in the last year",
+        "last_order_at within 365d",
+    ),
+    ("vip", "VIP", "vip"),
+    ("opted-in", "E-mail opt-in", "email_opt_in and registered"),
+    ("golfers", "Golfers", ""),
+];
+
+/// `segctl demo`: `gen`'s files in a temporary directory, loaded; the demo segments; RFM.
+async fn demo(channel: Ch, customers: u64, seed: u64) -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| Failure::new(format!("temporary directory: {e}")))?;
+    crate::synth::write(customers, seed, dir.path())?;
+    let args = |file: &str| crate::LoadArgs {
+        file: dir.path().join(file),
+        batch_size: 1000,
+        max_errors: 0,
+        dry_run: false,
+    };
+    crate::load::customers(channel.clone(), args("customers.csv")).await?;
+    crate::load::orders(channel.clone(), args("orders.csv")).await?;
+    let activities_channel = channel.clone();
+    let mut segments = SegmentsClient::new(channel);
+    for (id, name, rule) in DEMO_SEGMENTS {
+        let segment = pb::Segment {
+            segment_id: id.into(),
+            name: name.into(),
+            rule_text: rule.into(),
+            allow_activities: rule.is_empty(),
+            ..Default::default()
+        };
+        match segments
+            .create_segment(pb::CreateSegmentRequest {
+                segment: Some(segment),
+            })
+            .await
+        {
+            Ok(s) => println!("created {id} ({} members)", s.into_inner().size),
+            Err(e) if e.code() == tonic::Code::AlreadyExists => println!("{id} exists: left as it is"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Golfers: a container a marketing activity fills, here with golf-tagged customers.
+    let golf = segments
+        .preview_segment(pb::PreviewSegmentRequest {
+            rule_text: r#"tags has_any ("golf")"#.into(),
+            sample_size: 25,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .sample_customer_ids;
+    let added = ActivitiesClient::new(activities_channel)
+        .add_to_segment(pb::AddToSegmentRequest {
+            segment_id: "golfers".into(),
+            customer_ids: golf,
+            activity_id: "demo-golf-week".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    println!("golfers: {} added by activity demo-golf-week", added.changed);
+    let r = segments
+        .reclassify(pb::ReclassifyRequest { as_of: None })
+        .await?
+        .into_inner();
+    println!("RFM: {} customers scored", r.scored);
+    Ok(())
 }
 
 async fn segment(channel: Ch, cmd: SegmentCommand) -> Result<()> {

@@ -189,6 +189,19 @@ Examples:\n  segctl watch\n  segctl watch --segment golfers --segment vip --from
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Fill a server with a synthetic retail base to try it (the console, say): customers and
+    /// their orders (as `gen` writes them), a few segments, and the RFM family.
+    #[command(
+        after_help = "Segments already defined are left as they are. Example:\n  segctl demo --customers 20000"
+    )]
+    Demo {
+        /// Number of customers.
+        #[arg(long, default_value_t = 20_000)]
+        customers: u64,
+        /// Same seed, same customers.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Write a deterministic synthetic retail base: customers.csv and orders.csv.
     #[command(after_help = "Example:\n  segctl gen --customers 100000 --seed 7 --out ./demo")]
     Gen {

@@ -106,6 +106,41 @@ fn first_number(s: &str) -> u64 {
 }
 
 #[test]
+fn demo_fills_a_server_once_and_leaves_what_exists() {
+    let server = Server::start();
+    let out = server.ok(&["demo", "--customers", "800", "--seed", "3"]);
+    assert_eq!(server.stat("customers"), 800);
+    let segments = server.json(&["segment", "list"]);
+    let size = |id: &str| -> u64 {
+        segments
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["segment_id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {segments}"))["size"]
+            .as_u64()
+            .unwrap()
+    };
+    for id in [
+        "good",
+        "men-over-40",
+        "recent-buyers",
+        "vip",
+        "opted-in",
+        "golfers",
+        "rfm.champions",
+    ] {
+        size(id);
+    }
+    assert!(size("golfers") > 0 && size("men-over-40") > 0, "{out}");
+    assert!(out.contains("customers scored"), "{out}");
+    // Again: the customers are updated, the segments left as they are.
+    let again = server.ok(&["demo", "--customers", "800", "--seed", "3"]);
+    assert!(again.contains("good exists: left as it is"), "{again}");
+    assert_eq!(server.stat("customers"), 800);
+}
+
+#[test]
 fn generated_base_loads_and_segments_work_end_to_end() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
