@@ -26,6 +26,10 @@ ADMIN_TOKEN = "admin-token-console-0123456789"
 READER_TOKEN = "reader-token-console-0123456789"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "inject_scripts: the test injects scripts the page's CSP would block")
+
+
 def _binary() -> str:
     explicit = os.environ.get("SEGMENTD_BIN")
     if explicit:
@@ -153,7 +157,9 @@ def page(browser, demo, artifacts, request):
     """A fresh tab (its own session storage) on a laptop-sized screen; fails the test on any
     error in the browser console, any uncaught exception, and any request leaving loopback."""
     _, url = demo
-    context = browser.new_context(viewport={"width": 1366, "height": 800})
+    # The accessibility checks inject axe-core, which the page's own policy rightly refuses.
+    audit = request.node.get_closest_marker("inject_scripts") is not None
+    context = browser.new_context(viewport={"width": 1366, "height": 800}, bypass_csp=audit)
     tab = context.new_page()
     problems = []
     tab.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)

@@ -1,5 +1,7 @@
 """The console's views driven in Chromium, each checked against the server's own answers."""
 
+import os
+import pathlib
 import re
 
 import pytest
@@ -188,3 +190,33 @@ def test_views_are_reachable_by_keyboard(page, demo):
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile("#editor$"))
     expect(page.get_by_role("heading", name="Rule editor")).to_be_visible()
+
+
+VIEWS = {
+    "segments": "table.segments tbody tr",
+    "editor?id=good": "#preview-count[data-count]",
+    "overlap?ids=good,men-over-40,golfers": "table.heatmap tbody td",
+    "rfm": "table.rfm tbody td",
+    "customer?id=C0001": "table.attributes",
+    "live": "#live-position:not(:empty)",
+}
+
+
+@pytest.mark.inject_scripts
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_every_view_passes_the_accessibility_checks(page, demo, view):
+    """axe-core's WCAG 2 A and AA rules (labels, names, contrast, structure) on each view."""
+    axe = pathlib.Path(__file__).resolve().parents[1] / "node_modules" / "axe-core" / "axe.min.js"
+    if not axe.exists():
+        why = f"no {axe}: run `npm ci` in clients/console"
+        if os.environ.get("SEGMENTD_REQUIRE_BROWSER") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    log_in(page, view=view)
+    expect(page.locator(VIEWS[view]).first).to_be_attached()
+    page.add_script_tag(path=str(axe))
+    found = page.evaluate(
+        "async () => (await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}))"
+        ".violations.map(v => `${v.id} (${v.impact}): ${v.help}: ${v.nodes.map(n => n.target.join(' ')).slice(0, 5).join(', ')}`)"
+    )
+    assert not found, "\n".join(found)

@@ -24,7 +24,8 @@ function span(text: string, line: number, column: number): [number, number] {
   const start = Math.min(offset + column - 1, text.length);
   let end = start;
   while (end < text.length && !/\s/.test(text[end])) end++;
-  return [start, Math.max(end, start + 1)];
+  // At the end of the rule (something missing): a mark two characters wide after it.
+  return [start, start === text.length ? start + 2 : Math.max(end, start + 1)];
 }
 
 const lines = (s: string): string[] =>

@@ -76,7 +76,6 @@ export async function render(root: HTMLElement, signal: AbortSignal, params: URL
           count(n),
         );
         td.style.setProperty("--share", share.toFixed(3));
-        if (share > 0.55) td.classList.add("dark");
         tr.appendChild(td);
       }
       body.appendChild(tr);

@@ -69,7 +69,6 @@ export async function render(root: HTMLElement, signal: AbortSignal): Promise<vo
       const share = max > 0n ? Number(n) / Number(max) : 0;
       const td = h("td", { class: "num", "data-r": j + 1, "data-f": f, title: `R ${j + 1}, F ${f}: ${count(n)}` }, count(n));
       td.style.setProperty("--share", share.toFixed(3));
-      if (share > 0.55) td.classList.add("dark");
       tr.appendChild(td);
     });
     body.appendChild(tr);
