@@ -22,6 +22,8 @@
 //!   string columns, the schema ([`columnar::schema`]) and values.
 //! - [`events`]: membership events: the window in memory, the event log, watchers;
 //!   [`follow`]: the feed replicas follow (customers created and erased, membership changes).
+//! - [`console`]: the web console's page (embedded) and the gRPC port's CORS policy for it;
+//!   [`httpd`]: the HTTP/1.1 servers of the console and `/metrics`.
 //! - [`metrics`]: Prometheus text on `/metrics`: call metrics, process, build and engine state;
 //!   [`latency`]: the latency buckets the engine's own histograms share with it.
 //! - [`error`]: the engine's one error type.

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -172,6 +173,7 @@ def page(browser, demo, artifacts, request):
     )
     tab.console_url = url  # type: ignore[attr-defined]
     yield tab
-    tab.screenshot(path=str(artifacts / f"{request.node.name}-final.png"), full_page=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")
+    tab.screenshot(path=str(artifacts / f"{name}-final.png"), full_page=True)
     context.close()
     assert not problems, "\n".join(problems)

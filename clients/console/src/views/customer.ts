@@ -56,6 +56,9 @@ export async function render(root: HTMLElement, signal: AbortSignal, params: URL
   async function explainIn(id: string, segmentId: string, into: HTMLElement): Promise<void> {
     try {
       const x = await segments.explainMembership({ customerId: id, segmentId }, { signal });
+      // Long explanations (a family member's rule repeats the members before it) start folded.
+      const details = into.closest("details");
+      if (details && x.predicates.length > 8) details.open = false;
       into.replaceChildren(
         h("p", {}, x.member ? "Member: " : "Not a member: ", decision(x.decidedBy), x.ruleMatched ? " (the rule matches)" : ""),
         ...(x.predicates.length
