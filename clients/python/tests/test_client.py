@@ -1,5 +1,7 @@
 import datetime as dt
 import itertools
+import threading
+import time
 
 import grpc
 import pytest
@@ -416,3 +418,44 @@ def test_load_customers_skips_or_only_checks_bad_rows(client):
     with pytest.raises(SegmentdError) as err:
         client.load_customers(rows)
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_size_history_and_watching_from_now_on(server_bin):
+    from conftest import _server
+
+    with _server(server_bin, ["--size-sample-secs", "1"]) as (client, _):
+        client.load_customers(customers(10))
+        client.create_segment("women", rule_text='gender = "F"')
+        deadline = time.monotonic() + 10
+        while len(client.get_size_history(["women"])["women"]) < 2:
+            assert time.monotonic() < deadline, client.get_size_history()
+            time.sleep(0.2)
+        samples = client.get_size_history()["women"]
+        assert all(size == 5 for _, size in samples)
+        assert all(t.tzinfo is not None for t, _ in samples)
+        assert [t for t, _ in samples] == sorted(t for t, _ in samples)
+        with pytest.raises(SegmentdError) as e:
+            client.get_size_history(["nope"])
+        assert e.value.code == grpc.StatusCode.NOT_FOUND
+
+        # From now on: the five women who entered before are not replayed (from 0 they are).
+        client.create_segment("golfers", allow_activities=True)
+        assert next(client.watch(0, segment_ids=["golfers", "women"])).segment_id == "women"
+        events = client.watch(segment_ids=["golfers", "women"], from_latest=True)
+        # The stream opens at the first next(): the additions keep coming until one is seen.
+        stop = threading.Event()
+
+        def add() -> None:
+            for n in range(3, 10):
+                if stop.wait(0.3):
+                    return
+                client.add_to_segment("golfers", [f"C{n}"], activity_id="a")
+
+        adder = threading.Thread(target=add)
+        adder.start()
+        try:
+            first = next(events)
+        finally:
+            stop.set()
+            adder.join()
+        assert (first.segment_id, first.entered, first.cause) == ("golfers", True, "activity")

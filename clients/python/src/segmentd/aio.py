@@ -37,6 +37,7 @@ from segmentd.client import (
     _p_get_segment,
     _p_get_server_info,
     _p_is_member,
+    _p_get_size_history,
     _p_list_families,
     _p_list_segments,
     _p_load_customers,
@@ -242,10 +243,12 @@ class AsyncClient:
             raise _raise(err) from None
 
     async def watch_memberships(
-        self, from_sequence: int = 0, segment_ids: Sequence[str] = ()
+        self, from_sequence: int = 0, segment_ids: Sequence[str] = (), *, from_latest: bool = False
     ) -> AsyncIterator[MembershipEvent]:
         """As `Client.watch_memberships`: endless, resumable from the last `sequence` received."""
-        call = self._segments.WatchMemberships(_watch_request(from_sequence, segment_ids), metadata=self._metadata)
+        call = self._segments.WatchMemberships(
+            _watch_request(from_sequence, segment_ids, from_latest), metadata=self._metadata
+        )
         try:
             async for msg in call:
                 for e in msg.events:
@@ -254,6 +257,9 @@ class AsyncClient:
             raise _raise(err) from None
         finally:
             call.cancel()
+
+    async def get_size_history(self, segment_ids: Sequence[str] = ()) -> Dict[str, List[Tuple[_dt.datetime, int]]]:
+        return await self._run(_p_get_size_history(segment_ids))
 
     async def get_membership_history(self, customer_id: str, segment_id: str = "") -> List[MembershipEvent]:
         return await self._run(_p_get_membership_history(customer_id, segment_id))

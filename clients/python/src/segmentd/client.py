@@ -700,8 +700,23 @@ def _export_request(segment_id: str, fields: Sequence[str], batch_size: int) -> 
     return segments_pb2.ExportSegmentRequest(segment_id=segment_id, fields=list(fields), batch_size=batch_size)
 
 
-def _watch_request(from_sequence: int, segment_ids: Sequence[str]) -> segments_pb2.WatchMembershipsRequest:
-    return segments_pb2.WatchMembershipsRequest(from_sequence=from_sequence, segment_ids=list(segment_ids))
+def _watch_request(
+    from_sequence: int, segment_ids: Sequence[str], from_latest: bool = False
+) -> segments_pb2.WatchMembershipsRequest:
+    return segments_pb2.WatchMembershipsRequest(
+        from_sequence=from_sequence, segment_ids=list(segment_ids), from_latest=from_latest
+    )
+
+
+def _size_history(r: segments_pb2.GetSizeHistoryResponse) -> Dict[str, List[Tuple[_dt.datetime, int]]]:
+    times = [t.ToDatetime(tzinfo=_dt.timezone.utc) for t in r.sample_times]
+    # A segment's sizes are the last len(sizes) samples.
+    return {h.segment_id: list(zip(times[len(times) - len(h.sizes) :], h.sizes)) for h in r.histories}
+
+
+def _p_get_size_history(segment_ids: Sequence[str]) -> "_Plan[Dict[str, List[Tuple[_dt.datetime, int]]]]":
+    request = segments_pb2.GetSizeHistoryRequest(segment_ids=list(segment_ids))
+    return _Plan("_segments", "GetSizeHistory", request, _size_history)
 
 #: Most attempts gRPC's retry policy allows (the first call included).
 _MAX_ATTEMPTS = 5
@@ -964,12 +979,15 @@ class Client:
 
     export = export_segment
 
-    def watch_memberships(self, from_sequence: int = 0, segment_ids: Sequence[str] = ()) -> Iterator[MembershipEvent]:
+    def watch_memberships(
+        self, from_sequence: int = 0, segment_ids: Sequence[str] = (), *, from_latest: bool = False
+    ) -> Iterator[MembershipEvent]:
         """Membership events after `from_sequence` (0: everything retained), in order, then new
         ones as they happen; endless until the caller stops iterating. To resume after an
         interruption, pass the last `sequence` received: no duplicates, no gaps. A sequence older
-        than the server's retention raises SegmentdError with code OUT_OF_RANGE."""
-        request = _watch_request(from_sequence, segment_ids)
+        than the server's retention raises SegmentdError with code OUT_OF_RANGE. `from_latest`
+        (with `from_sequence` 0): only changes from now on."""
+        request = _watch_request(from_sequence, segment_ids, from_latest)
         stream = self._segments.WatchMemberships(request, metadata=self._metadata)
         try:
             for msg in stream:
@@ -981,6 +999,11 @@ class Client:
             stream.cancel()
 
     watch = watch_memberships
+
+    def get_size_history(self, segment_ids: Sequence[str] = ()) -> Dict[str, List[Tuple[_dt.datetime, int]]]:
+        """Each segment's (every segment's when empty) sizes as the server sampled them
+        (`--size-sample-secs`, the last 24 hours): segment id to (time, size) pairs, oldest first."""
+        return self._run(_p_get_size_history(segment_ids))
 
     def get_membership_history(self, customer_id: str, segment_id: str = "") -> List[MembershipEvent]:
         """A customer's entries into and exits from segments (one, or all), oldest first."""
