@@ -1487,12 +1487,17 @@ async fn dump(server: &TestServer) -> Dump {
         .unwrap()
         .into_inner();
     let mut segs = server.segments().await;
-    let families = segs
+    let mut families = segs
         .list_families(pb::ListFamiliesRequest {})
         .await
         .unwrap()
         .into_inner()
         .families;
+    // The last reclassification's moves are kept in memory only (a replay makes them again, a
+    // snapshot does not keep them): not part of what the files hold.
+    for f in &mut families {
+        f.last_moves.clear();
+    }
     let mut events = BTreeMap::new();
     for id in ids {
         let history = segs
@@ -1952,6 +1957,11 @@ async fn a_data_directory_written_by_format_version_1_opens_with_everything() {
 fn folded(dump: &Dump) -> String {
     let mut out: Vec<String> = Vec::new();
     for line in format!("{dump:#?}").lines() {
+        // A family's last moves are cleared by `dump` (memory only); the field itself came after
+        // the fixture and is left out of the comparison.
+        if line.trim() == "last_moves: []," {
+            continue;
+        }
         let indent = line.len() - line.trim_start().len();
         match out.last_mut() {
             Some(last) if indent >= 12 => {
