@@ -259,7 +259,7 @@ impl Builder {
         Ok(Replica {
             shared,
             stop: stop_tx,
-            thread: Some(thread),
+            thread: std::sync::Mutex::new(Some(thread)),
         })
     }
 }
@@ -270,16 +270,13 @@ impl Builder {
 pub struct Replica {
     shared: Arc<Shared>,
     stop: tokio::sync::watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The follow thread, until [`Replica::close`] (or the drop) joins it.
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.stop.send_replace(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.close();
     }
 }
 
@@ -402,6 +399,18 @@ impl Replica {
         let guard = self.state()?;
         let state = guard.as_ref().expect("checked by state()");
         Ok(state.table.count(state.bit(segment_id)?))
+    }
+
+    /// Stops following and waits for the follow thread to end. Checks go on answering from the
+    /// last state (with [`Builder::max_staleness`], `Stale` once it is exceeded). Dropping the
+    /// replica does the same.
+    pub fn close(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.stop.send_replace(true);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
     }
 
     /// Where the replica stands.
