@@ -192,11 +192,20 @@ async fn grpc_web_answers_the_consoles_origin_and_only_it() {
     )
     .await
     .unwrap();
-    let status = headers
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_else(|| frames(&body).1);
-    assert!(status.contains('3'), "INVALID_ARGUMENT: {status}");
+    // Trailers-only (in the headers) or in the body's trailer frame.
+    let trailers = match headers.get("grpc-status") {
+        Some(code) => format!(
+            "grpc-status:{}\r\ngrpc-message:{}",
+            code.to_str().unwrap(),
+            headers.get("grpc-message").map_or("", |m| m.to_str().unwrap())
+        ),
+        None => frames(&body).1,
+    };
+    assert!(
+        trailers.contains("grpc-status:3\r\n"),
+        "INVALID_ARGUMENT: {trailers}"
+    );
+    assert!(trailers.contains("rule_text"), "the field named: {trailers}");
 }
 
 #[tokio::test]
