@@ -389,9 +389,11 @@ impl Engine {
     /// Records every segment's size now in the size history.
     pub fn sample_sizes(&self) {
         let reg = self.store.registry();
-        let sizes = reg
+        // Counted before the history's lock is taken: readers of it do not wait for the counts.
+        let sizes: Vec<(String, u64)> = reg
             .in_order()
-            .map(|e| (e.def.id.clone(), self.store.segment_size(e.slot)));
+            .map(|e| (e.def.id.clone(), self.store.segment_size(e.slot)))
+            .collect();
         self.sizes.record(self.store.clock_micros(), sizes);
     }
 

@@ -52,11 +52,6 @@ impl SizeHistory {
         }
     }
 
-    /// The time between samples.
-    pub fn interval(&self) -> Duration {
-        self.inner.lock().interval
-    }
-
     /// Sets the time between samples (before sampling starts).
     pub fn set_interval(&self, interval: Duration) {
         self.inner.lock().interval = interval.max(Duration::from_secs(1));

@@ -13,14 +13,11 @@ import os
 import pathlib
 import re
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 
 import pytest
 
-from segmentd import Client, SegmentdError
+from segmentd.testing import free_port, local_server, server_binary
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 ADMIN_TOKEN = "admin-token-console-0123456789"
@@ -32,17 +29,7 @@ def pytest_configure(config):
 
 
 def _binary() -> str:
-    explicit = os.environ.get("SEGMENTD_BIN")
-    if explicit:
-        return explicit
-    subprocess.run(["cargo", "build", "--bin", "segmentd"], cwd=REPO, check=True)
-    return str(REPO / "target" / "debug" / "segmentd")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return server_binary(REPO)
 
 
 def _chromium() -> str:
@@ -93,35 +80,10 @@ def demo_orders(n: int):
 def _server(tmp: pathlib.Path):
     tokens = tmp / "tokens"
     tokens.write_text(f"admin {ADMIN_TOKEN}\nreader {READER_TOKEN}\n")
-    port, console = _free_port(), _free_port()
-    proc = subprocess.Popen(
-        [
-            _binary(),
-            "--listen", f"127.0.0.1:{port}",
-            "--console-addr", f"127.0.0.1:{console}",
-            "--data-dir", str(tmp / "data"),
-            "--tokens-file", str(tokens),
-            "--fsync", "never",
-            "--size-sample-secs", "1",
-        ],
-        stderr=subprocess.PIPE,
-    )
-    client = Client(f"127.0.0.1:{port}", timeout=20, token=ADMIN_TOKEN)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.stats()
-                break
-            except SegmentdError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"segmentd did not start: {proc.stderr.read().decode()}")
-                time.sleep(0.05)
-        yield client, f"http://127.0.0.1:{console}"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=30)
+    console = free_port()
+    args = ["--console-addr", f"127.0.0.1:{console}", "--tokens-file", str(tokens), "--size-sample-secs", "1"]
+    with local_server(_binary(), args, token=ADMIN_TOKEN) as server:
+        yield server.client, f"http://127.0.0.1:{console}"
 
 
 @pytest.fixture(scope="module")

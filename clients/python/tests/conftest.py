@@ -1,32 +1,20 @@
 """A real segmentd on a free loopback port for the tests."""
 
 import contextlib
-import os
 import pathlib
-import socket
-import subprocess
-import tempfile
-import time
 
 import pytest
 
-from segmentd import Client, SegmentdError
+from segmentd.testing import free_port, local_server, server_binary
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def _binary() -> str:
-    explicit = os.environ.get("SEGMENTD_BIN")
-    if explicit:
-        return explicit
-    subprocess.run(["cargo", "build", "--bin", "segmentd"], cwd=REPO, check=True)
-    return str(REPO / "target" / "debug" / "segmentd")
+    return server_binary(REPO)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = free_port
 
 
 @pytest.fixture(scope="session")
@@ -36,30 +24,9 @@ def server_bin() -> str:
 
 @contextlib.contextmanager
 def _server(server_bin, extra=(), token=None, **client_args):
-    """A segmentd on a free port with a temporary data directory; yields a ready client."""
-    with tempfile.TemporaryDirectory() as data:
-        port = _free_port()
-        proc = subprocess.Popen(
-            [server_bin, "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--fsync", "never", *extra],
-            stderr=subprocess.PIPE,
-        )
-        host = "localhost" if client_args.get("tls_ca") else "127.0.0.1"
-        c = Client(f"{host}:{port}", timeout=10, token=token, **client_args)
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    c.stats()
-                    break
-                except SegmentdError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"segmentd did not start: {proc.stderr.read().decode()}")
-                    time.sleep(0.05)
-            yield c, port
-        finally:
-            c.close()
-            proc.terminate()
-            proc.wait(timeout=20)
+    """A segmentd on a free port with a temporary data directory; yields a ready client and its port."""
+    with local_server(server_bin, extra, token=token, timeout=10, **client_args) as server:
+        yield server.client, server.port
 
 
 @pytest.fixture

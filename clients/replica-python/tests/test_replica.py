@@ -1,53 +1,20 @@
 """The Python binding against a real segmentd: the replica's answers are the server's."""
 
-import os
 import pathlib
-import socket
-import subprocess
-import tempfile
 import time
 
 import pytest
 
-from segmentd import Client, SegmentdError
+from segmentd.testing import free_port, local_server, server_binary
 from segmentd_replica import NotReady, Replica, Stale, UnknownSegment
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server():
-    binary = os.environ.get("SEGMENTD_BIN") or str(REPO / "target" / "debug" / "segmentd")
-    if not os.environ.get("SEGMENTD_BIN"):
-        subprocess.run(["cargo", "build", "--bin", "segmentd"], cwd=REPO, check=True)
-    with tempfile.TemporaryDirectory() as data:
-        port = _free_port()
-        proc = subprocess.Popen(
-            [binary, "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--fsync", "never"],
-            stderr=subprocess.DEVNULL,
-        )
-        client = Client(f"127.0.0.1:{port}", timeout=10)
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    client.stats()
-                    break
-                except SegmentdError:
-                    assert proc.poll() is None and time.monotonic() < deadline, "segmentd did not start"
-                    time.sleep(0.05)
-            yield client, f"http://127.0.0.1:{port}", proc
-        finally:
-            client.close()
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=20)
+    with local_server(server_binary(REPO)) as s:
+        yield s.client, f"http://127.0.0.1:{s.port}", s.process
 
 
 def customers(n):
@@ -107,7 +74,7 @@ def test_the_replica_answers_as_the_server_does_and_follows_its_changes(server):
 def test_not_ready_before_a_snapshot_and_stale_once_the_server_is_gone(server):
     client, addr, proc = server
     client.create_segment("women", rule_text='gender = "F"')
-    nowhere = Replica(f"http://127.0.0.1:{_free_port()}", ["women"], connect_timeout=0.2)
+    nowhere = Replica(f"http://127.0.0.1:{free_port()}", ["women"], connect_timeout=0.2)
     with pytest.raises(NotReady):
         nowhere.is_member("C1", "women")
     with pytest.raises(NotReady):
